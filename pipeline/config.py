@@ -1,0 +1,224 @@
+"""The run configuration: `launchable.yaml` loaded into one typed object.
+
+Every setting has a default here, so an empty file is a valid configuration; the YAML only
+overrides. Unknown keys, wrong types and invalid choices fail with `ConfigError`, whose
+message names the key (dotted path) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "launchable.yaml"
+
+TrainingModeName = Literal["quick_lora", "full_finetune"]
+SourceKind = Literal["sample", "folder", "zip", "huggingface"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and what to do."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainingModeConfig(_Section):
+    selected: TrainingModeName = "quick_lora"
+    choices: dict[TrainingModeName, str] = Field(
+        default_factory=lambda: {
+            "quick_lora": "LoRA on all clips of all speakers.",
+            "full_finetune": "Full fine-tune on all clips, then a LoRA on one speaker.",
+        }
+    )
+
+
+class BaseModelConfig(_Section):
+    repo: str = "fishaudio/openaudio-s1-mini"
+    revision: str = "main"
+    local_dir: str = "checkpoints/openaudio-s1-mini"
+
+
+class ColumnMapping(_Section):
+    audio: str = "audio"
+    text: str = "raw_text"
+    speaker: str | None = "speaker_id"
+
+
+class DatasetConfig(_Section):
+    source: SourceKind = "huggingface"
+    path: str | None = None
+    hf_repo: str = "facebook/voxpopuli"
+    hf_config: str | None = "fi"
+    hf_split: str = "train"
+    hf_revision: str | None = "refs/convert/parquet"
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    max_clips: int = Field(3000, gt=0)
+    min_duration_s: float = Field(0.6, ge=0)
+    max_duration_s: float = Field(25.0, gt=0)
+    max_clipping_ratio: float = Field(0.001, ge=0, le=1)
+    min_snr_db: float = 5.0
+
+
+class SpeakerConfig(_Section):
+    policy: Literal["recommended", "manual"] = "recommended"
+    name: str | None = None
+
+
+class QuickLoraConfig(_Section):
+    steps: int = Field(2800, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+
+
+class FullFinetuneConfig(_Section):
+    epochs: float = Field(3, gt=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    speaker_learning_rate: float = Field(1e-4, gt=0)
+    speaker_max_steps: int = Field(2000, gt=0)
+    speaker_patience: int = Field(3, gt=0)
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.01, ge=0, lt=1)
+    train_embeddings: bool = False
+
+
+class TrainingConfig(_Section):
+    seed: int = 1234
+    batch_size: int = Field(4, gt=0)
+    max_length: int = Field(4096, gt=0)
+    grad_accumulation: int = Field(1, gt=0)
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    val_every: int = Field(100, gt=0)
+    save_every: int = Field(200, gt=0)
+    keep_last: int = Field(3, gt=0)
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+    quick_lora: QuickLoraConfig = Field(default_factory=QuickLoraConfig)
+    full_finetune: FullFinetuneConfig = Field(default_factory=FullFinetuneConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class GpuConfig(_Section):
+    type: str = "A100-80GB"
+    price_per_hour: float = Field(1.32, ge=0)
+
+
+class StudioConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7860, gt=0, lt=65536)
+    workspace: str = "workspace"
+
+
+class Config(_Section):
+    name: str = "finnish-tts-studio"
+    description: str = ""
+    target_audience: str = ""
+    training_mode: TrainingModeConfig = Field(default_factory=TrainingModeConfig)
+    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    speaker: SpeakerConfig = Field(default_factory=SpeakerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
+    studio: StudioConfig = Field(default_factory=StudioConfig)
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def workspace(self) -> Path:
+        """Root of everything the studio writes (datasets, codes, runs). `STUDIO_WORKSPACE` wins."""
+        root = Path(os.environ.get("STUDIO_WORKSPACE") or self.studio.workspace)
+        return root if root.is_absolute() else PROJECT_ROOT / root
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.workspace / "runs"
+
+    @property
+    def base_model_dir(self) -> Path:
+        path = Path(self.base_model.local_dir)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    # -- overrides and persistence -------------------------------------------------------
+    def with_overrides(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with dotted-key overrides applied (`{"training.quick_lora.steps": 50}`), validated."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            _set_dotted(data, dotted, value)
+        return _validate(data, source="overrides")
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.model_dump(), sort_keys=False, allow_unicode=True))
+        os.replace(tmp, path)
+        return path
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node.get(key), dict):
+            raise ConfigError(f"Unknown setting '{dotted}': '{'.'.join(keys[: i + 1])}' is not a section.")
+        node = node[key]
+    if keys[-1] not in node:
+        allowed = ", ".join(sorted(node)) or "(none)"
+        raise ConfigError(f"Unknown setting '{dotted}'. Allowed here: {allowed}.")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.path=value` from the command line; the value is read as YAML (numbers, booleans, null)."""
+    if "=" not in text:
+        raise ConfigError(f"Override '{text}' must look like key.path=value, e.g. training.quick_lora.steps=50.")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _describe_error(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"'{key}': unknown key. Remove it or check its spelling."
+    if kind in ("literal_error", "enum"):
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"'{key}': {err.get('input')!r} is not allowed; choose one of {expected}."
+    return f"'{key}': {err['msg']} (got {err.get('input')!r})."
+
+
+def _validate(data: Any, source: str) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}.")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe_error(e) for e in exc.errors()]
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load `launchable.yaml` (or `path`), apply dotted overrides, and validate."""
+    path = Path(path) if path else DEFAULT_CONFIG_PATH
+    if not path.exists():
+        raise ConfigError(f"Configuration file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    config = _validate(data, source=str(path))
+    return config.with_overrides(overrides) if overrides else config

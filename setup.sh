@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One-command, idempotent set-up of Finnish TTS Studio.
+#
+#   bash setup.sh                 venv + packages + (where the Hub is reachable) model and dataset
+#   bash setup.sh --offline       never touch the Hugging Face Hub; the studio uses the bundled sample
+#   bash setup.sh --no-model      skip the base-model download (dataset download still tried)
+#   bash setup.sh --tests         also the test tools: pytest, playwright, Debian's chromium
+#
+# Needs Python >= 3.10. Downloading the gated base model needs HF_TOKEN (see README).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+OFFLINE=0; NO_MODEL=0; TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --offline) OFFLINE=1 ;;
+    --no-model) NO_MODEL=1 ;;
+    --tests) TESTS=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+PY=${PYTHON:-python3}
+VENV=.venv
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+PIP=("$VENV/bin/python" -m pip install -q)
+
+# torch and torchaudio first, pinned to a pair that exists on PyPI for CPU and GPU (DESIGN.md).
+# A machine that already has a working torch>=2.9 with torchaudio (e.g. a GPU image) keeps it.
+if ! "$VENV/bin/python" - <<'EOF' 2>/dev/null; then
+import torch, torchaudio
+major, minor = map(int, torch.__version__.split(".")[:2])
+raise SystemExit(0 if (major, minor) >= (2, 9) else 1)
+EOF
+  say "installing torch 2.9.1 + torchaudio 2.9.1 (large download, once)"
+  "${PIP[@]}" "torch==2.9.1" "torchaudio==2.9.1"
+fi
+
+# fish-speech's declared pins (numpy<=1.26.4, pydantic==2.9.2, datasets==2.18.0, pyaudio, ...)
+# fight gradio 6 and are unused by the modules we import: install it without them; the real
+# needs of those modules are listed in pyproject.toml.
+if ! "$VENV/bin/python" -m pip show -q fish-speech >/dev/null 2>&1; then
+  say "installing fish-speech==0.1.0 (without its conflicting pins)"
+  "${PIP[@]}" --no-deps "fish-speech==0.1.0"
+fi
+
+say "installing the studio and its dependencies"
+if [ "$TESTS" = 1 ]; then
+  "${PIP[@]}" -e ".[test]"
+else
+  "${PIP[@]}" -e .
+fi
+
+if [ "$TESTS" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing Debian's chromium for the browser tests"
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+  else
+    say "WARNING: chromium not found and apt-get unavailable: browser tests will be skipped"
+  fi
+fi
+
+if [ "$OFFLINE" = 1 ]; then
+  say "offline: skipping Hugging Face downloads; the studio runs on the bundled sample"
+else
+  flags=()
+  [ "$NO_MODEL" = 1 ] && flags+=(--no-model)
+  # Never fails set-up: it says what it could not fetch and why.
+  "$VENV/bin/python" -m pipeline download "${flags[@]}" || say "some downloads failed (see above); the bundled sample still works"
+fi
+
+say "done. Start the studio with: $VENV/bin/python -m studio"
