@@ -1,0 +1,92 @@
+"""The run configuration: defaults, validation messages, overrides, persistence."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_override
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "launchable.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_launchable_yaml_loads_with_reference_defaults():
+    config = load_config(DEFAULT_CONFIG_PATH)
+    assert config.training_mode.selected == "quick_lora"
+    assert set(config.training_mode.choices) == {"quick_lora", "full_finetune"}
+    assert config.base_model.repo == "fishaudio/openaudio-s1-mini"
+    assert config.training.quick_lora.steps == 2800
+    assert config.training.lora.rank == 8 and config.training.lora.alpha == 16
+    assert config.gpu.price_per_hour == pytest.approx(1.32)
+    assert config.dataset.hf_repo == "facebook/voxpopuli" and config.dataset.hf_config == "fi"
+
+
+def test_empty_file_gives_all_defaults(tmp_path):
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"'training\.lora\.rnak': unknown key"):
+        load_config(write(tmp_path, "training:\n  lora:\n    rnak: 4\n"))
+
+
+def test_invalid_choice_lists_allowed_values(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "training_mode:\n  selected: turbo\n"))
+    message = str(err.value)
+    assert "training_mode.selected" in message and "quick_lora" in message and "full_finetune" in message
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"training\.batch_size"):
+        load_config(write(tmp_path, "training:\n  batch_size: many\n"))
+
+
+def test_out_of_range_value_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"training\.lora\.dropout"):
+        load_config(write(tmp_path, "training:\n  lora:\n    dropout: 1.5\n"))
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_apply_validate_and_leave_original_alone():
+    config = Config()
+    changed = config.with_overrides({"training.quick_lora.steps": 50, "speaker.name": "espeak_m3"})
+    assert changed.training.quick_lora.steps == 50 and changed.speaker.name == "espeak_m3"
+    assert config.training.quick_lora.steps == 2800
+    with pytest.raises(ConfigError, match="Allowed here"):
+        config.with_overrides({"training.stepz": 1})
+    with pytest.raises(ConfigError, match="training.quick_lora.steps"):
+        config.with_overrides({"training.quick_lora.steps": -3})
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("training.quick_lora.steps=50") == ("training.quick_lora.steps", 50)
+    assert parse_override("speaker.name=null") == ("speaker.name", None)
+    assert parse_override("training.lora.train_embeddings=true") == ("training.lora.train_embeddings", True)
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_override("steps")
+
+
+def test_save_round_trips(tmp_path):
+    config = Config().with_overrides({"training.lora.rank": 16, "gpu.type": "H100-80GB"})
+    path = config.save(tmp_path / "run" / "config.yaml")
+    assert load_config(path) == config
+    assert yaml.safe_load(path.read_text())["training"]["lora"]["rank"] == 16
+
+
+def test_workspace_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path))
+    config = Config()
+    assert config.workspace == tmp_path and config.runs_dir == tmp_path / "runs"
