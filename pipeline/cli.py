@@ -1,0 +1,214 @@
+"""`python -m pipeline …`: everything the studio does, from the command line.
+
+Each sub-command loads `launchable.yaml` (or `--config`), applies `--set key.path=value`
+overrides, and calls one pipeline stage. Expected failures (bad input, missing files, the Hub
+unreachable) print one readable message and exit with status 2; no traceback
+(set PIPELINE_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from pipeline.config import Config, load_config, parse_override
+
+console = Console(stderr=True)
+
+
+def _config(args) -> Config:
+    overrides = dict(parse_override(item) for item in args.set or [])
+    return load_config(args.config, overrides or None)
+
+
+def _progress(fraction: float, message: str) -> None:
+    console.print(f"[dim]{fraction:6.1%}[/dim] {message}", highlight=False)
+
+
+def _dataset(config: Config):
+    from pipeline.dataset import load_dataset
+    from pipeline.sources import SourceSpec
+
+    return load_dataset(SourceSpec.from_config(config), config, progress=_progress)
+
+
+def _model_dir(config: Config, args) -> Path:
+    if getattr(args, "model", None):
+        return Path(args.model)
+    from pipeline.checkpoints import ensure_base_model
+
+    return ensure_base_model(config)
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_download(args) -> int:
+    config = _config(args)
+    failures = 0
+    if not args.no_model:
+        from pipeline.checkpoints import ensure_base_model
+
+        try:
+            path = ensure_base_model(config)
+            console.print(f"[green]base model ready[/green] at {path}")
+        except ValueError as exc:
+            failures += 1
+            console.print(f"[yellow]base model not downloaded:[/yellow] {exc}")
+    if config.dataset.source == "huggingface":
+        try:
+            data = _dataset(config)
+            console.print(f"[green]dataset ready[/green]: {data.summary['accepted']} accepted clips ({data.id})")
+        except ValueError as exc:
+            failures += 1
+            console.print(f"[yellow]dataset not downloaded:[/yellow] {exc}")
+    return 1 if failures else 0
+
+
+def cmd_prepare(args) -> int:
+    config = _config(args)
+    data = _dataset(config)
+    summary = data.summary
+    console.print(
+        f"[bold]{data.id}[/bold]: {summary['accepted']} of {summary['total']} clips accepted, "
+        f"{summary['accepted_minutes']:.1f} usable minutes, {len(data.speakers)} speakers"
+    )
+    for reason, count in (summary.get("reasons") or {}).items():
+        console.print(f"  rejected {count:4d}: {reason}")
+    console.print(f"recommended speaker: [bold]{data.recommendation.speaker}[/bold] ({data.recommendation.reason})")
+    console.print(f"manifest: {data.dir / 'manifest.parquet'}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from pipeline.codes import extract_codes
+
+    config = _config(args)
+    data = _dataset(config)
+    report = extract_codes(data.manifest, _model_dir(config, args), config.workspace / "codes", progress=_progress)
+    console.print(str(report))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pipeline.workflow import run_workflow
+
+    config = _config(args)
+    result = run_workflow(config, model_dir=Path(args.model) if args.model else None, run_id=args.run_id, progress=_progress)
+    console.print(f"[green]run finished[/green]: {result}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pipeline.workflow import train_only
+
+    config = _config(args)
+    result = train_only(config, mode=args.mode, model_dir=Path(args.model) if args.model else None,
+                        run_id=args.run_id, speaker=args.speaker, progress=_progress)
+    console.print(f"[green]training finished[/green]: {result}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from pipeline.merge import merge_lora
+
+    out = merge_lora(Path(args.base), Path(args.adapter), Path(args.out))
+    console.print(f"[green]merged model written[/green] to {out}")
+    return 0
+
+
+def cmd_say(args) -> int:
+    from pipeline.synth import Synthesizer, save_wav
+
+    config = _config(args)
+    adapters = [(path, float(weight)) for path, _, weight in (a.partition(":") if ":" in a else (a, ":", "1.0") for a in args.adapter or [])]
+    synth = Synthesizer(_model_dir(config, args), adapters=adapters or None)
+    result = synth.speak(args.text, reference_audio=args.reference, reference_text=args.reference_text,
+                         temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    out = save_wav(result, args.out)
+    console.print(f"[green]{result.seconds:.1f} s of audio[/green] written to {out} (normalized text: {result.normalized_text!r})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from pipeline.bench import run_bench
+
+    config = _config(args)
+    run_bench(config, which=args.only, out_dir=Path(args.out) if args.out else None)
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="configuration file (default: launchable.yaml)")
+    common.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set training.quick_lora.steps=50 (repeatable)")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", help="model checkpoint folder (default: the base model, downloaded if missing)")
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", parents=[common], help="fetch the base model and the default dataset from the Hub")
+    p.add_argument("--no-model", action="store_true", help="skip the base model")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("prepare", parents=[common], help="load the configured dataset into a validated manifest")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("extract", parents=[common, model], help="encode accepted clips into VQ codes (cached)")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("train", parents=[common, model], help="train one phase (LoRA or full) on the prepared dataset")
+    p.add_argument("--mode", choices=["lora", "full", "speaker_lora"], default="lora")
+    p.add_argument("--speaker", help="speaker for speaker_lora (default: the configured or recommended one)")
+    p.add_argument("--run-id", help="run folder name under the workspace's runs/ (resumes when it exists)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("merge", parents=[common], help="merge a LoRA adapter into its base model")
+    p.add_argument("--base", required=True, help="base model folder")
+    p.add_argument("--adapter", required=True, help="adapter folder (peft format)")
+    p.add_argument("--out", required=True, help="output folder for the merged model")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("say", parents=[common, model], help="Finnish text to speech")
+    p.add_argument("text")
+    p.add_argument("--out", default="speech.wav")
+    p.add_argument("--adapter", action="append", metavar="PATH[:WEIGHT]", help="LoRA adapter to stack (repeatable)")
+    p.add_argument("--reference", help="reference clip for the voice")
+    p.add_argument("--reference-text", help="transcript of the reference clip")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_say)
+
+    p = sub.add_parser("run", parents=[common, model], help="the whole launchable.yaml workflow, headless")
+    p.add_argument("--run-id", help="run folder name (resumes when it exists)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", parents=[common], help="GPU benchmark on the real model shape (random weights)")
+    p.add_argument("--only", choices=["train", "extract", "generate"], action="append")
+    p.add_argument("--out", help="folder for the JSON result (default: the workspace's runs/bench)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        if os.environ.get("PIPELINE_DEBUG"):
+            raise
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
