@@ -117,9 +117,9 @@ def estimate(config: Config, manifest: pd.DataFrame, speaker: str | None = None,
 
     quick_tokens = training.quick_lora.steps * step_tokens
     full_phase1 = training.full_finetune.epochs * epoch_tokens
-    # The speaker phase stops early; its cap is the honest upper bound (and a few epochs of that speaker).
+    # The speaker phase stops when held-out loss stalls; assume ~10 epochs of that speaker, capped.
     speaker_cap = training.full_finetune.speaker_max_steps * step_tokens
-    full_phase3 = min(speaker_cap, max(speaker_tokens * 10, step_tokens * 50))
+    full_phase3 = min(speaker_cap, speaker_tokens * 10)
 
     lora_gb = shape.lora_parameters(training.lora.rank) * 4 / 1e9       # peft saves fp32 adapters
     model_gb = shape.parameters() * 2 / 1e9                              # bf16 model.pth
