@@ -7,7 +7,9 @@ the manifest stores, and `to_training_audio` writes a converted copy only when n
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 import uuid
 import warnings
 from dataclasses import asdict, dataclass
@@ -88,12 +90,13 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
             y = np.atleast_2d(np.asarray(y, dtype=np.float32))
             return y.T, int(sr)
         except Exception:
-            raise AudioError(f"{path.name}: cannot decode audio ({_short(first)}).") from None
+            raise AudioError(f"cannot decode {path.name} ({_short(first)})") from None
 
 
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    text = re.sub(r"^Error opening .*?: ", "", text)  # libsndfile repeats the full path
+    return text.rstrip(".")[:160]
 
 
 def _frame_power(mono: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
@@ -117,7 +120,7 @@ def measure(data: np.ndarray, sr: int) -> AudioInfo:
     data = data.reshape(frames, channels)
     duration = frames / sr if sr else 0.0
     if frames == 0:
-        return AudioInfo(0.0, sr, channels, -100.0, -100.0, 0.0, 0.0, 0.0, 0.0, True)
+        return AudioInfo(0.0, sr, channels, -100.0, -100.0, 0.0, 0.0, 0.0, math.nan, True)
     peak = float(np.max(np.abs(data)))
     clipping = float(np.mean(np.abs(data) >= CLIP_LEVEL))
     mono = data.mean(axis=1) if channels > 1 else data[:, 0]
@@ -130,7 +133,7 @@ def measure(data: np.ndarray, sr: int) -> AudioInfo:
     if silent or not active.any():
         lead = trail = duration / 2
         return AudioInfo(duration, sr, channels, _db(float(np.mean(mono**2))), _db(peak**2),
-                         clipping, lead, trail, 0.0, True)
+                         clipping, lead, trail, math.nan, True)
 
     idx = np.flatnonzero(active)
     lead = min(idx[0] * hop / sr, duration)

@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .manifest import reason_category
+
 # One palette for the whole tab so "accepted" and "rejected" read the same in every chart.
 STATUS_COLORS = {"ok": "#2a9d8f", "rejected": "#e76f51"}
 STATUS_LABELS = {"ok": "accepted", "rejected": "rejected"}
@@ -154,14 +156,16 @@ def snr_scatter(manifest: pd.DataFrame, color_by: str = "status") -> go.Figure:
 
 
 def rejection_reasons(manifest: pd.DataFrame) -> go.Figure:
-    """How many clips each rejection reason removed (horizontal bars, most common on top)."""
+    """How many clips each kind of rejection removed (horizontal bars, most common on top)."""
     title = "Why clips were rejected"
     if manifest.empty:
         return _empty(title)
     rejected = manifest[_status(manifest).eq("rejected")]
     if rejected.empty:
         return _empty(title, "No clips were rejected.")
-    counts = rejected["reason"].fillna("").replace("", "unspecified").value_counts().sort_values()
+    # Reasons carry specifics ("too short (0.3 s)"); the chart counts their categories.
+    counts = rejected["reason"].fillna("").astype(str).map(lambda r: reason_category(r) if r else "unspecified")
+    counts = counts.value_counts().sort_values()
     fig = go.Figure(go.Bar(
         x=counts.values, y=[_shorten(r) for r in counts.index], orientation="h",
         marker_color=STATUS_COLORS["rejected"], customdata=counts.index,

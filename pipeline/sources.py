@@ -8,7 +8,11 @@ that belong to one clip (missing transcript, undecodable text) travel on the cli
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -19,6 +23,8 @@ from .config import PROJECT_ROOT
 Progress = Callable[[float, str], None] | None
 SAMPLE_DIR = PROJECT_ROOT / "assets" / "sample"
 MISSING_TRANSCRIPT = "missing transcript (.lab/.txt)"
+MAX_ZIP_BYTES = 20 * 1024**3   # uncompressed total
+MAX_ZIP_FILES = 200_000
 
 
 class SourceError(ValueError):
@@ -37,7 +43,7 @@ class SourceSpec:
     hf_config: str | None = None
     hf_split: str = "train"
     hf_revision: str | None = None
-    columns: dict = field(default_factory=_default_columns)
+    columns: dict = field(default_factory=_default_columns, hash=False)
     max_clips: int = 3000
 
     @classmethod
@@ -119,6 +125,8 @@ def read_source(spec: SourceSpec, work_dir: Path, progress: Progress = None) -> 
         root = extract_zip(zip_path, work_dir / "extracted", progress=progress)
         clips = read_folder(root, default_speaker=zip_path.stem)
     elif spec.kind == "huggingface":
+        from .hf_source import read_huggingface
+
         clips = read_huggingface(spec, work_dir, progress=progress)
     else:
         raise SourceError(f"dataset.source '{spec.kind}' is unknown; use sample, folder, zip or huggingface.")
@@ -203,11 +211,135 @@ def decode_text(raw: bytes, name: str) -> tuple[str | None, str | None]:
         return None, f"transcript {name} is not UTF-8 text (re-save it as UTF-8)"
 
 
+# -- LJSpeech metadata.csv ---------------------------------------------------------------------
+_HEADER_NAMES = {"file", "filename", "file_name", "path", "audio", "wav", "id"}
+
+
+def read_metadata_csv(csv: Path, default_speaker: str) -> list[RawClip]:
+    """`file|text` or `file|text|speaker` lines; audio in `wavs/` or next to the csv.
+
+    Original LJSpeech has `id|text|normalized text`: a third column that reads like prose
+    (spaces, long) is taken as that and ignored, not as a speaker label.
+    """
+    try:
+        lines = csv.read_bytes().decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise SourceError(f"{csv} is not UTF-8 text; re-save it as UTF-8.") from None
+    rows = [(n, line.split("|")) for n, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    if rows and rows[0][1][0].strip().lower() in _HEADER_NAMES:
+        rows = rows[1:]
+    for number, row in rows:
+        if len(row) < 2:
+            raise SourceError(f"{csv} line {number}: no '|' separator; expected file|text or file|text|speaker.")
+    thirds = [row[2].strip() for _, row in rows if len(row) > 2]
+    speaker_column = bool(thirds) and sum(1 for t in thirds if t and not re.search(r"\s", t) and len(t) <= 64) >= 0.9 * len(thirds)
+    clips, seen = [], {}
+    for _, row in rows:
+        name, text = row[0].strip(), row[1].strip()
+        speaker = row[2].strip() if speaker_column and len(row) > 2 and row[2].strip() else default_speaker
+        clip_id = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in AUDIO_EXTENSIONS else name
+        seen[clip_id] = seen.get(clip_id, 0) + 1
+        if seen[clip_id] > 1:
+            clip_id = f"{clip_id}~{seen[clip_id]}"
+        audio = _resolve_listed_audio(csv.parent, name)
+        if audio is None:
+            clips.append(RawClip(clip_id, speaker, text, str(csv.parent / name),
+                                 f"audio file '{name}' listed in {csv.name} not found"))
+        else:
+            clips.append(RawClip(clip_id, speaker, text, str(audio)))
+    if not clips:
+        raise SourceError(f"{csv} lists no clips.")
+    return clips
+
+
+def _resolve_listed_audio(base: Path, name: str) -> Path | None:
+    for folder in (base / "wavs", base):
+        candidates = [folder / name] if Path(name).suffix.lower() in AUDIO_EXTENSIONS else []
+        candidates += [folder / f"{name}{ext}" for ext in AUDIO_EXTENSIONS]
+        for candidate in candidates:
+            # stay inside the dataset folder even if the csv says "../../somewhere"
+            if candidate.is_file() and candidate.resolve().is_relative_to(base.resolve()):
+                return candidate
+    return None
+
+
+# -- zip ---------------------------------------------------------------------------------------
+def extract_zip(zip_path: Path, dest: Path, progress: Progress = None,
+                max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES) -> Path:
+    """Unpack `zip_path` into `dest` (reused when the same zip was unpacked before).
+
+    Refuses absolute paths, `..` entries, symlinks, and archives beyond the size/count limits.
+    """
+    zip_path, dest = Path(zip_path), Path(dest)
+    if not zip_path.is_file():
+        raise SourceError(f"Zip file {zip_path} does not exist; check dataset.path.")
+    stat = zip_path.stat()
+    stamp = f"{zip_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    marker = dest / ".complete"
+    if marker.is_file() and marker.read_text() == stamp:
+        return dest
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SourceError(f"{zip_path} is not a readable zip file ({exc}).") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".extract-{uuid.uuid4().hex[:8]}"
+    try:
+        with archive:
+            members = _checked_members(zip_path, archive.infolist(), max_bytes, max_files)
+            written = 0
+            for n, info in enumerate(members):
+                target = tmp / info.filename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(target, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        written += len(block)
+                        if written > max_bytes:  # headers can lie about sizes (zip bombs)
+                            raise SourceError(f"{zip_path} unpacks to more than {max_bytes / 1e9:.0f} GB; "
+                                              "split it or use a folder source.")
+                        dst.write(block)
+                if n % 50 == 0:
+                    _report(progress, 0.9 * n / max(len(members), 1), f"Unpacking {zip_path.name}: {n}/{len(members)}")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+        marker.write_text(stamp)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
+        raise SourceError(f"{zip_path} is damaged or uses an unsupported format ({exc}).") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _checked_members(zip_path: Path, infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int):
+    files = []
+    for info in infos:
+        name = info.filename
+        parts = re.split(r"[\\/]", name)
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+            raise SourceError(f"{zip_path}: entry '{name}' points outside the archive; refusing to unpack it. "
+                              "Re-create the zip from the dataset folder itself.")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise SourceError(f"{zip_path}: entry '{name}' is a symbolic link; refusing to unpack it. "
+                              "Zip the real files instead.")
+        if not info.is_dir() and not _is_junk(Path(name)):
+            files.append(info)
+    if len(files) > max_files:
+        raise SourceError(f"{zip_path} holds {len(files)} files (limit {max_files}); use a folder source.")
+    total = sum(info.file_size for info in files)
+    if total > max_bytes:
+        raise SourceError(f"{zip_path} unpacks to {total / 1e9:.1f} GB (limit {max_bytes / 1e9:.0f} GB); "
+                          "split it or use a folder source.")
+    return files
+
+
 # -- fingerprints (dataset cache validity) ----------------------------------------------------
 def source_fingerprint(spec: SourceSpec) -> str:
     """Changes whenever the source's content may have changed (names, sizes, mtimes, shards)."""
     digest = hashlib.sha256(repr(sorted(_spec_items(spec))).encode())
     if spec.kind == "huggingface" and not spec.path:
+        from .hf_source import list_shards
+
         for name in list_shards(spec):
             digest.update(name.encode())
         return digest.hexdigest()[:16]
@@ -222,4 +354,8 @@ def source_fingerprint(spec: SourceSpec) -> str:
 
 
 def _spec_items(spec: SourceSpec) -> list[tuple[str, str]]:
-    return [(k, repr(v)) for k, v in vars(spec).items()]
+    """The spec fields that matter for this kind (a folder ignores the hf_* settings)."""
+    relevant = ["kind", "path", "max_clips"]
+    if spec.kind == "huggingface":
+        relevant += ["hf_repo", "hf_config", "hf_split", "hf_revision", "columns"]
+    return [(k, repr(getattr(spec, k))) for k in relevant]

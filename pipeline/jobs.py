@@ -1,0 +1,116 @@
+"""Training jobs as separate processes: one at a time per machine, outliving the studio.
+
+The studio never trains in its own process. `start_job` launches `python -m pipeline run` for a
+run directory in a new process session (so a studio restart or a browser reload does not touch
+it) and records it in `workspace/job.json`. Anyone can later ask `job_status` what it is doing:
+the answer comes from the run directory and from whether the process is still alive, so a
+restarted studio re-attaches to a running job, and a job that died without writing its end
+state is reported as failed with the last lines of its log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from pipeline.config import PROJECT_ROOT, Config
+from pipeline.workflow import create_run, read_json, read_run, update_run, write_json
+
+
+class JobError(ValueError):
+    """A job request that cannot be honoured (another job running, nothing to cancel, ...)."""
+
+
+def _job_file(config: Config) -> Path:
+    return config.workspace / "job.json"
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own finished child not yet reaped) is not alive.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def log_tail(run_dir: Path, lines: int = 30) -> str:
+    path = Path(run_dir) / "log.txt"
+    if not path.exists():
+        return ""
+    with path.open(errors="replace") as handle:
+        return "".join(deque(handle, maxlen=lines))
+
+
+def current_job(config: Config) -> dict | None:
+    """The job recorded for this machine if its process is still alive, else None."""
+    job = read_json(_job_file(config))
+    return job if job and _alive(job.get("pid")) else None
+
+
+def start_job(config: Config, run_id: str | None = None, model_dir: str | None = None) -> dict:
+    """Start (or resume, for an existing run id) the configured workflow in its own process."""
+    running = current_job(config)
+    if running:
+        raise JobError(f"A training job is already running: run '{running['run_id']}' (pid {running['pid']}). "
+                       "Cancel it or wait for it to finish before starting another.")
+    run_dir = create_run(config, run_id)
+    state = read_run(run_dir)
+    if state.get("status") == "finished":
+        raise JobError(f"Run '{run_dir.name}' has already finished; start a new run instead.")
+    command = [sys.executable, "-m", "pipeline", "run", "--config", str(run_dir / "config.yaml"),
+               "--run-id", run_dir.name]
+    if model_dir:
+        command += ["--model", str(model_dir)]
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "STUDIO_WORKSPACE": str(config.workspace)}
+    with open(run_dir / "log.txt", "ab") as log:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    job = {"run_id": run_dir.name, "run_dir": str(run_dir), "pid": process.pid, "started": time.time()}
+    write_json(_job_file(config), job)
+    update_run(run_dir, status="starting", pid=process.pid)
+    return job
+
+
+def cancel_job(config: Config, timeout: float = 60.0) -> dict:
+    """Ask the running job to stop: it saves a checkpoint and records status 'cancelled'."""
+    job = current_job(config)
+    if not job:
+        raise JobError("No training job is running.")
+    os.kill(job["pid"], signal.SIGTERM)
+    deadline = time.time() + timeout
+    while time.time() < deadline and _alive(job["pid"]):
+        time.sleep(0.2)
+    if _alive(job["pid"]):
+        raise JobError(f"Job '{job['run_id']}' did not stop within {timeout:.0f} s; it is still saving. Try again.")
+    return job_status(config, job["run_id"])
+
+
+def job_status(config: Config, run_id: str) -> dict:
+    """run.json of a run, corrected by reality: a dead process cannot still be running."""
+    run_dir = config.runs_dir / run_id
+    state = read_run(run_dir)
+    if not state:
+        raise JobError(f"There is no run '{run_id}' under {config.runs_dir}.")
+    if state.get("status") in ("running", "starting") and not _alive(state.get("pid")):
+        tail = log_tail(run_dir, 20)
+        state = update_run(run_dir, status="failed",
+                           error=state.get("error") or "The training process ended without finishing "
+                                 "(killed, out of memory, or the machine restarted). Resume to continue "
+                                 "from the last checkpoint.")
+        state["log_tail"] = tail
+    state["log_tail"] = state.get("log_tail") or log_tail(run_dir, 20)
+    state["alive"] = _alive(state.get("pid"))
+    return state

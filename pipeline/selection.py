@@ -1,0 +1,69 @@
+"""The studio's choices (dataset, speaker, settings) that survive a reload and feed the run config.
+
+Stored as `workspace/selection.json`. Keys: `dataset_id`, `speaker`, and free entries; entries
+whose key is a dotted config path ("training.quick_lora.steps") are applied as config overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+SELECTION_NAME = "selection.json"
+# config.dataset fields that a dataset's source spec sets when a dataset is selected
+_SPEC_FIELDS = {"kind": "source", "path": "path", "hf_repo": "hf_repo", "hf_config": "hf_config",
+                "hf_split": "hf_split", "hf_revision": "hf_revision", "columns": "columns",
+                "max_clips": "max_clips"}
+
+
+def selection_path(config) -> Path:
+    return Path(config.workspace) / SELECTION_NAME
+
+
+def load_selection(config) -> dict:
+    """The saved selection, or {} when none was saved (or the file is unreadable)."""
+    try:
+        data = json.loads(selection_path(config).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_selection(config, **changes) -> dict:
+    """Merge `changes` into the saved selection (a value of None removes the key); returns it."""
+    selection = load_selection(config)
+    for key, value in changes.items():
+        if value is None:
+            selection.pop(key, None)
+        else:
+            selection[key] = value
+    path = selection_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(selection, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return selection
+
+
+def _dataset_overrides(config, dataset_id: str) -> dict:
+    """config.dataset settings that reproduce the selected dataset's source (if it was built)."""
+    meta_path = Path(config.workspace) / "datasets" / dataset_id / "meta.json"
+    try:
+        spec = json.loads(meta_path.read_text(encoding="utf-8"))["spec"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {f"dataset.{target}": spec[name] for name, target in _SPEC_FIELDS.items()
+            if spec.get(name) is not None}
+
+
+def apply_selection(config, selection: dict):
+    """A Config with the selection applied: picked speaker → policy manual, dataset → its source."""
+    overrides: dict = {}
+    if selection.get("dataset_id"):
+        overrides.update(_dataset_overrides(config, selection["dataset_id"]))
+    if selection.get("speaker"):
+        overrides.update({"speaker.policy": "manual", "speaker.name": str(selection["speaker"])})
+    overrides.update({k: v for k, v in selection.items() if "." in k})
+    return config.with_overrides(overrides) if overrides else config

@@ -1,0 +1,144 @@
+"""Per-speaker statistics and the recommended speaker for single-voice training."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PITCH_CLIPS = 8          # pyin is slow (~0.2 s per clip): bound its cost per speaker...
+PITCH_SPEAKERS = 16      # ...and per dataset: only the speakers with the most accepted audio
+PITCH_SECONDS = 6.0
+PITCH_SR = 16_000
+PITCH_CACHE = "pitch.json"
+TIE_MARGIN = 0.05        # speakers within 5 % of the most minutes are compared on quality
+
+STAT_COLUMNS = ["speaker", "clips", "accepted", "rejected_share", "usable_minutes", "duration_mean",
+                "duration_median", "duration_min", "duration_max", "pitch_hz", "loudness_db", "snr_db",
+                "speaking_rate"]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    speaker: str
+    reason: str
+
+
+def _median(values: pd.Series) -> float:
+    values = values.dropna()
+    return float(values.median()) if len(values) else math.nan
+
+
+def median_pitch(rows: pd.DataFrame) -> float:
+    """Median voiced f0 (Hz) over up to PITCH_CLIPS clips, PITCH_SECONDS each (after lead silence)."""
+    import librosa
+
+    f0s = []
+    for _, row in rows.head(PITCH_CLIPS).iterrows():
+        path = row["audio_path"] or row["source_path"]
+        lead = row["lead_silence_s"] if np.isfinite(row["lead_silence_s"]) else 0.0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                y, sr = librosa.load(path, sr=PITCH_SR, mono=True, offset=float(lead), duration=PITCH_SECONDS)
+                f0, voiced, _ = librosa.pyin(y, fmin=60.0, fmax=500.0, sr=sr,
+                                             frame_length=1024, hop_length=512)
+        except Exception:
+            continue  # an unreadable clip just doesn't contribute
+        f0s.append(f0[voiced & np.isfinite(f0)])
+    voiced_f0 = np.concatenate(f0s) if f0s else np.array([])
+    return float(np.median(voiced_f0)) if voiced_f0.size else math.nan
+
+
+def _pitch_by_speaker(manifest: pd.DataFrame, cache_dir: Path | None) -> dict[str, float]:
+    """Median pitch of the PITCH_SPEAKERS speakers with the most audio (others: absent), cached in
+    `cache_dir/pitch.json` keyed by the clips measured."""
+    cache_path = Path(cache_dir) / PITCH_CACHE if cache_dir else None
+    cache = {}
+    if cache_path and cache_path.is_file():
+        try:
+            cache = json.loads(cache_path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    accepted = manifest[manifest["status"] == "ok"].sort_values("id")
+    top = accepted.groupby("speaker")["duration_s"].sum().sort_values(ascending=False).index[:PITCH_SPEAKERS]
+    accepted = accepted[accepted["speaker"].isin(top)]
+    result, changed = {}, False
+    for speaker, rows in accepted.groupby("speaker", sort=True):
+        # spread the picks over the speaker's clips, deterministically
+        picks = rows.iloc[np.linspace(0, len(rows) - 1, min(PITCH_CLIPS, len(rows))).astype(int)]
+        key = "|".join(picks["audio_hash"].astype(str))
+        entry = cache.get(str(speaker))
+        if entry and entry.get("key") == key:
+            result[speaker] = entry["pitch_hz"] if entry["pitch_hz"] is not None else math.nan
+            continue
+        pitch = median_pitch(picks)
+        result[speaker] = pitch
+        cache[str(speaker)] = {"key": key, "pitch_hz": None if math.isnan(pitch) else pitch}
+        changed = True
+    if cache_path and changed:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_name(f".{cache_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, cache_path)
+    return result
+
+
+def speaker_stats(manifest: pd.DataFrame, cache_dir: Path | None = None, pitch: bool = True) -> pd.DataFrame:
+    """One row per speaker (columns STAT_COLUMNS), most usable minutes first."""
+    pitches = _pitch_by_speaker(manifest, cache_dir) if pitch else {}
+    rows = []
+    for speaker, group in manifest.groupby("speaker", sort=True):
+        ok = group[group["status"] == "ok"]
+        durations = ok["duration_s"].dropna()
+        rows.append({
+            "speaker": str(speaker),
+            "clips": int(len(group)),
+            "accepted": int(len(ok)),
+            "rejected_share": float(1.0 - len(ok) / len(group)) if len(group) else 0.0,
+            "usable_minutes": float(durations.sum() / 60.0),
+            "duration_mean": float(durations.mean()) if len(durations) else math.nan,
+            "duration_median": _median(durations),
+            "duration_min": float(durations.min()) if len(durations) else math.nan,
+            "duration_max": float(durations.max()) if len(durations) else math.nan,
+            "pitch_hz": float(pitches.get(speaker, math.nan)),
+            "loudness_db": _median(ok["loudness_db"]),
+            "snr_db": _median(ok["snr_db"]),
+            "speaking_rate": _median(ok["speaking_rate"]),
+        })
+    stats = pd.DataFrame(rows, columns=STAT_COLUMNS)
+    return stats.sort_values(["usable_minutes", "speaker"], ascending=[False, True], ignore_index=True)
+
+
+def recommend_speaker(stats: pd.DataFrame) -> Recommendation:
+    """Most usable minutes; among speakers within 5 % of the top, better SNR then fewer rejections."""
+    usable = stats[stats["accepted"] > 0]
+    if usable.empty:
+        return Recommendation("", "No speaker has accepted clips, so none can be recommended; "
+                                  "check the rejection reasons.")
+    top_minutes = usable["usable_minutes"].max()
+    tied = usable[usable["usable_minutes"] >= top_minutes * (1 - TIE_MARGIN)].copy()
+    tied["_snr"] = tied["snr_db"].fillna(-math.inf)
+    best = tied.sort_values(["_snr", "rejected_share", "usable_minutes", "speaker"],
+                            ascending=[False, True, False, True]).iloc[0]
+    name = str(best["speaker"])
+    facts = (f"{best['usable_minutes']:.1f} usable minutes in {int(best['accepted'])} accepted clips, "
+             f"median SNR {best['snr_db']:.0f} dB, {best['rejected_share']:.0%} of its clips rejected")
+    if len(usable) == 1:
+        return Recommendation(name, f"{name} is the only speaker with accepted clips: {facts}.")
+    others = usable[usable["speaker"] != name].sort_values("usable_minutes", ascending=False)
+    runner = others.iloc[0]
+    if len(tied) > 1:
+        why = (f"{name} ties for the most audio and has the best quality among those close to the top "
+               f"(within {TIE_MARGIN:.0%})")
+    else:
+        why = f"{name} has the most usable audio"
+    return Recommendation(name, f"{why}: {facts}. Next: {runner['speaker']} with "
+                                f"{runner['usable_minutes']:.1f} minutes, median SNR {runner['snr_db']:.0f} dB.")

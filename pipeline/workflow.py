@@ -1,0 +1,210 @@
+"""The two training modes as one headless workflow over a run directory.
+
+`runs/<id>/` holds everything about a run, so the studio only has to read it:
+
+    config.yaml     the configuration snapshot (launchable.yaml + overrides)
+    run.json        mode, phases, current phase, status, speaker choice, artifacts, error
+    log.txt         stdout/stderr of the job process (written by pipeline.jobs)
+    phases/<name>/  one training phase: metrics.jsonl, state.json, checkpoints/ (pipeline.train)
+    artifacts/      merged model, adapter zip
+    audio/          evaluation sentences rendered with the result
+
+quick_lora:     lora (all clips) → merge → evaluation audio
+full_finetune:  full (all clips, N epochs) → speaker choice → speaker_lora (that speaker, early
+                stopping on held-out loss) → merge → evaluation audio
+
+Running the workflow again on the same run id resumes it: finished phases are skipped and the
+current phase continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import PROJECT_ROOT, Config, load_config
+
+Progress = Callable[[float, str], None]
+PHASES = {"quick_lora": ["lora"], "full_finetune": ["full", "speaker_lora"]}
+EXAMPLES_PATH = PROJECT_ROOT / "assets" / "examples_fi.txt"
+
+
+class RunError(ValueError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+# -- run directory ----------------------------------------------------------------------------
+def new_run_id(mode: str) -> str:
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{mode}"
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+def write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_run(run_dir: Path) -> dict:
+    return read_json(Path(run_dir) / "run.json", default={}) or {}
+
+
+def update_run(run_dir: Path, **changes) -> dict:
+    state = read_run(run_dir) | changes | {"updated": datetime.now(timezone.utc).isoformat()}
+    write_json(Path(run_dir) / "run.json", state)
+    return state
+
+
+def create_run(config: Config, run_id: str | None = None) -> Path:
+    """A new run directory with the configuration snapshot; an existing one is left as it is."""
+    mode = config.training_mode.selected
+    run_id = run_id or new_run_id(mode)
+    run_dir = config.runs_dir / run_id
+    if not (run_dir / "config.yaml").exists():
+        config.save(run_dir / "config.yaml")
+        update_run(run_dir, id=run_id, mode=mode, phases=PHASES[mode], phase=None, status="created",
+                   created=datetime.now(timezone.utc).isoformat())
+    return run_dir
+
+
+def list_runs(config: Config) -> list[dict]:
+    """Every run under the workspace, newest first, with its recorded status."""
+    runs = []
+    for path in sorted(config.runs_dir.glob("*/run.json"), reverse=True):
+        runs.append(read_run(path.parent) | {"dir": str(path.parent)})
+    return runs
+
+
+def choose_speaker(config: Config, dataset) -> tuple[str, str]:
+    """The speaker for the single-speaker phase and the reason, recorded in run.json."""
+    picked = config.speaker.name
+    if config.speaker.policy == "manual" and picked:
+        if picked not in set(dataset.accepted()["speaker"]):
+            raise RunError(f"speaker.name '{picked}' has no accepted clips in dataset {dataset.id}; "
+                           f"pick one of: {', '.join(sorted(set(dataset.accepted()['speaker'])))}.")
+        return picked, "picked by the user in the Dataset tab (speaker.policy: manual)"
+    return dataset.recommendation.speaker, f"recommended: {dataset.recommendation.reason}"
+
+
+# -- the workflow ------------------------------------------------------------------------------
+def _phase_finished(run_dir: Path, phase: str) -> bool:
+    return (read_json(run_dir / "phases" / phase / "state.json", {}) or {}).get("status") == "finished"
+
+
+def _best_checkpoint(run_dir: Path, phase: str) -> Path:
+    state = read_json(run_dir / "phases" / phase / "state.json", {}) or {}
+    best = state.get("best") or state.get("latest")
+    if not best:
+        raise RunError(f"phase '{phase}' of {run_dir.name} has no checkpoint; resume the run to finish it.")
+    best = Path(best)
+    return best if best.is_absolute() else run_dir / "phases" / phase / best
+
+
+def _train_phase(config: Config, run_dir: Path, phase: str, base_dir: Path, manifest, stop_event, progress):
+    from pipeline.train import TrainSettings, train
+
+    mode = {"lora": "lora", "full": "full", "speaker_lora": "speaker_lora"}[phase]
+    settings = TrainSettings.from_config(config, mode)
+    update_run(run_dir, phase=phase, status="running")
+    return train(run_dir / "phases" / phase, base_dir, manifest, settings, stop_event=stop_event, progress=progress)
+
+
+def render_examples(model_dir: Path, out_dir: Path, count: int = 3, seed: int = 1234) -> list[str]:
+    """Speak the first evaluation sentences with a model; returns the written wav paths."""
+    from pipeline.synth import Synthesizer, save_wav
+
+    sentences = [s for s in EXAMPLES_PATH.read_text(encoding="utf-8").splitlines() if s.strip()][:count]
+    synth = Synthesizer(model_dir)
+    paths = []
+    for i, sentence in enumerate(sentences):
+        result = synth.speak(sentence, seed=seed, max_new_tokens=400)
+        paths.append(str(save_wav(result, out_dir / f"example_{i + 1}.wav")))
+    return paths
+
+
+def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | None = None,
+                 progress: Progress | None = None, stop_event: threading.Event | None = None) -> dict:
+    """Run (or resume) the configured mode end to end; returns the final run.json."""
+    from pipeline.checkpoints import ensure_base_model
+    from pipeline.codes import extract_codes
+    from pipeline.dataset import load_dataset
+    from pipeline.merge import export_adapter, merge_lora
+    from pipeline.sources import SourceSpec
+
+    progress = progress or (lambda fraction, message: None)
+    run_dir = create_run(config, run_id)
+    if (run_dir / "config.yaml").exists():
+        config = load_config(run_dir / "config.yaml")  # a resumed run keeps its own settings
+    started = time.time()
+    update_run(run_dir, status="running", pid=os.getpid(), error=None)
+    try:
+        base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
+        update_run(run_dir, phase="prepare", base_model=str(base_dir))
+        dataset = load_dataset(SourceSpec.from_config(config), config, progress=progress)
+        update_run(run_dir, phase="extract", dataset=dataset.id)
+        codes = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress)
+        manifest = codes.manifest
+        phases = PHASES[config.training_mode.selected]
+        trained_base = base_dir
+        for phase in phases:
+            phase_manifest = manifest
+            if phase == "speaker_lora":
+                speaker, reason = choose_speaker(config, dataset)
+                update_run(run_dir, speaker=speaker, speaker_reason=reason)
+                phase_manifest = manifest[manifest["speaker"] == speaker]
+            if not _phase_finished(run_dir, phase):
+                result = _train_phase(config, run_dir, phase, trained_base, phase_manifest, stop_event, progress)
+                if getattr(result, "status", "finished") != "finished":
+                    return update_run(run_dir, status=result.status, message=getattr(result, "message", ""))
+            if phase == "full":
+                trained_base = _best_checkpoint(run_dir, phase)
+        update_run(run_dir, phase="merge")
+        adapter = _best_checkpoint(run_dir, phases[-1])
+        artifacts = run_dir / "artifacts"
+        merged = merge_lora(trained_base, adapter, artifacts / "merged")
+        adapter_zip = export_adapter(adapter, artifacts / "adapter.zip")
+        update_run(run_dir, phase="evaluate", artifacts={"merged": str(merged), "adapter": str(adapter),
+                                                          "adapter_zip": str(adapter_zip),
+                                                          "phase1_model": str(trained_base) if trained_base != base_dir else None})
+        audio = render_examples(merged, run_dir / "audio")
+        return update_run(run_dir, phase="done", status="finished", audio=audio,
+                          elapsed_s=round(time.time() - started, 1))
+    except Exception as exc:  # recorded for the studio, then re-raised for the CLI/job log
+        update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def train_only(config: Config, mode: str = "lora", model_dir: Path | None = None, run_id: str | None = None,
+               speaker: str | None = None, progress: Progress | None = None) -> dict:
+    """One training phase on the prepared dataset (the CLI's `train`); merge is left to `merge`."""
+    from pipeline.checkpoints import ensure_base_model
+    from pipeline.codes import extract_codes
+    from pipeline.dataset import load_dataset
+    from pipeline.sources import SourceSpec
+
+    progress = progress or (lambda fraction, message: None)
+    run_dir = create_run(config, run_id or new_run_id(mode))
+    base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
+    dataset = load_dataset(SourceSpec.from_config(config), config, progress=progress)
+    manifest = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress).manifest
+    if mode == "speaker_lora":
+        if speaker:
+            config = config.with_overrides({"speaker.policy": "manual", "speaker.name": speaker})
+        speaker, reason = choose_speaker(config, dataset)
+        update_run(run_dir, speaker=speaker, speaker_reason=reason)
+        manifest = manifest[manifest["speaker"] == speaker]
+    result = _train_phase(config, run_dir, mode, base_dir, manifest, None, progress)
+    return update_run(run_dir, status=getattr(result, "status", "finished"), phase=mode)

@@ -1,0 +1,20 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-weight checkpoint in the s1-mini file layout, written once per session.
+
+    Treat it as read-only (it is shared by all tests); copy it with shutil.copytree to modify.
+    """
+    from pipeline.checkpoints import write_tiny_checkpoint
+
+    torch.set_num_threads(1)
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-s1", seed=0)
