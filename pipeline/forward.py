@@ -65,6 +65,12 @@ def embed(model: DualARTransformer, tokens: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _rms_norm(norm: torch.nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """nn.RMSNorm with its weight in x's dtype: under autocast an fp32 weight with bf16 input
+    falls off the fused kernel."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+
+
 def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """The wheel's Attention.forward with is_causal=True and native grouped-query attention."""
     bsz, seqlen, _ = x.shape
@@ -75,7 +81,7 @@ def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     k = k.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
     v = v.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
     if attn.attention_qk_norm:
-        q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
     q = apply_rotary_emb(q, freqs_cis)
     k = apply_rotary_emb(k, freqs_cis)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -133,15 +139,18 @@ def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_check
 
 
 @torch.no_grad()
-def _topk_hits(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, logits.shape[-1])
-    return (logits.topk(k, dim=-1).indices == target.unsqueeze(-1)).any(-1).sum()
+def _rank_hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 and top-5 hits from the target's rank (logits strictly above it): one pass over the
+    logits instead of a top-k over a 155k vocabulary (6 % of a step on an H200)."""
+    target_logit = logits.gather(-1, target.unsqueeze(-1))
+    rank = (logits > target_logit).sum(-1)
+    return (rank < 1).sum(), (rank < 5).sum()
 
 
 def _token_chunk(model, hidden, targets):
     logits = token_logits(model, hidden).float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
-    return loss, _topk_hits(logits, targets, 1), _topk_hits(logits, targets, 5)
+    return (loss, *_rank_hits(logits, targets))
 
 
 def _token_loss_sum(model, hidden, targets, chunk_rows: int):
@@ -184,8 +193,8 @@ def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk
         if int(targets.max()) >= vocab:
             raise ValueError(f"A residual code is >= {vocab}; these codes do not belong to this model's codec.")
         codebook_loss = F.cross_entropy(residual.reshape(-1, vocab), targets.reshape(-1))
-        hits1 += int(_topk_hits(residual, targets, 1))
-        hits5 += int(_topk_hits(residual, targets, 5))
+        h1, h5 = _rank_hits(residual, targets)
+        hits1, hits5 = hits1 + int(h1), hits5 + int(h5)
         total += targets.numel()
     else:
         codebook_loss = hidden.sum() * 0

@@ -116,7 +116,8 @@ def read_huggingface(spec: SourceSpec, work_dir: Path, progress: Progress = None
         try:
             parquet = pq.ParquetFile(local)
         except Exception as exc:
-            raise SourceError(f"{_hub_where(spec)}: {shard} is not a readable parquet file ({_first_line(exc)}).") from None
+            raise SourceError(f"{_hub_where(spec)}: {shard} is not a readable parquet file "
+                              f"({_first_line(exc)}).") from None
         available = parquet.schema_arrow.names
         wanted = {"audio": audio_col, "text": text_col, "speaker": speaker_col}
         missing = [f"columns.{key} = '{col}'" for key, col in wanted.items() if col and col not in available]

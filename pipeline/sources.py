@@ -233,7 +233,8 @@ def read_metadata_csv(csv: Path, default_speaker: str) -> list[RawClip]:
         if len(row) < 2:
             raise SourceError(f"{csv} line {number}: no '|' separator; expected file|text or file|text|speaker.")
     thirds = [row[2].strip() for _, row in rows if len(row) > 2]
-    speaker_column = bool(thirds) and sum(1 for t in thirds if t and not re.search(r"\s", t) and len(t) <= 64) >= 0.9 * len(thirds)
+    labels = sum(1 for t in thirds if t and not re.search(r"\s", t) and len(t) <= 64)
+    speaker_column = bool(thirds) and labels >= 0.9 * len(thirds)
     clips, seen = [], {}
     for _, row in rows:
         name, text = row[0].strip(), row[1].strip()
@@ -300,7 +301,8 @@ def extract_zip(zip_path: Path, dest: Path, progress: Progress = None,
                                               "split it or use a folder source.")
                         dst.write(block)
                 if n % 50 == 0:
-                    _report(progress, 0.9 * n / max(len(members), 1), f"Unpacking {zip_path.name}: {n}/{len(members)}")
+                    _report(progress, 0.9 * n / max(len(members), 1),
+                            f"Unpacking {zip_path.name}: {n}/{len(members)}")
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
         marker.write_text(stamp)

@@ -18,7 +18,7 @@ import shutil
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -128,9 +128,12 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i, s.warmup_steps, self.total, s.schedule))
         self._resume()
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
@@ -154,7 +157,8 @@ class _Trainer:
         else:
             weights = ckpt / MASTER_FILE if (ckpt / MASTER_FILE).is_file() else ckpt / "model.safetensors"
             unwrap(self.model).load_state_dict(load_file(weights, device=str(self.device)), strict=False)
-        saved = torch.load(ckpt / OPTIMIZER_FILE, map_location=self.device, weights_only=False)  # our own file
+        # our own file; CPU first: RNG states must stay CPU tensors, the optimizer moves its state itself
+        saved = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
         if saved["param_names"] != [n for n, _ in self.params]:
             raise TrainError(f"{ckpt}: trainable parameters differ from this run's; start a new run.")
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -225,6 +229,8 @@ class _Trainer:
     def _log(self, row: dict) -> None:
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.writer is None:
+            return
         prefix = "val" if row["kind"] == "val" else "train"
         for key, value in row.items():
             if key not in ("step", "kind") and isinstance(value, (int, float)):
@@ -236,7 +242,13 @@ class _Trainer:
     def _autocast(self):
         if not self.bf16:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        stack = ExitStack()
+        stack.enter_context(torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
+        if self.settings.mode == "lora":  # autocast runs the fp32 adapters in bf16: peft's input upcast is only traffic
+            from peft.helpers import disable_input_dtype_casting
+
+            stack.enter_context(disable_input_dtype_casting(self.model))
+        return stack
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -326,7 +338,8 @@ class _Trainer:
             status, message = "cancelled", f"stopped at step {self.step} of {self.total}; resume to continue"
         if self.data.val is None:
             message = (message + "; " if message else "") + "no held-out clips (every speaker has < 3 clips): best = latest"
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
         self.write_state(status, message)
         return self.result(status, message)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from datetime import datetime, timezone
@@ -36,6 +37,14 @@ EXAMPLES_PATH = PROJECT_ROOT / "assets" / "examples_fi.txt"
 
 class RunError(ValueError):
     """A run that cannot start or continue; the message says why and what to do."""
+
+
+class RunCancelled(BaseException):
+    """A stop request (SIGTERM, stop_event) outside a training step: there is nothing to save.
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` around one clip or one
+    file (the dataset and codes stages) cannot swallow it.
+    """
 
 
 # -- run directory ----------------------------------------------------------------------------
@@ -149,13 +158,31 @@ def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | No
     if (run_dir / "config.yaml").exists():
         config = load_config(run_dir / "config.yaml")  # a resumed run keeps its own settings
     started = time.time()
-    update_run(run_dir, status="running", pid=os.getpid(), error=None)
+    before = float(read_run(run_dir).get("elapsed_s") or 0.0)  # earlier attempts of a resumed run
+
+    def elapsed() -> float:
+        return round(before + time.time() - started, 1)
+
+    # started_at/elapsed_before_s let a viewer compute the running total (time × price) live
+    update_run(run_dir, status="running", pid=os.getpid(), error=None, message=None,
+               started_at=started, elapsed_before_s=before)
+    stop_event = stop_event or threading.Event()
+    training = {"now": False}
+    previous_handler = _install_sigterm(stop_event, training)
+
+    def check_stop() -> None:
+        if stop_event.is_set():
+            raise RunCancelled()
+
     try:
         base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
+        check_stop()
         update_run(run_dir, phase="prepare", base_model=str(base_dir))
         dataset = load_dataset(SourceSpec.from_config(config), config, progress=progress)
+        check_stop()
         update_run(run_dir, phase="extract", dataset=dataset.id)
         codes = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress)
+        check_stop()
         manifest = codes.manifest
         phases = PHASES[config.training_mode.selected]
         trained_base = base_dir
@@ -166,11 +193,18 @@ def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | No
                 update_run(run_dir, speaker=speaker, speaker_reason=reason)
                 phase_manifest = manifest[manifest["speaker"] == speaker]
             if not _phase_finished(run_dir, phase):
-                result = _train_phase(config, run_dir, phase, trained_base, phase_manifest, stop_event, progress)
+                training["now"] = True  # a SIGTERM now only sets stop_event: train saves a checkpoint
+                try:
+                    result = _train_phase(config, run_dir, phase, trained_base, phase_manifest, stop_event, progress)
+                finally:
+                    training["now"] = False
                 if getattr(result, "status", "finished") != "finished":
-                    return update_run(run_dir, status=result.status, message=getattr(result, "message", ""))
+                    return update_run(run_dir, status=result.status, message=getattr(result, "message", ""),
+                                      elapsed_s=elapsed())
+                check_stop()
             if phase == "full":
                 trained_base = _best_checkpoint(run_dir, phase)
+        check_stop()
         update_run(run_dir, phase="merge")
         adapter = _best_checkpoint(run_dir, phases[-1])
         artifacts = run_dir / "artifacts"
@@ -179,12 +213,33 @@ def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | No
         update_run(run_dir, phase="evaluate", artifacts={"merged": str(merged), "adapter": str(adapter),
                                                           "adapter_zip": str(adapter_zip),
                                                           "phase1_model": str(trained_base) if trained_base != base_dir else None})
+        check_stop()
         audio = render_examples(merged, run_dir / "audio")
-        return update_run(run_dir, phase="done", status="finished", audio=audio,
-                          elapsed_s=round(time.time() - started, 1))
+        return update_run(run_dir, phase="done", status="finished", audio=audio, elapsed_s=elapsed())
+    except RunCancelled:
+        stage = read_run(run_dir).get("phase") or "start"
+        return update_run(run_dir, status="cancelled", elapsed_s=elapsed(),
+                          message=f"cancelled during '{stage}' (nothing to save there); resume to continue")
     except Exception as exc:  # recorded for the studio, then re-raised for the CLI/job log
-        update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
+        update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}", elapsed_s=elapsed())
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _install_sigterm(stop_event: threading.Event, training: dict):
+    """SIGTERM (pipeline.jobs.cancel_job) → stop. Inside a training phase train() saves a
+    checkpoint first; elsewhere (dataset, codes, merge) the run stops at once. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum, frame):
+        stop_event.set()
+        if not training["now"]:
+            raise RunCancelled()
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def train_only(config: Config, mode: str = "lora", model_dir: Path | None = None, run_id: str | None = None,

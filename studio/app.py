@@ -16,6 +16,7 @@ import gradio as gr
 from pipeline.config import PROJECT_ROOT, Config
 
 from . import dataset_tab
+from . import playground_tab
 from .theme import CSS, make_theme
 
 TITLE = "Finnish TTS Studio"
@@ -37,6 +38,7 @@ TabBuilder = Callable[[StudioContext], None]
 # (title, build function, elem_id). Only real tabs go here: no placeholders.
 TABS: list[tuple[str, TabBuilder, str]] = [
     ("Dataset", dataset_tab.build, "tab-dataset"),
+    ("Playground", playground_tab.build, "tab-playground"),
 ]
 
 

@@ -48,8 +48,7 @@ def build(ctx) -> None:
             gr.Markdown("### Source", elem_classes="section-title")
             kind = gr.Radio(SOURCE_CHOICES, value=ds_cfg.source, show_label=False, elem_id="source-kind")
             with gr.Group(visible=ds_cfg.source == "sample") as sample_group:
-                gr.Markdown("A small Finnish sample bundled with the studio: a few speakers, a few "
-                            "dozen clips. Good for a first look.", elem_classes="section-hint")
+                gr.Markdown(view.sample_description(), elem_classes="section-hint", padding=True)
             with gr.Group(visible=ds_cfg.source == "folder") as folder_group:
                 folder = gr.Textbox(label="Folder on the server", placeholder="/data/my_voice",
                                     value=ds_cfg.path if ds_cfg.source == "folder" else None,
@@ -97,8 +96,10 @@ def build(ctx) -> None:
         recommendation = gr.Markdown(elem_id="recommendation")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
+                # allow_custom_value: API clients in a fresh session pass names the empty initial
+                # choices do not hold; the handlers check the name against the dataset instead.
                 speaker = gr.Dropdown(label="Speaker for single-speaker training", choices=[],
-                                      interactive=True, elem_id="speaker-choice")
+                                      interactive=True, allow_custom_value=True, elem_id="speaker-choice")
                 speaker_card = gr.HTML(elem_id="speaker-card")
                 with gr.Row():
                     reshuffle_btn = gr.Button("Reshuffle clips", elem_id="reshuffle")
@@ -115,13 +116,14 @@ def build(ctx) -> None:
             with gr.Tab("Clips", elem_id="tab-clips"):
                 with gr.Row():
                     filter_speaker = gr.Dropdown(label="Speaker", choices=[view.ALL_SPEAKERS],
-                                                 value=view.ALL_SPEAKERS, elem_id="filter-speaker")
+                                                 value=view.ALL_SPEAKERS, allow_custom_value=True,
+                                                 elem_id="filter-speaker")
                     filter_status = gr.Radio(view.STATUS_FILTERS, value="all", label="Status",
                                              elem_id="filter-status")
                     filter_text = gr.Textbox(label="Search text, id or reason", placeholder="e.g. kiitos",
                                              elem_id="filter-text")
                 clips_table = gr.Dataframe(interactive=False, wrap=True, max_height=460,
-                                           column_widths=["13%", "8%", "30%", "8%", "8%", "9%", "7%", "7%", "10%"],
+                                           column_widths=["16%", "9%", "27%", "8%", "8%", "9%", "7%", "6%", "10%"],
                                            elem_id="clip-table", show_label=False)
             with gr.Tab("Rejected clips", elem_id="tab-rejected"):
                 rejected_table = gr.Dataframe(interactive=False, wrap=True, max_height=460,
@@ -233,6 +235,14 @@ def build(ctx) -> None:
         if not ds_id or not name:
             gr.Warning("Load a dataset and choose a speaker first.")
             return {confirmation: view.note("Load a dataset and choose a speaker first.", "error")}
+        try:
+            known = set(open_dataset(config, ds_id).manifest["speaker"].astype(str))
+        except ValueError as exc:
+            return {confirmation: view.note(str(exc), "error")}
+        if name not in known:
+            text = f"Speaker '{name}' is not in dataset {ds_id}; choose one from the list."
+            gr.Warning(text)
+            return {confirmation: view.note(text, "error")}
         selection = save_selection(config, dataset_id=ds_id, speaker=name)
         text = f"Saved: {name} will be the voice for single-speaker training."
         gr.Info(text)

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from pipeline.charts import per_speaker_table
-from pipeline.sources import SourceError, SourceSpec
+from pipeline.sources import SAMPLE_DIR, SourceError, SourceSpec
 
 ALL_SPEAKERS = "All speakers"
 STATUS_FILTERS = [("All", "all"), ("Accepted", "ok"), ("Rejected", "rejected")]
@@ -79,6 +79,16 @@ def make_spec(kind: str, folder: str | None, zip_file: str | None, hf_repo: str 
                           hf_split=clean(hf_split) or "train", hf_revision=clean(hf_revision),
                           columns=columns, **common)
     raise SourceError(f"Unknown source '{kind}': choose sample, folder, zip or huggingface.")
+
+
+def sample_description() -> str:
+    """One line about the bundled sample, counted from its folder (speakers = subfolders)."""
+    if not SAMPLE_DIR.is_dir():
+        return "The bundled sample is missing from this installation."
+    speakers = [d for d in SAMPLE_DIR.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    clips = sum(1 for d in speakers for _ in d.glob("*.lab"))
+    return (f"A small Finnish sample bundled with the studio: {len(speakers)} synthetic voices, "
+            f"{clips} clips. Good for a first look and for trying the workflow.")
 
 
 # -- summary -----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ SAMPLE = PROJECT_ROOT / "assets" / "sample"
 def make_folder(root, counts={"anna": 5, "bert": 2}):
     for speaker, count in counts.items():
         for i in range(count):
-            write_clip(root, speaker, f"{speaker[0]}{i}", f"{speaker} sanoo lauseen {i}.", seed=hash((speaker, i)) % 1000)
+            write_clip(root, speaker, f"{speaker[0]}{i}", f"{speaker} sanoo lauseen {i}.", seed=ord(speaker[0]) * 100 + i)
     return root
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -220,7 +222,11 @@ def test_server_loads_the_sample_and_reports_statistics(server, client):
     assert 4 <= len(names) <= 10 and set(names) == set(manifest["speaker"].astype(str))
     assert sum(row["clips"] for row in stats["speakers"]) == len(manifest)
     assert stats["recommendation"]["speaker"] in names and stats["recommendation"]["reason"]
-    assert "Recommended speaker" in result[8] and stats["recommendation"]["speaker"] in result[8]
+    shown = next(v for v in result if isinstance(v, str) and v.startswith("**Recommended speaker"))
+    assert stats["recommendation"]["speaker"] in shown
+    dropdown = next(v for v in result if isinstance(v, dict) and "choices" in v)
+    assert dropdown["value"] == stats["recommendation"]["speaker"]  # prefilled with the recommendation
+    assert [value for _, value in dropdown["choices"]] == names  # most usable minutes first
 
     one = names[-1]
     table = client.predict(dataset_id, one, "all", "", api_name="/filter_clips")
@@ -228,14 +234,30 @@ def test_server_loads_the_sample_and_reports_statistics(server, client):
     assert len(table["data"]) == int((manifest["speaker"].astype(str) == one).sum())
 
     details = client.predict(dataset_id, one, api_name="/speaker_details")
-    audio = [value for value in details if isinstance(value, dict) and value.get("path")]
-    assert audio, details  # playable clips of that speaker
+    audio = [value for value in details if isinstance(value, dict) and value.get("value")]
+    assert len(audio) == 3, details  # three playable clips of that speaker
+    for clip in audio:
+        assert clip["label"].startswith(f"{one}/") and Path(clip["value"]).read_bytes()[:4] == b"RIFF"
+    refused = client.predict(dataset_id, "nobody", api_name="/use_speaker")
+    assert "note error" in refused and "nobody" in refused
     confirmation = client.predict(dataset_id, one, api_name="/use_speaker")
     assert one in confirmation and "error" not in confirmation
     saved = json.loads((server.workspace / "selection.json").read_text())
     assert saved == {"dataset_id": "sample", "speaker": one}
     reopened = client.predict(api_name="/open_selection")  # what a browser reload does
     assert reopened[0] == "sample"
+
+
+def test_server_loads_an_uploaded_zip(client, voices, tmp_path):
+    from gradio_client import handle_file
+
+    archive = shutil.make_archive(str(tmp_path / "voices"), "zip", root_dir=voices)
+    result = client.predict("zip", None, handle_file(archive), "", "", "train", "", "audio", "text", "",
+                            3000, False, api_name="/load_dataset")
+    dataset_id = result[0]
+    assert dataset_id.startswith("zip-voices"), result
+    summary = client.predict(dataset_id, api_name="/dataset_summary")
+    assert (summary["total"], summary["rejected"], summary["speakers"]) == (13, 1, 3)
 
 
 def test_server_shows_source_errors_as_messages(client):

@@ -1,0 +1,446 @@
+"""The Playground's logic: which models are on offer, warm synthesizers, A/B bookkeeping, artifacts.
+
+Models are found on disk, never registered: the base model (`config.base_model_dir`), each run's
+merged model (`runs/<id>/artifacts/merged`) and phase-1 full models (`run.json` artifacts or
+`runs/<id>/phases/*/checkpoints/*` holding a model directory). Adapters are the peft directories
+under `runs/<id>/artifacts/` and `runs/<id>/phases/*/checkpoints/*`; any number of them can be
+stacked on a model with a weight each, without merging.
+
+Listener preferences from blind A/B tests are JSON lines in `runs/<id>/preferences.jsonl` of every
+run whose model or adapter was compared, or `workspace/preferences.jsonl` when neither was a run.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pipeline.checkpoints import LM_FILES, describe_checkpoint, is_random_weights
+from pipeline.config import PROJECT_ROOT
+from pipeline.synth import SpeechResult, Synthesizer, save_wav
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # as pipeline.adapters
+MODEL_FILES = (*LM_FILES, "codec.pth")
+PREFERENCES_NAME = "preferences.jsonl"
+OUTPUT_DIR_NAME = "playground"  # workspace/playground/*.wav: generated speech, newest kept
+KEEP_OUTPUTS = 60
+CHOICES = ("A", "B", "tie")
+Adapters = list[tuple[str, float]]
+
+
+class PlaygroundError(ValueError):
+    """A model, adapter or vote the Playground cannot use; the message says what to do."""
+
+
+# -- what is on offer -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelOption:
+    path: str  # checkpoint directory: the UI's value
+    kind: str  # base | merged | phase1
+    title: str  # "Run <id> · merged"
+    label: str  # title + describe_checkpoint ("…random weights: produces noise" for tiny models)
+    run_id: str | None = None
+    random_weights: bool = False
+
+
+@dataclass(frozen=True)
+class AdapterOption:
+    path: str
+    label: str
+    run_id: str | None = None
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in MODEL_FILES)
+
+
+def _is_adapter_dir(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in ADAPTER_FILES)
+
+
+def _run_dirs(config) -> list[Path]:
+    """Run directories, newest first (run ids start with a timestamp)."""
+    root = Path(config.runs_dir)
+    return sorted((p for p in root.iterdir() if p.is_dir()), reverse=True) if root.is_dir() else []
+
+
+def _artifacts(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("artifacts") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _checkpoint_dirs(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.glob("phases/*/checkpoints/*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def _where(run_dir: Path, path: Path) -> str:
+    """'lora step 200' for a training checkpoint, else the path inside the run."""
+    match = re.fullmatch(r"phases/(\w+)/checkpoints/step_0*(\d+)", path.relative_to(run_dir).as_posix())
+    return f"{match[1]} step {match[2]}" if match else path.relative_to(run_dir).as_posix()
+
+
+def list_models(config) -> list[ModelOption]:
+    """Every model directory the Playground can load: base first, then runs newest first."""
+    options: dict[Path, ModelOption] = {}
+
+    def add(path: Path, kind: str, title: str, run_id: str | None = None) -> None:
+        path = Path(path)
+        if _is_model_dir(path) and path.resolve() not in options:
+            options[path.resolve()] = ModelOption(str(path), kind, title, f"{title} · {describe_checkpoint(path)}",
+                                                  run_id, is_random_weights(path))
+
+    add(config.base_model_dir, "base", "Base model")
+    for run_dir in _run_dirs(config):
+        recorded = _artifacts(run_dir)
+        add(Path(recorded.get("merged") or run_dir / "artifacts" / "merged"), "merged",
+            f"Run {run_dir.name} · merged", run_dir.name)
+        if recorded.get("phase1_model"):
+            add(Path(recorded["phase1_model"]), "phase1", f"Run {run_dir.name} · phase-1 model", run_dir.name)
+        for path in _checkpoint_dirs(run_dir):
+            add(path, "phase1", f"Run {run_dir.name} · phase-1 model, {_where(run_dir, path)}", run_dir.name)
+    return list(options.values())
+
+
+def list_adapters(config) -> list[AdapterOption]:
+    """Every LoRA adapter (peft format) of every run, newest run first."""
+    options: dict[Path, AdapterOption] = {}
+
+    def add(path: Path, title: str, run_id: str) -> None:
+        if _is_adapter_dir(path) and path.resolve() not in options:
+            options[path.resolve()] = AdapterOption(str(path), title, run_id)
+
+    for run_dir in _run_dirs(config):
+        final = _artifacts(run_dir).get("adapter")
+        if final:
+            add(Path(final), f"Run {run_dir.name} · final adapter ({_where(run_dir, Path(final))})", run_dir.name)
+        for path in sorted((run_dir / "artifacts").glob("*")):
+            add(path, f"Run {run_dir.name} · {_where(run_dir, path)}", run_dir.name)
+        for path in reversed(_checkpoint_dirs(run_dir)):
+            add(path, f"Run {run_dir.name} · {_where(run_dir, path)}", run_dir.name)
+    return list(options.values())
+
+
+def no_model_help(config) -> str:
+    return (f"No model yet. Download the base model with ./setup.sh (set HF_TOKEN to a Hugging Face "
+            f"token whose account accepted the licence at https://huggingface.co/{config.base_model.repo}; "
+            f"it goes to {config.base_model_dir}), or train a run in the Training tab.")
+
+
+def resolve_model(config, path: str | None) -> ModelOption:
+    """The listed model whose directory is `path` (refuses paths that are not on offer)."""
+    models = list_models(config)
+    if not models:
+        raise PlaygroundError(no_model_help(config))
+    if not path:
+        raise PlaygroundError("Choose a model first.")
+    for option in models:
+        if Path(option.path).resolve() == Path(path).resolve():
+            return option
+    raise PlaygroundError(f"Model {path} is not available (deleted or not a complete checkpoint); refresh the list.")
+
+
+def resolve_adapters(config, chosen: Adapters) -> list[tuple[AdapterOption, float]]:
+    """Listed adapters with their weights; empty paths are skipped, weights must be in [0, 1.5]."""
+    known = {Path(a.path).resolve(): a for a in list_adapters(config)}
+    resolved = []
+    for path, weight in chosen:
+        if not path:
+            continue
+        option = known.get(Path(path).resolve())
+        if option is None:
+            raise PlaygroundError(f"Adapter {path} is not available (deleted or not a peft adapter); refresh the list.")
+        if not 0.0 <= float(weight) <= 1.5:
+            raise PlaygroundError(f"Adapter strength must be between 0 and 1.5, got {weight}.")
+        if any(a.path == option.path for a, _ in resolved):
+            raise PlaygroundError(f"Adapter {option.label} is chosen twice; pick it once with the strength you want.")
+        resolved.append((option, float(weight)))
+    return resolved
+
+
+# -- warm synthesizers ------------------------------------------------------------------------
+def _set_adapter_weights(synth: Synthesizer, weights: list[float]) -> None:
+    """Re-weight the stacked adapters in place (names as pipeline.adapters.load_adapters gives them)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in synth.model.modules():
+        if isinstance(module, LoraLayer):
+            for i, weight in enumerate(weights):
+                module.set_scale(f"adapter_{i}", float(weight))
+    synth.adapters = [(path, w) for (path, _), w in zip(synth.adapters, weights)]
+
+
+@dataclass
+class _Entry:
+    synth: Synthesizer
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SynthCache:
+    """At most `size` loaded Synthesizers, least recently used evicted first.
+
+    Keyed by (model dir, adapter dirs); the adapters' weights are applied on each use, so moving a
+    strength slider re-weights the warm model instead of loading it again. One request at a time
+    uses a given Synthesizer (its KV caches are per model).
+    """
+
+    def __init__(self, size: int = 2, factory: Callable[..., Synthesizer] = Synthesizer, device: str | None = None):
+        self.size, self.factory, self.device = max(1, size), factory, device
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many Synthesizers were built (tests, logs)
+
+    @staticmethod
+    def key(model_dir: str | Path, adapters: Adapters) -> tuple:
+        return str(Path(model_dir).resolve()), tuple(str(Path(p).resolve()) for p, _ in adapters)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextmanager
+    def use(self, model_dir: str | Path, adapters: Adapters = ()) -> Iterator[Synthesizer]:
+        adapters = [(str(p), float(w)) for p, w in adapters]
+        key = self.key(model_dir, adapters)
+        with self._lock:  # loads happen one at a time; generation on other models goes on meanwhile
+            entry = self._entries.get(key)
+            if entry is None:
+                self._evict(keep=self.size - 1)  # make room first: two models, never three, in memory
+                entry = _Entry(self.factory(model_dir, device=self.device, adapters=adapters or None))
+                self.loads += 1
+                self._entries[key] = entry
+            self._entries.move_to_end(key)
+        with entry.lock:
+            if adapters and [w for _, w in entry.synth.adapters] != [w for _, w in adapters]:
+                _set_adapter_weights(entry.synth, [w for _, w in adapters])
+            yield entry.synth
+
+    def _evict(self, keep: int) -> None:
+        evicted = False
+        for old in list(self._entries):
+            if len(self._entries) <= keep:
+                break
+            if self._entries[old].lock.acquire(blocking=False):  # never drop a model mid-generation
+                self._entries.pop(old).lock.release()
+                evicted = True
+        if evicted:
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def speak_to_file(config, cache: SynthCache, model_path: str, adapters: Adapters, text: str,
+                  progress=None, **options) -> tuple[SpeechResult, Path]:
+    """Speak `text` with a listed model (+ adapters) and save it under workspace/playground/."""
+    model = resolve_model(config, model_path)
+    chosen = [(a.path, w) for a, w in resolve_adapters(config, adapters)]
+    with cache.use(model.path, chosen) as synth:
+        result = synth.speak(text, progress=progress, **options)
+    out_dir = Path(config.workspace) / OUTPUT_DIR_NAME
+    slug = re.sub(r"[^a-z0-9]+", "-", (model.run_id or model.kind).lower()).strip("-")
+    path = save_wav(result, out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{uuid.uuid4().hex[:6]}.wav")
+    for old in sorted(out_dir.glob("*.wav"), key=lambda p: p.stat().st_mtime)[:-KEEP_OUTPUTS]:
+        old.unlink(missing_ok=True)
+    return result, path
+
+
+# -- reference clips from the picked dataset speaker --------------------------------------------
+@dataclass
+class ReferenceClips:
+    dataset_id: str | None = None
+    speaker: str | None = None
+    speakers: list[str] = field(default_factory=list)
+    clips: list[dict] = field(default_factory=list)  # id, path, text, duration_s (best first)
+
+
+def reference_clips(config, speaker: str | None = None, limit: int = 30) -> ReferenceClips:
+    """Accepted clips of a speaker of the studio's current dataset, 3-15 s and cleanest first."""
+    from pipeline.dataset import DatasetError, list_datasets, open_dataset
+    from pipeline.selection import load_selection
+
+    selection = load_selection(config)
+    dataset_id = selection.get("dataset_id")
+    if not dataset_id or dataset_id not in list_datasets(config):
+        return ReferenceClips()
+    try:
+        ds = open_dataset(config, dataset_id)
+    except DatasetError:
+        return ReferenceClips()
+    speakers = ds.speaker_names()
+    speaker = speaker if speaker in speakers else selection.get("speaker")
+    speaker = speaker if speaker in speakers else (ds.recommendation.speaker or (speakers[0] if speakers else None))
+    rows = ds.accepted()
+    rows = rows[rows["speaker"].astype(str) == str(speaker)].copy()
+    rows["fit"] = rows["duration_s"].between(3.0, 15.0)
+    rows = rows.sort_values(["fit", "snr_db"], ascending=False).head(limit)
+    clips = [{"id": str(r.id), "path": str(r.audio_path), "text": str(r.text), "duration_s": float(r.duration_s)}
+             for r in rows.itertuples()]
+    return ReferenceClips(dataset_id, speaker, speakers, clips)
+
+
+# -- A/B and blind tests ------------------------------------------------------------------------
+def _short_path(config, path: str | Path) -> str:
+    path = Path(path).resolve()
+    for root in (Path(config.workspace).resolve(), PROJECT_ROOT):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return str(path)
+
+
+def model_identity(config, model: ModelOption, adapters: list[tuple[AdapterOption, float]]) -> dict:
+    """What a preference line records about one side: a stable id string, a label and its runs."""
+    ident = _short_path(config, model.path) + "".join(f" + {_short_path(config, a.path)} x{w:g}" for a, w in adapters)
+    label = model.label + "".join(f" + {a.label} x{w:g}" for a, w in adapters)
+    name = model.title + "".join(f" + {a.label.split(' · ', 1)[-1]} x{w:g}" for a, w in adapters)
+    runs = [r for r in dict.fromkeys([model.run_id, *(a.run_id for a, _ in adapters)]) if r]
+    return {"id": ident, "name": name, "label": label, "runs": runs}
+
+
+def new_trial(text: str, seed: int, a: dict, b: dict, blind: bool, rng: random.Random | None = None) -> dict:
+    """One comparison; `order` says which model plays as sample 1 and 2 (random when blind)."""
+    if a["id"] == b["id"]:
+        raise PlaygroundError("Models A and B are the same; choose two different models (or strengths) to compare.")
+    order = ["A", "B"]
+    if blind:
+        (rng or random.SystemRandom()).shuffle(order)
+    return {"trial": uuid.uuid4().hex, "text": text, "seed": int(seed), "blind": bool(blind),
+            "models": {"A": a, "B": b}, "order": order, "choice": None}
+
+
+def preference_paths(config, trial: dict) -> list[Path]:
+    runs = dict.fromkeys(r for side in ("A", "B") for r in trial["models"][side]["runs"])
+    if not runs:
+        return [Path(config.workspace) / PREFERENCES_NAME]
+    return [Path(config.runs_dir) / run / PREFERENCES_NAME for run in runs]
+
+
+def record_preference(config, trial: dict, sample: int | None) -> dict:
+    """Record the listener's pick: sample 1 or 2 (as played), or None for no preference."""
+    if trial.get("choice"):
+        raise PlaygroundError("This comparison already has a vote; generate a new pair to vote again.")
+    if sample not in (1, 2, None):
+        raise PlaygroundError(f"Vote for sample 1 or 2 (or no preference), not {sample!r}.")
+    choice = trial["order"][sample - 1] if sample else "tie"
+    models = trial["models"]
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "trial": trial["trial"], "text": trial["text"],
+              "seed": trial["seed"], "blind": trial["blind"], "model_a": models["A"]["id"],
+              "model_b": models["B"]["id"], "choice": choice,
+              "preferred": models[choice]["id"] if choice != "tie" else None, "order": trial["order"]}
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    for path in preference_paths(config, trial):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:  # one short append per vote
+            f.write(line)
+    trial["choice"] = choice
+    return record
+
+
+def read_preferences(paths: list[Path]) -> list[dict]:
+    """Records of these files, each trial once (a vote is written to every run it involves)."""
+    seen, records = set(), []
+    for path in paths:
+        if not Path(path).is_file():
+            continue
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn line from a crash: skip it
+            if isinstance(record, dict) and record.get("trial") not in seen:
+                seen.add(record.get("trial"))
+                records.append(record)
+    return records
+
+
+def preference_tally(config, trial: dict) -> dict:
+    """Votes so far for this pair of models (either order): wins per model id, ties, total."""
+    a, b = trial["models"]["A"]["id"], trial["models"]["B"]["id"]
+    tally = {a: 0, b: 0, "tie": 0, "total": 0}
+    for record in read_preferences(preference_paths(config, trial)):
+        if {record.get("model_a"), record.get("model_b")} != {a, b}:
+            continue
+        tally["total"] += 1
+        preferred = record.get("preferred")
+        tally[preferred if preferred in (a, b) else "tie"] += 1
+    return tally
+
+
+# -- artifacts and disk usage -------------------------------------------------------------------
+def disk_usage(*paths: str | Path) -> tuple[int, int]:
+    """(bytes, of which shared): file sizes under `paths`, each file (inode) once; shared are
+    files with other hard links (e.g. a merged model's codec.pth linked to the base model's)."""
+    seen, total, shared = set(), 0, 0
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+        for path in files:
+            stat = path.stat()
+            if (stat.st_dev, stat.st_ino) in seen:
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            total += stat.st_size
+            shared += stat.st_size if stat.st_nlink > 1 else 0
+    return total, shared
+
+
+def format_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+@dataclass
+class RunArtifacts:
+    run_id: str
+    dir: Path
+    mode: str
+    status: str
+    adapter_zip: Path | None
+    merged_files: list[Path]
+    audio_files: list[Path]
+    size_bytes: int
+    shared_bytes: int
+
+    @property
+    def files(self) -> list[Path]:
+        return [*([self.adapter_zip] if self.adapter_zip else []), *self.merged_files, *self.audio_files]
+
+
+def list_run_artifacts(config) -> list[RunArtifacts]:
+    """Each run's downloadable files (adapter zip, merged model files, evaluation audio) and size."""
+    runs = []
+    for run_dir in _run_dirs(config):
+        try:
+            state = json.loads((run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        recorded = state.get("artifacts") or {}
+        zips = [Path(recorded["adapter_zip"])] if recorded.get("adapter_zip") else []
+        zips += sorted((run_dir / "artifacts").glob("*.zip"))
+        merged = Path(recorded.get("merged") or run_dir / "artifacts" / "merged")
+        size, shared = disk_usage(run_dir)
+        runs.append(RunArtifacts(
+            run_id=run_dir.name, dir=run_dir, mode=str(state.get("mode", "")), status=str(state.get("status", "")),
+            adapter_zip=next((z for z in zips if z.is_file()), None),
+            merged_files=sorted(p for p in merged.glob("*") if p.is_file()) if merged.is_dir() else [],
+            audio_files=sorted((run_dir / "audio").glob("*.wav")), size_bytes=size, shared_bytes=shared))
+    return runs
+
+
+def total_disk_usage(config) -> tuple[int, int]:
+    """(bytes, shared bytes) of all runs together (a file shared by two runs counts once)."""
+    return disk_usage(*_run_dirs(config))

@@ -1,0 +1,188 @@
+"""The Playground tab in headless Chromium against a real `python -m studio`.
+
+The server runs with a config whose base model is the tiny random checkpoint, over a workspace
+holding one finished run (adapter checkpoint, merged model, adapter zip, evaluation audio) made
+by really merging. Speech from a stacked adapter and from the merged model, a blind A/B vote,
+and the artifacts' downloads. Screenshots go to the test's tmp folder; with
+UPDATE_SCREENSHOTS=1 the Listen view is also copied to docs/screenshots/playground.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from studio_server import PROJECT_ROOT, StudioServer, _responds, free_port
+from test_browser import CHROMIUM, CHROMIUM_ARGS
+from test_playground import RUN, make_runs
+
+SCREENSHOT = PROJECT_ROOT / "docs" / "screenshots" / "playground.png"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
+
+
+def start_studio_with_config(workspace: Path, config_path: Path, timeout: float = 120.0) -> StudioServer:
+    """tests/studio_server.start_studio, plus --config (it cannot pass one)."""
+    port = free_port()
+    log_path = workspace / f"studio-{port}.log"
+    env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "GRADIO_ANALYTICS_ENABLED": "False",
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("STUDIO_PASSWORD", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "studio", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)],
+            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = StudioServer(process, port, log_path, workspace)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"studio exited with {process.returncode}:\n{server.output()}")
+        if _responds(f"http://127.0.0.1:{port}/config"):
+            return server
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"studio did not answer within {timeout:.0f} s:\n{server.output()}")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-pg")
+    workspace = root / "workspace"
+    make_runs(workspace, tiny_checkpoint)
+    config_path = root / "launchable.yaml"
+    config_path.write_text(yaml.safe_dump({"base_model": {"local_dir": str(tiny_checkpoint)},
+                                           "studio": {"workspace": str(workspace)}}))
+    studio = start_studio_with_config(workspace, config_path)
+    yield studio
+    studio.stop()
+
+
+@pytest.fixture()
+def page(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(60_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.errors = errors
+        yield page
+        browser.close()
+
+
+def open_playground(page, server) -> None:
+    page.goto(server.url)
+    page.get_by_role("tab", name="Playground").click()
+    page.locator("#pg-model").wait_for()
+    max_len = page.locator("#pg-max-tokens input[type='number']")
+    max_len.fill("16")
+    max_len.press("Enter")
+
+
+def choose(page, elem_id: str, text: str) -> None:
+    """Pick the option containing `text` in a gradio dropdown."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option").filter(has_text=text).first.click()
+
+
+def audio_src(page, elem_id: str) -> str | None:
+    return page.locator(f"#{elem_id} audio").first.get_attribute("src")
+
+
+def wait_for_new_audio(page, elem_id: str, previous: str | None) -> str:
+    page.wait_for_function(
+        """([id, previous]) => { const a = document.querySelector(`#${id} audio`);
+            return a && a.getAttribute('src') && a.getAttribute('src') !== previous; }""",
+        arg=[elem_id, previous or ""], timeout=120_000)
+    return audio_src(page, elem_id)
+
+
+def wav_ok(page, src: str) -> bool:
+    response = page.request.get(src)
+    return response.ok and response.body()[:4] == b"RIFF"
+
+
+def test_playground_speaks_with_adapter_and_merged_model(server, page, tmp_path):
+    open_playground(page, server)
+    assert "random weights: produces noise" in page.locator("#pg-model input").input_value()
+    assert "noise" in page.locator("#pg-info").inner_text()
+    assert page.locator("#pg-normalized").inner_text().startswith("Spoken as:")
+
+    # base + stacked adapter
+    choose(page, "pg-adapter-0", "final adapter")
+    page.locator("#pg-generate").click()
+    first = wait_for_new_audio(page, "pg-audio", None)
+    assert wav_ok(page, first)
+    page.locator("#pg-message .note.ok").get_by_text("s of speech").wait_for()
+    listen_shot = tmp_path / "playground-listen.png"
+    page.screenshot(path=str(listen_shot), full_page=True)
+
+    # the merged model, no adapter
+    choose(page, "pg-model", f"Run {RUN} · merged")
+    choose(page, "pg-adapter-0", "none")
+    page.locator("#pg-generate").click()
+    second = wait_for_new_audio(page, "pg-audio", first)
+    assert wav_ok(page, second)
+    assert page.locator("#pg-download").is_visible()
+
+    # bad input: a readable message, never a traceback
+    page.locator("#pg-text textarea").fill("   ")
+    page.locator("#pg-generate").click()
+    page.locator("#pg-message .note.error").get_by_text("no text to speak").wait_for()
+    assert "Traceback" not in page.content()
+    assert not page.errors, page.errors
+
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(listen_shot, SCREENSHOT)
+
+
+def test_blind_ab_shows_two_players_and_records_the_vote(server, page, tmp_path):
+    open_playground(page, server)
+    page.get_by_role("tab", name="A/B compare").click()
+    choose(page, "pg-b-model", f"Run {RUN} · merged")
+    assert page.locator("#pg-blind input").is_checked()
+    page.locator("#pg-compare").click()
+    srcs = [wait_for_new_audio(page, f"pg-ab-audio-{i}", None) for i in (1, 2)]
+    assert all(wav_ok(page, src) for src in srcs)
+    assert page.locator("#pg-ab-caption-1").inner_text().startswith("Hidden")
+
+    page.locator("#pg-vote-1").click()
+    page.locator("#pg-ab-message .note.ok").get_by_text("Recorded: sample 1").wait_for()
+    captions = [page.locator(f"#pg-ab-caption-{i}").inner_text() for i in (1, 2)]
+    assert {c.split(" — ")[0].strip() for c in captions} == {"A", "B"}
+    assert page.locator("#pg-vote-2").is_disabled()
+    assert "1" in page.locator("#pg-tally").inner_text()
+    page.screenshot(path=str(tmp_path / "playground-ab.png"), full_page=True)
+
+    lines = (server.workspace / "runs" / RUN / "preferences.jsonl").read_text().splitlines()
+    record = json.loads(lines[-1])
+    assert record["blind"] and record["model_b"] == f"runs/{RUN}/artifacts/merged"
+    assert record["choice"] == record["order"][0]  # sample 1 was the model played first
+    assert not page.errors, page.errors
+
+
+def test_artifacts_list_downloads_and_disk_usage(server, page, tmp_path):
+    open_playground(page, server)
+    page.get_by_role("tab", name="Artifacts").click()
+    page.locator("#pg-runs").get_by_text(RUN).first.wait_for()
+    assert "Disk used by runs".upper() in page.locator("#pg-usage").inner_text().upper()
+    page.locator("#pg-merged-files").get_by_text("model.pth").first.wait_for()
+    page.locator("#pg-audio-files").get_by_text("example_1.wav").wait_for()
+    href = page.locator("#pg-adapter-zip").first.evaluate("el => (el.closest('a') || el.querySelector('a') || el).href")
+    if href:
+        assert page.request.get(href).body()[:2] == b"PK"
+    page.screenshot(path=str(tmp_path / "playground-artifacts.png"), full_page=True)
+    assert not page.errors, page.errors
