@@ -27,6 +27,7 @@ LINEAR_TARGETS = ("wqkv", "wo", "w1", "w2", "w3")
 HEAD_TARGETS = ("output", "fast_output")
 EMBEDDING_TARGETS = ("embeddings", "codebook_embeddings", "fast_embeddings")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+EXTRA_FILES = ("studio_adapter.json", "README.md")
 
 
 class AdapterError(ValueError):
@@ -147,14 +148,15 @@ def adapter_scales(model) -> dict[str, float]:
 
 
 def export_adapter_zip(adapter_dir: str | Path, zip_path: str | Path) -> Path:
-    """A zip of the adapter directory (for download from the studio)."""
+    """A zip of the adapter's files (for download from the studio): peft format, loadable with
+    load_adapters or peft's PeftModel.from_pretrained after unzipping."""
     adapter_dir = _check_adapter_dir(adapter_dir)
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = zip_path.with_name(zip_path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for file in sorted(adapter_dir.rglob("*")):
-            if file.is_file():
-                zf.write(file, file.relative_to(adapter_dir).as_posix())
+        for name in ADAPTER_FILES + EXTRA_FILES:  # not a training checkpoint's optimizer state
+            if (adapter_dir / name).is_file():
+                zf.write(adapter_dir / name, name)
     tmp.replace(zip_path)
     return zip_path

@@ -93,7 +93,7 @@ def speaker_overview(manifest: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="clips", row=1, col=1)
     fig.update_yaxes(title_text="minutes", row=2, col=1)
     fig.update_xaxes(type="category", tickangle=-30 if len(table) > 8 else 0, row=2, col=1)
-    return _layout(fig, title, height=420)
+    return _layout(fig, title, height=400)
 
 
 def duration_histogram(manifest: pd.DataFrame, bins: int = 30) -> go.Figure:
@@ -118,7 +118,7 @@ def duration_histogram(manifest: pd.DataFrame, bins: int = 30) -> go.Figure:
     fig.update_layout(barmode="stack", bargap=0.05)
     fig.update_xaxes(title_text="duration (s)", rangemode="tozero")
     fig.update_yaxes(title_text="clips")
-    return _layout(fig, title)
+    return _layout(fig, title, height=400)
 
 
 def snr_scatter(manifest: pd.DataFrame, color_by: str = "status") -> go.Figure:

@@ -29,6 +29,7 @@ import math
 import time
 
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 
 from pipeline.forward import embed, unwrap
@@ -85,6 +86,16 @@ def _layer_step(layer, x, freqs, k_cache, v_cache, rows, heads, pos, mask):
     y = torch.matmul(probs, v_cache).reshape(bsz, 1, q_size)
     h = x + attn.wo(y)
     return h + layer.feed_forward(layer.ffn_norm(h))
+
+
+def _fast_layer_step(*args):
+    """The same block for the fast transformer (its own compiled entry: other shapes, no qk-norm)."""
+    return _layer_step(*args)
+
+
+def _head(norm, x, weight):
+    """Final RMSNorm + the head rows we sample from, as float logits: x (B, dim) → (B, rows)."""
+    return F.linear(norm(x), weight).float()
 
 
 def _sample(logits, window, noise, temperature, top_p, penalty, force_flag, force_value):
@@ -160,15 +171,15 @@ class FastGenerator:
         self.last_logits0 = torch.zeros((B, self.n_semantic + 1), device=dev)
         self.last_fast_logits = torch.zeros((B, self.N - 1, self.residual_vocab), device=dev)
         self.refresh_weights()
-        self._slow = self._fast = _layer_step
-        self._sampler = _sample
+        self._slow, self._fast, self._sampler, self._head = _layer_step, _fast_layer_step, _sample, _head
         if self.use_compile:
-            import torch._dynamo
-
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            for name in ("recompile_limit", "cache_size_limit"):  # one entry per length/shape, not per layer
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
             self._slow = torch.compile(_layer_step, fullgraph=True, dynamic=None)
-            self._fast = torch.compile(_layer_step, fullgraph=True, dynamic=False)
+            self._fast = torch.compile(_fast_layer_step, fullgraph=True, dynamic=False)
             self._sampler = torch.compile(_sample, fullgraph=True, dynamic=False)
+            self._head = torch.compile(_head, fullgraph=True, dynamic=False)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._pool = None
         self.warmup_s = None
@@ -204,7 +215,7 @@ class FastGenerator:
                 torch._dynamo.mark_dynamic(mask, 3)
             x = self._slow(layer, x, freqs, kcl, vcl, self.rows, self.heads, pos, mask)
         self.noise.exponential_()
-        logits0 = F.linear(m.norm(x[:, 0]), self.head0).float()
+        logits0 = self._head(m.norm, x[:, 0], self.head0)
         self.last_logits0.copy_(logits0)
         args = (self.temperature, self.top_p, self.penalty)
         idx0 = self._sampler(logits0, self.window[:, 0], self.noise[:, 0], *args, self.force_flag, self.force[:, 0])
@@ -218,7 +229,7 @@ class FastGenerator:
                 y = self._fast(layer, y, self.fast_freqs[k], kc, vc, self.rows, self.fheads, self.fast_pos[k],
                                self.fast_mask[k])
             if k:
-                logits = F.linear(m.fast_norm(y[:, 0]), self.head_fast).float()
+                logits = self._head(m.fast_norm, y[:, 0], self.head_fast)
                 self.last_fast_logits[:, k - 1].copy_(logits)
                 noise = self.noise[:, k, : self.residual_vocab]
                 codes.append(self._sampler(logits, self.window[:, k], noise, *args, self.force_flag, self.force[:, k]))
@@ -245,14 +256,16 @@ class FastGenerator:
         The warm-up steps scribble on the caches and state; `start` resets what matters (the
         prompt is prefilled again and every later cache position is masked until written)."""
         saved = [t.clone() for t in (self.cur, self.pos, self.t, self.window, self.out[:, :, :1])]
-        self.pos.fill_(length - 1)
-        self.t.zero_()
+        last = max(length - 2, 0)  # warm-up positions stay inside the bucket
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
+                self.pos.fill_(last)
+                self.t.zero_()
                 self._step(length)
         torch.cuda.current_stream().wait_stream(stream)
+        self.pos.fill_(last)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             self._step(length)
@@ -273,7 +286,8 @@ class FastGenerator:
             if self.use_graph and length not in self.graphs:
                 self._capture(length)
             elif not self.use_graph and self.use_compile:
-                self.pos.fill_(length - 1)
+                self.pos.fill_(max(length - 2, 0))
+                self.t.zero_()
                 self._step(length)
             if length >= limit or length >= self.S:
                 break
@@ -375,3 +389,38 @@ class FastGenerator:
             fast.append(self.last_fast_logits[0].clone())
         self.force_flag.fill_(False)
         return torch.stack(heads), torch.stack(fast)
+
+
+@torch.no_grad()
+def reference_logits(model, prompt: torch.Tensor, frames: torch.Tensor):
+    """What fish-speech's decode_one_token_ar computes for given frames (checks): full-vocabulary
+    token logits (F, vocab) and fast logits (F, N-1, codebook_size), KV caches, one column at a time."""
+    model = unwrap(model)
+    n = model.config.num_codebooks
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    prompt, frames = prompt.to(device), frames.to(device)
+    with torch.device(device):
+        model.setup_caches(max_batch_size=1, max_seq_len=model.config.max_seq_len, dtype=dtype)
+    try:
+        seq = torch.cat([prompt, frames], dim=1)
+        length = prompt.shape[1]
+        out = model.forward_generate(seq[None, :, :length], torch.arange(length, device=device))
+        heads, fast = [], []
+        for i in range(frames.shape[1]):
+            heads.append(out.logits[0, -1].float())
+            for layer in model.fast_layers:
+                layer.attention.kv_cache.k_cache.fill_(0)
+                layer.attention.kv_cache.v_cache.fill_(0)
+            model.forward_generate_fast(out.hidden_states[0, -1][None], torch.tensor([0], device=device))
+            rows = []
+            for k in range(1, n):
+                x = model.fast_embeddings(frames[k, i].view(1))  # codebook k-1 of this frame
+                rows.append(model.forward_generate_fast(x, torch.tensor([k], device=device))[0, 0].float())
+            fast.append(torch.stack(rows))
+            t = length + i
+            out = model.forward_generate(seq[None, :, t : t + 1], torch.tensor([t], device=device))
+    finally:
+        for layer in list(model.layers) + list(model.fast_layers):
+            layer.attention.kv_cache = None
+        model.max_seq_len = model.max_batch_size = -1
+    return torch.stack(heads), torch.stack(fast)

@@ -97,23 +97,41 @@ def _block(layer, x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     return h + layer.feed_forward(layer.ffn_norm(h))
 
 
-def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool) -> torch.Tensor:
+_compiled_block = None
+
+
+def compiled_block():
+    """`_block` through torch.compile, shared by every layer (dynamo inlines the modules, so one
+    graph serves all layers of a shape). Measured on an H200 at the s1-mini shape, batch 4 x 4096:
+    LoRA 0.74 → 0.44 s/step, full 0.64 → 0.41 s/step, after ~30 s of compilation."""
+    global _compiled_block
+    if _compiled_block is None:
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        _compiled_block = torch.compile(_block)
+    return _compiled_block
+
+
+def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_blocks: bool = False) -> torch.Tensor:
+    block = compiled_block() if compile_blocks else _block
     for layer in layers:
         if gradient_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(_block, layer, x, freqs_cis, use_reentrant=False)
+            x = checkpoint(block, layer, x, freqs_cis, use_reentrant=False)
         else:
-            x = _block(layer, x, freqs_cis)
+            x = block(layer, x, freqs_cis)
     return x
 
 
-def slow_forward(model, tokens: torch.Tensor, gradient_checkpointing: bool = False) -> torch.Tensor:
+def slow_forward(model, tokens: torch.Tensor, gradient_checkpointing: bool = False,
+                 compile_blocks: bool = False) -> torch.Tensor:
     """Slow transformer hidden states (B, L, dim), before the final norm (as forward_generate returns)."""
     model = unwrap(model)
     seq_len = tokens.shape[-1]
     if seq_len > model.config.max_seq_len:
         raise ValueError(f"Sequence length {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}.")
     x = embed(model, tokens)
-    return _run_layers(model.layers, x, model.freqs_cis[:seq_len], gradient_checkpointing)
+    return _run_layers(model.layers, x, model.freqs_cis[:seq_len], gradient_checkpointing, compile_blocks)
 
 
 def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -124,7 +142,8 @@ def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return model.output(out)
 
 
-def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False) -> torch.Tensor:
+def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False,
+                compile_blocks: bool = False) -> torch.Tensor:
     """Fast transformer logits (M, N, codebook_size) for M frames.
 
     hidden: (M, dim) slow hidden states (pre-norm) of the positions BEFORE the frames;
@@ -134,7 +153,7 @@ def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_check
     n = model.config.num_codebooks
     x = model.fast_project_in(hidden)
     x = torch.cat([x[:, None], model.fast_embeddings(codes[:, : n - 1])], dim=1)
-    x = _run_layers(model.fast_layers, x, model.fast_freqs_cis[:n], gradient_checkpointing)
+    x = _run_layers(model.fast_layers, x, model.fast_freqs_cis[:n], gradient_checkpointing, compile_blocks)
     return model.fast_output(model.fast_norm(x))
 
 
@@ -167,15 +186,18 @@ def _token_loss_sum(model, hidden, targets, chunk_rows: int):
     return total, hits1, hits5
 
 
-def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk_rows: int = 4096) -> LossOutput:
-    """Loss of a batch {tokens (B, C+1, L), labels (B, C+1, L) with -100 where no loss}."""
+def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk_rows: int = 4096,
+                 compile_blocks: bool = False) -> LossOutput:
+    """Loss of a batch {tokens (B, C+1, L), labels (B, C+1, L) with -100 where no loss}.
+
+    compile_blocks runs every transformer block through torch.compile (GPU training)."""
     base = unwrap(model)
     tokens, labels = batch["tokens"], batch["labels"]
     n = base.config.num_codebooks
     if tokens.ndim != 3 or tokens.shape[1] != n + 1 or labels.shape != tokens.shape:
         raise ValueError(f"Batch tokens/labels must be (B, {n + 1}, L); got {tuple(tokens.shape)} and {tuple(labels.shape)}.")
 
-    hidden = slow_forward(base, tokens, gradient_checkpointing)
+    hidden = slow_forward(base, tokens, gradient_checkpointing, compile_blocks)
     token_pos = labels[:, 0] != IGNORE  # (B, L)
     n_tokens = int(token_pos.sum())
     # logits only where there is a target: the vocabulary is large (155k for s1-mini)
@@ -186,7 +208,7 @@ def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk
     frame_pos = labels[:, 1] != IGNORE  # next column is an audio frame
     frame_codes = labels[:, 1:].transpose(1, 2)[frame_pos]  # (M, N)
     if frame_codes.shape[0] and n > 1:
-        residual = fast_logits(base, hidden[frame_pos], frame_codes, gradient_checkpointing)[:, 1:]
+        residual = fast_logits(base, hidden[frame_pos], frame_codes, gradient_checkpointing, compile_blocks)[:, 1:]
         vocab = min(RESIDUAL_VOCAB, residual.shape[-1])
         residual = residual[..., :vocab].float()
         targets = frame_codes[:, 1:]

@@ -50,8 +50,10 @@ def log_tail(run_dir: Path, lines: int = 30) -> str:
     path = Path(run_dir) / "log.txt"
     if not path.exists():
         return ""
-    with path.open(errors="replace") as handle:
-        return "".join(deque(handle, maxlen=lines))
+    # newline="" keeps the line endings: a line ending in a bare "\r" is a progress bar state
+    # that the next one overwrote on a terminal, so it is left out
+    with path.open(errors="replace", newline="") as handle:
+        return "".join(deque((line for line in handle if not line.endswith("\r")), maxlen=lines))
 
 
 def current_job(config: Config) -> dict | None:

@@ -17,7 +17,7 @@ MODE_STYLE = {  # colour and marker per training mode, the same in the table's w
     "quick_lora": ("#2a9d8f", "circle", "Quick LoRA"),
     "full_finetune": ("#264653", "diamond", "Full fine-tune"),
 }
-NO_FIT = "#b0b7c3"
+GPU_PALETTE = ("#2a9d8f", "#264653", "#e9c46a", "#f4a261", "#e76f51", "#6d597a", "#457b9d", "#8ab17d")
 TRAIN, VAL, TOP5 = "#2a9d8f", "#e76f51", "#264653"
 
 
@@ -42,8 +42,9 @@ def _message(title: str, text: str, height: int) -> go.Figure:
 # -- Modes & cost ---------------------------------------------------------------------------------
 def cost_comparison(table: pd.DataFrame, selected_gpu: str | None = None,
                     selected_mode: str | None = None) -> go.Figure:
-    """Time (x) against cost (y), one marker per GPU × mode; cards that cannot fit the run are grey
-    and hollow; the configured GPU and mode is ringed. Log axes when the spread is wide."""
+    """Time (x) against cost (y), one marker per GPU × mode: colour = GPU, shape = mode (circle quick
+    LoRA, diamond full fine-tune), hollow = the run does not fit in that card's memory; the
+    configured GPU and mode is ringed. Log axes when the spread is wide."""
     title = "Time and cost per GPU — lower left is faster and cheaper"
     if table is None or table.empty:
         return _message(title, "Load a dataset to see the estimate.", 420)
@@ -52,34 +53,40 @@ def cost_comparison(table: pd.DataFrame, selected_gpu: str | None = None,
     x = minutes / 60 if use_hours else minutes
     unit = "hours" if use_hours else "minutes"
     fig = go.Figure()
-    for mode, (color, symbol, label) in MODE_STYLE.items():
-        rows = table["mode"] == mode
-        if not rows.any():
-            continue
-        fits = table.loc[rows, "fits"].astype(bool)
+    for i, gpu in enumerate(dict.fromkeys(table["gpu"])):
+        rows = table[table["gpu"] == gpu]
+        color = GPU_PALETTE[i % len(GPU_PALETTE)]
+        symbols = [MODE_STYLE.get(m, ("", "circle", m))[1] + ("" if fit else "-open")
+                   for m, fit in zip(rows["mode"], rows["fits"])]
+        labels = [MODE_STYLE.get(m, ("", "", m))[2] for m in rows["mode"]]
         fig.add_trace(go.Scatter(
-            x=x[rows], y=table.loc[rows, "cost_usd"], mode="markers+text", name=label,
-            text=table.loc[rows, "gpu"], textposition="top center", textfont=dict(size=11),
-            marker=dict(size=13, symbol=[symbol if f else f"{symbol}-open" for f in fits],
-                        color=[color if f else NO_FIT for f in fits], line=dict(width=1.5, color=color)),
-            customdata=table.loc[rows, ["peak_gb", "fits", "price_per_hour", "throughput_source"]].to_numpy(),
-            hovertemplate=("<b>%{text}</b> · " + label + "<br>%{x:.2f} " + unit + " · $%{y:.2f}"
-                           "<br>peak %{customdata[0]} GB · fits: %{customdata[1]}"
-                           "<br>$%{customdata[2]}/h<br>%{customdata[3]}<extra></extra>"),
+            x=x[rows.index], y=rows["cost_usd"], mode="markers", name=gpu,
+            marker=dict(size=14, symbol=symbols, color=color, line=dict(width=2, color=color)),
+            customdata=list(zip(labels, rows["peak_gb"], ["yes" if f else "no" for f in rows["fits"]],
+                                rows["price_per_hour"], rows["throughput_source"])),
+            hovertemplate=("<b>" + gpu + "</b> · %{customdata[0]}<br>%{x:.2f} " + unit + " · $%{y:.2f}"
+                           "<br>peak %{customdata[1]} GB · fits: %{customdata[2]} · $%{customdata[3]}/h"
+                           "<br>%{customdata[4]}<extra></extra>"),
         ))
     chosen = table[(table["gpu"] == selected_gpu) & (table["mode"] == selected_mode)]
     if not chosen.empty:
         fig.add_trace(go.Scatter(
             x=x[chosen.index], y=chosen["cost_usd"], mode="markers", name="your choice",
-            marker=dict(size=26, symbol="circle-open", color="#e76f51", line=dict(width=2.5)),
+            marker=dict(size=28, symbol="circle-open", color="#e76f51", line=dict(width=2.5)),
             hoverinfo="skip"))
     spread = lambda s: float(s.max()) / max(float(s[s > 0].min()), 1e-9) if (s > 0).any() else 1.0  # noqa: E731
-    fig.update_xaxes(title_text=f"training time ({unit})", type="log" if spread(x) > 30 else "linear",
+    log_x, log_y = spread(x) > 30, spread(table["cost_usd"].astype(float)) > 30
+    fig.update_xaxes(title_text=f"training time ({unit})", type="log" if log_x else "linear",
                      rangemode="tozero", zeroline=False)
-    fig.update_yaxes(title_text="cost (USD)", tickprefix="$",
-                     type="log" if spread(table["cost_usd"].astype(float)) > 30 else "linear",
+    fig.update_yaxes(title_text="cost (USD)", tickprefix="$", type="log" if log_y else "linear",
                      rangemode="tozero", zeroline=False)
-    return _style(fig, title, 440)
+    fig.add_annotation(text="● Quick LoRA   ◆ Full fine-tune   hollow: does not fit in memory",
+                       xref="paper", yref="paper", x=0, y=1.02, xanchor="left", yanchor="bottom",
+                       showarrow=False, font=dict(size=11, color="#6b7280"))
+    fig = _style(fig, title, 440)
+    fig.update_layout(legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.01),
+                      margin=dict(r=150))
+    return fig
 
 
 # -- Training curves ----------------------------------------------------------------------------
@@ -88,7 +95,8 @@ def _line(frame: pd.DataFrame, column: str, name: str, color: str, dash: str = "
     if frame.empty or column not in frame:
         return None
     rows = frame[["step", column]].dropna()
-    return go.Scatter(x=rows["step"], y=rows[column], name=name, legendgroup=name, showlegend=legend,
+    # plain lists, not numpy: the browser then sees ordinary arrays (plotly.js gd.data[i].x.length)
+    return go.Scatter(x=rows["step"].tolist(), y=rows[column].tolist(), name=name, legendgroup=name, showlegend=legend,
                       mode="lines+markers" if markers or len(rows) < 40 else "lines",
                       line=dict(color=color, width=2, dash=dash), marker=dict(size=5, color=color),
                       hovertemplate=f"{name}<br>step %{{x}}: %{{y:.4g}}<extra></extra>")
@@ -120,7 +128,10 @@ def training_curves(train: pd.DataFrame, val: pd.DataFrame, title: str = "Traini
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=2)
     fig.update_yaxes(rangemode="tozero", tickformat=".0%", row=1, col=2)
-    fig.update_yaxes(exponentformat="e", showexponent="all", row=2, col=1)
+    top_lr = float(train["lr"].max()) if "lr" in train and train["lr"].notna().any() else 0.0
+    # a constant lr would get plotly's ±1 padding around it: pin the axis to [0, peak]
+    fig.update_yaxes(exponentformat="e", showexponent="all", range=[0, top_lr * 1.15] if top_lr > 0 else None,
+                     row=2, col=1)
     fig.update_yaxes(rangemode="tozero", row=2, col=2)
     for annotation in fig.layout.annotations:  # subplot titles: left-aligned, quieter
         annotation.update(font=dict(size=13, color="#374151"))

@@ -55,6 +55,13 @@ def format_size(gb: float) -> str:
     return f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1000:.0f} MB"
 
 
+def short_source(text: str) -> str:
+    """`estimated: <long reference> × 0.35` → `estimated: reference × 0.35` (for narrow tables)."""
+    if text.startswith("estimated:") and "×" in text:
+        return "estimated: reference × " + text.rsplit("×", 1)[1].strip()
+    return text
+
+
 # -- metrics ----------------------------------------------------------------------------------
 def read_metrics(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train rows, validation rows) of a metrics.jsonl, sorted by step; empty frames when absent.
@@ -121,7 +128,7 @@ class RunProgress:
     status: str
     phase: str | None
     phase_label: str
-    phase_number: int | None        # 1-based among the run's training phases
+    phase_number: int | None        # 1-based among the run's training phases, while in one
     phase_count: int
     step: int
     total_steps: int | None
@@ -204,7 +211,7 @@ def run_progress(run_dir: str | Path, run: dict | None = None, config: Config | 
     return RunProgress(
         run_id=run.get("id") or run_dir.name, mode=run.get("mode", ""), status=run.get("status", "unknown"),
         phase=phase, phase_label=PHASE_LABELS.get(phase, phase or "Waiting to start"),
-        phase_number=phases.index(shown) + 1 if shown in phases else None, phase_count=len(phases),
+        phase_number=phases.index(phase) + 1 if phase in phases else None, phase_count=len(phases),
         step=step, total_steps=total, fraction=fraction, eta_s=eta, eta_note=note, elapsed_s=elapsed,
         gpu=cfg.gpu.type if cfg is not None else "?", price_per_hour=price,
         spent_usd=elapsed / 3600 * price, message=run.get("message") or state.get("message") or "",
@@ -271,7 +278,7 @@ def estimate_vs_actual(run_dir: str | Path, run: dict | None = None, config: Con
         {"": f"Cost at ${cfg.gpu.price_per_hour:.2f}/h", column: est["cost"] + " (training)",
          "This run": format_money(progress.spent_usd) + " (wall time)"},
         {"": "Training steps", column: _planned_steps(cfg, run.get("mode")), "This run": str(actual["steps"])},
-        {"": "Throughput", column: est["source"],
+        {"": "Throughput", column: short_source(est["source"]),
          "This run": f"{speed:,.0f} tokens/s (median)" if speed else "—"},
     ])
 

@@ -41,6 +41,7 @@ from pipeline.train_settings import (  # noqa: F401  (TrainSettings/TrainResult 
     resolve_device,
     use_bf16,
     use_checkpointing,
+    use_compile,
 )
 
 Progress = Callable[[float, str], None] | None
@@ -95,6 +96,7 @@ class _Trainer:
         self.device = resolve_device(s)
         self.bf16 = use_bf16(s, self.device)
         self.checkpointing = use_checkpointing(s, self.device)
+        self.compile = use_compile(s, self.device)
         _seed_everything(s.seed)
         # full fine-tuning keeps fp32 master weights (bf16 would round away 1e-5 updates);
         # a frozen LoRA base can live in bf16
@@ -264,7 +266,8 @@ class _Trainer:
             batch = self._to_device(self.data.train.batch(self.position))
             self.position += 1
             with self._autocast():
-                out = compute_loss(self.model, batch, gradient_checkpointing=self.checkpointing)
+                out = compute_loss(self.model, batch, gradient_checkpointing=self.checkpointing,
+                                   compile_blocks=self.compile)
             (out.loss / s.grad_accumulation).backward()
             for key in sums:
                 value = getattr(out, key)
@@ -290,7 +293,7 @@ class _Trainer:
         totals, weight = dict(loss=0.0, token_loss=0.0, codebook_loss=0.0, top1=0.0, top5=0.0), 0
         for batch in self.data.val:
             with self._autocast():
-                out = compute_loss(self.model, self._to_device(batch))
+                out = compute_loss(self.model, self._to_device(batch), compile_blocks=self.compile)
             for key in totals:
                 value = getattr(out, key)
                 totals[key] += (value.item() if torch.is_tensor(value) else value) * out.n_tokens

@@ -16,6 +16,7 @@ import gradio as gr
 from pipeline.config import PROJECT_ROOT, Config
 
 from . import dataset_tab
+from . import modes_tab, training_tab
 from . import playground_tab
 from .theme import CSS, make_theme
 
@@ -38,6 +39,7 @@ TabBuilder = Callable[[StudioContext], None]
 # (title, build function, elem_id). Only real tabs go here: no placeholders.
 TABS: list[tuple[str, TabBuilder, str]] = [
     ("Dataset", dataset_tab.build, "tab-dataset"),
+    ("Modes & cost", modes_tab.build, "tab-modes"), ("Training", training_tab.build, "tab-training"),
     ("Playground", playground_tab.build, "tab-playground"),
 ]
 

@@ -34,6 +34,12 @@ def _failure(exc: Exception) -> str:
     return f"Unexpected error ({type(exc).__name__}): {exc}. The server console has the details."
 
 
+def _reasons_chart(manifest):
+    """At least as tall as the SNR chart plus the colour switch above it, so the row lines up."""
+    fig = charts.rejection_reasons(manifest)
+    return fig.update_layout(height=max(fig.layout.height or 0, 398))
+
+
 def _records(frame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))  # plain JSON types (no numpy, NaN → null)
 
@@ -123,7 +129,7 @@ def build(ctx) -> None:
                     filter_text = gr.Textbox(label="Search text, id or reason", placeholder="e.g. kiitos",
                                              elem_id="filter-text")
                 clips_table = gr.Dataframe(interactive=False, wrap=True, max_height=460,
-                                           column_widths=["16%", "9%", "27%", "8%", "8%", "9%", "7%", "6%", "10%"],
+                                           column_widths=["19%", "9%", "25%", "8%", "8%", "9%", "7%", "6%", "9%"],
                                            elem_id="clip-table", show_label=False)
             with gr.Tab("Rejected clips", elem_id="tab-rejected"):
                 rejected_table = gr.Dataframe(interactive=False, wrap=True, max_height=460,
@@ -164,7 +170,7 @@ def build(ctx) -> None:
             overview_plot: charts.speaker_overview(ds.manifest),
             duration_plot: charts.duration_histogram(ds.manifest),
             snr_plot: charts.snr_scatter(ds.manifest, "status"), color_by: "status",
-            reasons_plot: charts.rejection_reasons(ds.manifest),
+            reasons_plot: _reasons_chart(ds.manifest),
             recommendation: view.recommendation_md(ds),
             speaker: gr.update(choices=view.speaker_choices(ds), value=chosen),
             speaker_card: view.speaker_card_html(ds, chosen), confirmation: picked,
@@ -274,8 +280,8 @@ def build(ctx) -> None:
     load_btn.click(on_load, inputs=[kind, folder, zip_file, hf_repo, hf_config, hf_split, hf_revision,
                                     col_audio, col_text, col_speaker, max_clips, force],
                    outputs=view_outputs, api_name="load_dataset", concurrency_limit=1,
-                   show_progress_on=[message, summary])
-    ctx.demo.load(on_open_selection, outputs=view_outputs, api_name="open_selection")
+                   show_progress_on=summary)
+    ctx.demo.load(on_open_selection, outputs=view_outputs, api_name="open_selection", show_progress="hidden")
     gr.on([filter_speaker.input, filter_status.input, filter_text.submit, filter_text.blur], on_filter,
           inputs=[dataset_id, filter_speaker, filter_status, filter_text], outputs=clips_table,
           api_name="filter_clips", trigger_mode="always_last")

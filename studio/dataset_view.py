@@ -130,8 +130,8 @@ def summary_html(dataset) -> str:
         parts.append(f"<div class='summary-meta'>Rejection reasons:<ul class='reason-list'>{items}</ul></div>")
     else:
         parts.append("<div class='summary-meta'>No clips were rejected.</div>")
-    parts.append(f"<div class='summary-meta'>Dataset <code>{esc(dataset.id)}</code> · stored in "
-                 f"<code>{esc(dataset.dir)}</code></div>")
+    parts.append(f"<div class='summary-meta'>Dataset <code>{esc(dataset.id)}</code>, saved in the "
+                 f"workspace under <code>datasets/{esc(dataset.dir.name)}</code></div>")
     return "".join(parts)
 
 

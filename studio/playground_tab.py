@@ -86,7 +86,7 @@ def _picker(config, prefix: str, label: str, default: str | None) -> Picker:
         for i in range(MAX_ADAPTERS):
             with gr.Row(equal_height=True):
                 slots.append(gr.Dropdown([("— none —", NONE)] + [(a.label, a.path) for a in adapters],
-                                         value=NONE, label=f"Adapter {i + 1}", scale=3, interactive=True,
+                                         value=NONE, label=f"Adapter {i + 1}", scale=5, interactive=True,
                                          elem_id=f"{prefix}-adapter-{i}"))
                 weights.append(gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Strength", scale=2,
                                          elem_id=f"{prefix}-weight-{i}"))
@@ -116,28 +116,29 @@ def build(ctx) -> None:
             normalized = gr.Markdown(_spoken(first_text), elem_classes="section-hint", elem_id="pg-normalized")
             gr.Examples([[s] for s in _examples()], inputs=[text], label="Example sentences",
                         examples_per_page=5)
-        with gr.Column(scale=2, min_width=320):
-            gr.Markdown("### Voice and sampling", elem_classes="section-title")
-            with gr.Accordion("Reference clip (optional voice prompt)", open=False, elem_id="pg-reference"):
+            with gr.Accordion("Reference clip: an optional voice prompt", open=False, elem_id="pg-reference"):
                 with gr.Row():
                     ref_speaker = gr.Dropdown(refs.speakers, value=refs.speaker, label="Dataset speaker",
-                                              interactive=True, elem_id="pg-ref-speaker")
+                                              interactive=True, scale=1, elem_id="pg-ref-speaker")
                     ref_clip = gr.Dropdown(_clip_choices(refs), value=None, label="Accepted clip",
-                                           interactive=True, elem_id="pg-ref-clip")
-                ref_audio = gr.Audio(type="filepath", sources=["upload"], label="Reference audio (or upload)",
-                                     elem_id="pg-ref-audio")
-                ref_text = gr.Textbox(label="Transcript of the reference", lines=2, elem_id="pg-ref-text")
+                                           interactive=True, scale=2, elem_id="pg-ref-clip")
+                with gr.Row(equal_height=False):
+                    ref_audio = gr.Audio(type="filepath", sources=["upload"], label="Reference audio (or upload one)",
+                                         elem_id="pg-ref-audio")
+                    ref_text = gr.Textbox(label="Its transcript", lines=3, elem_id="pg-ref-text")
+        with gr.Column(scale=2, min_width=320):
+            gr.Markdown("### Sampling", elem_classes="section-title")
             with gr.Row():
                 temperature = gr.Slider(0.1, 1.5, value=0.7, step=0.05, label="Temperature", elem_id="pg-temperature")
                 top_p = gr.Slider(0.1, 1.0, value=0.8, step=0.05, label="Top-p", elem_id="pg-top-p")
             with gr.Row():
                 penalty = gr.Slider(1.0, 1.5, value=1.1, step=0.01, label="Repetition penalty",
                                     elem_id="pg-penalty")
-                max_tokens = gr.Slider(16, 2048, value=1024, step=16, label="Max length (frames per sentence)",
-                                       info="21.5 frames = 1 s of speech", elem_id="pg-max-tokens")
+                max_tokens = gr.Slider(16, 2048, value=1024, step=16, label="Max length",
+                                       info="frames per sentence (21.5 per second)", elem_id="pg-max-tokens")
             with gr.Row(equal_height=True):
                 seed = gr.Number(value=1234, precision=0, label="Seed", minimum=0, scale=3, elem_id="pg-seed")
-                dice = gr.Button("🎲 New seed", scale=1, elem_id="pg-new-seed")
+                dice = gr.Button("New seed", scale=1, elem_id="pg-new-seed")
     shared = [text, ref_audio, ref_text, temperature, top_p, penalty, max_tokens, seed]
 
     with gr.Tabs(elem_id="pg-tabs"):
@@ -307,7 +308,8 @@ def build(ctx) -> None:
             "merged model": f"{len(r.merged_files)} files" if r.merged_files else "—",
             "evaluation audio": len(r.audio_files), "disk used": pg.format_bytes(r.size_bytes)} for r in runs])
         ids = [r.run_id for r in runs]
-        return html, table, gr.update(choices=ids, value=ids[0] if ids else None)
+        shown = next((r.run_id for r in runs if r.files), ids[0] if ids else None)  # newest run with files
+        return html, table, gr.update(choices=ids, value=shown)
 
     def on_run_files(run_id):
         run = next((r for r in pg.list_run_artifacts(config) if r.run_id == run_id), None)
@@ -342,10 +344,10 @@ def build(ctx) -> None:
     for button, (_, value) in zip(votes, VOTES):
         button.click(lambda current, value=value: on_vote(current, value), inputs=trial,
                      outputs=[ab_message, tally, trial, *captions, *votes], api_name=f"vote_{value or 'tie'}")
+    file_outputs = [adapter_zip, merged_files, audio_files]
     gr.on([artifacts_tab.select, refresh_artifacts.click], on_artifacts, outputs=[usage, runs_table, run_choice],
-          api_name="artifacts")
-    run_choice.change(on_run_files, inputs=run_choice, outputs=[adapter_zip, merged_files, audio_files],
-                      api_name="run_files")
+          api_name="artifacts").then(on_run_files, inputs=run_choice, outputs=file_outputs, api_visibility="private")
+    run_choice.input(on_run_files, inputs=run_choice, outputs=file_outputs, api_name="run_files")
 
 
 def _spoken(text: str | None) -> str:

@@ -110,9 +110,14 @@ def test_save_writes_peft_safetensors(ckpt, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "studio_adapter.json"} <= names
     tensors = load_file(out / "adapter_model.safetensors")
     assert tensors and all("lora_" in k for k in tensors)
+    (out / "optimizer.pt").write_bytes(b"training state")  # a training checkpoint holds more
     zip_path = export_adapter_zip(out, tmp_path / "zips" / "a.zip")
     with zipfile.ZipFile(zip_path) as zf:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zf.namelist())
+        assert "optimizer.pt" not in zf.namelist()
+        zf.extractall(tmp_path / "unzipped")
+    model = load_lm(ckpt)[0]
+    load_adapters(model, [(tmp_path / "unzipped", 1.0)])  # the download is a loadable adapter
 
 
 def test_stacked_adapters_equal_manually_weighted_weights(ckpt, tmp_path):

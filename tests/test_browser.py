@@ -65,6 +65,8 @@ def _wait_for_gallery(page, speaker: str) -> None:
 
 
 def _save(page, tmp_path: Path, name: str) -> Path:
+    page.mouse.move(0, 0)  # no hover toolbars or tooltips in the picture
+    page.wait_for_timeout(300)
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
@@ -90,7 +92,6 @@ def test_dataset_tab_loads_the_sample_and_picks_a_voice(server, page, tmp_path):
     href = page.locator("#gallery-audio-0 a[data-testid='download-link']").get_attribute("href")
     audio = page.request.get(href)
     assert audio.ok and audio.body()[:4] in (b"RIFF", b"fLaC", b"OggS")
-    page.locator("#chart-speakers").scroll_into_view_if_needed()
     overview = _save(page, tmp_path, "dataset-loaded")
 
     # Pick another speaker by ear: open the dropdown and choose a different option.
@@ -140,6 +141,9 @@ def test_dataset_tab_loads_the_sample_and_picks_a_voice(server, page, tmp_path):
 
 def test_dataset_tab_shows_a_bad_folder_as_a_message(server, page):
     page.goto(server.url)
+    if (server.workspace / "selection.json").exists():
+        # The page first re-opens the saved dataset (resetting the form); let that finish.
+        page.locator("#dataset-message").get_by_text("Re-opened").wait_for()
     page.locator("#source-kind input[value='folder']").check()
     page.locator("#source-folder textarea, #source-folder input").first.fill("/no/such/folder")
     page.locator("#load-dataset").click()

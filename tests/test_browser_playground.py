@@ -97,15 +97,20 @@ def choose(page, elem_id: str, text: str) -> None:
     page.get_by_role("option").filter(has_text=text).first.click()
 
 
+AUDIO_LINK = "a[data-testid='download-link']"  # gradio 6's player: wavesurfer, plus this link to the file
+
+
 def audio_src(page, elem_id: str) -> str | None:
-    return page.locator(f"#{elem_id} audio").first.get_attribute("src")
+    return page.locator(f"#{elem_id} {AUDIO_LINK}").first.get_attribute("href")
 
 
 def wait_for_new_audio(page, elem_id: str, previous: str | None) -> str:
+    """The player's file URL once it differs from `previous` (a new generation arrived)."""
     page.wait_for_function(
-        """([id, previous]) => { const a = document.querySelector(`#${id} audio`);
-            return a && a.getAttribute('src') && a.getAttribute('src') !== previous; }""",
-        arg=[elem_id, previous or ""], timeout=120_000)
+        """([id, link, previous]) => { const a = document.querySelector(`#${id} ${link}`);
+            return a && a.getAttribute('href') && a.getAttribute('href') !== previous; }""",
+        arg=[elem_id, AUDIO_LINK, previous or ""], timeout=120_000)
+    page.locator(f"#{elem_id} [data-testid='waveform-controls']").wait_for()  # the player is ready
     return audio_src(page, elem_id)
 
 

@@ -1,0 +1,313 @@
+"""The three sections of `python -m pipeline bench`: training steps, VQ extraction, generation."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from pipeline.bench import (SENTENCES, _free, _peak_gb, _sync, peak_tflops, rel_diff, synthetic_batch,
+                            time_calls, train_flops)
+
+# project: the step train.py runs today; fast: with the speed-ups of docs/PERFORMANCE.md;
+# reference: upstream-style (pipeline.bench_reference). ":ckpt" / ":nockpt" force checkpointing.
+DEFAULT_VARIANTS = ["reference-lora", "reference-full", "project-lora", "fast-lora", "project-full", "fast-full"]
+
+
+# -- training -----------------------------------------------------------------------------------
+def _supports_compile_blocks() -> bool:
+    import inspect
+
+    from pipeline.forward import compute_loss
+
+    return "compile_blocks" in inspect.signature(compute_loss).parameters
+
+
+@contextlib.contextmanager
+def training_speedups(model, compile_blocks: bool):
+    """LoRA branches computed in bf16 under autocast (peft otherwise casts every LoRA input to the
+    fp32 adapter dtype: a full fp32 copy of each activation, kept for backward) and, where
+    forward.py has no compile switch, each transformer block compiled."""
+    import pipeline.forward as fw
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for m in layers:
+        m.cast_input_dtype_enabled = False
+    original = fw._block
+    if compile_blocks and not _supports_compile_blocks():
+        fw._block = torch.compile(original)
+    try:
+        yield
+    finally:
+        fw._block = original
+        for m in layers:
+            m.cast_input_dtype_enabled = True
+
+
+def _project_model(args, tokenizer, device, settings):
+    """Model + optimizer exactly as pipeline.train._Trainer sets them up (random weights)."""
+    from fish_speech.models.text2semantic.llama import DualARTransformer
+
+    from pipeline.adapters import attach_lora
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DualARTransformer(args, tokenizer=tokenizer)
+    cuda = device.type == "cuda"
+    if settings.mode == "lora":
+        model = model.to(torch.bfloat16 if cuda else torch.float32)
+        model = attach_lora(model, settings.lora_rank, settings.lora_alpha, settings.lora_dropout,
+                            settings.lora_train_embeddings)
+    else:
+        model.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": settings.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=tuple(settings.betas),
+                                  eps=settings.eps, fused=cuda)
+    return model.train(), optimizer, params
+
+
+def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, grad_clip, device, compile_blocks):
+    """pipeline.train._Trainer._train_step without its logging."""
+    from pipeline.forward import compute_loss
+
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    extra = {"compile_blocks": compile_blocks} if _supports_compile_blocks() else {}
+    for mb in micro_batches:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = compute_loss(model, mb, gradient_checkpointing=checkpointing, **extra)
+        (out.loss / len(micro_batches)).backward()
+        total = total + out.loss.detach() / len(micro_batches)
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return total
+
+
+def _parse_variant(name: str):
+    base, _, force = name.partition(":")
+    impl, _, mode = base.partition("-")
+    if impl not in ("reference", "project", "fast") or mode not in ("lora", "full") or force not in ("", "ckpt", "nockpt"):
+        raise ValueError(f"Unknown training variant {name!r}: use (reference|project|fast)-(lora|full)[:ckpt|:nockpt].")
+    return impl, mode, {"": None, "ckpt": True, "nockpt": False}[force]
+
+
+def run_variant(name, config, shapes, batch, device, warmup, repeat) -> dict:
+    from pipeline.memory_plan import plan_memory, static_gb, workspace_gb
+    from pipeline.train_settings import TrainSettings, use_checkpointing
+
+    impl, mode, forced = _parse_variant(name)
+    args, tokenizer, _, batch_size, max_length = shapes
+    settings = TrainSettings.from_config(config, mode, batch_size=batch_size, max_length=max_length,
+                                         device=str(device))
+    cuda = device.type == "cuda"
+    _free(device)
+    losses = []
+    context = contextlib.nullcontext()
+    row = {"name": name, "impl": impl, "mode": mode}
+    if impl == "reference":
+        from pipeline.bench_reference import build_reference_model, reference_optimizer, reference_step
+
+        torch.manual_seed(0)
+        model = build_reference_model(args, tokenizer, device, mode, settings.lora_rank, settings.lora_alpha,
+                                      settings.lora_dropout)
+        optimizer = reference_optimizer(model, settings.lr, tuple(settings.betas), settings.eps, settings.weight_decay)
+
+        def step():
+            losses.append(reference_step(model, optimizer, batch, settings.grad_clip))
+
+        row.update(gradient_checkpointing=True, micro_batch=batch_size, grad_accumulation=1, weights="bf16")
+    else:
+        model, optimizer, params = _project_model(args, tokenizer, device, settings)
+        if impl == "project" or not cuda:  # what train.py decides today
+            ckpt = use_checkpointing(settings, device) if forced is None else forced
+            micro, accumulation = batch_size, 1
+        else:
+            plan = plan_memory(mode, batch_size, 1, max_length, torch.cuda.get_device_properties(device).total_memory / 1e9,
+                               "auto" if forced is None else forced)
+            ckpt, micro, accumulation = plan.gradient_checkpointing, plan.micro_batch, plan.grad_accumulation
+            row["plan"] = plan.as_dict()
+        micro_batches = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, batch_size, micro)]
+        bf16 = cuda and settings.precision != "fp32"
+        try:
+            from pipeline.train_settings import use_compile
+
+            compile_blocks = use_compile(settings, device)
+        except ImportError:  # train.py without a compile switch: the project step is eager
+            compile_blocks = False
+        if impl == "fast":
+            compile_blocks = cuda
+            context = training_speedups(model, compile_blocks)
+
+        def step():
+            losses.append(_project_step(model, optimizer, params, micro_batches, ckpt, bf16, settings.grad_clip,
+                                        device, compile_blocks))
+
+        row.update(gradient_checkpointing=ckpt, compile_blocks=compile_blocks, micro_batch=micro, grad_accumulation=accumulation,
+                   weights="bf16 frozen + fp32 LoRA" if mode == "lora" else "fp32 master, bf16 autocast")
+    lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad) if mode == "lora" else 0
+    with context:
+        timing = time_calls(step, warmup, repeat, device)
+    flops = train_flops(args, batch, mode, lora_params)
+    peak = _peak_gb(device)
+    step_s = timing["median_s"]
+    tflops, (peak_tf, _) = flops["step"] / step_s / 1e12, peak_tflops(device)
+    row.update(step_s=step_s, first_step_s=timing["first_s"], tokens_per_s=round(flops["tokens"] / step_s, 1),
+               peak_gb=round(peak, 2), achieved_tflops=round(tflops, 1), mfu=round(tflops / peak_tf, 4) if cuda else None,
+               loss_first=round(float(losses[0]), 6), loss_last=round(float(losses[-1]), 6), lora_params=lora_params,
+               timing=timing)
+    if cuda and impl != "reference":
+        params_total = sum(p.numel() for p in model.parameters())
+        rest = peak - static_gb(mode, params_total, lora_params) - workspace_gb(args.vocab_size) - 1.5
+        row["act_mb_per_token"] = round(max(rest, 0) * 1e3 / (row["micro_batch"] * max_length), 3)
+    del model, optimizer
+    _free(device)
+    return row
+
+
+def bench_train(config, shapes, device, tiny, steps=None, variants=None) -> dict:
+    args, tokenizer, _, batch_size, max_length = shapes
+    batch = synthetic_batch(tokenizer, args, batch_size, max_length, device=device)
+    warmup, repeat = (1, 1) if tiny else (3, steps or 5)
+    rows = []
+    for name in variants or DEFAULT_VARIANTS:
+        print(f"-- {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            row = run_variant(name, config, shapes, batch, device, warmup, repeat)
+        except torch.cuda.OutOfMemoryError as exc:
+            row = {"name": name, "error": f"out of memory: {str(exc)[:200]}"}
+            _free(device)
+        except Exception as exc:
+            if isinstance(exc, ValueError) and "variant" in str(exc):
+                raise
+            import traceback
+
+            traceback.print_exc()
+            row = {"name": name, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+            _free(device)
+        row["wall_s"] = round(time.perf_counter() - started, 1)
+        print({k: v for k, v in row.items() if k not in ("timing", "plan")}, flush=True)
+        rows.append(row)
+    ok = {r["name"]: r for r in rows if "error" not in r}
+    result = {"batch_size": batch_size, "max_length": max_length, "tokens": int(batch["lengths"].sum()),
+              "variants": rows, "flops": train_flops(args, batch, "full"),
+              "flop_accounting": train_flops.__doc__.strip()}
+    result["reference"] = {m: ok[f"reference-{m}"] for m in ("lora", "full") if f"reference-{m}" in ok}
+    for mode in ("lora", "full"):
+        candidates = [ok[n] for n in ok if ok[n]["mode"] == mode and ok[n]["impl"] != "reference"]
+        if candidates:
+            best = min(candidates, key=lambda r: r["step_s"])
+            result[mode] = best
+            ref = result["reference"].get(mode)
+            if ref:
+                result.setdefault("speedup", {})[mode] = round(ref["step_s"] / best["step_s"], 2)
+        project, fast = ok.get(f"project-{mode}"), ok.get(f"fast-{mode}")
+        if project and fast:  # same weights and batch: the first step's loss must agree
+            result.setdefault("check", {})[f"{mode}_loss_rel_diff"] = abs(fast["loss_first"] - project["loss_first"]) / abs(project["loss_first"])
+    return result
+
+
+# -- extraction ---------------------------------------------------------------------------------
+def bench_extract(shapes, device, tiny) -> dict:
+    from pipeline.checkpoints import build_codec
+    from pipeline.codes import encode_batch
+
+    codec_config = shapes[2]
+    torch.manual_seed(0)
+    codec = build_codec(codec_config).to(device).eval()
+    sr = int(codec.sample_rate)
+    clip_s, clips = (1.0, 2) if tiny else (10.0, 12)
+    audios = [(np.random.default_rng(i).standard_normal(int(clip_s * sr)) * 0.1).astype(np.float32) for i in range(clips)]
+    codes = []
+    timing = time_calls(lambda: codes.append(encode_batch(codec, audios)), 1, 1 if tiny else 3, device)
+    audio_s = clip_s * clips
+    result = {"clips": clips, "clip_s": clip_s, "batch_audio_s": audio_s, "wall_s": timing["median_s"],
+              "first_s": timing["first_s"], "realtime_factor": round(audio_s / timing["median_s"], 1),
+              "peak_gb": round(_peak_gb(device), 2), "frames": int(sum(c.shape[1] for c in codes[-1]))}
+    if device.type == "cuda":  # bf16 autocast: faster, but do the codes stay the same?
+        bf16 = []
+
+        def encode_bf16():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                bf16.append(encode_batch(codec, audios))
+
+        t = time_calls(encode_bf16, 1, 3, device)
+        same = np.mean([float((a == b).float().mean()) for a, b in zip(codes[-1], bf16[-1])])
+        result["bf16_autocast"] = {"realtime_factor": round(audio_s / t["median_s"], 1), "codes_equal_share": round(same, 4)}
+    del codec
+    return result
+
+
+# -- generation ---------------------------------------------------------------------------------
+def bench_generate(shapes, device, tiny) -> dict:
+    from fish_speech.models.text2semantic.llama import DualARTransformer
+
+    from pipeline.checkpoints import build_codec
+    from pipeline.fastgen import FastGenerator, reference_logits
+    from pipeline.tokens import Utterance, build_sequence
+
+    args, tokenizer, codec_config = shapes[:3]
+    n = args.num_codebooks
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DualARTransformer(args, tokenizer=tokenizer)
+    model = model.to(torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
+
+    def prompt(text):
+        return build_sequence(tokenizer, n, [Utterance(text, None)], for_generation=True).tokens
+
+    frames, max_len, streams = (12, 128, 3) if tiny else (500, 1024, 8)
+    result = {"frames_per_stream": frames, "max_len": max_len, "batch_streams": streams}
+    started = time.perf_counter()
+    gen = FastGenerator(model, 1, max_len=max_len)
+    gen.warmup()
+    result["warmup_s"] = round(time.perf_counter() - started, 2)
+    one = prompt(SENTENCES[0])
+    t = time_calls(lambda: gen.generate([one], frames, stop_at_end=False), 1, 1 if tiny else 3, device)
+    result["single"] = {"frames_per_s": round(frames / t["median_s"], 1), **t}
+    result["frames_per_s"] = result["single"]["frames_per_s"]
+
+    codec = build_codec(codec_config).to(device).eval()
+    short = prompt("Hei maailma, tämä on lyhyt lause.")
+    short_frames = 8 if tiny else 54  # 2.5 s of audio
+
+    @torch.inference_mode()
+    def speak_short():
+        codes = gen.generate([short], short_frames, stop_at_end=False)[0][1:]
+        codec.decode(codes[None].to(device), torch.tensor([codes.shape[1]], device=device))
+
+    t = time_calls(speak_short, 1, 1 if tiny else 3, device)
+    result["time_to_first_audio_s"] = t["median_s"]
+    result["time_to_first_audio"] = {"audio_s": round(short_frames * 2048 / 44100, 2), **t}
+
+    started = time.perf_counter()
+    batched = FastGenerator(model, streams, max_len=max_len)
+    batched.warmup()
+    result["batch_warmup_s"] = round(time.perf_counter() - started, 2)
+    prompts = [prompt(SENTENCES[i % len(SENTENCES)]) for i in range(streams)]
+    t = time_calls(lambda: batched.generate(prompts, frames, stop_at_end=False), 1, 1 if tiny else 2, device)
+    result["batched"] = {"streams": streams, "frames_per_s": round(streams * frames / t["median_s"], 1), **t}
+    result["batched_frames_per_s"] = result["batched"]["frames_per_s"]
+    result["batched_speedup"] = round(result["batched_frames_per_s"] / result["frames_per_s"], 2)
+    del batched
+
+    # the fast path against fish-speech's own step-by-step computation (same weights, same frames)
+    g = torch.Generator().manual_seed(1)
+    check = 4 if tiny else 8
+    codes = torch.randint(0, min(1024, args.codebook_size), (n, check), generator=g)
+    forced = torch.cat([codes[:1] + tokenizer.semantic_begin_id, codes])
+    head0, fast = gen.teacher_forced_logits(one, forced)
+    ref_head, ref_fast = reference_logits(model, one, forced)
+    rows = [gen.im_end] + list(range(gen.sem_begin, gen.sem_end + 1))
+    result["check"] = {"head_rel_diff": round(rel_diff(head0.cpu(), ref_head[:, rows].cpu()), 5),
+                       "fast_rel_diff": round(rel_diff(fast.cpu(), ref_fast[..., : gen.residual_vocab].cpu()), 5),
+                       "frames": check}
+    result["peak_gb"] = round(_peak_gb(device), 2)
+    del gen, model, codec
+    _sync(device)
+    return result
