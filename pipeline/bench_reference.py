@@ -78,4 +78,4 @@ def reference_step(model, optimizer, batch: dict, grad_clip: float = 1.0) -> flo
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())

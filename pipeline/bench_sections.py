@@ -12,8 +12,9 @@ from pipeline.bench import (SENTENCES, _free, _peak_gb, _sync, peak_tflops, rel_
                             time_calls, train_flops)
 
 # project: the step train.py runs today; fast: with the speed-ups of docs/PERFORMANCE.md;
-# reference: upstream-style (pipeline.bench_reference). ":ckpt" / ":nockpt" force checkpointing.
-DEFAULT_VARIANTS = ["reference-lora", "reference-full", "project-lora", "fast-lora", "project-full", "fast-full"]
+# reference: upstream-style (pipeline.bench_reference). ":ckpt" / ":nockpt" force checkpointing;
+# "@40" plans memory (micro-batch, accumulation, checkpointing) as for a 40 GB card.
+DEFAULT_VARIANTS = ["reference-lora", "reference-full", "project-lora", "project-full", "fast-lora@40", "fast-full@80"]
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -89,18 +90,21 @@ def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, 
 
 
 def _parse_variant(name: str):
+    """impl-mode[@GB][:ckpt|:nockpt]; @GB plans memory as if the card had GB (e.g. fast-lora@40)."""
     base, _, force = name.partition(":")
+    base, _, card_gb = base.partition("@")
     impl, _, mode = base.partition("-")
-    if impl not in ("reference", "project", "fast") or mode not in ("lora", "full") or force not in ("", "ckpt", "nockpt"):
-        raise ValueError(f"Unknown training variant {name!r}: use (reference|project|fast)-(lora|full)[:ckpt|:nockpt].")
-    return impl, mode, {"": None, "ckpt": True, "nockpt": False}[force]
+    ok = impl in ("reference", "project", "fast") and mode in ("lora", "full") and force in ("", "ckpt", "nockpt")
+    if not ok or (card_gb and not card_gb.isdigit()):
+        raise ValueError(f"Unknown training variant {name!r}: use (reference|project|fast)-(lora|full)[@GB][:ckpt|:nockpt].")
+    return impl, mode, {"": None, "ckpt": True, "nockpt": False}[force], float(card_gb) if card_gb else None
 
 
 def run_variant(name, config, shapes, batch, device, warmup, repeat) -> dict:
     from pipeline.memory_plan import plan_memory, static_gb, workspace_gb
     from pipeline.train_settings import TrainSettings, use_checkpointing
 
-    impl, mode, forced = _parse_variant(name)
+    impl, mode, forced, card_gb = _parse_variant(name)
     args, tokenizer, _, batch_size, max_length = shapes
     settings = TrainSettings.from_config(config, mode, batch_size=batch_size, max_length=max_length,
                                          device=str(device))
@@ -127,8 +131,8 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat) -> dict:
             ckpt = use_checkpointing(settings, device) if forced is None else forced
             micro, accumulation = batch_size, 1
         else:
-            plan = plan_memory(mode, batch_size, 1, max_length, torch.cuda.get_device_properties(device).total_memory / 1e9,
-                               "auto" if forced is None else forced)
+            total_gb = card_gb or torch.cuda.get_device_properties(device).total_memory / 1e9
+            plan = plan_memory(mode, batch_size, 1, max_length, total_gb, "auto" if forced is None else forced)
             ckpt, micro, accumulation = plan.gradient_checkpointing, plan.micro_batch, plan.grad_accumulation
             row["plan"] = plan.as_dict()
         micro_batches = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, batch_size, micro)]
@@ -206,9 +210,17 @@ def bench_train(config, shapes, device, tiny, steps=None, variants=None) -> dict
             ref = result["reference"].get(mode)
             if ref:
                 result.setdefault("speedup", {})[mode] = round(ref["step_s"] / best["step_s"], 2)
-        project, fast = ok.get(f"project-{mode}"), ok.get(f"fast-{mode}")
+        project = ok.get(f"project-{mode}")
+        fast = next((r for r in ok.values() if r["impl"] == "fast" and r["mode"] == mode), None)
         if project and fast:  # same weights and batch: the first step's loss must agree
             result.setdefault("check", {})[f"{mode}_loss_rel_diff"] = abs(fast["loss_first"] - project["loss_first"]) / abs(project["loss_first"])
+        for row in ok.values():  # memory-planned variants: did the plan hold on the real card?
+            if row["mode"] == mode and "@" in row["name"]:
+                budget = float(row["name"].split("@")[1].split(":")[0])
+                result.setdefault("memory_targets", {})[row["name"]] = {
+                    "card_gb": budget, "peak_gb": row["peak_gb"], "fits": row["peak_gb"] <= budget,
+                    "step_s": row["step_s"], "micro_batch": row["micro_batch"],
+                    "grad_accumulation": row["grad_accumulation"], "gradient_checkpointing": row["gradient_checkpointing"]}
     return result
 
 

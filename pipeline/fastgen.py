@@ -26,6 +26,7 @@ cuda_graph=False`) the same step runs eagerly: that is what the CPU tests compar
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -60,7 +61,7 @@ def _rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return out.flatten(3).type_as(x)
 
 
-def _layer_step(layer, x, freqs, k_cache, v_cache, rows, heads, pos, mask):
+def _layer_step(layer, x, freqs, k_cache, v_cache, rows, heads, pos, mask, pointwise=False):
     """One transformer block for one new column per stream, writing its K/V into the cache.
 
     x (B, 1, dim); k/v_cache (B, kv_heads, S, head_dim); pos (B, 1) write position;
@@ -81,16 +82,35 @@ def _layer_step(layer, x, freqs, k_cache, v_cache, rows, heads, pos, mask):
     v_cache.index_put_((rows, heads, pos), v[:, 0])
     group = attn.n_head // attn.n_local_heads
     qg = q.view(bsz, attn.n_local_heads, group, attn.head_dim)
-    scores = torch.matmul(qg, k_cache.transpose(-1, -2)).float() * (1.0 / math.sqrt(attn.head_dim))
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(v_cache.dtype)
-    y = torch.matmul(probs, v_cache).reshape(bsz, 1, q_size)
+    if pointwise:  # broadcast-multiply + sum: the compiler fuses scores, softmax and P@V (short caches)
+        scores = (qg[:, :, :, None, :].float() * k_cache[:, :, None].float()).sum(-1)
+    else:
+        scores = torch.matmul(qg, k_cache.transpose(-1, -2)).float()
+    scores = scores * (1.0 / math.sqrt(attn.head_dim))
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    if pointwise:
+        y = (probs[..., None] * v_cache[:, :, None].float()).sum(-2).to(v_cache.dtype).reshape(bsz, 1, q_size)
+    else:
+        y = torch.matmul(probs.to(v_cache.dtype), v_cache).reshape(bsz, 1, q_size)
     h = x + attn.wo(y)
     return h + layer.feed_forward(layer.ffn_norm(h))
 
 
-def _fast_layer_step(*args):
-    """The same block for the fast transformer (its own compiled entry: other shapes, no qk-norm)."""
-    return _layer_step(*args)
+def _layers_step(layers, y, freqs, k_caches, v_caches, rows, heads, pos, mask, pointwise=False):
+    for layer, kc, vc in zip(layers, k_caches, v_caches):
+        y = _layer_step(layer, y, freqs, kc, vc, rows, heads, pos, mask, pointwise)
+    return y
+
+
+def _slow_pass(*args):
+    """A group of slow layers (one compiled graph per group size; the cache length is dynamic)."""
+    return _layers_step(*args)
+
+
+def _fast_pass(*args):
+    """All fast-transformer layers for one codebook position (one compiled graph: the 10-entry
+    caches make attention a few fused element-wise kernels)."""
+    return _layers_step(*args)
 
 
 def _head(norm, x, weight):
@@ -122,7 +142,9 @@ class FastGenerator:
     """Batched codes generation for one DualARTransformer (bf16 on CUDA for speed; any device)."""
 
     def __init__(self, model, batch_size: int = 1, max_len: int | None = None,
-                 compile: bool | None = None, cuda_graph: bool | None = None):
+                 compile: bool | None = None, cuda_graph: bool | None = None,
+                 slow_pointwise: bool = False, fast_pointwise: bool = True, slow_group: int = 1,
+                 compile_mode: str | None = None):
         self.model = unwrap(model)
         m, cfg = self.model, self.model.config
         self.device = next(m.parameters()).device
@@ -171,13 +193,19 @@ class FastGenerator:
         self.last_logits0 = torch.zeros((B, self.n_semantic + 1), device=dev)
         self.last_fast_logits = torch.zeros((B, self.N - 1, self.residual_vocab), device=dev)
         self.refresh_weights()
-        self._slow, self._fast, self._sampler, self._head = _layer_step, _fast_layer_step, _sample, _head
+        self.slow_pointwise, self.fast_pointwise = slow_pointwise, fast_pointwise
+        self.slow_group = max(1, int(slow_group))
+        self._slow, self._fast, self._sampler, self._head = _slow_pass, _fast_pass, _sample, _head
         if self.use_compile:
             for name in ("recompile_limit", "cache_size_limit"):  # one entry per length/shape, not per layer
                 if hasattr(torch._dynamo.config, name):
                     setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-            self._slow = torch.compile(_layer_step, fullgraph=True, dynamic=None)
-            self._fast = torch.compile(_fast_layer_step, fullgraph=True, dynamic=False)
+            # FASTGEN_COMPILE_MODE=max-autotune-no-cudagraphs lets inductor time Triton matmuls
+            # against cuBLAS for the batch-1 products (longer warm-up; docs/PERFORMANCE.md)
+            mode = compile_mode or os.environ.get("FASTGEN_COMPILE_MODE") or None
+            self.compile_mode = mode
+            self._slow = torch.compile(_slow_pass, fullgraph=True, dynamic=None, mode=mode)
+            self._fast = torch.compile(_fast_pass, fullgraph=True, dynamic=False, mode=mode)
             self._sampler = torch.compile(_sample, fullgraph=True, dynamic=False)
             self._head = torch.compile(_head, fullgraph=True, dynamic=False)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -207,13 +235,16 @@ class FastGenerator:
         freqs = m.freqs_cis[self.pos].view(B, 1, 1, -1, 2)
         mask = (self.positions[:length][None] <= self.pos[:, None]).view(B, 1, 1, length)
         pos = self.pos[:, None]
-        for layer, kc, vc in zip(m.layers, self.kc, self.vc):
-            kcl, vcl = kc[:, :, :length], vc[:, :, :length]
+        layers, g = list(m.layers), self.slow_group
+        if self.use_compile:
+            torch._dynamo.mark_dynamic(mask, 3)
+        for i in range(0, len(layers), g):
+            kcs = [kc[:, :, :length] for kc in self.kc[i : i + g]]
+            vcs = [vc[:, :, :length] for vc in self.vc[i : i + g]]
             if self.use_compile:
-                torch._dynamo.mark_dynamic(kcl, 2)
-                torch._dynamo.mark_dynamic(vcl, 2)
-                torch._dynamo.mark_dynamic(mask, 3)
-            x = self._slow(layer, x, freqs, kcl, vcl, self.rows, self.heads, pos, mask)
+                for t in kcs + vcs:
+                    torch._dynamo.mark_dynamic(t, 2)
+            x = self._slow(layers[i : i + g], x, freqs, kcs, vcs, self.rows, self.heads, pos, mask, self.slow_pointwise)
         self.noise.exponential_()
         logits0 = self._head(m.norm, x[:, 0], self.head0)
         self.last_logits0.copy_(logits0)
@@ -225,9 +256,8 @@ class FastGenerator:
         for k in range(self.N):
             if k:
                 y = m.fast_embeddings(codes[-1])[:, None]
-            for layer, kc, vc in zip(m.fast_layers, self.fkc, self.fvc):
-                y = self._fast(layer, y, self.fast_freqs[k], kc, vc, self.rows, self.fheads, self.fast_pos[k],
-                               self.fast_mask[k])
+            y = self._fast(list(m.fast_layers), y, self.fast_freqs[k], self.fkc, self.fvc, self.rows, self.fheads,
+                           self.fast_pos[k], self.fast_mask[k], self.fast_pointwise)
             if k:
                 logits = self._head(m.fast_norm, y[:, 0], self.head_fast)
                 self.last_fast_logits[:, k - 1].copy_(logits)

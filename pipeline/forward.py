@@ -109,7 +109,7 @@ def compiled_block():
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        _compiled_block = torch.compile(_block)
+        _compiled_block = torch.compile(_block, dynamic=False)  # static graphs: batches come in few widths
     return _compiled_block
 
 
@@ -208,7 +208,12 @@ def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk
     frame_pos = labels[:, 1] != IGNORE  # next column is an audio frame
     frame_codes = labels[:, 1:].transpose(1, 2)[frame_pos]  # (M, N)
     if frame_codes.shape[0] and n > 1:
-        residual = fast_logits(base, hidden[frame_pos], frame_codes, gradient_checkpointing, compile_blocks)[:, 1:]
+        if compile_blocks:  # every position through the fast transformer: static shapes for the compiled graph
+            all_codes = labels[:, 1:].transpose(1, 2).clamp(min=0).reshape(-1, n)
+            residual = fast_logits(base, hidden.reshape(all_codes.shape[0], -1), all_codes,
+                                   gradient_checkpointing, compile_blocks)[frame_pos.reshape(-1), 1:]
+        else:
+            residual = fast_logits(base, hidden[frame_pos], frame_codes, gradient_checkpointing)[:, 1:]
         vocab = min(RESIDUAL_VOCAB, residual.shape[-1])
         residual = residual[..., :vocab].float()
         targets = frame_codes[:, 1:]

@@ -97,6 +97,9 @@ def cancel_job(config: Config, timeout: float = 60.0) -> dict:
         time.sleep(0.2)
     if _alive(job["pid"]):
         raise JobError(f"Job '{job['run_id']}' did not stop within {timeout:.0f} s; it is still saving. Try again.")
+    run_dir = Path(job["run_dir"])
+    if read_run(run_dir).get("status") == "starting":  # stopped before the workflow took over: nothing ran
+        update_run(run_dir, status="cancelled", message="cancelled before it started; resume to run it")
     return job_status(config, job["run_id"])
 
 

@@ -20,14 +20,15 @@ GB = 1e9
 S1_MINI_PARAMS = 862_000_000  # pipeline.cost.ModelShape().parameters(), rounded
 S1_MINI_VOCAB = 155_776
 
-# MB of activations kept per training token (s1-mini shape, bf16 autocast, project path).
-# Measured on an H100 80GB, torch 2.11, batch 4 x 4096 (docs/PERFORMANCE.md); the defaults are
-# rounded up a little so that a plan made from them fits.
+# MB of activations kept per training token (s1-mini shape, bf16 autocast, compiled blocks).
+# No checkpointing: measured on an H200, torch 2.11, batch 4 x 4096 (3.19 LoRA, 2.09 full;
+# docs/PERFORMANCE.md), rounded up so that a plan made from them fits. With checkpointing: an
+# estimate (layer inputs of 28 + 4x10 fast positions, ~0.2 MB) with margin.
 ACTIVATION_MB_PER_TOKEN = {
-    ("lora", False): 3.0,
-    ("lora", True): 0.35,
-    ("full", False): 2.6,
-    ("full", True): 0.35,
+    ("lora", False): 3.4,
+    ("lora", True): 0.4,
+    ("full", False): 2.3,
+    ("full", True): 0.4,
 }
 CONTEXT_GB = 1.5  # CUDA context, cuBLAS workspaces, allocator fragmentation
 

@@ -1,14 +1,11 @@
-"""The Playground's logic: which models are on offer, warm synthesizers, A/B bookkeeping, artifacts.
+"""The Playground's logic: models on offer, warm synthesizers, A/B bookkeeping, artifacts.
 
-Models are found on disk, never registered: the base model (`config.base_model_dir`), each run's
-merged model (`runs/<id>/artifacts/merged`) and phase-1 full models (`run.json` artifacts or
-`runs/<id>/phases/*/checkpoints/*` holding a model directory). Adapters are the peft directories
-under `runs/<id>/artifacts/` and `runs/<id>/phases/*/checkpoints/*`; any number of them can be
-stacked on a model with a weight each, without merging.
-
-Listener preferences from blind A/B tests are JSON lines in `runs/<id>/preferences.jsonl` of every
-run whose model or adapter was compared, or `workspace/preferences.jsonl` when neither was a run.
-"""
+Models are found on disk, never registered: the base model, each run's merged model and phase-1
+full models (`run.json` artifacts, `runs/<id>/artifacts/merged`, model dirs under
+`runs/<id>/phases/*/checkpoints/`). Adapters are the peft dirs under `runs/<id>/artifacts/` and
+`runs/<id>/phases/*/checkpoints/`; any number stack on a model, each with a weight, unmerged.
+A/B votes are JSON lines in `runs/<id>/preferences.jsonl` of each run compared (else
+`workspace/preferences.jsonl`)."""
 
 from __future__ import annotations
 
@@ -34,7 +31,6 @@ MODEL_FILES = (*LM_FILES, "codec.pth")
 PREFERENCES_NAME = "preferences.jsonl"
 OUTPUT_DIR_NAME = "playground"  # workspace/playground/*.wav: generated speech, newest kept
 KEEP_OUTPUTS = 60
-CHOICES = ("A", "B", "tie")
 Adapters = list[tuple[str, float]]
 
 
@@ -60,12 +56,8 @@ class AdapterOption:
     run_id: str | None = None
 
 
-def _is_model_dir(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in MODEL_FILES)
-
-
-def _is_adapter_dir(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in ADAPTER_FILES)
+def _has_files(path: Path, names) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in names)
 
 
 def _run_dirs(config) -> list[Path]:
@@ -74,11 +66,17 @@ def _run_dirs(config) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir()), reverse=True) if root.is_dir() else []
 
 
-def _artifacts(run_dir: Path) -> dict:
+def _run_state(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / "run.json").read_text()).get("artifacts") or {}
-    except (OSError, ValueError, AttributeError):
+        state = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
         return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _first_existing(*paths) -> Path | None:
+    """run.json's recorded path, else the conventional one (a moved workspace keeps working)."""
+    return next((Path(p) for p in paths if p and Path(p).exists()), None)
 
 
 def _checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -87,8 +85,10 @@ def _checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 def _where(run_dir: Path, path: Path) -> str:
     """'lora step 200' for a training checkpoint, else the path inside the run."""
-    match = re.fullmatch(r"phases/(\w+)/checkpoints/step_0*(\d+)", path.relative_to(run_dir).as_posix())
-    return f"{match[1]} step {match[2]}" if match else path.relative_to(run_dir).as_posix()
+    inside = path.resolve().relative_to(run_dir.resolve()).as_posix() if path.resolve().is_relative_to(
+        run_dir.resolve()) else path.name
+    match = re.fullmatch(r"phases/(\w+)/checkpoints/step_0*(\d+)", inside)
+    return f"{match[1]} step {match[2]}" if match else inside
 
 
 def list_models(config) -> list[ModelOption]:
@@ -97,15 +97,16 @@ def list_models(config) -> list[ModelOption]:
 
     def add(path: Path, kind: str, title: str, run_id: str | None = None) -> None:
         path = Path(path)
-        if _is_model_dir(path) and path.resolve() not in options:
+        if _has_files(path, MODEL_FILES) and path.resolve() not in options:
             options[path.resolve()] = ModelOption(str(path), kind, title, f"{title} · {describe_checkpoint(path)}",
                                                   run_id, is_random_weights(path))
 
     add(config.base_model_dir, "base", "Base model")
     for run_dir in _run_dirs(config):
-        recorded = _artifacts(run_dir)
-        add(Path(recorded.get("merged") or run_dir / "artifacts" / "merged"), "merged",
-            f"Run {run_dir.name} · merged", run_dir.name)
+        recorded = _run_state(run_dir).get("artifacts") or {}
+        for path in (recorded.get("merged"), run_dir / "artifacts" / "merged"):
+            if path:
+                add(Path(path), "merged", f"Run {run_dir.name} · merged", run_dir.name)
         if recorded.get("phase1_model"):
             add(Path(recorded["phase1_model"]), "phase1", f"Run {run_dir.name} · phase-1 model", run_dir.name)
         for path in _checkpoint_dirs(run_dir):
@@ -118,17 +119,15 @@ def list_adapters(config) -> list[AdapterOption]:
     options: dict[Path, AdapterOption] = {}
 
     def add(path: Path, title: str, run_id: str) -> None:
-        if _is_adapter_dir(path) and path.resolve() not in options:
+        if _has_files(path, ADAPTER_FILES) and path.resolve() not in options:
             options[path.resolve()] = AdapterOption(str(path), title, run_id)
 
     for run_dir in _run_dirs(config):
-        final = _artifacts(run_dir).get("adapter")
+        final = (_run_state(run_dir).get("artifacts") or {}).get("adapter")
         if final:
-            add(Path(final), f"Run {run_dir.name} · final adapter ({_where(run_dir, Path(final))})", run_dir.name)
-        for path in sorted((run_dir / "artifacts").glob("*")):
-            add(path, f"Run {run_dir.name} · {_where(run_dir, path)}", run_dir.name)
-        for path in reversed(_checkpoint_dirs(run_dir)):
-            add(path, f"Run {run_dir.name} · {_where(run_dir, path)}", run_dir.name)
+            add(Path(final), f"{run_dir.name} · {_where(run_dir, Path(final))} · final", run_dir.name)
+        for path in [*sorted((run_dir / "artifacts").glob("*")), *reversed(_checkpoint_dirs(run_dir))]:
+            add(path, f"{run_dir.name} · {_where(run_dir, path)}", run_dir.name)
     return list(options.values())
 
 
@@ -201,17 +200,13 @@ class SynthCache:
         self._lock = threading.Lock()
         self.loads = 0  # how many Synthesizers were built (tests, logs)
 
-    @staticmethod
-    def key(model_dir: str | Path, adapters: Adapters) -> tuple:
-        return str(Path(model_dir).resolve()), tuple(str(Path(p).resolve()) for p, _ in adapters)
-
     def __len__(self) -> int:
         return len(self._entries)
 
     @contextmanager
     def use(self, model_dir: str | Path, adapters: Adapters = ()) -> Iterator[Synthesizer]:
         adapters = [(str(p), float(w)) for p, w in adapters]
-        key = self.key(model_dir, adapters)
+        key = (str(Path(model_dir).resolve()), tuple(str(Path(p).resolve()) for p, _ in adapters))
         with self._lock:  # loads happen one at a time; generation on other models goes on meanwhile
             entry = self._entries.get(key)
             if entry is None:
@@ -242,16 +237,17 @@ class SynthCache:
 
 
 def speak_to_file(config, cache: SynthCache, model_path: str, adapters: Adapters, text: str,
-                  progress=None, **options) -> tuple[SpeechResult, Path]:
-    """Speak `text` with a listed model (+ adapters) and save it under workspace/playground/."""
+                  progress=None, file_name: str | None = None, **options) -> tuple[SpeechResult, Path]:
+    """Speak `text` with a listed model (+ adapters) into workspace/playground/<time>-<name>-<id>.wav
+    (name: `file_name`, else the model's run; blind tests pass a neutral one)."""
     model = resolve_model(config, model_path)
     chosen = [(a.path, w) for a, w in resolve_adapters(config, adapters)]
     with cache.use(model.path, chosen) as synth:
         result = synth.speak(text, progress=progress, **options)
     out_dir = Path(config.workspace) / OUTPUT_DIR_NAME
-    slug = re.sub(r"[^a-z0-9]+", "-", (model.run_id or model.kind).lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", (file_name or model.run_id or model.kind).lower()).strip("-")
     path = save_wav(result, out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{uuid.uuid4().hex[:6]}.wav")
-    for old in sorted(out_dir.glob("*.wav"), key=lambda p: p.stat().st_mtime)[:-KEEP_OUTPUTS]:
+    for old in sorted(out_dir.glob("*.wav"))[:-KEEP_OUTPUTS]:  # names start with the time
         old.unlink(missing_ok=True)
     return result, path
 
@@ -303,7 +299,7 @@ def model_identity(config, model: ModelOption, adapters: list[tuple[AdapterOptio
     """What a preference line records about one side: a stable id string, a label and its runs."""
     ident = _short_path(config, model.path) + "".join(f" + {_short_path(config, a.path)} x{w:g}" for a, w in adapters)
     label = model.label + "".join(f" + {a.label} x{w:g}" for a, w in adapters)
-    name = model.title + "".join(f" + {a.label.split(' · ', 1)[-1]} x{w:g}" for a, w in adapters)
+    name = model.title + "".join(f" + {a.label} x{w:g}" for a, w in adapters)
     runs = [r for r in dict.fromkeys([model.run_id, *(a.run_id for a, _ in adapters)]) if r]
     return {"id": ident, "name": name, "label": label, "runs": runs}
 
@@ -321,9 +317,7 @@ def new_trial(text: str, seed: int, a: dict, b: dict, blind: bool, rng: random.R
 
 def preference_paths(config, trial: dict) -> list[Path]:
     runs = dict.fromkeys(r for side in ("A", "B") for r in trial["models"][side]["runs"])
-    if not runs:
-        return [Path(config.workspace) / PREFERENCES_NAME]
-    return [Path(config.runs_dir) / run / PREFERENCES_NAME for run in runs]
+    return [Path(config.runs_dir) / r / PREFERENCES_NAME for r in runs] or [Path(config.workspace) / PREFERENCES_NAME]
 
 
 def record_preference(config, trial: dict, sample: int | None) -> dict:
@@ -349,19 +343,16 @@ def record_preference(config, trial: dict, sample: int | None) -> dict:
 
 def read_preferences(paths: list[Path]) -> list[dict]:
     """Records of these files, each trial once (a vote is written to every run it involves)."""
-    seen, records = set(), []
-    for path in paths:
-        if not Path(path).is_file():
-            continue
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
+    records: dict = {}
+    for path in (Path(p) for p in paths if Path(p).is_file()):
+        for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 continue  # a torn line from a crash: skip it
-            if isinstance(record, dict) and record.get("trial") not in seen:
-                seen.add(record.get("trial"))
-                records.append(record)
-    return records
+            if isinstance(record, dict):
+                records.setdefault(record.get("trial"), record)
+    return list(records.values())
 
 
 def preference_tally(config, trial: dict) -> dict:
@@ -386,7 +377,10 @@ def disk_usage(*paths: str | Path) -> tuple[int, int]:
         root = Path(root)
         files = [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
         for path in files:
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except OSError:  # removed meanwhile (training prunes old checkpoints)
+                continue
             if (stat.st_dev, stat.st_ino) in seen:
                 continue
             seen.add((stat.st_dev, stat.st_ino))
@@ -396,8 +390,8 @@ def disk_usage(*paths: str | Path) -> tuple[int, int]:
 
 
 def format_bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GB"
@@ -413,30 +407,21 @@ class RunArtifacts:
     merged_files: list[Path]
     audio_files: list[Path]
     size_bytes: int
-    shared_bytes: int
-
-    @property
-    def files(self) -> list[Path]:
-        return [*([self.adapter_zip] if self.adapter_zip else []), *self.merged_files, *self.audio_files]
+    shared_bytes: int  # hard-linked elsewhere too (see disk_usage)
 
 
 def list_run_artifacts(config) -> list[RunArtifacts]:
     """Each run's downloadable files (adapter zip, merged model files, evaluation audio) and size."""
     runs = []
     for run_dir in _run_dirs(config):
-        try:
-            state = json.loads((run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            state = {}
+        state = _run_state(run_dir)
         recorded = state.get("artifacts") or {}
-        zips = [Path(recorded["adapter_zip"])] if recorded.get("adapter_zip") else []
-        zips += sorted((run_dir / "artifacts").glob("*.zip"))
-        merged = Path(recorded.get("merged") or run_dir / "artifacts" / "merged")
+        merged = _first_existing(recorded.get("merged"), run_dir / "artifacts" / "merged")
         size, shared = disk_usage(run_dir)
         runs.append(RunArtifacts(
             run_id=run_dir.name, dir=run_dir, mode=str(state.get("mode", "")), status=str(state.get("status", "")),
-            adapter_zip=next((z for z in zips if z.is_file()), None),
-            merged_files=sorted(p for p in merged.glob("*") if p.is_file()) if merged.is_dir() else [],
+            adapter_zip=_first_existing(recorded.get("adapter_zip"), *sorted((run_dir / "artifacts").glob("*.zip"))),
+            merged_files=sorted(p for p in merged.glob("*") if p.is_file()) if merged and merged.is_dir() else [],
             audio_files=sorted((run_dir / "audio").glob("*.wav")), size_bytes=size, shared_bytes=shared))
     return runs
 

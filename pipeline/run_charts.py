@@ -60,7 +60,7 @@ def cost_comparison(table: pd.DataFrame, selected_gpu: str | None = None,
                    for m, fit in zip(rows["mode"], rows["fits"])]
         labels = [MODE_STYLE.get(m, ("", "", m))[2] for m in rows["mode"]]
         fig.add_trace(go.Scatter(
-            x=x[rows.index], y=rows["cost_usd"], mode="markers", name=gpu,
+            x=x[rows.index], y=rows["cost_usd"], mode="markers", name=gpu, cliponaxis=False,
             marker=dict(size=14, symbol=symbols, color=color, line=dict(width=2, color=color)),
             customdata=list(zip(labels, rows["peak_gb"], ["yes" if f else "no" for f in rows["fits"]],
                                 rows["price_per_hour"], rows["throughput_source"])),
@@ -76,10 +76,11 @@ def cost_comparison(table: pd.DataFrame, selected_gpu: str | None = None,
             hoverinfo="skip"))
     spread = lambda s: float(s.max()) / max(float(s[s > 0].min()), 1e-9) if (s > 0).any() else 1.0  # noqa: E731
     log_x, log_y = spread(x) > 30, spread(table["cost_usd"].astype(float)) > 30
+    # log axes: one tick per decade (plotly's 2-5 minor labels crowd the axis)
     fig.update_xaxes(title_text=f"training time ({unit})", type="log" if log_x else "linear",
-                     rangemode="tozero", zeroline=False)
+                     dtick=1 if log_x else None, rangemode="tozero", zeroline=False)
     fig.update_yaxes(title_text="cost (USD)", tickprefix="$", type="log" if log_y else "linear",
-                     rangemode="tozero", zeroline=False)
+                     dtick=1 if log_y else None, rangemode="tozero", zeroline=False)
     fig.add_annotation(text="● Quick LoRA   ◆ Full fine-tune   hollow: does not fit in memory",
                        xref="paper", yref="paper", x=0, y=1.02, xanchor="left", yanchor="bottom",
                        showarrow=False, font=dict(size=11, color="#6b7280"))

@@ -267,13 +267,14 @@ def estimate_vs_actual(run_dir: str | Path, run: dict | None = None, config: Con
         est = {"time": "—", "cost": "—", "source": f"{cfg.gpu.type} is not in the price table"}
     else:
         r = row.iloc[0]
-        est = {"time": format_duration(r["minutes"] * 60), "cost": format_money(r["cost_usd"]),
+        tiny = r["cost_usd"] < 0.01 and r["minutes"] > 0  # rounded to 0.00 by the estimate
+        est = {"time": format_duration(r["minutes"] * 60), "cost": "< $0.01" if tiny else format_money(r["cost_usd"]),
                "source": r["throughput_source"]}
     speed = actual["tokens_per_s"]
     column = f"Estimate ({cfg.gpu.type})"
     return pd.DataFrame([
         {"": "Training time", column: est["time"], "This run": format_duration(actual["training_s"])},
-        {"": "Wall time (with data preparation, merge, audio)", column: "not estimated",
+        {"": "Wall time (all stages)", column: "not estimated",
          "This run": format_duration(progress.elapsed_s)},
         {"": f"Cost at ${cfg.gpu.price_per_hour:.2f}/h", column: est["cost"] + " (training)",
          "This run": format_money(progress.spent_usd) + " (wall time)"},

@@ -11,6 +11,7 @@ the same batch, which is how a resumed run continues with the data it would have
 
 from __future__ import annotations
 
+import bisect
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -122,23 +123,28 @@ class PackedSamples:
     """Batches {tokens (B, C+1, L), labels (B, C+1, L), lengths (B,)} addressed by position.
 
     Epoch e packs each speaker's clips in manifest order starting at a seeded random offset
-    (so a different clip opens each sequence every epoch), then shuffles the sequences; position
-    p is batch p of the concatenated epochs. With shuffle=False (validation) every epoch is the
-    same fixed packing.
+    (so a different clip opens each sequence every epoch), then shuffles the sequences. The
+    training stream is the epochs' sequences one after another; batch p holds stream items
+    p*B .. p*B+B-1, so every batch is full (an epoch boundary may fall inside one). With
+    shuffle=False (validation) iterating gives one pass over the fixed packing.
+
+    `width_multiple` rounds every batch's width up (compiled training uses few distinct shapes).
     """
 
     def __init__(self, clips, tokenizer, num_codebooks: int, max_length: int, batch_size: int,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, width_multiple: int = 1):
         if not clips:
             raise SamplesError("No usable clips to build training sequences from.")
         self.clips, self.tokenizer, self.num_codebooks = list(clips), tokenizer, num_codebooks
         self.max_length, self.batch_size, self.seed, self.shuffle = max_length, batch_size, seed, shuffle
+        self.width_multiple = width_multiple
         self.pad_id = tokenizer.get_token_id("<|pad|>") if "<|pad|>" in tokenizer.all_special_tokens_with_ids else 0
         self._overhead = sequence_overhead(tokenizer)
         self._by_speaker: dict[str, list[Clip]] = {}
         for clip in self.clips:
             self._by_speaker.setdefault(clip.speaker, []).append(clip)
-        self._epochs: dict[int, list[list[Clip]]] = {}
+        self._epochs: dict[int, list[list[Clip]]] = {}  # a few recent epochs' packings
+        self._starts = [0]  # stream index where epoch e starts, for every epoch packed so far
         self._codes: dict[str, torch.Tensor] = {}
 
     # -- packing ---------------------------------------------------------------------------
@@ -164,7 +170,8 @@ class PackedSamples:
                 groups += self._pack(items[start:] + items[:start])
             if self.shuffle:
                 groups = [groups[i] for i in rng.permutation(len(groups))]
-            self._epochs = {k: v for k, v in self._epochs.items() if k >= epoch - 1}  # keep memory bounded
+            if len(self._epochs) >= 3:  # bounded memory; any epoch can be packed again identically
+                self._epochs.pop(min(self._epochs))
             self._epochs[epoch] = groups
         return self._epochs[epoch]
 
@@ -172,19 +179,18 @@ class PackedSamples:
     def batches_per_epoch(self) -> int:
         return math.ceil(len(self.groups_for_epoch(0)) / self.batch_size)
 
-    def locate(self, position: int) -> tuple[int, int]:
-        """(epoch, batch index within that epoch) of a stream position."""
-        epoch = 0
-        while True:
-            n = math.ceil(len(self.groups_for_epoch(epoch)) / self.batch_size)
-            if position < n:
-                return epoch, position
-            position -= n
-            epoch += 1
+    def _locate_item(self, index: int) -> tuple[int, int]:
+        """(epoch, index within that epoch) of stream item `index`."""
+        while self._starts[-1] <= index:  # pack epochs up to the one holding `index`, once
+            epoch = len(self._starts) - 1
+            self._starts.append(self._starts[-1] + len(self.groups_for_epoch(epoch)))
+        epoch = bisect.bisect_right(self._starts, index) - 1
+        return epoch, index - self._starts[epoch]
 
     def epoch_progress(self, position: int) -> float:
-        epoch, index = self.locate(position)
-        return epoch + index / math.ceil(len(self.groups_for_epoch(epoch)) / self.batch_size)
+        """Epochs completed after `position` batches (fractional)."""
+        epoch, index = self._locate_item(position * self.batch_size)
+        return epoch + index / len(self.groups_for_epoch(epoch))
 
     # -- tensors ---------------------------------------------------------------------------
     def _clip_codes(self, clip: Clip) -> torch.Tensor:
@@ -196,40 +202,52 @@ class PackedSamples:
         utts = [Utterance(c.text, self._clip_codes(c)) for c in group]
         return build_sequence(self.tokenizer, self.num_codebooks, utts)
 
-    def collate(self, groups: list[list[Clip]]) -> dict:
+    def collate(self, groups: list[list[Clip]], rows: int | None = None) -> dict:
+        """Pad at the end to a common width (a multiple of width_multiple); `rows` adds empty
+        sequences (no loss) so that a short last batch keeps the usual shape."""
         seqs = [self.sequence(g) for g in groups]
-        width = max(len(s) for s in seqs)
-        tokens = torch.zeros((len(seqs), self.num_codebooks + 1, width), dtype=torch.long)
+        longest = max(len(s) for s in seqs)  # <= max_length: packing never exceeds it
+        width = max(longest, min(math.ceil(longest / self.width_multiple) * self.width_multiple, self.max_length))
+        n = max(rows or 0, len(seqs))
+        tokens = torch.zeros((n, self.num_codebooks + 1, width), dtype=torch.long)
         labels = torch.full_like(tokens, IGNORE)
         tokens[:, 0] = self.pad_id
         for i, seq in enumerate(seqs):
             tokens[i, :, : len(seq)] = seq.tokens
             labels[i, :, : len(seq)] = to_labels(seq)
-        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        lengths = torch.tensor([len(s) for s in seqs] + [0] * (n - len(seqs)), dtype=torch.long)
         return {"tokens": tokens, "labels": labels, "lengths": lengths}
 
     def batch(self, position: int) -> dict:
-        epoch, index = self.locate(position)
-        groups = self.groups_for_epoch(epoch)
-        return self.collate(groups[index * self.batch_size : (index + 1) * self.batch_size])
+        """Training batch `position` of the stream (always batch_size sequences)."""
+        first = position * self.batch_size
+        groups = []
+        for index in range(first, first + self.batch_size):
+            epoch, i = self._locate_item(index)
+            groups.append(self.groups_for_epoch(epoch)[i])
+        return self.collate(groups)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def __iter__(self):
-        """One pass over epoch 0 (what validation uses)."""
-        for i in range(self.batches_per_epoch):
-            yield self.batch(i)
+        """One pass over epoch 0's sequences (what validation uses); the last batch is padded
+        with empty rows to the usual batch size."""
+        groups = self.groups_for_epoch(0)
+        for start in range(0, len(groups), self.batch_size):
+            yield self.collate(groups[start : start + self.batch_size], rows=self.batch_size)
 
 
 def make_training_data(manifest: pd.DataFrame, tokenizer, num_codebooks: int, *, max_length: int,
-                       batch_size: int, val_fraction: float, seed: int) -> TrainingData:
+                       batch_size: int, val_fraction: float, seed: int, width_multiple: int = 1) -> TrainingData:
     """Train and held-out packed samples from a manifest with a `codes_path` column."""
     clips, rejected = prepare_clips(manifest, tokenizer, num_codebooks, max_length)
     if not clips:
         reasons = sorted(set(rejected.values()))[:3]
         raise SamplesError(f"No clip is usable for training ({len(rejected)} rejected, e.g. {reasons}).")
     train_clips, val_clips = split_clips(clips, val_fraction, seed)
-    train = PackedSamples(train_clips, tokenizer, num_codebooks, max_length, batch_size, seed, shuffle=True)
-    val = PackedSamples(val_clips, tokenizer, num_codebooks, max_length, batch_size, seed, shuffle=False) if val_clips else None
+    common = dict(tokenizer=tokenizer, num_codebooks=num_codebooks, max_length=max_length, batch_size=batch_size,
+                  seed=seed, width_multiple=width_multiple)
+    train = PackedSamples(train_clips, shuffle=True, **common)
+    val = PackedSamples(val_clips, shuffle=False, **common) if val_clips else None
     return TrainingData(train=train, val=val, rejected=rejected)

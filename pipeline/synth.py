@@ -62,7 +62,9 @@ class Synthesizer:
         adapters: list[tuple[str, float]] | None = None,
         codec_dir: str | Path | None = None,
         dtype: torch.dtype | None = None,
+        fast: bool | None = None,
     ):
+        """fast: decode with pipeline.fastgen (compiled step in a CUDA graph); default on CUDA."""
         self.ckpt_dir = Path(ckpt_dir)
         self.device = torch.device(device or _default_device())
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -80,6 +82,8 @@ class Synthesizer:
         self.num_codebooks = self.model.config.num_codebooks
         self._im_end = self.tokenizer.get_token_id("<|im_end|>")
         self._reference_cache: dict[tuple, torch.Tensor] = {}
+        self.fast = self.device.type == "cuda" if fast is None else bool(fast)
+        self._fastgen = None
 
     # -- pieces ---------------------------------------------------------------------------------
 
@@ -120,8 +124,6 @@ class Synthesizer:
         max_new_tokens: int,
     ) -> torch.Tensor:
         """Codes `(num_codebooks, frames)` for one already normalized chunk."""
-        from fish_speech.models.text2semantic.inference import decode_one_token_ar, generate
-
         seq = build_sequence(self.tokenizer, self.num_codebooks, [*prompt, Utterance(text, None)],
                              for_generation=True)
         prompt_tokens = seq.tokens.to(device=self.device, dtype=torch.int)
@@ -131,6 +133,13 @@ class Synthesizer:
                 f"The prompt takes {length} of the model's {limit} positions; use a shorter "
                 "reference clip or shorter text."
             )
+        if self.fast:
+            new = self._fast_generate(prompt_tokens, min(max_new_tokens, limit - length), temperature, top_p,
+                                      repetition_penalty)
+            if new is not None:
+                return new
+        from fish_speech.models.text2semantic.inference import decode_one_token_ar, generate
+
         out = generate(
             model=self.model,
             prompt=prompt_tokens,
@@ -148,6 +157,25 @@ class Synthesizer:
         if len(ends):
             new = new[:, : int(ends[0])]
         return new[1:]
+
+    def _fast_generate(self, prompt_tokens, max_new_tokens, temperature, top_p, repetition_penalty):
+        """Codes from pipeline.fastgen, or None when it cannot run here (then the wheel's generate)."""
+        import logging
+
+        from pipeline.fastgen import FastGenerator
+
+        try:
+            if self._fastgen is None:
+                self._fastgen = FastGenerator(self.model, batch_size=1)
+                self._fastgen.warmup(max_position=2048)  # longer contexts are captured when first needed
+            rows = self._fastgen.generate([prompt_tokens], max_new_tokens, temperature, top_p, repetition_penalty)[0]
+        except (RuntimeError, NotImplementedError) as exc:  # compiler/graph trouble: fall back, keep speaking
+            logging.getLogger(__name__).warning("fast generation unavailable (%s); using fish-speech's generate", exc)
+            self.fast, self._fastgen = False, None
+            return None
+        if rows.shape[1] and int(rows[0, -1]) == self._im_end:
+            rows = rows[:, :-1]  # <|im_end|> is not audio
+        return rows[1:].to(torch.long)
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:

@@ -106,7 +106,8 @@ class _Trainer:
         self.base_is_fp32 = all(v.dtype == torch.float32 for v in reference.values() if torch.is_tensor(v))
         max_length = min(s.max_length, model.config.max_seq_len)
         self.data = make_training_data(manifest, tokenizer, model.config.num_codebooks, max_length=max_length,
-                                       batch_size=s.batch_size, val_fraction=s.val_fraction, seed=s.seed)
+                                       batch_size=s.batch_size, val_fraction=s.val_fraction, seed=s.seed,
+                                       width_multiple=512 if self.compile else 1)
         if s.mode == "lora":
             model = (load_trainable_adapter(model, s.init_adapter) if s.init_adapter else
                      attach_lora(model, s.lora_rank, s.lora_alpha, s.lora_dropout, s.lora_train_embeddings))

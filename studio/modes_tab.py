@@ -249,8 +249,8 @@ def build(ctx) -> None:
     gr.Markdown("### Your run", elem_classes="section-title")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
-            mode = gr.Radio([(MODE_LABELS["quick_lora"], "quick_lora"), (MODE_LABELS["full_finetune"], "full_finetune")],
-                            value=start["mode"], label="Training mode", elem_id="mode-choice")
+            mode = gr.Radio([(MODE_LABELS[m], m) for m in ("quick_lora", "full_finetune")], value=start["mode"],
+                            label="Training mode", elem_id="mode-choice")
             with gr.Row():
                 gpu = gr.Dropdown(gpu_choices(), value=start["gpu"], label="GPU", scale=2, elem_id="gpu-choice",
                                   info="from assets/gpu_prices.yaml")
@@ -283,7 +283,7 @@ def build(ctx) -> None:
     headline = gr.HTML(css_template=HEADLINE_CSS, elem_id="estimate-headline")
     workload = gr.HTML(elem_id="estimate-workload")
     chart = gr.Plot(show_label=False, elem_id="chart-cost")
-    table = gr.Dataframe(interactive=False, wrap=True, max_height=520, show_label=False, elem_id="estimate-table",
+    table = gr.Dataframe(interactive=False, wrap=True, max_height=900, show_label=False, elem_id="estimate-table",
                          column_widths=["13%", "17%", "9%", "8%", "10%", "12%", "7%", "7%", "17%"])
 
     controls = [mode, gpu, price, quick_steps, quick_lr, full_epochs, full_lr, speaker_steps, rank, batch_size]
@@ -292,14 +292,23 @@ def build(ctx) -> None:
     estimate_outputs = [message, headline, workload, table, chart]
 
     def show_estimate():
-        view = estimate_view(config)
+        try:
+            view = estimate_view(config)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable manifest: a message, not a traceback
+            log.exception("Modes & cost tab: estimate failed")
+            return [_note(f"No estimate ({type(exc).__name__}): {exc}", "error"), "", "",
+                    display_table(pd.DataFrame()), run_charts.cost_comparison(pd.DataFrame())]
         return [view.message, view.headline, view.workload, view.table, view.figure]
 
     def on_change(*values):
         try:
             selection = save_settings(config, **dict(zip(names, values)))
-        except ValueError as exc:
+        except ValueError as exc:  # ConfigError: the message names the setting
             return [_note(str(exc), "error"), gr.skip(), *[gr.skip()] * len(estimate_outputs)]
+        except Exception as exc:  # noqa: BLE001 - shown in the tab, the traceback in the console
+            log.exception("Modes & cost tab: unexpected error")
+            return [_note(f"Unexpected error ({type(exc).__name__}): {exc}", "error"), gr.skip(),
+                    *[gr.skip()] * len(estimate_outputs)]
         text = "Saved: the Training tab starts runs with these settings."
         return [_note(text, "ok"), selection, *show_estimate()]
 

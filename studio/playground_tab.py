@@ -75,20 +75,20 @@ def _model_info(config, path: str | None) -> str:
     return note(model.label, "ok")
 
 
-def _picker(config, prefix: str, label: str, default: str | None) -> Picker:
+def _picker(config, prefix: str, label: str, default: str | None, open_adapters: bool = True) -> Picker:
     models, adapters = pg.list_models(config), pg.list_adapters(config)
     model = gr.Dropdown([(m.label, m.path) for m in models], value=default, label=label,
                         interactive=True, elem_id=f"{prefix}-model")
     info = gr.HTML(_model_info(config, default), elem_id=f"{prefix}-info")
     slots, weights = [], []
-    with gr.Accordion("Stack LoRA adapters (applied live, not merged)", open=bool(adapters),
+    with gr.Accordion("Stack LoRA adapters (applied live, not merged)", open=open_adapters and bool(adapters),
                       elem_id=f"{prefix}-adapters"):
         for i in range(MAX_ADAPTERS):
             with gr.Row(equal_height=True):
                 slots.append(gr.Dropdown([("— none —", NONE)] + [(a.label, a.path) for a in adapters],
-                                         value=NONE, label=f"Adapter {i + 1}", scale=5, interactive=True,
+                                         value=NONE, label=f"Adapter {i + 1}", scale=5, min_width=200, interactive=True,
                                          elem_id=f"{prefix}-adapter-{i}"))
-                weights.append(gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Strength", scale=2,
+                weights.append(gr.Slider(0.0, 1.5, value=1.0, step=0.05, label="Strength", scale=2, min_width=150,
                                          elem_id=f"{prefix}-weight-{i}"))
     return Picker(model, info, slots, weights)
 
@@ -123,19 +123,22 @@ def build(ctx) -> None:
                     ref_clip = gr.Dropdown(_clip_choices(refs), value=None, label="Accepted clip",
                                            interactive=True, scale=2, elem_id="pg-ref-clip")
                 with gr.Row(equal_height=False):
-                    ref_audio = gr.Audio(type="filepath", sources=["upload"], label="Reference audio (or upload one)",
+                    ref_audio = gr.Audio(type="filepath", sources=["upload"], label="Reference audio",
                                          elem_id="pg-ref-audio")
                     ref_text = gr.Textbox(label="Its transcript", lines=3, elem_id="pg-ref-text")
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("### Sampling", elem_classes="section-title")
+            gr.Markdown("Same text, settings and seed give the same audio. Max frames counts per sentence "
+                        "(21.5 frames ≈ 1 s of speech).",
+                        elem_classes="section-hint")
             with gr.Row():
                 temperature = gr.Slider(0.1, 1.5, value=0.7, step=0.05, label="Temperature", elem_id="pg-temperature")
                 top_p = gr.Slider(0.1, 1.0, value=0.8, step=0.05, label="Top-p", elem_id="pg-top-p")
             with gr.Row():
                 penalty = gr.Slider(1.0, 1.5, value=1.1, step=0.01, label="Repetition penalty",
                                     elem_id="pg-penalty")
-                max_tokens = gr.Slider(16, 2048, value=1024, step=16, label="Max length",
-                                       info="frames per sentence (21.5 per second)", elem_id="pg-max-tokens")
+                max_tokens = gr.Slider(16, 2048, value=1024, step=16, label="Max frames",
+                                       elem_id="pg-max-tokens")
             with gr.Row(equal_height=True):
                 seed = gr.Number(value=1234, precision=0, label="Seed", minimum=0, scale=3, elem_id="pg-seed")
                 dice = gr.Button("New seed", scale=1, elem_id="pg-new-seed")
@@ -158,9 +161,9 @@ def build(ctx) -> None:
         with gr.Tab("A/B compare", elem_id="pg-tab-ab"):
             with gr.Row(equal_height=False):
                 with gr.Column(min_width=340):
-                    pick_a = _picker(config, "pg-a", "Model A", first)
+                    pick_a = _picker(config, "pg-a", "Model A", first, open_adapters=False)
                 with gr.Column(min_width=340):
-                    pick_b = _picker(config, "pg-b", "Model B", second)
+                    pick_b = _picker(config, "pg-b", "Model B", second, open_adapters=False)
             with gr.Row(equal_height=True):
                 blind = gr.Checkbox(value=True, label="Blind test: hide which sample is which until I vote",
                                     scale=3, elem_id="pg-blind")
@@ -186,7 +189,7 @@ def build(ctx) -> None:
             runs_table = gr.Dataframe(interactive=False, wrap=True, show_label=False, elem_id="pg-runs")
             run_choice = gr.Dropdown([], label="Files of run", interactive=True, elem_id="pg-run")
             with gr.Row(equal_height=False):
-                adapter_zip = gr.DownloadButton("Adapter zip", visible=False, elem_id="pg-adapter-zip")
+                adapter_zip = gr.DownloadButton("Adapter zip", visible=False, variant="primary", elem_id="pg-adapter-zip")
                 merged_files = gr.File(label="Merged model files", file_count="multiple", interactive=False,
                                        elem_id="pg-merged-files")
                 audio_files = gr.File(label="Evaluation audio", file_count="multiple", interactive=False,
@@ -210,22 +213,28 @@ def build(ctx) -> None:
             i += 1 + MAX_ADAPTERS
         return updates
 
-    def on_references(speaker=None):
+    def on_references(speaker, clip):
         found = pg.reference_clips(config, speaker)
-        return gr.update(choices=found.speakers, value=found.speaker), gr.update(choices=_clip_choices(found), value=None)
+        keep = clip if any(c["path"] == clip for c in found.clips) else None  # a reload keeps the pick
+        return gr.update(choices=found.speakers, value=found.speaker), gr.update(choices=_clip_choices(found), value=keep)
+
+    def on_selection(selection, clip):
+        return on_references((selection or {}).get("speaker"), clip)
 
     def on_reference_clip(speaker, path):
         clip = next((c for c in pg.reference_clips(config, speaker).clips if c["path"] == path), None)
         return (clip["path"], clip["text"]) if clip else (gr.skip(), gr.skip())
 
-    def speak(values, shared_values, progress):
+    def speak(values, shared_values, progress, file_name=None):
         text_value, ref, ref_words, temp, p, rep, frames, seed_value = shared_values
+        if seed_value is None:
+            raise ValueError("Enter a seed (a whole number) or press “New seed”.")
         model, adapters = Picker.parse(values)
         started = time.perf_counter()
         result, path = pg.speak_to_file(
             config, cache, model, adapters, text_value, reference_audio=ref or None, reference_text=ref_words,
             temperature=float(temp), top_p=float(p), repetition_penalty=float(rep),
-            max_new_tokens=int(frames), seed=int(seed_value), progress=progress)
+            max_new_tokens=int(frames), seed=int(seed_value), progress=progress, file_name=file_name)
         return result, path, time.perf_counter() - started
 
     def on_generate(*values, progress=gr.Progress()):
@@ -235,7 +244,8 @@ def build(ctx) -> None:
         except Exception as exc:  # noqa: BLE001 - shown to the user, never as a traceback
             gr.Warning(_failure(exc))
             return {message: note(_failure(exc), "error")}
-        done = (f"{result.seconds:.1f} s of speech · {result.frames} frames · generated in {took:.1f} s · "
+        voice = " with the reference clip as voice prompt" if values[1] else ""
+        done = (f"{result.seconds:.1f} s of speech · {result.frames} frames · generated in {took:.1f} s{voice} · "
                 f"“{result.normalized_text}”")
         return {audio: str(path), download: gr.update(value=str(path), visible=True), message: note(done, "ok")}
 
@@ -258,6 +268,8 @@ def build(ctx) -> None:
         shared_values, blind_value = values[:n], values[n]
         a_values, b_values = values[n + 1:n + 1 + k], values[n + 1 + k:]
         try:
+            if shared_values[-1] is None:
+                raise ValueError("Enter a seed (a whole number) or press “New seed”.")
             sides = {}
             for side, picked in (("A", a_values), ("B", b_values)):
                 model, adapters = Picker.parse(picked)
@@ -265,9 +277,10 @@ def build(ctx) -> None:
                                                 pg.resolve_adapters(config, adapters))
             current = pg.new_trial(shared_values[0], int(shared_values[-1]), sides["A"], sides["B"], bool(blind_value))
             paths = {}
-            for n, side in enumerate(("A", "B")):
-                report = lambda f, m, n=n, side=side: progress((n + f) / 2, desc=f"model {side}: {m}")  # noqa: E731
-                paths[side] = speak(a_values if side == "A" else b_values, shared_values, report)[1]
+            for done, side in enumerate(("A", "B")):
+                report = lambda f, m, done=done, side=side: progress((done + f) / 2, desc=f"model {side}: {m}")  # noqa: E731
+                # neutral file names: a blind test must not show the model in a download's name
+                paths[side] = speak(a_values if side == "A" else b_values, shared_values, report, "sample")[1]
         except Exception as exc:  # noqa: BLE001
             gr.Warning(_failure(exc))
             return {ab_message: note(_failure(exc), "error")}
@@ -308,7 +321,8 @@ def build(ctx) -> None:
             "merged model": f"{len(r.merged_files)} files" if r.merged_files else "—",
             "evaluation audio": len(r.audio_files), "disk used": pg.format_bytes(r.size_bytes)} for r in runs])
         ids = [r.run_id for r in runs]
-        shown = next((r.run_id for r in runs if r.files), ids[0] if ids else None)  # newest run with files
+        shown = next((r.run_id for r in runs if r.adapter_zip or r.merged_files or r.audio_files),
+                     ids[0] if ids else None)  # newest run with files
         return html, table, gr.update(choices=ids, value=shown)
 
     def on_run_files(run_id):
@@ -316,7 +330,7 @@ def build(ctx) -> None:
         if run is None:
             return gr.update(visible=False), None, None
         zip_update = (gr.update(value=str(run.adapter_zip), visible=True,
-                                label=f"Adapter zip ({pg.format_bytes(run.adapter_zip.stat().st_size)})")
+                                label=f"Download adapter zip ({pg.format_bytes(run.adapter_zip.stat().st_size)})")
                       if run.adapter_zip else gr.update(visible=False))
         return zip_update, [str(p) for p in run.merged_files] or None, [str(p) for p in run.audio_files] or None
 
@@ -331,9 +345,12 @@ def build(ctx) -> None:
     text.change(_spoken, inputs=text, outputs=normalized, api_name="normalize_text", trigger_mode="always_last",
                 queue=False, show_progress="hidden")
     dice.click(lambda: random.randrange(1 << 31), outputs=seed, api_visibility="private", queue=False)
-    ref_speaker.input(on_references, inputs=ref_speaker, outputs=[ref_speaker, ref_clip], api_name="reference_clips")
-    gr.on([ctx.demo.load, ctx.selection.change], on_references, outputs=[ref_speaker, ref_clip],
+    ref_speaker.input(on_references, inputs=[ref_speaker, ref_clip], outputs=[ref_speaker, ref_clip],
+                      api_name="reference_clips")
+    gr.on([ctx.demo.load, ctx.selection.change], on_selection, inputs=[ctx.selection, ref_clip],
+          outputs=[ref_speaker, ref_clip],
           api_visibility="private")
+    ref_audio.upload(lambda: (None, ""), outputs=[ref_clip, ref_text], api_visibility="private", queue=False)
     ref_clip.input(on_reference_clip, inputs=[ref_speaker, ref_clip], outputs=[ref_audio, ref_text],
                    api_name="reference_clip")
     generate.click(on_generate, inputs=[*shared, *listen.inputs], outputs=[audio, download, message],

@@ -2,8 +2,9 @@
 
 The server runs with a config whose base model is the tiny random checkpoint, over a workspace
 holding one finished run (adapter checkpoint, merged model, adapter zip, evaluation audio) made
-by really merging. Speech from a stacked adapter and from the merged model, a blind A/B vote,
-and the artifacts' downloads. Screenshots go to the test's tmp folder; with
+by really merging, and a small dataset with a picked speaker. Speech from a stacked adapter with
+a dataset clip as voice prompt and from the merged model, a blind A/B vote, and the artifacts'
+downloads. Screenshots go to the test's tmp folder; with
 UPDATE_SCREENSHOTS=1 the Listen view is also copied to docs/screenshots/playground.png.
 """
 
@@ -20,6 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from audio_fixtures import write_clip
+from pipeline.config import Config
+from pipeline.dataset import load_dataset
+from pipeline.selection import save_selection
+from pipeline.sources import SourceSpec
 from studio_server import PROJECT_ROOT, StudioServer, _responds, free_port
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 from test_playground import RUN, make_runs
@@ -60,6 +66,15 @@ def server(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser-pg")
     workspace = root / "workspace"
     make_runs(workspace, tiny_checkpoint)
+    for speaker, count in {"anna": 2, "bert": 2}.items():  # a dataset whose picked speaker gives voice prompts
+        for i in range(count):
+            write_clip(root / "voices", speaker, f"{speaker}{i}", f"{speaker.title()} sanoo {i + 1}. lauseen.",
+                       seed=i + (10 if speaker == "bert" else 0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STUDIO_WORKSPACE", str(workspace))
+        config = Config()
+        dataset = load_dataset(SourceSpec("folder", path=str(root / "voices")), config)
+        save_selection(config, dataset_id=dataset.id, speaker="bert")
     config_path = root / "launchable.yaml"
     config_path.write_text(yaml.safe_dump({"base_model": {"local_dir": str(tiny_checkpoint)},
                                            "studio": {"workspace": str(workspace)}}))
@@ -125,12 +140,18 @@ def test_playground_speaks_with_adapter_and_merged_model(server, page, tmp_path)
     assert "noise" in page.locator("#pg-info").inner_text()
     assert page.locator("#pg-normalized").inner_text().startswith("Spoken as:")
 
+    # a clip of the picked speaker as voice prompt: its transcript comes from the manifest
+    page.locator("#pg-reference").click()
+    assert page.locator("#pg-ref-speaker input").input_value() == "bert"
+    choose(page, "pg-ref-clip", "bert/")
+    page.wait_for_function("() => document.querySelector('#pg-ref-text textarea').value.startsWith('Bert sanoo')")
+
     # base + stacked adapter
-    choose(page, "pg-adapter-0", "final adapter")
+    choose(page, "pg-adapter-0", "· final")
     page.locator("#pg-generate").click()
     first = wait_for_new_audio(page, "pg-audio", None)
     assert wav_ok(page, first)
-    page.locator("#pg-message .note.ok").get_by_text("s of speech").wait_for()
+    page.locator("#pg-message .note.ok").get_by_text("reference clip as voice prompt").wait_for()
     listen_shot = tmp_path / "playground-listen.png"
     page.screenshot(path=str(listen_shot), full_page=True)
 
@@ -162,6 +183,7 @@ def test_blind_ab_shows_two_players_and_records_the_vote(server, page, tmp_path)
     page.locator("#pg-compare").click()
     srcs = [wait_for_new_audio(page, f"pg-ab-audio-{i}", None) for i in (1, 2)]
     assert all(wav_ok(page, src) for src in srcs)
+    assert not any(RUN in src or "base" in src for src in srcs)  # file names do not give the models away
     assert page.locator("#pg-ab-caption-1").inner_text().startswith("Hidden")
 
     page.locator("#pg-vote-1").click()
@@ -184,10 +206,14 @@ def test_artifacts_list_downloads_and_disk_usage(server, page, tmp_path):
     page.get_by_role("tab", name="Artifacts").click()
     page.locator("#pg-runs").get_by_text(RUN).first.wait_for()
     assert "Disk used by runs".upper() in page.locator("#pg-usage").inner_text().upper()
-    page.locator("#pg-merged-files").get_by_text("model.pth").first.wait_for()
-    page.locator("#pg-audio-files").get_by_text("example_1.wav").wait_for()
-    href = page.locator("#pg-adapter-zip").first.evaluate("el => (el.closest('a') || el.querySelector('a') || el).href")
-    if href:
-        assert page.request.get(href).body()[:2] == b"PK"
+    page.locator("#pg-run input").wait_for()
+    assert page.locator("#pg-run input").input_value() == RUN  # the newest run that has files
+    merged_link = page.locator("#pg-merged-files a[href*='merged/model.pth']")
+    merged_link.wait_for()
+    assert page.request.get(merged_link.get_attribute("href")).ok
+    page.locator("#pg-audio-files a[href*='example_1.wav']").wait_for()
+    with page.expect_download() as download:
+        page.locator("#pg-adapter-zip").click()
+    assert Path(download.value.path()).read_bytes()[:2] == b"PK" and download.value.suggested_filename == "adapter.zip"
     page.screenshot(path=str(tmp_path / "playground-artifacts.png"), full_page=True)
     assert not page.errors, page.errors

@@ -89,7 +89,7 @@ def test_lists_base_merged_phase1_and_adapters(world, tiny_checkpoint):
     assert by_path[paths["phase1"].resolve()].run_id == RUN2
     adapters = {Path(a.path).resolve(): a for a in pg.list_adapters(config)}
     assert set(adapters) == {paths["adapter"].resolve(), paths["second"].resolve()}
-    assert adapters[paths["adapter"].resolve()].label == f"Run {RUN} · final adapter (lora step 4)"
+    assert adapters[paths["adapter"].resolve()].label == f"{RUN} · lora step 4 · final"
 
 
 def test_no_model_says_how_to_get_one(tmp_path, monkeypatch):
@@ -245,3 +245,47 @@ def test_bad_text_is_a_synth_error(world, cache, tiny_checkpoint):
     config, _ = world
     with pytest.raises(SynthError, match="no text"):
         pg.speak_to_file(config, cache, str(tiny_checkpoint), [], "   ", **SPEAK)
+
+
+def test_reference_clips_of_the_picked_speaker_prompt_the_voice(world, cache, tiny_checkpoint, tmp_path, monkeypatch):
+    from audio_fixtures import write_clip
+    from pipeline.dataset import load_dataset
+    from pipeline.selection import save_selection
+    from pipeline.sources import SourceSpec
+
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    config = world[0]
+    assert pg.reference_clips(config).clips == []  # no dataset yet: nothing to offer, no error
+    for speaker, count in {"anna": 3, "bert": 2}.items():
+        for i in range(count):
+            write_clip(tmp_path / "voices", speaker, f"{speaker}{i}", f"{speaker.title()} sanoo {i + 1}. lauseen.",
+                       seed=i + (10 if speaker == "bert" else 0))
+    ds = load_dataset(SourceSpec("folder", path=str(tmp_path / "voices")), config)
+    save_selection(config, dataset_id=ds.id, speaker="bert")
+
+    refs = pg.reference_clips(config)
+    assert refs.speaker == "bert" and set(refs.speakers) == {"anna", "bert"}
+    assert sorted(c["text"] for c in refs.clips) == ["Bert sanoo 1. lauseen.", "Bert sanoo 2. lauseen."]
+    anna = pg.reference_clips(config, "anna")
+    assert len(anna.clips) == 3 and all(Path(c["path"]).is_file() for c in anna.clips)
+
+    clip = refs.clips[0]
+    with_ref, _ = pg.speak_to_file(config, cache, str(tiny_checkpoint), [], "Hei.", reference_audio=clip["path"],
+                                   reference_text=clip["text"], **SPEAK)
+    without, _ = pg.speak_to_file(config, cache, str(tiny_checkpoint), [], "Hei.", **SPEAK)
+    assert with_ref.frames > 0 and not all(np.array_equal(a, b) for a, b in zip(with_ref.codes, without.codes))
+    with pytest.raises(SynthError, match="transcript"):
+        pg.speak_to_file(config, cache, str(tiny_checkpoint), [], "Hei.", reference_audio=clip["path"], **SPEAK)
+
+
+def test_the_studio_has_the_playground_tab(world):
+    from studio.app import TABS, build_app
+
+    assert "Playground" in [title for title, *_ in TABS]
+    demo = build_app(world[0])
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"pg-text", "pg-normalized", "pg-model", "pg-adapter-0", "pg-weight-2", "pg-generate", "pg-audio",
+            "pg-a-model", "pg-b-model", "pg-blind", "pg-ab-audio-1", "pg-ab-audio-2", "pg-vote-1", "pg-tally",
+            "pg-runs", "pg-merged-files", "pg-ref-clip", "pg-seed"} <= ids
+    assert {"speak", "compare", "vote_1", "vote_2", "vote_tie", "artifacts", "run_files",
+            "refresh_models"} <= {fn.api_name for fn in demo.fns.values()}

@@ -69,7 +69,8 @@ def test_cost_comparison_without_data_shows_a_message():
 
 def _metrics(steps: int = 12, val_every: int = 4):
     train = pd.DataFrame({"step": range(1, steps + 1), "loss": [5 - 0.1 * i for i in range(steps)],
-                          "top1": [0.1 + 0.01 * i for i in range(steps)], "top5": [0.3 + 0.01 * i for i in range(steps)],
+                          "top1": [0.1 + 0.01 * i for i in range(steps)],
+                          "top5": [0.3 + 0.01 * i for i in range(steps)],
                           "lr": [1e-4] * steps, "tokens_per_s": [1000.0 + i for i in range(steps)],
                           "elapsed_s": [0.5 * i for i in range(1, steps + 1)]})
     val_steps = [0, *range(val_every, steps + 1, val_every)]

@@ -84,7 +84,7 @@ def test_held_out_split_is_per_speaker_and_deterministic(tmp_path, tokenizer):
 
 
 def test_packed_batches_are_reproducible_and_well_formed(tmp_path, tokenizer):
-    manifest = _manifest(tmp_path / "codes", speakers=(9, 7, 5))
+    manifest = _manifest(tmp_path / "codes", speakers=(9, 7, 6))
     data = make_training_data(manifest, tokenizer, 4, max_length=160, batch_size=2, val_fraction=0.15, seed=1)
     again = make_training_data(manifest, tokenizer, 4, max_length=160, batch_size=2, val_fraction=0.15, seed=1)
     train_ids = sorted(c.id for c in data.train.clips)
@@ -98,13 +98,31 @@ def test_packed_batches_are_reproducible_and_well_formed(tmp_path, tokenizer):
     for position in (0, 5, 17):  # any position, in any order, from a fresh object: the same batch
         a, b = data.train.batch(position), again.train.batch(position)
         assert all(torch.equal(a[k], b[k]) for k in a)
+    # the stream runs through epoch boundaries: every batch is full, epochs follow each other
+    per_epoch = len(data.train.groups_for_epoch(0))
+    assert per_epoch % 2 == 1  # so batch (per_epoch // 2) straddles epochs 0 and 1
+    straddling = data.train.batch(per_epoch // 2)
+    last_of_0, first_of_1 = data.train.groups_for_epoch(0)[-1], data.train.groups_for_epoch(1)[0]
+    expected = data.train.collate([last_of_0, first_of_1])
+    assert all(torch.equal(straddling[k], expected[k]) for k in expected)
+    assert data.train.epoch_progress(per_epoch // 2 + 1) == pytest.approx(1 + 1 / len(data.train.groups_for_epoch(1)))
     batch = data.train.batch(2)
     tokens, labels, lengths = batch["tokens"], batch["labels"], batch["lengths"]
     assert tokens.shape[:2] == (2, 5) and labels.shape == tokens.shape
     for i, n in enumerate(lengths.tolist()):
         assert (labels[i, :, n - 1:] == -100).all()  # padding (and the last column) carry no loss
         assert (labels[i, 0, :n] != -100).sum() > 0
-    assert len(list(data.val)) == data.val.batches_per_epoch
+    val_batches = list(data.val)
+    assert len(val_batches) == data.val.batches_per_epoch and all(b["tokens"].shape[0] == 2 for b in val_batches)
+    assert sum(int((b["lengths"] > 0).sum()) for b in val_batches) == len(data.val.groups_for_epoch(0))
+
+
+def test_batch_widths_round_up_to_the_multiple(tmp_path, tokenizer):
+    manifest = _manifest(tmp_path / "codes", speakers=(9, 7))
+    data = make_training_data(manifest, tokenizer, 4, max_length=300, batch_size=2, val_fraction=0.15, seed=1,
+                              width_multiple=128)
+    widths = {data.train.batch(p)["tokens"].shape[-1] for p in range(12)}
+    assert widths <= {128, 256, 300}  # rounded up, never beyond max_length
 
 
 # -- training ---------------------------------------------------------------------------------------
