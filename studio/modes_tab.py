@@ -10,6 +10,7 @@ save_settings, cost_estimate (JSON).
 from __future__ import annotations
 
 import html
+import json
 import logging
 from dataclasses import dataclass
 
@@ -330,7 +331,8 @@ def build(ctx) -> None:
     def cost_estimate() -> dict:
         """The comparison as JSON: one record per GPU × mode (pipeline.cost.estimate) and the workload."""
         view = estimate_view(config)
-        return {"dataset_id": view.dataset_id, "rows": view.raw.to_dict(orient="records")}
+        rows = json.loads(view.raw.to_json(orient="records")) if not view.raw.empty else []  # plain JSON types
+        return {"dataset_id": view.dataset_id, "rows": rows}
 
     mode.change(on_mode, inputs=mode, outputs=[quick_group, full_group], queue=False, api_visibility="private")
     change_outputs = [saved, ctx.selection, *estimate_outputs]

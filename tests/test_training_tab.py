@@ -164,3 +164,9 @@ def test_the_app_has_the_tab_and_its_api(config):
             "training-curves", "run-log", "run-comparison", "eval-audio-0"} <= ids
     assert {"start_training", "cancel_training", "resume_training", "show_run", "run_status"} <= \
         {fn.api_name for fn in demo.fns.values()}
+
+
+def test_failures_are_one_line_messages():
+    assert training_view.failure(JobError("Cancel it first.")) == "Cancel it first."
+    text = training_view.failure(RuntimeError("boom"))
+    assert text.startswith("Unexpected error (RuntimeError): boom") and "console" in text
