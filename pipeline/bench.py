@@ -198,6 +198,12 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def _command_line() -> str:
+    args = " ".join(sys.argv[1:])
+    entry = "python -m pipeline" if sys.argv and sys.argv[0].endswith("__main__.py") else "python -m pipeline.bench"
+    return f"{entry} {args}".strip()
+
+
 def card_name(device) -> str:
     return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
 
@@ -224,8 +230,7 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
     card = card_name(device)
     result: dict = {
         "card": card, "torch": torch.__version__, "date": now.strftime("%Y-%m-%d"),
-        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "command": " ".join(["python -m pipeline.bench"] + sys.argv[1:])
-        if sys.argv and sys.argv[0].endswith("bench.py") else "python -m pipeline bench " + " ".join(sys.argv[1:]),
+        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "command": _command_line(),
         "tiny": tiny, "device": str(device), "sections": which,
     }
     if device.type == "cuda":

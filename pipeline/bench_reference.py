@@ -79,3 +79,40 @@ def reference_step(model, optimizer, batch: dict, grad_clip: float = 1.0) -> flo
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     optimizer.step()
     return float(loss.detach())
+
+
+@torch.no_grad()
+def reference_logits(model, prompt: torch.Tensor, frames: torch.Tensor):
+    """Generation's reference: what fish-speech's decode_one_token_ar computes for given frames (checks): full-vocabulary
+    token logits (F, vocab) and fast logits (F, N-1, codebook_size), KV caches, one column at a time."""
+    from pipeline.forward import unwrap
+
+    model = unwrap(model)
+    n = model.config.num_codebooks
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    prompt, frames = prompt.to(device), frames.to(device)
+    with torch.device(device):
+        model.setup_caches(max_batch_size=1, max_seq_len=model.config.max_seq_len, dtype=dtype)
+    try:
+        seq = torch.cat([prompt, frames], dim=1)
+        length = prompt.shape[1]
+        out = model.forward_generate(seq[None, :, :length], torch.arange(length, device=device))
+        heads, fast = [], []
+        for i in range(frames.shape[1]):
+            heads.append(out.logits[0, -1].float())
+            for layer in model.fast_layers:
+                layer.attention.kv_cache.k_cache.fill_(0)
+                layer.attention.kv_cache.v_cache.fill_(0)
+            model.forward_generate_fast(out.hidden_states[0, -1][None], torch.tensor([0], device=device))
+            rows = []
+            for k in range(1, n):
+                x = model.fast_embeddings(frames[k, i].view(1))  # codebook k-1 of this frame
+                rows.append(model.forward_generate_fast(x, torch.tensor([k], device=device))[0, 0].float())
+            fast.append(torch.stack(rows))
+            t = length + i
+            out = model.forward_generate(seq[None, :, t : t + 1], torch.tensor([t], device=device))
+    finally:
+        for layer in list(model.layers) + list(model.fast_layers):
+            layer.attention.kv_cache = None
+        model.max_seq_len = model.max_batch_size = -1
+    return torch.stack(heads), torch.stack(fast)

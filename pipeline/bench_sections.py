@@ -101,7 +101,7 @@ def _parse_variant(name: str):
 
 
 def run_variant(name, config, shapes, batch, device, warmup, repeat) -> dict:
-    from pipeline.memory_plan import plan_memory, static_gb, workspace_gb
+    from pipeline.memory_plan import CONTEXT_GB, plan_memory, static_gb, workspace_gb
     from pipeline.train_settings import TrainSettings, use_checkpointing
 
     impl, mode, forced, card_gb = _parse_variant(name)
@@ -166,9 +166,9 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat) -> dict:
                timing=timing)
     if cuda and impl != "reference":
         params_total = sum(p.numel() for p in model.parameters())
-        rest = peak - static_gb(mode, params_total, lora_params) - workspace_gb(args.vocab_size) - 1.5
+        rest = peak - static_gb(mode, params_total, lora_params) - workspace_gb(args.vocab_size) - CONTEXT_GB
         row["act_mb_per_token"] = round(max(rest, 0) * 1e3 / (row["micro_batch"] * max_length), 3)
-    del model, optimizer
+    model = optimizer = step = None  # free the GPU memory before the next variant
     _free(device)
     return row
 
@@ -251,7 +251,7 @@ def bench_extract(shapes, device, tiny) -> dict:
         t = time_calls(encode_bf16, 1, 3, device)
         same = np.mean([float((a == b).float().mean()) for a, b in zip(codes[-1], bf16[-1])])
         result["bf16_autocast"] = {"realtime_factor": round(audio_s / t["median_s"], 1), "codes_equal_share": round(same, 4)}
-    del codec
+    codec = None
     return result
 
 
@@ -260,7 +260,8 @@ def bench_generate(shapes, device, tiny) -> dict:
     from fish_speech.models.text2semantic.llama import DualARTransformer
 
     from pipeline.checkpoints import build_codec
-    from pipeline.fastgen import FastGenerator, reference_logits
+    from pipeline.bench_reference import reference_logits
+    from pipeline.fastgen import FastGenerator
     from pipeline.tokens import Utterance, build_sequence
 
     args, tokenizer, codec_config = shapes[:3]
@@ -306,7 +307,7 @@ def bench_generate(shapes, device, tiny) -> dict:
     result["batched"] = {"streams": streams, "frames_per_s": round(streams * frames / t["median_s"], 1), **t}
     result["batched_frames_per_s"] = result["batched"]["frames_per_s"]
     result["batched_speedup"] = round(result["batched_frames_per_s"] / result["frames_per_s"], 2)
-    del batched
+    batched = None
 
     # the fast path against fish-speech's own step-by-step computation (same weights, same frames)
     g = torch.Generator().manual_seed(1)
@@ -320,6 +321,6 @@ def bench_generate(shapes, device, tiny) -> dict:
                        "fast_rel_diff": round(rel_diff(fast.cpu(), ref_fast[..., : gen.residual_vocab].cpu()), 5),
                        "frames": check}
     result["peak_gb"] = round(_peak_gb(device), 2)
-    del gen, model, codec
+    gen = model = codec = None
     _sync(device)
     return result

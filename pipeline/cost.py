@@ -18,8 +18,15 @@ import pandas as pd
 import yaml
 
 from pipeline.config import PROJECT_ROOT, Config
+from pipeline.memory_plan import plan_memory
 
 PRICES_PATH = PROJECT_ROOT / "assets" / "gpu_prices.yaml"
+COMMITTED_BENCH_DIR = PROJECT_ROOT / "assets" / "bench"
+# Throughput cost of what memory_plan may choose, measured on an H200 (docs/PERFORMANCE.md run 2:
+# LoRA micro-batch 1 x 4 at 24.5 k tokens/s vs 4 x 1 at 36.1 k) and upstream's usual ~30 % for
+# recomputing activations (not measured here).
+SMALL_MICRO_BATCH_FACTOR = 0.68
+CHECKPOINTING_FACTOR = 1 / 1.3
 FRAMES_PER_SECOND = 44100 / 2048          # codec frame rate (DESIGN.md)
 CHARS_PER_TEXT_TOKEN = 3.0                # tiktoken BPE on Finnish text, measured roughly on the sample
 TOKENS_PER_CLIP_OVERHEAD = 3              # <|speaker:0|>, <|im_end|>, separators
@@ -78,10 +85,12 @@ def dataset_tokens(manifest: pd.DataFrame) -> int:
 
 
 def latest_benchmarks(runs_dir: Path) -> list[dict]:
-    """Benchmark JSON files written by `python -m pipeline bench`, newest first."""
-    folder = Path(runs_dir) / "bench"
+    """Benchmark JSON files written by `python -m pipeline bench`: this workspace's newest first,
+    then the ones committed with the project."""
+    paths = sorted((Path(runs_dir) / "bench").glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    paths += sorted(COMMITTED_BENCH_DIR.glob("*.json"), reverse=True)
     results = []
-    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+    for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -91,16 +100,27 @@ def latest_benchmarks(runs_dir: Path) -> list[dict]:
     return results
 
 
-def _throughput(gpu: str, row: dict, mode: str, reference: dict, benches: list[dict]) -> tuple[float, float, str]:
-    """(tokens/s, peak GB, where it came from) for `mode` in {"lora", "full"} on `gpu`."""
+def _throughput(gpu: str, row: dict, mode: str, reference: dict, benches: list[dict]) -> tuple[float, str]:
+    """(tokens/s at the full micro-batch, where it came from) for `mode` in {"lora", "full"} on `gpu`."""
     family = gpu.split("-")[0].upper()
     for bench in benches:
         measured = bench["train"].get(mode) or {}
         if family in str(bench.get("card", "")).upper() and measured.get("tokens_per_s"):
-            return (measured["tokens_per_s"], measured.get("peak_gb", float("nan")),
-                    f"measured: {bench['card']} on {bench.get('date', '?')}")
+            return measured["tokens_per_s"], f"measured: {bench['card']} on {bench.get('date', '?')}"
     speed = reference[f"{mode}_tokens_per_s"] * row["relative_speed"]
-    return speed, reference[f"{mode}_peak_gb"], f"estimated: {reference['source']} × {row['relative_speed']}"
+    return speed, f"estimated: {reference['source']} × {row['relative_speed']}"
+
+
+def _planned(mode: str, config: Config, row: dict, speed: float):
+    """The memory plan training would pick on this card, and the throughput that plan gives."""
+    training = config.training
+    plan = plan_memory(mode, training.batch_size, training.grad_accumulation, training.max_length, row["memory_gb"],
+                       checkpointing=training.gradient_checkpointing)
+    if plan.micro_batch < training.batch_size:
+        speed *= SMALL_MICRO_BATCH_FACTOR
+    if plan.gradient_checkpointing:
+        speed *= CHECKPOINTING_FACTOR
+    return plan, speed
 
 
 def estimate(config: Config, manifest: pd.DataFrame, speaker: str | None = None,
@@ -126,19 +146,27 @@ def estimate(config: Config, manifest: pd.DataFrame, speaker: str | None = None,
     codec_gb = 1.87
     rows = []
     for gpu, row in prices["gpus"].items():
-        lora_speed, lora_peak, lora_src = _throughput(gpu, row, "lora", prices["reference_throughput"], benches)
-        full_speed, full_peak, full_src = _throughput(gpu, row, "full", prices["reference_throughput"], benches)
+        lora_speed, lora_src = _throughput(gpu, row, "lora", prices["reference_throughput"], benches)
+        full_speed, full_src = _throughput(gpu, row, "full", prices["reference_throughput"], benches)
+        lora_plan, lora_speed = _planned("lora", config, row, lora_speed)
+        full_plan, full_speed = _planned("full", config, row, full_speed)
         plans = {
-            "quick_lora": (quick_tokens / lora_speed, lora_peak, lora_gb + model_gb + codec_gb, lora_src),
-            "full_finetune": (full_phase1 / full_speed + full_phase3 / lora_speed, max(full_peak, lora_peak),
+            "quick_lora": (quick_tokens / lora_speed, [lora_plan], lora_gb + model_gb + codec_gb, lora_src),
+            "full_finetune": (full_phase1 / full_speed + full_phase3 / lora_speed, [full_plan, lora_plan],
                               2 * model_gb + lora_gb + codec_gb, full_src),
         }
-        for mode, (seconds, peak, size_gb, source) in plans.items():
+        for mode, (seconds, mode_plans, size_gb, source) in plans.items():
+            peak = max(plan.estimated_peak_gb for plan in mode_plans)
             hours = seconds / 3600
             rows.append({
                 "gpu": gpu, "mode": mode, "hours": round(hours, 2), "minutes": round(seconds / 60, 1),
                 "cost_usd": round(hours * row["price_per_hour"], 2), "price_per_hour": row["price_per_hour"],
-                "peak_gb": round(peak, 1), "fits": bool(peak <= row["memory_gb"]),
+                "peak_gb": round(peak, 1), "fits": all(plan.fits for plan in mode_plans),
+                "plan": "; ".join(f"{kind}: {plan.describe()}" for kind, plan in zip(("first", "then"), mode_plans))
+                        if len(mode_plans) > 1 else mode_plans[0].describe(),
+                "plan_brief": " then ".join(
+                    f"{p.micro_batch}×{p.grad_accumulation}{' + checkpointing' if p.gradient_checkpointing else ''}"
+                    for p in mode_plans),
                 "output_gb": round(size_gb, 2), "throughput_source": source,
                 "price_source": row.get("price_source", ""),
             })

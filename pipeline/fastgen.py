@@ -3,9 +3,10 @@
 fish-speech's `generate` runs ~2,000 small kernels per frame from Python (eager: ~16 frames/s on an
 H200) or compiles one huge graph (`torch.compile`, minutes of warm-up). Here:
 
-- The slow and fast transformer layers are compiled one block at a time (`torch.compile` of a
-  per-layer function: the 28 slow layers share one compiled graph, the 4 fast layers another), so
-  warm-up is a few small compiles instead of one big one.
+- The slow and fast transformer layers are compiled a block at a time (`torch.compile` of a
+  per-layer function: the 28 slow layers share one compiled graph; the 4 fast layers form another,
+  with attention over their 10-entry cache written as broadcast-multiply + sum so that it fuses),
+  so warm-up is a few small compiles (~16-28 s on an H200) instead of one big one.
 - A whole frame (slow layers, codebook-0 sampling, 10 fast-transformer passes, residual sampling,
   bookkeeping) is one CUDA graph replay: no Python and no launch gaps per frame.
 - Codebook 0 is sampled over the semantic tokens + <|im_end|> only: the head multiplies 4,097
@@ -32,6 +33,7 @@ import time
 import torch
 import torch._dynamo
 import torch.nn.functional as F
+from fish_speech.models.text2semantic.llama import apply_rotary_emb
 
 from pipeline.forward import embed, unwrap
 
@@ -96,21 +98,12 @@ def _layer_step(layer, x, freqs, k_cache, v_cache, rows, heads, pos, mask, point
     return h + layer.feed_forward(layer.ffn_norm(h))
 
 
-def _layers_step(layers, y, freqs, k_caches, v_caches, rows, heads, pos, mask, pointwise=False):
+def _fast_pass(layers, y, freqs, k_caches, v_caches, rows, heads, pos, mask, pointwise=True):
+    """All fast-transformer layers for one codebook position (one compiled graph: over the
+    10-entry caches, broadcast-multiply + sum attention fuses into a few element-wise kernels)."""
     for layer, kc, vc in zip(layers, k_caches, v_caches):
         y = _layer_step(layer, y, freqs, kc, vc, rows, heads, pos, mask, pointwise)
     return y
-
-
-def _slow_pass(*args):
-    """A group of slow layers (one compiled graph per group size; the cache length is dynamic)."""
-    return _layers_step(*args)
-
-
-def _fast_pass(*args):
-    """All fast-transformer layers for one codebook position (one compiled graph: the 10-entry
-    caches make attention a few fused element-wise kernels)."""
-    return _layers_step(*args)
 
 
 def _head(norm, x, weight):
@@ -142,9 +135,7 @@ class FastGenerator:
     """Batched codes generation for one DualARTransformer (bf16 on CUDA for speed; any device)."""
 
     def __init__(self, model, batch_size: int = 1, max_len: int | None = None,
-                 compile: bool | None = None, cuda_graph: bool | None = None,
-                 slow_pointwise: bool = False, fast_pointwise: bool = True, slow_group: int = 1,
-                 compile_mode: str | None = None):
+                 compile: bool | None = None, cuda_graph: bool | None = None, compile_mode: str | None = None):
         self.model = unwrap(model)
         m, cfg = self.model, self.model.config
         self.device = next(m.parameters()).device
@@ -161,7 +152,7 @@ class FastGenerator:
         self.residual_vocab = min(RESIDUAL_VOCAB, m.fast_output.out_features)
         dev, dt, B = self.device, self.dtype, batch_size
 
-        def cache(n_heads, length, head_dim):
+        def cache(n_heads, length, head_dim):  # (B, kv_heads, positions, head_dim) like fish-speech's KVCache
             return torch.zeros((B, n_heads, length, head_dim), device=dev, dtype=dt)
 
         self.kc = [cache(cfg.n_local_heads, self.S, cfg.head_dim) for _ in m.layers]
@@ -187,15 +178,11 @@ class FastGenerator:
         self.noise = torch.empty((B, self.N, self.n_semantic + 1), device=dev, dtype=torch.float32)
         self.force_flag = torch.zeros((B,), device=dev, dtype=torch.bool)
         self.force = torch.zeros((B, self.N), device=dev, dtype=torch.long)
-        self.temperature = torch.ones((), device=dev)
-        self.top_p = torch.ones((), device=dev)
-        self.penalty = torch.ones((), device=dev)
+        self.temperature, self.top_p, self.penalty = (torch.ones((), device=dev) for _ in range(3))
         self.last_logits0 = torch.zeros((B, self.n_semantic + 1), device=dev)
         self.last_fast_logits = torch.zeros((B, self.N - 1, self.residual_vocab), device=dev)
         self.refresh_weights()
-        self.slow_pointwise, self.fast_pointwise = slow_pointwise, fast_pointwise
-        self.slow_group = max(1, int(slow_group))
-        self._slow, self._fast, self._sampler, self._head = _slow_pass, _fast_pass, _sample, _head
+        self._slow, self._fast, self._sampler, self._head = _layer_step, _fast_pass, _sample, _head
         if self.use_compile:
             for name in ("recompile_limit", "cache_size_limit"):  # one entry per length/shape, not per layer
                 if hasattr(torch._dynamo.config, name):
@@ -203,19 +190,17 @@ class FastGenerator:
             # FASTGEN_COMPILE_MODE=max-autotune-no-cudagraphs lets inductor time Triton matmuls
             # against cuBLAS for the batch-1 products (longer warm-up; docs/PERFORMANCE.md)
             mode = compile_mode or os.environ.get("FASTGEN_COMPILE_MODE") or None
-            self.compile_mode = mode
-            self._slow = torch.compile(_slow_pass, fullgraph=True, dynamic=None, mode=mode)
+            self._slow = torch.compile(_layer_step, fullgraph=True, dynamic=None, mode=mode)
             self._fast = torch.compile(_fast_pass, fullgraph=True, dynamic=False, mode=mode)
             self._sampler = torch.compile(_sample, fullgraph=True, dynamic=False)
             self._head = torch.compile(_head, fullgraph=True, dynamic=False)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._pool = None
-        self.warmup_s = None
+        self._pool = self.warmup_s = None
 
     def refresh_weights(self) -> None:
         """Re-read the heads' weights (call after loading or changing adapters)."""
-        m = self.model
         with torch.no_grad():
+            m = self.model
             head = effective_weight(m.output) if not m.config.tie_word_embeddings else m.embeddings.weight
             rows = torch.cat([torch.tensor([self.im_end]), torch.arange(self.sem_begin, self.sem_end + 1)])
             self.head0 = head[rows.to(head.device)].contiguous()  # index 0 = <|im_end|>, 1+c = semantic c
@@ -235,16 +220,12 @@ class FastGenerator:
         freqs = m.freqs_cis[self.pos].view(B, 1, 1, -1, 2)
         mask = (self.positions[:length][None] <= self.pos[:, None]).view(B, 1, 1, length)
         pos = self.pos[:, None]
-        layers, g = list(m.layers), self.slow_group
-        if self.use_compile:
-            torch._dynamo.mark_dynamic(mask, 3)
-        for i in range(0, len(layers), g):
-            kcs = [kc[:, :, :length] for kc in self.kc[i : i + g]]
-            vcs = [vc[:, :, :length] for vc in self.vc[i : i + g]]
-            if self.use_compile:
-                for t in kcs + vcs:
-                    torch._dynamo.mark_dynamic(t, 2)
-            x = self._slow(layers[i : i + g], x, freqs, kcs, vcs, self.rows, self.heads, pos, mask, self.slow_pointwise)
+        for layer, kc, vc in zip(m.layers, self.kc, self.vc):
+            kcl, vcl = kc[:, :, :length], vc[:, :, :length]
+            if self.use_compile:  # one graph for every length bucket
+                for t, dim in ((kcl, 2), (vcl, 2), (mask, 3)):
+                    torch._dynamo.mark_dynamic(t, dim)
+            x = self._slow(layer, x, freqs, kcl, vcl, self.rows, self.heads, pos, mask)
         self.noise.exponential_()
         logits0 = self._head(m.norm, x[:, 0], self.head0)
         self.last_logits0.copy_(logits0)
@@ -257,7 +238,7 @@ class FastGenerator:
             if k:
                 y = m.fast_embeddings(codes[-1])[:, None]
             y = self._fast(list(m.fast_layers), y, self.fast_freqs[k], self.fkc, self.fvc, self.rows, self.fheads,
-                           self.fast_pos[k], self.fast_mask[k], self.fast_pointwise)
+                           self.fast_pos[k], self.fast_mask[k])
             if k:
                 logits = self._head(m.fast_norm, y[:, 0], self.head_fast)
                 self.last_fast_logits[:, k - 1].copy_(logits)
@@ -335,8 +316,6 @@ class FastGenerator:
         if n > 0:
             x = embed(m, tokens[None, :, :n])
             freqs = m.freqs_cis[:n]
-            from fish_speech.models.text2semantic.llama import apply_rotary_emb
-
             for layer, kc, vc in zip(m.layers, self.kc, self.vc):
                 attn = layer.attention
                 h = layer.attention_norm(x)
@@ -371,14 +350,12 @@ class FastGenerator:
         for row, p in enumerate(padded):
             self._prefill(row, p.to(self.device, torch.long))
         self.lengths = [p.shape[1] for p in padded]
-        self.t.zero_()
-        self.window.zero_()
-        self.force_flag.zero_()
+        for buf in (self.t, self.window, self.force_flag):
+            buf.zero_()
         self.temperature.fill_(temperature)
         self.top_p.fill_(top_p)
         self.penalty.fill_(repetition_penalty)
 
-    # -- the call -------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: list[torch.Tensor], max_new_tokens: int, temperature: float = 0.7,
                  top_p: float = 0.8, repetition_penalty: float = 1.1, stop_at_end: bool = True,
@@ -420,37 +397,3 @@ class FastGenerator:
         self.force_flag.fill_(False)
         return torch.stack(heads), torch.stack(fast)
 
-
-@torch.no_grad()
-def reference_logits(model, prompt: torch.Tensor, frames: torch.Tensor):
-    """What fish-speech's decode_one_token_ar computes for given frames (checks): full-vocabulary
-    token logits (F, vocab) and fast logits (F, N-1, codebook_size), KV caches, one column at a time."""
-    model = unwrap(model)
-    n = model.config.num_codebooks
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    prompt, frames = prompt.to(device), frames.to(device)
-    with torch.device(device):
-        model.setup_caches(max_batch_size=1, max_seq_len=model.config.max_seq_len, dtype=dtype)
-    try:
-        seq = torch.cat([prompt, frames], dim=1)
-        length = prompt.shape[1]
-        out = model.forward_generate(seq[None, :, :length], torch.arange(length, device=device))
-        heads, fast = [], []
-        for i in range(frames.shape[1]):
-            heads.append(out.logits[0, -1].float())
-            for layer in model.fast_layers:
-                layer.attention.kv_cache.k_cache.fill_(0)
-                layer.attention.kv_cache.v_cache.fill_(0)
-            model.forward_generate_fast(out.hidden_states[0, -1][None], torch.tensor([0], device=device))
-            rows = []
-            for k in range(1, n):
-                x = model.fast_embeddings(frames[k, i].view(1))  # codebook k-1 of this frame
-                rows.append(model.forward_generate_fast(x, torch.tensor([k], device=device))[0, 0].float())
-            fast.append(torch.stack(rows))
-            t = length + i
-            out = model.forward_generate(seq[None, :, t : t + 1], torch.tensor([t], device=device))
-    finally:
-        for layer in list(model.layers) + list(model.fast_layers):
-            layer.attention.kv_cache = None
-        model.max_seq_len = model.max_batch_size = -1
-    return torch.stack(heads), torch.stack(fast)

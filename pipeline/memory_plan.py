@@ -21,16 +21,18 @@ S1_MINI_PARAMS = 862_000_000  # pipeline.cost.ModelShape().parameters(), rounded
 S1_MINI_VOCAB = 155_776
 
 # MB of activations kept per training token (s1-mini shape, bf16 autocast, compiled blocks).
-# No checkpointing: measured on an H200, torch 2.11, batch 4 x 4096 (3.19 LoRA, 2.09 full;
-# docs/PERFORMANCE.md), rounded up so that a plan made from them fits. With checkpointing: an
-# estimate (layer inputs of 28 + 4x10 fast positions, ~0.2 MB) with margin.
+# No checkpointing, measured on an H200, torch 2.11 (docs/PERFORMANCE.md, run 2): LoRA peaks at
+# 20.8 GB with micro-batch 1 x 4096 and 68.5 GB with 4 x 4096, a slope of 3.89 MB per token over
+# ~4.9 GB; full peaks at 62.5 GB with 4 x 4096. Rounded up so that a plan made from them fits.
+# With checkpointing: an estimate (the inputs of 28 slow layers + 4 fast layers at 10 positions,
+# ~0.2 MB) with margin; not measured yet.
 ACTIVATION_MB_PER_TOKEN = {
-    ("lora", False): 3.4,
+    ("lora", False): 3.9,
     ("lora", True): 0.4,
-    ("full", False): 2.3,
+    ("full", False): 2.7,
     ("full", True): 0.4,
 }
-CONTEXT_GB = 1.5  # CUDA context, cuBLAS workspaces, allocator fragmentation
+CONTEXT_GB = 1.2  # CUDA context, cuBLAS workspaces, allocator fragmentation
 
 
 @dataclass
@@ -62,8 +64,9 @@ def static_gb(mode: str, params: int = S1_MINI_PARAMS, lora_params: int = 0) -> 
 
 
 def workspace_gb(vocab: int = S1_MINI_VOCAB, chunk_rows: int = 4096) -> float:
-    """The chunked cross-entropy's transient: logits of one chunk in bf16 + fp32 + their gradient."""
-    return chunk_rows * vocab * (2 + 4 + 4) / GB
+    """The chunked cross-entropy's transient beyond the per-token activations (fitted: the
+    measured intercept of ~4.9 GB minus weights and context leaves ~3 bytes per logit)."""
+    return chunk_rows * vocab * 3 / GB
 
 
 def estimate_peak_gb(mode: str, micro_batch: int, max_length: int, checkpointing: bool,
@@ -79,7 +82,7 @@ def estimate_peak_gb(mode: str, micro_batch: int, max_length: int, checkpointing
 
 
 def plan_memory(mode: str, batch_size: int, grad_accumulation: int, max_length: int, total_gb: float,
-                checkpointing: str | bool = "auto", headroom: float = 0.92, **model) -> MemoryPlan:
+                checkpointing: str | bool = "auto", headroom: float = 0.9, **model) -> MemoryPlan:
     """The split of `batch_size x grad_accumulation` sequences that fits `total_gb` of GPU memory.
 
     checkpointing: "auto" chooses; "on"/True or "off"/False forces it. `model` passes params,

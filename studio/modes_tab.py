@@ -161,7 +161,7 @@ class EstimateView:
 def display_table(table: pd.DataFrame, selected_gpu: str | None = None) -> pd.DataFrame:
     """cost.estimate's rows in words: one row per GPU × mode, the configured GPU marked ★."""
     if table.empty:
-        return pd.DataFrame(columns=["GPU", "Mode", "Time", "Cost", "Peak memory", "Fits", "Output",
+        return pd.DataFrame(columns=["GPU", "Mode", "Time", "Cost", "Peak memory", "Fits", "Batch plan", "Output",
                                      "$/h", "Throughput from"])
     ordered = table.assign(_mode=table["mode"].map({"quick_lora": 0, "full_finetune": 1}))
     ordered = ordered.sort_values(["_mode", "cost_usd"], kind="stable")
@@ -172,6 +172,7 @@ def display_table(table: pd.DataFrame, selected_gpu: str | None = None) -> pd.Da
         "Cost": ["< $0.01" if c < 0.01 else format_money(c) for c in ordered["cost_usd"]],
         "Peak memory": [f"{p:.1f} GB" for p in ordered["peak_gb"]],
         "Fits": ["yes" if f else "no — too little memory" for f in ordered["fits"]],
+        "Batch plan": list(ordered["plan_brief"]) if "plan_brief" in ordered else [""] * len(ordered),
         "Output": [format_size(gb) for gb in ordered["output_gb"]],
         "$/h": [f"${p:.2f}" for p in ordered["price_per_hour"]],
         "Throughput from": [short_source(text) for text in ordered["throughput_source"]],

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline.checkpoints import load_lm
-from pipeline.fastgen import FastGenerator, effective_weight, reference_logits
+from pipeline.bench_reference import reference_logits
+from pipeline.fastgen import FastGenerator, effective_weight
 from pipeline.tokens import Utterance, build_sequence
 
 

@@ -124,3 +124,10 @@ def test_bad_input_is_rejected(tokenizer):
         build_sequence(tokenizer, NUM_CODEBOOKS, [Utterance("  ", good)])
     with pytest.raises(SequenceError, match="integers"):
         build_sequence(tokenizer, NUM_CODEBOOKS, [Utterance("moi", good.float())])
+
+
+def test_fast_text_encoding_equals_fish_tokenizer(tokenizer):
+    from pipeline.tokens import encode_text
+
+    for text in TEXTS + ["<|speaker:0|>Moi<|im_end|>", "  väli  lyönnit \n rivit", "", "€ 1 234,50 ∑"]:
+        assert encode_text(tokenizer, text) == tokenizer.encode(text)
