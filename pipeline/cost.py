@@ -95,7 +95,7 @@ def latest_benchmarks(runs_dir: Path) -> list[dict]:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data.get("train"), dict):
+        if isinstance(data.get("train"), dict) and not data.get("tiny"):  # tiny CPU benches time nothing real
             results.append(data | {"path": str(path)})
     return results
 

@@ -143,6 +143,7 @@ class RunProgress:
     error: str
     speaker: str | None
     speaker_reason: str
+    memory_plan: str = ""           # what pipeline.memory_plan chose for the card (GPU runs)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -216,6 +217,7 @@ def run_progress(run_dir: str | Path, run: dict | None = None, config: Config | 
         gpu=cfg.gpu.type if cfg is not None else "?", price_per_hour=price,
         spent_usd=elapsed / 3600 * price, message=run.get("message") or state.get("message") or "",
         error=run.get("error") or "", speaker=run.get("speaker"), speaker_reason=run.get("speaker_reason") or "",
+        memory_plan=state.get("memory_plan") or "",
     )
 
 

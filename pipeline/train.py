@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from contextlib import ExitStack, nullcontext
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.adapters import attach_lora, load_trainable_adapter, save_adapter
 from pipeline.checkpoints import load_lm
 from pipeline.forward import compute_loss, unwrap
+from pipeline.memory_plan import plan_for_device
 from pipeline.merge import save_full_model
 from pipeline.samples import make_training_data
 from pipeline.train_settings import (  # noqa: F401  (TrainSettings/TrainResult are this module's API)
@@ -95,8 +97,17 @@ class _Trainer:
         s = self.settings
         self.device = resolve_device(s)
         self.bf16 = use_bf16(s, self.device)
-        self.checkpointing = use_checkpointing(s, self.device)
         self.compile = use_compile(s, self.device)
+        # On a GPU the memory planner splits the effective batch and decides recomputation for the card.
+        plan = plan_for_device("full" if s.mode == "full" else "lora", s.batch_size, s.grad_accumulation,
+                               s.max_length, self.device, s.gradient_checkpointing)
+        self.memory_plan = plan.describe() if plan else None
+        if plan:
+            s = self.settings = dataclasses.replace(s, batch_size=plan.micro_batch,
+                                                    grad_accumulation=plan.grad_accumulation)
+            self.checkpointing = plan.gradient_checkpointing
+        else:
+            self.checkpointing = use_checkpointing(s, self.device)
         _seed_everything(s.seed)
         # full fine-tuning keeps fp32 master weights (bf16 would round away 1e-5 updates);
         # a frozen LoRA base can live in bf16
@@ -226,7 +237,7 @@ class _Trainer:
             "status": status, "mode": self.settings.mode, "step": self.step, "total_steps": self.total,
             "epoch": round(self.data.train.epoch_progress(self.position), 4), "best": self.best,
             "best_val_loss": self.best_val_loss, "latest": self.latest, "message": message,
-            "base_checkpoint": str(self.ckpt_dir), "data": self.data.summary(),
+            "base_checkpoint": str(self.ckpt_dir), "data": self.data.summary(), "memory_plan": self.memory_plan,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def _log(self, row: dict) -> None:

@@ -213,6 +213,8 @@ def progress_html(progress: RunProgress) -> str:
            f"Cost at ${progress.price_per_hour:.2f}/h ({_esc(progress.gpu)}): elapsed × price."]
     if progress.speaker_reason:
         sub.append(f"Voice: {_esc(progress.speaker)} — {_esc(progress.speaker_reason)}")
+    if progress.memory_plan:
+        sub.append(f"Memory plan for this GPU: {_esc(progress.memory_plan)}")
     if progress.message and status != "failed":
         sub.append(_esc(progress.message))
     extra = ""

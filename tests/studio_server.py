@@ -15,10 +15,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+# Debian's chromium as root, headless, with none of its background connections (no network here).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 def free_port() -> int:
@@ -66,7 +71,7 @@ def _responds(url: str) -> bool:
 
 
 def start_studio(workspace: Path, host: str = "127.0.0.1", extra_env: dict | None = None,
-                 timeout: float = 120.0) -> StudioServer:
+                 timeout: float = 120.0, config_path: Path | None = None) -> StudioServer:
     """Launch the studio and wait until it answers HTTP; raises with its output if it does not."""
     port = free_port()
     log_path = Path(workspace) / f"studio-{port}.log"
@@ -75,9 +80,12 @@ def start_studio(workspace: Path, host: str = "127.0.0.1", extra_env: dict | Non
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("STUDIO_PASSWORD", None)
     env.update(extra_env or {})
+    command = [sys.executable, "-m", "studio", "--host", host, "--port", str(port)]
+    if config_path:
+        command += ["--config", str(config_path)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "studio", "--host", host, "--port", str(port)],
+            command,
             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = StudioServer(process, port, log_path, Path(workspace))
     deadline = time.monotonic() + timeout
@@ -89,3 +97,22 @@ def start_studio(workspace: Path, host: str = "127.0.0.1", extra_env: dict | Non
         time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"studio did not answer on port {port} within {timeout:.0f} s:\n{server.output()}")
+
+
+@contextmanager
+def browser_page(timeout_ms: int = 30_000):
+    """A headless Chromium page (Playwright) that collects JavaScript errors in `page.errors`."""
+    import pytest
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(timeout_ms)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.errors = errors
+        try:
+            yield page
+        finally:
+            browser.close()

@@ -48,8 +48,11 @@ def test_cost_module_reads_the_result(tiny_bench):
     result, out = tiny_bench
     runs = out.parent / "runs_for_cost"
     (runs / "bench").mkdir(parents=True)
-    (runs / "bench" / "x.json").write_text(json.dumps(result))
-    (bench,) = latest_benchmarks(runs)
+    (runs / "bench" / "tiny.json").write_text(json.dumps(result))
+    assert all(not bench.get("tiny") for bench in latest_benchmarks(runs))   # tiny CPU timings are never used
+    (runs / "bench" / "x.json").write_text(json.dumps(result | {"tiny": False}))
+    bench = latest_benchmarks(runs)[0]                                          # the workspace's own first
+    assert bench["path"].endswith("x.json")
     assert bench["train"]["lora"]["tokens_per_s"] == result["train"]["lora"]["tokens_per_s"]
 
 

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from studio_server import PROJECT_ROOT, start_studio
+from studio_server import CHROMIUM, PROJECT_ROOT, browser_page, start_studio
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 SCREENSHOT = PROJECT_ROOT / "docs" / "screenshots" / "dataset.png"
 
 pytestmark = [
@@ -36,16 +33,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture()
 def page(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(30_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.errors = errors
+    with browser_page(30_000) as page:
         yield page
-        browser.close()
 
 
 def _player_labels(page) -> list[str]:

@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +23,7 @@ from pipeline.config import Config
 from pipeline.dataset import load_dataset
 from pipeline.selection import save_selection
 from pipeline.sources import SourceSpec
-from studio_server import PROJECT_ROOT, StudioServer, _responds, free_port
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from studio_server import CHROMIUM, PROJECT_ROOT, browser_page, start_studio
 from test_playground import RUN, make_runs
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "screenshots" / "playground.png"
@@ -36,29 +32,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
 ]
-
-
-def start_studio_with_config(workspace: Path, config_path: Path, timeout: float = 120.0) -> StudioServer:
-    """tests/studio_server.start_studio, plus --config (it cannot pass one)."""
-    port = free_port()
-    log_path = workspace / f"studio-{port}.log"
-    env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("STUDIO_PASSWORD", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "studio", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = StudioServer(process, port, log_path, workspace)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"studio exited with {process.returncode}:\n{server.output()}")
-        if _responds(f"http://127.0.0.1:{port}/config"):
-            return server
-        time.sleep(0.5)
-    server.stop()
-    raise RuntimeError(f"studio did not answer within {timeout:.0f} s:\n{server.output()}")
 
 
 @pytest.fixture(scope="module")
@@ -78,23 +51,15 @@ def server(tiny_checkpoint, tmp_path_factory):
     config_path = root / "launchable.yaml"
     config_path.write_text(yaml.safe_dump({"base_model": {"local_dir": str(tiny_checkpoint)},
                                            "studio": {"workspace": str(workspace)}}))
-    studio = start_studio_with_config(workspace, config_path)
+    studio = start_studio(workspace, config_path=config_path)
     yield studio
     studio.stop()
 
 
 @pytest.fixture()
 def page(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(60_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.errors = errors
+    with browser_page(60_000) as page:
         yield page
-        browser.close()
 
 
 def open_playground(page, server) -> None:

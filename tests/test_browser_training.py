@@ -19,8 +19,7 @@ import pytest
 
 from pipeline.cost import load_price_table
 from run_fixtures import fresh_workspace
-from studio_server import PROJECT_ROOT, start_studio
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from studio_server import CHROMIUM, PROJECT_ROOT, browser_page, start_studio
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 POINTS_JS = """() => {
@@ -47,16 +46,8 @@ def server(tmp_path_factory, tiny_checkpoint):
 
 @pytest.fixture()
 def page(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(60_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.errors = errors
+    with browser_page(60_000) as page:
         yield page
-        browser.close()
 
 
 def _save(page, tmp_path: Path, name: str) -> Path:

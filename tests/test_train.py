@@ -253,3 +253,22 @@ def test_settings_from_config():
         TrainSettings(steps=1, schedule="linear", batch_size=0)
     with pytest.raises(ValueError, match="steps/epochs"):
         TrainSettings()
+
+
+def test_gpu_memory_plan_is_applied_and_recorded(tmp_path, tiny_checkpoint, monkeypatch):
+    """On a GPU the memory planner's split replaces the configured one; here its answer is injected."""
+    from pipeline.memory_plan import MemoryPlan
+
+    asked = {}
+
+    def fake_plan(mode, batch_size, grad_accumulation, max_length, device, checkpointing):
+        asked.update(mode=mode, effective=batch_size * grad_accumulation, checkpointing=checkpointing)
+        return MemoryPlan(1, 4, True, 30.0, 36.0, 40.0, True, "injected for the test")
+
+    monkeypatch.setattr(train_module, "plan_for_device", fake_plan)
+    manifest = _manifest(tmp_path / "codes")
+    result = train(tmp_path / "run", tiny_checkpoint, manifest, _settings(steps=3, batch_size=2, grad_accumulation=2))
+    assert result.status == "finished"
+    assert asked == {"mode": "lora", "effective": 4, "checkpointing": "auto"}
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert "micro-batch 1 x 4 accumulation, gradient checkpointing on" in state["memory_plan"]
