@@ -106,6 +106,8 @@ class TrainingConfig(_Section):
     save_every: int = Field(200, gt=0)
     keep_last: int = Field(3, gt=0)
     val_fraction: float = Field(0.05, gt=0, lt=1)
+    eval_sentences: int = Field(2, ge=0)       # example sentences spoken at each validation (0: none)
+    eval_max_frames: int = Field(300, gt=0)    # cap per sentence (21.5 frames = 1 s)
     quick_lora: QuickLoraConfig = Field(default_factory=QuickLoraConfig)
     full_finetune: FullFinetuneConfig = Field(default_factory=FullFinetuneConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)

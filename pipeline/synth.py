@@ -77,7 +77,23 @@ class Synthesizer:
 
             load_adapters(self.model, [(str(p), float(w)) for p, w in self.adapters])
             self.model.eval()
-        self.codec = load_codec(Path(codec_dir) if codec_dir else self.ckpt_dir, device=self.device)
+        self._finish_init(load_codec(Path(codec_dir) if codec_dir else self.ckpt_dir, device=self.device), fast)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, codec_dir: str | Path, device: str | torch.device) -> "Synthesizer":
+        """Speak with a model already in memory (e.g. mid-training), without loading weights again.
+
+        Eager decoding only: a compiled decoder would capture weights that training keeps changing.
+        """
+        self = cls.__new__(cls)
+        self.ckpt_dir, self.device = Path(codec_dir), torch.device(device)
+        self.model, self.tokenizer, self.adapters = model, tokenizer, []
+        self.dtype = next(model.parameters()).dtype
+        self._finish_init(load_codec(Path(codec_dir), device=self.device), fast=False)
+        return self
+
+    def _finish_init(self, codec, fast: bool | None) -> None:
+        self.codec = codec
         self.sample_rate = int(self.codec.sample_rate)
         self.num_codebooks = self.model.config.num_codebooks
         self._im_end = self.tokenizer.get_token_id("<|im_end|>")

@@ -113,6 +113,7 @@ class _Trainer:
         # a frozen LoRA base can live in bf16
         frozen_bf16 = self.bf16 and s.mode == "lora" and self.device.type == "cuda"
         model, tokenizer = load_lm(self.ckpt_dir, self.device, torch.bfloat16 if frozen_bf16 else torch.float32)
+        self.tokenizer = tokenizer
         reference = torch.load(self.ckpt_dir / "model.pth", map_location="cpu", mmap=True, weights_only=True)
         self.base_is_fp32 = all(v.dtype == torch.float32 for v in reference.values() if torch.is_tensor(v))
         max_length = min(s.max_length, model.config.max_seq_len)
@@ -314,6 +315,30 @@ class _Trainer:
         return {"kind": "val", "step": self.step, **{f"val_{k}": round(v / max(weight, 1), 6) for k, v in totals.items()},
                 "elapsed_s": self._elapsed()}
 
+    @torch.no_grad()
+    def _speak_examples(self) -> None:
+        """The fixed evaluation sentences spoken by the model as it is now: progress you can hear.
+        A failure here is reported in the log and never stops training."""
+        s = self.settings
+        if not s.eval_texts:
+            return
+        from pipeline.synth import Synthesizer, save_wav
+
+        out_dir = self.run_dir / "audio" / f"step_{self.step:06d}"
+        self.model.eval()
+        # building the codec initialises weights from the global RNG: keep training's RNG untouched
+        cuda = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                synth = Synthesizer.from_model(unwrap(self.model), self.tokenizer, self.ckpt_dir, self.device)
+                for i, text in enumerate(s.eval_texts, 1):
+                    result = synth.speak(text, seed=s.seed, max_new_tokens=s.eval_max_frames)
+                    save_wav(result, out_dir / f"sentence_{i}.wav")
+        except Exception as exc:  # noqa: BLE001 - evaluation audio is a nice-to-have, training is not
+            print(f"evaluation audio at step {self.step} failed: {type(exc).__name__}: {exc}", flush=True)
+        finally:
+            self.model.train()
+
     def run(self) -> TrainResult:
         s = self.settings
         if self.step == 0:
@@ -332,6 +357,7 @@ class _Trainer:
             if self.data.val is not None and (self.step % s.val_every == 0 or self.step == self.total):
                 val = self._validate()
                 self._log(val)
+                self._speak_examples()
                 if self.best_val_loss is None or val["val_loss"] < self.best_val_loss:
                     self.best_val_loss, self.bad_evals = val["val_loss"], 0
                     self.best, save = f"checkpoints/step_{self.step:06d}", True  # the best is always on disk

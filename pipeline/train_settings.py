@@ -8,9 +8,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.config import PROJECT_ROOT
+
 
 class TrainError(ValueError):
     """Settings or inputs that cannot train; the message says what to change."""
+
+
+def example_sentences() -> list[str]:
+    """The fixed Finnish evaluation sentences (assets/examples_fi.txt), one per line."""
+    path = PROJECT_ROOT / "assets" / "examples_fi.txt"
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @dataclass
@@ -43,6 +51,8 @@ class TrainSettings:
     patience: int | None = None  # evaluations without improvement before stopping early
     init_adapter: str | None = None  # continue training this LoRA adapter
     device: str | None = None  # None → cuda when available
+    eval_texts: tuple[str, ...] = ()  # spoken with the model at each validation (audio/step_<n>/)
+    eval_max_frames: int = 300
 
     def __post_init__(self):
         checks = {
@@ -70,6 +80,7 @@ class TrainSettings:
             lora_dropout=t.lora.dropout, lora_train_embeddings=t.lora.train_embeddings,
             gradient_checkpointing=t.gradient_checkpointing, precision=t.precision, seed=t.seed,
             val_every=t.val_every, save_every=t.save_every, keep_last=t.keep_last, val_fraction=t.val_fraction,
+            eval_texts=tuple(example_sentences()[: t.eval_sentences]), eval_max_frames=t.eval_max_frames,
         )
         if mode == "lora":
             specific = dict(mode="lora", steps=t.quick_lora.steps, lr=t.quick_lora.learning_rate)

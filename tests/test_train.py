@@ -272,3 +272,20 @@ def test_gpu_memory_plan_is_applied_and_recorded(tmp_path, tiny_checkpoint, monk
     assert asked == {"mode": "lora", "effective": 4, "checkpointing": "auto"}
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert "micro-batch 1 x 4 accumulation, gradient checkpointing on" in state["memory_plan"]
+
+
+def test_examples_are_spoken_at_each_validation_without_changing_the_curve(tmp_path, tiny_checkpoint):
+    import soundfile as sf
+
+    manifest = _manifest(tmp_path / "codes")
+    plain = train(tmp_path / "plain", tiny_checkpoint, manifest, _settings(steps=4, val_every=2))
+    heard = train(tmp_path / "heard", tiny_checkpoint, manifest,
+                  _settings(steps=4, val_every=2, eval_texts=("Hyvää huomenta.", "Kiitos paljon."), eval_max_frames=12))
+    assert plain.status == heard.status == "finished"
+    for step in (2, 4):
+        for i in (1, 2):
+            audio, rate = sf.read(tmp_path / "heard" / "audio" / f"step_{step:06d}" / f"sentence_{i}.wav")
+            assert rate == 44100 and len(audio) > 0 and np.isfinite(audio).all()
+    assert not (tmp_path / "plain" / "audio").exists()
+    # generating with the model mid-training must not disturb training (weights, caches, RNG)
+    assert [r["loss"] for r in _rows(tmp_path / "plain")] == [r["loss"] for r in _rows(tmp_path / "heard")]

@@ -170,3 +170,16 @@ def test_failures_are_one_line_messages():
     assert training_view.failure(JobError("Cancel it first.")) == "Cancel it first."
     text = training_view.failure(RuntimeError("boom"))
     assert text.startswith("Unexpected error (RuntimeError): boom") and "console" in text
+
+
+def test_validation_audio_and_memory_plan_are_shown(config):
+    run_dir = _run(config, "r-heard", status="running", pid=os.getpid())
+    for step in (4, 8):
+        write_audio(run_dir / "phases" / "lora" / "audio" / f"step_{step:06d}" / "sentence_1.wav", speech_like(seconds=0.3))
+    state = json.loads((run_dir / "phases" / "lora" / "state.json").read_text())
+    write_json(run_dir / "phases" / "lora" / "state.json",
+               state | {"memory_plan": "micro-batch 1 x 4 accumulation, gradient checkpointing off: ~20.8 GB of 40 GB"})
+    view = training_view.run_view(config, "r-heard")
+    assert [step for step, _ in view.val_audio] == [4, 8]
+    assert view.val_audio[-1][1][0].endswith("step_000008/sentence_1.wav")
+    assert "Memory plan for this GPU: micro-batch 1 x 4" in view.progress_html
