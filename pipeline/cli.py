@@ -54,14 +54,14 @@ def cmd_download(args) -> int:
         try:
             path = ensure_base_model(config)
             console.print(f"[green]base model ready[/green] at {path}")
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - set-up must go on and say why, whatever broke
             failures += 1
             console.print(f"[yellow]base model not downloaded:[/yellow] {exc}")
     if config.dataset.source == "huggingface":
         try:
             data = _dataset(config)
             console.print(f"[green]dataset ready[/green]: {data.summary['accepted']} accepted clips ({data.id})")
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - set-up must go on and say why, whatever broke
             failures += 1
             console.print(f"[yellow]dataset not downloaded:[/yellow] {exc}")
     return 1 if failures else 0
@@ -97,8 +97,21 @@ def cmd_run(args) -> int:
 
     config = _config(args)
     result = run_workflow(config, model_dir=Path(args.model) if args.model else None, run_id=args.run_id, progress=_progress)
-    console.print(f"[green]run finished[/green]: {result}")
-    return 0
+    _print_run(config, result)
+    return 0 if result.get("status") == "finished" else 1
+
+
+def _print_run(config: Config, run: dict) -> None:
+    status = run.get("status", "?")
+    colour = "green" if status == "finished" else "yellow"
+    console.print(f"[{colour}]run {run.get('id')} {status}[/{colour}] ({config.runs_dir / str(run.get('id'))})")
+    for name, path in (run.get("artifacts") or {}).items():
+        if path:
+            console.print(f"  {name:13s} {path}")
+    for path in run.get("audio") or []:
+        console.print(f"  audio         {path}")
+    if run.get("message"):
+        console.print(f"  {run['message']}")
 
 
 def cmd_train(args) -> int:
@@ -107,8 +120,8 @@ def cmd_train(args) -> int:
     config = _config(args)
     result = train_only(config, mode=args.mode, model_dir=Path(args.model) if args.model else None,
                         run_id=args.run_id, speaker=args.speaker, progress=_progress)
-    console.print(f"[green]training finished[/green]: {result}")
-    return 0
+    _print_run(config, result)
+    return 0 if result.get("status") == "finished" else 1
 
 
 def cmd_merge(args) -> int:

@@ -51,7 +51,8 @@ def _hub_errors(spec: SourceSpec):
     except OSError as exc:
         raise SourceError(f"{offline} ({_first_line(exc)})") from None
     except Exception as exc:
-        if type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+        # network errors of the HTTP clients huggingface_hub may use (httpx, httpx2, requests, ...)
+        if type(exc).__module__.split(".")[0].startswith(("httpx", "httpcore", "requests", "urllib3")):
             raise SourceError(f"{offline} ({_first_line(exc)})") from None
         raise
 
