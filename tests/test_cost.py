@@ -75,3 +75,19 @@ def test_bad_price_table_is_named(tmp_path):
     bad.write_text("gpus:\n  X:\n    price_per_hour: cheap\n    relative_speed: 1\n    memory_gb: 10\n")
     with pytest.raises(ValueError, match=r"gpus\.X\.price_per_hour"):
         load_price_table(bad)
+
+
+def test_memory_plan_decides_fit_and_slows_small_cards():
+    data = manifest({"a": 5})
+    table = estimate(Config(), data, benches=[]).set_index(["gpu", "mode"])
+    l4_full = table.loc[("L4-24GB", "full_finetune")]
+    assert l4_full.fits and "checkpointing" in l4_full.plan_brief          # fits only by recomputing
+    h200_lora = table.loc[("H200-141GB", "quick_lora")]
+    assert h200_lora.plan_brief == "4×1" and h200_lora.fits               # the whole batch at once
+    long = estimate(Config().with_overrides({"training.max_length": 12288}), data, benches=[]).set_index(["gpu", "mode"])
+    assert not long.loc[("L4-24GB", "full_finetune")].fits and long.loc[("H100-80GB", "full_finetune")].fits
+    # a 24 GB card runs LoRA one sequence at a time and pays the measured throughput cost of that
+    a10g = table.loc[("A10G-24GB", "quick_lora")]
+    assert a10g.plan_brief == "1×4"
+    expected_s = 2800 * 4 * 4096 / (load_price_table()["reference_throughput"]["lora_tokens_per_s"] * 0.11 * 0.68)
+    assert a10g.minutes == pytest.approx(expected_s / 60, rel=0.01)
