@@ -43,7 +43,8 @@ def bench_tokenizer(folder: Path, n_semantic: int):
     """The tiny checkpoint's BPE with `n_semantic` semantic tokens (4096 = s1-mini)."""
     from fish_speech.tokenizer import ALL_SPECIAL_TOKENS, SEMANTIC_TOKEN_TEMPLATE
 
-    from pipeline.checkpoints import TINY_SPEAKERS, _tiny_bpe_lines, load_tokenizer
+    from pipeline.checkpoints import load_tokenizer
+    from pipeline.tiny_checkpoint import TINY_SPEAKERS, _tiny_bpe_lines
 
     folder.mkdir(parents=True, exist_ok=True)
     bpe = _tiny_bpe_lines()
@@ -57,8 +58,8 @@ def bench_tokenizer(folder: Path, n_semantic: int):
 
 def bench_shapes(folder: Path, tiny: bool):
     """(model args, tokenizer, codec config path, batch_size, max_length)."""
-    from pipeline.checkpoints import (CODEC_CONFIG_NAME, TINY_SEMANTIC, codec_config_path, real_shape_args,
-                                      tiny_codec_config, tiny_model_args)
+    from pipeline.checkpoints import CODEC_CONFIG_NAME, codec_config_path, real_shape_args
+    from pipeline.tiny_checkpoint import TINY_SEMANTIC, tiny_codec_config, tiny_model_args
 
     if tiny:
         tokenizer = bench_tokenizer(folder, TINY_SEMANTIC)

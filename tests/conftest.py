@@ -14,7 +14,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     Treat it as read-only (it is shared by all tests); copy it with shutil.copytree to modify.
     """
-    from pipeline.checkpoints import write_tiny_checkpoint
+    from pipeline.tiny_checkpoint import write_tiny_checkpoint
 
     torch.set_num_threads(1)
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-s1", seed=0)

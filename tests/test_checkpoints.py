@@ -23,8 +23,8 @@ from pipeline.checkpoints import (
     load_lm,
     load_tokenizer,
     real_shape_args,
-    write_tiny_checkpoint,
 )
+from pipeline.tiny_checkpoint import write_tiny_checkpoint
 
 REPO = "fishaudio/openaudio-s1-mini"
 

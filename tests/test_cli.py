@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from pipeline.checkpoints import write_tiny_checkpoint
+from pipeline.tiny_checkpoint import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.checkpoints import load_codec, write_tiny_checkpoint
+from pipeline.checkpoints import load_codec
+from pipeline.tiny_checkpoint import write_tiny_checkpoint
 from pipeline.codes import (
     CodesError,
     cache_key,
