@@ -98,6 +98,7 @@ class TrainingConfig(_Section):
     grad_accumulation: int = Field(1, gt=0)
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"    # torch.compile the transformer blocks (auto: on GPU)
     warmup_steps: int = Field(10, ge=0)
     schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)

@@ -78,7 +78,7 @@ class TrainSettings:
             grad_accumulation=t.grad_accumulation, max_length=t.max_length, grad_clip=t.grad_clip,
             weight_decay=t.weight_decay, lora_rank=t.lora.rank, lora_alpha=t.lora.alpha,
             lora_dropout=t.lora.dropout, lora_train_embeddings=t.lora.train_embeddings,
-            gradient_checkpointing=t.gradient_checkpointing, precision=t.precision, seed=t.seed,
+            gradient_checkpointing=t.gradient_checkpointing, precision=t.precision, compile=t.compile, seed=t.seed,
             val_every=t.val_every, save_every=t.save_every, keep_last=t.keep_last, val_fraction=t.val_fraction,
             eval_texts=tuple(example_sentences()[: t.eval_sentences]), eval_max_frames=t.eval_max_frames,
         )

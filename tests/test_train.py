@@ -240,8 +240,10 @@ def test_other_errors_mark_the_run_failed_and_raise(tmp_path, tiny_checkpoint):
 
 
 def test_settings_from_config():
-    config = Config().with_overrides({"training.batch_size": 2, "training.full_finetune.speaker_patience": 5})
+    config = Config().with_overrides({"training.batch_size": 2, "training.full_finetune.speaker_patience": 5,
+                                      "training.compile": "off", "training.eval_sentences": 1})
     lora = TrainSettings.from_config(config, "lora")
+    assert lora.compile == "off" and len(lora.eval_texts) == 1 and lora.eval_texts[0].startswith("Tervetuloa")
     assert (lora.mode, lora.steps, lora.lr, lora.batch_size, lora.betas, lora.eps) == ("lora", 2800, 1e-4, 2, (0.9, 0.95), 1e-5)
     full = TrainSettings.from_config(config, "full")
     assert (full.mode, full.steps, full.epochs, full.lr) == ("full", None, 3, 1e-5)
