@@ -64,7 +64,7 @@ def build(ctx) -> None:
             eval_players = [gr.Audio(type="filepath", interactive=False, buttons=["download"],
                                      elem_id=f"eval-audio-{i}") for i in range(AUDIO_SLOTS)]
     with gr.Column(visible=False, elem_id="val-audio") as val_group:
-        gr.Markdown("#### Held-out audio rendered during training", elem_classes="section-title")
+        gr.Markdown("#### The evaluation sentences at each validation (hear progress, step by step)", elem_classes="section-title")
         val_step = gr.Dropdown(label="At step", choices=[], elem_id="val-step")
         with gr.Row():
             val_players = [gr.Audio(type="filepath", interactive=False, elem_id=f"val-audio-{i}")
