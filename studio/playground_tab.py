@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline import playground as pg
 from pipeline.text import normalize
+from pipeline.warmup import WarmUp, warm_up_wanted
 from pipeline.workflow import EXAMPLES_PATH
 
 from .dataset_view import esc, note
@@ -104,6 +105,9 @@ def build(ctx) -> None:
     gr.set_static_paths([config.runs_dir])  # serve run artifacts (GBs) in place, never copied to gradio's cache
     cache = pg.SynthCache(size=2)
     first, second = _defaults(config)
+    warm = WarmUp(cache)
+    if first and warm_up_wanted():  # compile the decoder now, not at the first request
+        warm.start(first)
     refs = pg.reference_clips(config)
 
     # -- text, voice reference, sampling (shared by Listen and A/B) --------------------------------
@@ -151,6 +155,7 @@ def build(ctx) -> None:
                 with gr.Column(scale=1, min_width=340):
                     listen = _picker(config, "pg", "Model", first)
                     refresh = gr.Button("↻ Refresh models", size="sm", elem_id="pg-refresh")
+                    warm_note = gr.Markdown(elem_classes="section-hint", elem_id="pg-warm-up")
                 with gr.Column(scale=1, min_width=340):
                     generate = gr.Button("Generate speech", variant="primary", elem_id="pg-generate")
                     audio = gr.Audio(type="filepath", interactive=False, label="Speech", buttons=["download"],
@@ -339,6 +344,7 @@ def build(ctx) -> None:
     picker_outputs = [c for p in pickers for c in [p.model, p.info, *p.adapters]]
     refresh.click(on_refresh, inputs=picker_inputs, outputs=picker_outputs, api_name="refresh_models")
     ctx.demo.load(on_refresh, inputs=picker_inputs, outputs=picker_outputs, api_visibility="private")
+    ctx.demo.load(warm.describe, outputs=[warm_note], api_visibility="private")
     for picker in pickers:
         picker.model.input(lambda path: _model_info(config, path), inputs=picker.model, outputs=picker.info,
                            api_visibility="private", queue=False)
