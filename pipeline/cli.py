@@ -17,7 +17,7 @@ from rich.console import Console
 
 from pipeline.config import Config, load_config, parse_override
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # no hard wraps: paths stay copyable in logs
 
 
 def _config(args) -> Config:
@@ -145,6 +145,15 @@ def cmd_say(args) -> int:
     return 0
 
 
+def cmd_tiny_model(args) -> int:
+    from pipeline.tiny_checkpoint import write_tiny_checkpoint
+
+    out = write_tiny_checkpoint(Path(args.out), seed=args.seed)
+    console.print(f"[green]tiny random-weights model written[/green] to {out} (it produces noise, not speech).\n"
+                  f"Use it with --model {out}, or set base_model.local_dir: {out} in launchable.yaml.")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from pipeline.bench import run_bench
 
@@ -201,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common, model], help="the whole launchable.yaml workflow, headless")
     p.add_argument("--run-id", help="run folder name (resumes when it exists)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random-weights model (offline demos of the whole flow)")
+    p.add_argument("--out", default="checkpoints/tiny-random")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_model)
 
     p = sub.add_parser("bench", parents=[common], help="GPU benchmark on the real model shape (random weights)")
     p.add_argument("--only", choices=["train", "extract", "generate"], action="append")

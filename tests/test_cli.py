@@ -24,8 +24,17 @@ def pipeline_cli(*args, workspace: Path, timeout: float = 600) -> subprocess.Com
 def test_help_lists_every_command(tmp_path):
     out = pipeline_cli("--help", workspace=tmp_path)
     assert out.returncode == 0
-    for command in ("download", "prepare", "extract", "train", "merge", "say", "run", "bench"):
+    for command in ("download", "prepare", "extract", "train", "merge", "say", "run", "bench", "tiny-model"):
         assert command in out.stdout
+
+
+def test_tiny_model_command_writes_a_loadable_labelled_checkpoint(tmp_path):
+    from pipeline.checkpoints import describe_checkpoint, load_lm
+
+    out = pipeline_cli("tiny-model", "--out", str(tmp_path / "tiny"), workspace=tmp_path)
+    assert out.returncode == 0 and "produces noise" in out.stderr
+    assert "random weights: produces noise" in describe_checkpoint(tmp_path / "tiny")
+    assert load_lm(tmp_path / "tiny")[0].config.num_codebooks > 0
 
 
 def test_bad_override_is_one_readable_line(tmp_path):
