@@ -18,3 +18,12 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     torch.set_num_threads(1)
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-s1", seed=0)
+
+
+@pytest.fixture()
+def page(server):
+    """A headless Chromium page for the browser tests; each browser test module defines `server`."""
+    from studio_server import browser_page
+
+    with browser_page(60_000) as page:
+        yield page

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from studio_server import CHROMIUM, PROJECT_ROOT, browser_page, start_studio
+from studio_server import CHROMIUM, PROJECT_ROOT, start_studio
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "screenshots" / "dataset.png"
 
@@ -30,11 +30,6 @@ def server(tmp_path_factory):
     yield studio
     studio.stop()
 
-
-@pytest.fixture()
-def page(server):
-    with browser_page(30_000) as page:
-        yield page
 
 
 def _player_labels(page) -> list[str]:

@@ -23,7 +23,7 @@ from pipeline.config import Config
 from pipeline.dataset import load_dataset
 from pipeline.selection import save_selection
 from pipeline.sources import SourceSpec
-from studio_server import CHROMIUM, PROJECT_ROOT, browser_page, start_studio
+from studio_server import CHROMIUM, PROJECT_ROOT, start_studio
 from test_playground import RUN, make_runs
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "screenshots" / "playground.png"
@@ -55,11 +55,6 @@ def server(tiny_checkpoint, tmp_path_factory):
     yield studio
     studio.stop()
 
-
-@pytest.fixture()
-def page(server):
-    with browser_page(60_000) as page:
-        yield page
 
 
 def open_playground(page, server) -> None:

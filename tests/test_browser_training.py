@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.cost import load_price_table
 from run_fixtures import fresh_workspace
-from studio_server import CHROMIUM, PROJECT_ROOT, browser_page, start_studio
+from studio_server import CHROMIUM, PROJECT_ROOT, start_studio
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 POINTS_JS = """() => {
@@ -43,11 +43,6 @@ def server(tmp_path_factory, tiny_checkpoint):
     yield studio
     studio.stop()
 
-
-@pytest.fixture()
-def page(server):
-    with browser_page(60_000) as page:
-        yield page
 
 
 def _save(page, tmp_path: Path, name: str) -> Path:
