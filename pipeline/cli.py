@@ -30,10 +30,9 @@ def _progress(fraction: float, message: str) -> None:
 
 
 def _dataset(config: Config):
-    from pipeline.dataset import load_dataset
-    from pipeline.sources import SourceSpec
+    from pipeline.dataset import load_configured_dataset
 
-    return load_dataset(SourceSpec.from_config(config), config, progress=_progress)
+    return load_configured_dataset(config, progress=_progress)
 
 
 def _model_dir(config: Config, args) -> Path:
@@ -46,24 +45,27 @@ def _model_dir(config: Config, args) -> Path:
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_download(args) -> int:
-    config = _config(args)
-    failures = 0
-    if not args.no_model:
-        from pipeline.checkpoints import ensure_base_model
+    from pipeline.checkpoints import ensure_base_model
 
-        try:
-            path = ensure_base_model(config)
-            console.print(f"[green]base model ready[/green] at {path}")
-        except Exception as exc:  # noqa: BLE001 - set-up must go on and say why, whatever broke
-            failures += 1
-            console.print(f"[yellow]base model not downloaded:[/yellow] {exc}")
+    config = _config(args)
+
+    def model() -> str:
+        return f"at {ensure_base_model(config)}"
+
+    def dataset() -> str:
+        data = _dataset(config)
+        return f"{data.summary['accepted']} accepted clips ({data.id})"
+
+    wanted = [("base model", model)] if not args.no_model else []
     if config.dataset.source == "huggingface":
+        wanted.append(("dataset", dataset))
+    failures = 0
+    for name, fetch in wanted:
         try:
-            data = _dataset(config)
-            console.print(f"[green]dataset ready[/green]: {data.summary['accepted']} accepted clips ({data.id})")
+            console.print(f"[green]{name} ready[/green] {fetch()}")
         except Exception as exc:  # noqa: BLE001 - set-up must go on and say why, whatever broke
             failures += 1
-            console.print(f"[yellow]dataset not downloaded:[/yellow] {exc}")
+            console.print(f"[yellow]{name} not downloaded:[/yellow] {exc}")
     return 1 if failures else 0
 
 

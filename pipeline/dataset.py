@@ -134,6 +134,11 @@ def load_dataset(spec: SourceSpec, config, progress: Progress = None, force: boo
     return Dataset(dataset_id, directory, spec, manifest, speakers, recommendation, summary)
 
 
+def load_configured_dataset(config, progress: Progress = None) -> Dataset:
+    """`load_dataset` for the source `config.dataset` names (what the CLI and the workflow train on)."""
+    return load_dataset(SourceSpec.from_config(config), config, progress=progress)
+
+
 def open_dataset(config, dataset_id: str) -> Dataset:
     """A dataset built earlier, from the workspace only (no source access)."""
     directory = datasets_root(config) / dataset_id

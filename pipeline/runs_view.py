@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import Config, ConfigError, load_config
-from pipeline.workflow import EXAMPLES_PATH, PHASES, read_json, read_run
+from pipeline.text import example_sentences
+from pipeline.workflow import PHASES, read_json, read_run
 
 TRAINING_PHASES = {"lora", "full", "speaker_lora"}
 PHASE_LABELS = {
@@ -300,10 +301,7 @@ def evaluation_audio(run_dir: str | Path, run: dict | None = None) -> list[tuple
     run = run if run is not None else read_run(run_dir)
     paths = [p for p in (run.get("audio") or []) if Path(p).is_file()]
     paths = paths or sorted(str(p) for p in (run_dir / "audio").glob("*.wav"))
-    try:
-        sentences = [s for s in EXAMPLES_PATH.read_text(encoding="utf-8").splitlines() if s.strip()]
-    except OSError:
-        sentences = []
+    sentences = example_sentences()
     labelled = []
     for path in paths:
         stem = Path(path).stem  # example_<n>

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import textwrap
 import unicodedata
+from pathlib import Path
 
 from num2words import num2words
 
@@ -396,3 +397,14 @@ def check_transcript(text: str | bytes | None) -> str | None:
     if not any(c.isalpha() for c in normalize(text)):
         return "transcript contains no letters (nor numbers that read as words)"
     return None
+
+
+EXAMPLES_PATH = Path(__file__).resolve().parent.parent / "assets" / "examples_fi.txt"
+
+
+def example_sentences() -> list[str]:
+    """The project's fixed Finnish evaluation sentences (assets/examples_fi.txt), none if it is missing."""
+    try:
+        return [line.strip() for line in EXAMPLES_PATH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError:
+        return []

@@ -8,17 +8,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.text import example_sentences
 
 
 class TrainError(ValueError):
     """Settings or inputs that cannot train; the message says what to change."""
-
-
-def example_sentences() -> list[str]:
-    """The fixed Finnish evaluation sentences (assets/examples_fi.txt), one per line."""
-    path = PROJECT_ROOT / "assets" / "examples_fi.txt"
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @dataclass

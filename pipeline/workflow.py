@@ -28,11 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import PROJECT_ROOT, Config, load_config
+from pipeline.config import Config, load_config
+from pipeline.text import example_sentences
 
 Progress = Callable[[float, str], None]
 PHASES = {"quick_lora": ["lora"], "full_finetune": ["full", "speaker_lora"]}
-EXAMPLES_PATH = PROJECT_ROOT / "assets" / "examples_fi.txt"
 
 
 class RunError(ValueError):
@@ -122,11 +122,22 @@ def _best_checkpoint(run_dir: Path, phase: str) -> Path:
     return best if best.is_absolute() else run_dir / "phases" / phase / best
 
 
+def _prepare(config: Config, base_dir: Path, progress: Progress, stage: Callable[..., None] = lambda **_: None):
+    """The configured dataset and its codes for `base_dir`'s codec: (dataset, manifest with codes_path)."""
+    from pipeline.codes import extract_codes
+    from pipeline.dataset import load_configured_dataset
+
+    stage(phase="prepare", base_model=str(base_dir))
+    dataset = load_configured_dataset(config, progress=progress)
+    stage(phase="extract", dataset=dataset.id)
+    codes = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress)
+    return dataset, codes.manifest
+
+
 def _train_phase(config: Config, run_dir: Path, phase: str, base_dir: Path, manifest, stop_event, progress):
     from pipeline.train import TrainSettings, train
 
-    mode = {"lora": "lora", "full": "full", "speaker_lora": "speaker_lora"}[phase]
-    settings = TrainSettings.from_config(config, mode)
+    settings = TrainSettings.from_config(config, phase)
     update_run(run_dir, phase=phase, status="running")
     return train(run_dir / "phases" / phase, base_dir, manifest, settings, stop_event=stop_event, progress=progress)
 
@@ -135,7 +146,7 @@ def render_examples(model_dir: Path, out_dir: Path, count: int = 3, seed: int = 
     """Speak the first evaluation sentences with a model; returns the written wav paths."""
     from pipeline.synth import Synthesizer, save_wav
 
-    sentences = [s for s in EXAMPLES_PATH.read_text(encoding="utf-8").splitlines() if s.strip()][:count]
+    sentences = example_sentences()[:count]
     synth = Synthesizer(model_dir)
     paths = []
     for i, sentence in enumerate(sentences):
@@ -148,15 +159,11 @@ def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | No
                  progress: Progress | None = None, stop_event: threading.Event | None = None) -> dict:
     """Run (or resume) the configured mode end to end; returns the final run.json."""
     from pipeline.checkpoints import ensure_base_model
-    from pipeline.codes import extract_codes
-    from pipeline.dataset import load_dataset
     from pipeline.merge import export_adapter, merge_lora
-    from pipeline.sources import SourceSpec
 
     progress = progress or (lambda fraction, message: None)
     run_dir = create_run(config, run_id)
-    if (run_dir / "config.yaml").exists():
-        config = load_config(run_dir / "config.yaml")  # a resumed run keeps its own settings
+    config = load_config(run_dir / "config.yaml")  # a resumed run keeps its own settings
     started = time.time()
     before = float(read_run(run_dir).get("elapsed_s") or 0.0)  # earlier attempts of a resumed run
 
@@ -177,13 +184,13 @@ def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | No
     try:
         base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
         check_stop()
-        update_run(run_dir, phase="prepare", base_model=str(base_dir))
-        dataset = load_dataset(SourceSpec.from_config(config), config, progress=progress)
+
+        def stage(**info) -> None:
+            check_stop()
+            update_run(run_dir, **info)
+
+        dataset, manifest = _prepare(config, base_dir, progress, stage)
         check_stop()
-        update_run(run_dir, phase="extract", dataset=dataset.id)
-        codes = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress)
-        check_stop()
-        manifest = codes.manifest
         phases = PHASES[config.training_mode.selected]
         trained_base = base_dir
         for phase in phases:
@@ -246,15 +253,11 @@ def train_only(config: Config, mode: str = "lora", model_dir: Path | None = None
                speaker: str | None = None, progress: Progress | None = None) -> dict:
     """One training phase on the prepared dataset (the CLI's `train`); merge is left to `merge`."""
     from pipeline.checkpoints import ensure_base_model
-    from pipeline.codes import extract_codes
-    from pipeline.dataset import load_dataset
-    from pipeline.sources import SourceSpec
 
     progress = progress or (lambda fraction, message: None)
     run_dir = create_run(config, run_id or new_run_id(mode))
     base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
-    dataset = load_dataset(SourceSpec.from_config(config), config, progress=progress)
-    manifest = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress).manifest
+    dataset, manifest = _prepare(config, base_dir, progress, lambda **info: update_run(run_dir, **info))
     if mode == "speaker_lora":
         if speaker:
             config = config.with_overrides({"speaker.policy": "manual", "speaker.name": speaker})

@@ -17,9 +17,8 @@ import gradio as gr
 import pandas as pd
 
 from pipeline import playground as pg
-from pipeline.text import normalize
+from pipeline.text import example_sentences, normalize
 from pipeline.warmup import WarmUp, warm_up_wanted
-from pipeline.workflow import EXAMPLES_PATH
 
 from .dataset_view import esc, note
 
@@ -36,13 +35,6 @@ def _failure(exc: Exception) -> str:
         return str(exc)
     log.exception("Playground: unexpected error")
     return f"Unexpected error ({type(exc).__name__}): {exc}. The server console has the details."
-
-
-def _examples() -> list[str]:
-    try:
-        return [s.strip() for s in EXAMPLES_PATH.read_text(encoding="utf-8").splitlines() if s.strip()]
-    except OSError:
-        return []
 
 
 @dataclass
@@ -114,11 +106,11 @@ def build(ctx) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=360):
             gr.Markdown("### Text", elem_classes="section-title")
-            first_text = (_examples() or [""])[0]
+            first_text = (example_sentences() or [""])[0]
             text = gr.Textbox(value=first_text, lines=3, max_lines=8, show_label=False,
                               placeholder="Kirjoita suomenkielinen lause…", elem_id="pg-text")
             normalized = gr.Markdown(_spoken(first_text), elem_classes="section-hint", elem_id="pg-normalized")
-            gr.Examples([[s] for s in _examples()], inputs=[text], label="Example sentences",
+            gr.Examples([[s] for s in example_sentences()], inputs=[text], label="Example sentences",
                         examples_per_page=5)
             with gr.Accordion("Reference clip: an optional voice prompt", open=False, elem_id="pg-reference"):
                 with gr.Row():

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline import runs_view
 from pipeline.config import Config
+from pipeline.text import EXAMPLES_PATH
 from pipeline.workflow import write_json
 
 
@@ -94,7 +95,7 @@ def test_audio_lists(tmp_path):
         (run_dir / "audio" / f"example_{i}.wav").write_bytes(b"RIFF")
     audio = runs_view.evaluation_audio(run_dir, {})
     assert [path.endswith(f"example_{i}.wav") for (path, _), i in zip(audio, (1, 2))] == [True, True]
-    first_sentence = next(s for s in runs_view.EXAMPLES_PATH.read_text().splitlines() if s.strip())
+    first_sentence = next(s for s in EXAMPLES_PATH.read_text().splitlines() if s.strip())
     assert audio[0][1] == first_sentence
     for step in (20, 100):
         folder = run_dir / "phases" / "lora" / "audio" / f"step_{step}"
