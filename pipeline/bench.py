@@ -216,8 +216,9 @@ def result_path(out_dir: Path, card: str, date: str, tiny: bool) -> Path:
 
 # -- the run ------------------------------------------------------------------------------------
 def run_bench(config, which: list[str] | None = None, out_dir: Path | None = None, tiny: bool = False,
-              steps: int | None = None, variants: list[str] | None = None, device=None) -> dict:
-    """Run the sections in `which` (train, extract, generate; default all) and write the JSON.
+              steps: int | None = None, variants: list[str] | None = None, device=None,
+              profile: bool = False) -> dict:
+    """Run the sections in `which` (train, loop, extract, generate; default all) and write the JSON.
 
     Without a CUDA GPU only `tiny=True` runs (the real shape on a CPU would take hours)."""
     from pipeline import bench_sections as sections
@@ -226,7 +227,7 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
     if device.type != "cuda" and not tiny:
         raise ValueError("python -m pipeline bench needs a CUDA GPU; use `python -m pipeline.bench --tiny` "
                          "to run the benchmark code on tiny shapes here.")
-    which = list(which or ["train", "extract", "generate"])
+    which = list(which or ["train", "loop", "extract", "generate"])
     now = dt.datetime.now(dt.timezone.utc)
     card = card_name(device)
     result: dict = {
@@ -249,15 +250,20 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
             print(f"== {name} ==", flush=True)
             try:
                 if name == "train":
-                    train = sections.bench_train(config, shapes, device, tiny, steps, variants)
+                    train = sections.bench_train(config, shapes, device, tiny, steps, variants,
+                                                 out_dir if profile else None)
                     result["train"] = train
                     result["reference"] = train.get("reference", {})
+                elif name == "loop":
+                    from pipeline.bench_loop import bench_loop
+
+                    result["loop"] = bench_loop(config, shapes, device, tiny, steps)
                 elif name == "extract":
                     result["extract"] = sections.bench_extract(shapes, device, tiny)
                 elif name == "generate":
                     result["generate"] = sections.bench_generate(shapes, device, tiny)
                 else:
-                    raise ValueError(f"Unknown bench section {name!r}: choose train, extract or generate.")
+                    raise ValueError(f"Unknown bench section {name!r}: choose train, loop, extract or generate.")
             except ValueError:
                 raise
             except Exception as exc:  # keep the other sections' numbers
@@ -284,6 +290,10 @@ def summary(result: dict) -> str:
                      f"ckpt {row.get('gradient_checkpointing')}  micro {row.get('micro_batch')}")
     for mode, value in train.get("speedup", {}).items():
         lines.append(f"  speedup {mode}: {value}")
+    for mode in ("lora", "full"):
+        loop = result.get("loop", {}).get(mode)
+        if loop:
+            lines.append(f"  loop {mode}: {loop['step_s']} s/step (train.py end to end, {loop['timed_steps']} steps)")
     for key in ("extract", "generate"):
         if key in result:
             lines.append(f"  {key}: " + json.dumps({k: v for k, v in result[key].items() if not isinstance(v, (dict, list))}))
@@ -292,18 +302,20 @@ def summary(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["train", "extract", "generate"], action="append")
+    parser.add_argument("--only", choices=["train", "loop", "extract", "generate"], action="append")
     parser.add_argument("--out", help="folder for the JSON (default: the workspace's runs/bench)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, any device (CI)")
     parser.add_argument("--steps", type=int, help="timed training steps per variant")
     parser.add_argument("--variants", help="comma-separated training variants (default: see bench_sections)")
     parser.add_argument("--config", help="configuration file (default: launchable.yaml)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one step per training variant (tables next to the JSON)")
     args = parser.parse_args(argv)
     from pipeline.config import load_config
 
     config = load_config(args.config)
     run_bench(config, which=args.only, out_dir=Path(args.out) if args.out else None, tiny=args.tiny,
-              steps=args.steps, variants=args.variants.split(",") if args.variants else None)
+              steps=args.steps, variants=args.variants.split(",") if args.variants else None, profile=args.profile)
     return 0
 
 

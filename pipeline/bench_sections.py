@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,10 +12,18 @@ import torch
 from pipeline.bench import (SENTENCES, _free, _peak_gb, _sync, peak_tflops, rel_diff, synthetic_batch,
                             time_calls, train_flops)
 
-# project: the step train.py runs today; fast: with the speed-ups of docs/PERFORMANCE.md;
+# project: the step train.py runs today; fast: the same with the memory plan applied;
 # reference: upstream-style (pipeline.bench_reference). ":ckpt" / ":nockpt" force checkpointing;
-# "@40" plans memory (micro-batch, accumulation, checkpointing) as for a 40 GB card.
+# "@40" plans memory (micro-batch, accumulation, checkpointing) as for a 40 GB card;
+# "+toggle" switches one speed-up off (TOGGLES) to measure what it brings.
 DEFAULT_VARIANTS = ["reference-lora", "reference-full", "project-lora", "project-full", "fast-lora@40", "fast-full@80"]
+TOGGLES = {
+    "sdpa": "fast-transformer attention: one SDPA call per frame instead of packed flex attention",
+    "chunked": "cross-entropy: fp32 logits in checkpointed chunks instead of the fused linear cross-entropy",
+    "allpos": "every position through the compiled fast transformer instead of audio frames only",
+    "peft": "each (LoRA) linear through its own module instead of fused matmuls (LoRA columns, w1|w3)",
+    "dropout0": "LoRA dropout 0 instead of the configured value (a recipe change, not a speed-up)",
+}
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -72,13 +81,26 @@ def _project_model(args, tokenizer, device, settings):
     return model.train(), optimizer, params
 
 
-def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, grad_clip, device, compile_blocks):
+def _forward_options(toggles: set[str], compile_blocks: bool):
+    from pipeline.forward import ForwardOptions
+
+    base = ForwardOptions.for_run(compile_blocks)
+    return ForwardOptions(fused_ce=base.fused_ce and "chunked" not in toggles,
+                          flex_fast_attention=base.flex_fast_attention and "sdpa" not in toggles,
+                          frames_only=base.frames_only and "allpos" not in toggles,
+                          fused_linears=base.fused_linears and "peft" not in toggles)
+
+
+def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, grad_clip, device, compile_blocks,
+                  options=None):
     """pipeline.train._Trainer._train_step without its logging."""
     from pipeline.forward import compute_loss
 
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     extra = {"compile_blocks": compile_blocks} if _supports_compile_blocks() else {}
+    if options is not None:
+        extra["options"] = options
     for mb in micro_batches:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             out = compute_loss(model, mb, gradient_checkpointing=checkpointing, **extra)
@@ -90,24 +112,40 @@ def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, 
 
 
 def _parse_variant(name: str):
-    """impl-mode[@GB][:ckpt|:nockpt]; @GB plans memory as if the card had GB (e.g. fast-lora@40)."""
+    """impl-mode[@GB][:ckpt|:nockpt][+toggle...]; @GB plans memory as if the card had GB (e.g.
+    fast-lora@40); toggles (TOGGLES) switch one speed-up off (e.g. project-lora+sdpa)."""
+    name, *toggles = name.split("+")
+    if any(t not in TOGGLES for t in toggles):
+        raise ValueError(f"Unknown training variant toggle in {toggles}: use {', '.join(TOGGLES)}.")
     base, _, force = name.partition(":")
     base, _, card_gb = base.partition("@")
     impl, _, mode = base.partition("-")
     ok = impl in ("reference", "project", "fast") and mode in ("lora", "full") and force in ("", "ckpt", "nockpt")
     if not ok or (card_gb and not card_gb.isdigit()):
         raise ValueError(f"Unknown training variant {name!r}: use (reference|project|fast)-(lora|full)[@GB][:ckpt|:nockpt].")
-    return impl, mode, {"": None, "ckpt": True, "nockpt": False}[force], float(card_gb) if card_gb else None
+    return (impl, mode, {"": None, "ckpt": True, "nockpt": False}[force], float(card_gb) if card_gb else None,
+            set(toggles))
 
 
-def run_variant(name, config, shapes, batch, device, warmup, repeat) -> dict:
+def _profile_step(step, path) -> None:
+    """One more step under torch.profiler: the kernels that take the time, as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=45, max_name_column_width=90)
+    path.write_text(table)
+
+
+def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir=None) -> dict:
     from pipeline.memory_plan import CONTEXT_GB, plan_memory, static_gb, workspace_gb
     from pipeline.train_settings import TrainSettings, use_checkpointing
 
-    impl, mode, forced, card_gb = _parse_variant(name)
+    impl, mode, forced, card_gb, toggles = _parse_variant(name)
     args, tokenizer, _, batch_size, max_length = shapes
     settings = TrainSettings.from_config(config, mode, batch_size=batch_size, max_length=max_length,
-                                         device=str(device))
+                                         device=str(device), **({"lora_dropout": 0.0} if "dropout0" in toggles else {}))
     cuda = device.type == "cuda"
     _free(device)
     losses = []
@@ -145,17 +183,22 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat) -> dict:
             compile_blocks = False
         if impl == "fast":
             compile_blocks = cuda
-            context = training_speedups(model, compile_blocks)
+        context = training_speedups(model, compile_blocks)  # as train.py: no fp32 copies of LoRA inputs
+        options = _forward_options(toggles, compile_blocks)
 
         def step():
             losses.append(_project_step(model, optimizer, params, micro_batches, ckpt, bf16, settings.grad_clip,
-                                        device, compile_blocks))
+                                        device, compile_blocks, options))
+
+        row["options"] = dict(vars(options)) if hasattr(options, "__dict__") else str(options)
 
         row.update(gradient_checkpointing=ckpt, compile_blocks=compile_blocks, micro_batch=micro, grad_accumulation=accumulation,
                    weights="bf16 frozen + fp32 LoRA" if mode == "lora" else "fp32 master, bf16 autocast")
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad) if mode == "lora" else 0
     with context:
         timing = time_calls(step, warmup, repeat, device)
+        if profile_dir and cuda:
+            _profile_step(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
     flops = train_flops(args, batch, mode, lora_params)
     peak = _peak_gb(device)
     step_s = timing["median_s"]
@@ -173,7 +216,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat) -> dict:
     return row
 
 
-def bench_train(config, shapes, device, tiny, steps=None, variants=None) -> dict:
+def bench_train(config, shapes, device, tiny, steps=None, variants=None, profile_dir=None) -> dict:
     args, tokenizer, _, batch_size, max_length = shapes
     batch = synthetic_batch(tokenizer, args, batch_size, max_length, device=device)
     warmup, repeat = (1, 1) if tiny else (3, steps or 5)
@@ -182,7 +225,7 @@ def bench_train(config, shapes, device, tiny, steps=None, variants=None) -> dict
         print(f"-- {name}", flush=True)
         started = time.perf_counter()
         try:
-            row = run_variant(name, config, shapes, batch, device, warmup, repeat)
+            row = run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir)
         except torch.cuda.OutOfMemoryError as exc:
             row = {"name": name, "error": f"out of memory: {str(exc)[:200]}"}
             _free(device)
@@ -211,9 +254,10 @@ def bench_train(config, shapes, device, tiny, steps=None, variants=None) -> dict
             if ref:
                 result.setdefault("speedup", {})[mode] = round(ref["step_s"] / best["step_s"], 2)
         project = ok.get(f"project-{mode}")
-        fast = next((r for r in ok.values() if r["impl"] == "fast" and r["mode"] == mode), None)
-        if project and fast:  # same weights and batch: the first step's loss must agree
-            result.setdefault("check", {})[f"{mode}_loss_rel_diff"] = abs(fast["loss_first"] - project["loss_first"]) / abs(project["loss_first"])
+        for row in ok.values():  # same weights and batch: every variant's first-step loss must agree
+            if project and row is not project and row["mode"] == mode and row["impl"] != "reference":
+                diff = abs(row["loss_first"] - project["loss_first"]) / abs(project["loss_first"])
+                result.setdefault("check", {})[f"{row['name']}_loss_rel_diff"] = diff
         for row in ok.values():  # memory-planned variants: did the plan hold on the real card?
             if row["mode"] == mode and "@" in row["name"]:
                 budget = float(row["name"].split("@")[1].split(":")[0])

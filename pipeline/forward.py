@@ -13,10 +13,17 @@ This module computes, for a batch of packed sequences, exactly the logits that g
   frame; its outputs at positions 1..N-1 predict codebooks 1..N-1.
 
 Loss = CE(token logits over the whole vocabulary) + CE(fast logits over the residual vocabulary).
+
+`ForwardOptions` holds the speed switches; every combination computes the same loss (tests on
+the CPU, `python -m pipeline bench` on the GPU): fused linear cross-entropy (pipeline.linear_ce),
+the fast transformer's 10-position attention as one packed sequence with a block-diagonal
+causal mask (compiled flex attention), and only audio frames through the compiled fast
+transformer (padded to FRAME_BUCKET frames so that shapes, and compiled graphs, repeat).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -25,9 +32,29 @@ import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import DualARTransformer, apply_rotary_emb
 from torch.utils.checkpoint import checkpoint
 
+from pipeline.fused_linear import shared_input_linear
+from pipeline.linear_ce import linear_cross_entropy
+
 # inference samples codebooks 1.. from fast_output's first 1024 logits (decode_one_token_ar)
 RESIDUAL_VOCAB = 1024
 IGNORE = -100
+FRAME_BUCKET = 1024  # compiled path: frames through the fast transformer, padded to a multiple of this
+FLEX_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How compute_loss computes (never what): every combination gives the same loss."""
+
+    fused_ce: bool = True  # logits chunk by chunk with their gradients computed at once (linear_ce)
+    flex_fast_attention: bool = False  # all frames as one packed sequence, block-diagonal causal mask
+    frames_only: bool = True  # compiled path: only audio frames (bucketed) through the fast transformer
+    fused_linears: bool = True  # LoRA branches as extra matmul columns, w1|w3 as one matmul (fused_linear)
+
+    @classmethod
+    def for_run(cls, compile_blocks: bool) -> "ForwardOptions":
+        # flex attention is only fast compiled; eagerly it materialises the whole score matrix
+        return cls(flex_fast_attention=compile_blocks)
 
 
 @dataclass
@@ -71,12 +98,19 @@ def _rms_norm(norm: torch.nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
-def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """The wheel's Attention.forward with is_causal=True and native grouped-query attention."""
+def _linear(module, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    return shared_input_linear([module], x)[0] if fused else module(x)
+
+
+def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False) -> torch.Tensor:
+    """The wheel's Attention.forward with is_causal=True and native grouped-query attention.
+
+    With a block_mask (fast transformer: x is (frames, 10, dim)) every frame's sequence is one
+    segment of a single packed sequence for flex attention instead of its own tiny SDPA call."""
     bsz, seqlen, _ = x.shape
     q_size = attn.n_head * attn.head_dim
     kv_size = attn.n_local_heads * attn.head_dim
-    q, k, v = attn.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+    q, k, v = _linear(attn.wqkv, x, fused).split([q_size, kv_size, kv_size], dim=-1)
     q = q.view(bsz, seqlen, attn.n_head, attn.head_dim)
     k = k.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
     v = v.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
@@ -84,17 +118,32 @@ def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
         q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
     q = apply_rotary_emb(q, freqs_cis)
     k = apply_rotary_emb(k, freqs_cis)
+    gqa = attn.n_head != attn.n_local_heads
+    if block_mask is not None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        q, k, v = (t.reshape(1, bsz * seqlen, *t.shape[2:]).transpose(1, 2) for t in (q, k, v))
+        y = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+        return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     dropout = attn.dropout if attn.training else 0.0
     y = F.scaled_dot_product_attention(
-        q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=attn.n_head != attn.n_local_heads
+        q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa
     )
-    return attn.wo(y.transpose(1, 2).reshape(bsz, seqlen, q_size))
+    return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused)
 
 
-def _block(layer, x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    h = x + _attention(layer.attention, layer.attention_norm(x), freqs_cis)
-    return h + layer.feed_forward(layer.ffn_norm(h))
+def _feed_forward(ff, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    """The wheel's FeedForward: w2(silu(w1 x) * w3 x), w1 and w3 as one matmul when fused."""
+    if not fused:
+        return ff(x)
+    gate, up = shared_input_linear([ff.w1, ff.w3], x)
+    return _linear(ff.w2, F.silu(gate) * up, fused)
+
+
+def _block(layer, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False) -> torch.Tensor:
+    h = x + _attention(layer.attention, layer.attention_norm(x), freqs_cis, block_mask, fused)
+    return h + _feed_forward(layer.feed_forward, layer.ffn_norm(h), fused)
 
 
 _compiled_block = None
@@ -113,25 +162,61 @@ def compiled_block():
     return _compiled_block
 
 
-def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_blocks: bool = False) -> torch.Tensor:
+def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_blocks: bool = False,
+                block_mask=None, fused: bool = False) -> torch.Tensor:
     block = compiled_block() if compile_blocks else _block
     for layer in layers:
         if gradient_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, layer, x, freqs_cis, use_reentrant=False)
+            x = checkpoint(block, layer, x, freqs_cis, block_mask, fused, use_reentrant=False)
         else:
-            x = block(layer, x, freqs_cis)
+            x = block(layer, x, freqs_cis, block_mask, fused)
     return x
 
 
+@functools.lru_cache(maxsize=None)
+def _segment_causal_mask(length: int):
+    """mask_mod of a packed sequence of `length`-position segments (one object per length:
+    compiled graphs guard on its identity)."""
+
+    def mask_mod(b, h, q, kv):
+        return (q // length == kv // length) & (q >= kv)
+
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=8)
+def segment_block_mask(segments: int, length: int, device: torch.device):
+    """Flex-attention BlockMask for `segments` causal sequences of `length` packed back to back.
+
+    A query block of FLEX_BLOCK rows sees its own key block and, when its first segment started
+    earlier, the block before: at most 2 of the S/128 key blocks (the rest is skipped)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if length > FLEX_BLOCK:
+        raise ValueError(f"Segments of {length} positions are longer than a flex block ({FLEX_BLOCK}).")
+    total = segments * length
+    blocks = -(-total // FLEX_BLOCK)
+    q = torch.arange(blocks, device=device)
+    first = (q * FLEX_BLOCK // length * length) // FLEX_BLOCK  # key block of the first segment's start
+    indices = torch.zeros((1, 1, blocks, blocks), dtype=torch.int32, device=device)
+    indices[0, 0, :, 0] = first.int()
+    if blocks > 1:
+        indices[0, 0, :, 1] = q.int()  # ignored where the count is 1
+    counts = (q - first + 1).int().view(1, 1, blocks)
+    return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=FLEX_BLOCK, mask_mod=_segment_causal_mask(length),
+                                    seq_lengths=(total, total))
+
+
 def slow_forward(model, tokens: torch.Tensor, gradient_checkpointing: bool = False,
-                 compile_blocks: bool = False) -> torch.Tensor:
+                 compile_blocks: bool = False, fused_linears: bool = False) -> torch.Tensor:
     """Slow transformer hidden states (B, L, dim), before the final norm (as forward_generate returns)."""
     model = unwrap(model)
     seq_len = tokens.shape[-1]
     if seq_len > model.config.max_seq_len:
         raise ValueError(f"Sequence length {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}.")
     x = embed(model, tokens)
-    return _run_layers(model.layers, x, model.freqs_cis[:seq_len], gradient_checkpointing, compile_blocks)
+    return _run_layers(model.layers, x, model.freqs_cis[:seq_len], gradient_checkpointing, compile_blocks,
+                       fused=fused_linears)
 
 
 def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -142,9 +227,9 @@ def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return model.output(out)
 
 
-def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False,
-                compile_blocks: bool = False) -> torch.Tensor:
-    """Fast transformer logits (M, N, codebook_size) for M frames.
+def fast_hidden(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False,
+                compile_blocks: bool = False, flex_attention: bool = False, fused_linears: bool = False) -> torch.Tensor:
+    """Fast transformer outputs (M, N, fast_dim), before fast_norm, for M frames.
 
     hidden: (M, dim) slow hidden states (pre-norm) of the positions BEFORE the frames;
     codes: (M, N) the frames' codes. Output n (n >= 1) predicts codebook n; output 0 is unused.
@@ -153,8 +238,17 @@ def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_check
     n = model.config.num_codebooks
     x = model.fast_project_in(hidden)
     x = torch.cat([x[:, None], model.fast_embeddings(codes[:, : n - 1])], dim=1)
-    x = _run_layers(model.fast_layers, x, model.fast_freqs_cis[:n], gradient_checkpointing, compile_blocks)
-    return model.fast_output(model.fast_norm(x))
+    dropout = any(layer.attention.dropout for layer in model.fast_layers) and model.training
+    mask = segment_block_mask(x.shape[0], n, x.device) if flex_attention and not dropout else None
+    return _run_layers(model.fast_layers, x, model.fast_freqs_cis[:n], gradient_checkpointing, compile_blocks, mask,
+                       fused_linears)
+
+
+def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False,
+                compile_blocks: bool = False) -> torch.Tensor:
+    """Fast transformer logits (M, N, codebook_size) for M frames (see fast_hidden)."""
+    model = unwrap(model)
+    return model.fast_output(model.fast_norm(fast_hidden(model, hidden, codes, gradient_checkpointing, compile_blocks)))
 
 
 @torch.no_grad()
@@ -172,9 +266,12 @@ def _token_chunk(model, hidden, targets):
     return (loss, *_rank_hits(logits, targets))
 
 
-def _token_loss_sum(model, hidden, targets, chunk_rows: int):
-    """Summed CE and top-1/top-5 hits over the whole vocabulary, in row chunks whose logits are
-    recomputed in backward: (rows x 155k) fp32 logits would otherwise stay alive for backward."""
+def _token_loss_sum(model, hidden, targets, chunk_rows: int, fused: bool, compiled: bool):
+    """Summed CE and top-1/top-5 hits over the whole vocabulary. Fused: pipeline.linear_ce.
+    Otherwise in row chunks whose logits are recomputed in backward: (rows x 155k) fp32 logits
+    would otherwise stay alive for backward."""
+    if fused and not model.config.tie_word_embeddings:
+        return linear_cross_entropy(model.output, model.norm(hidden), targets, chunk_rows=chunk_rows, compiled=compiled)
     total, hits1, hits5 = hidden.new_zeros((), dtype=torch.float32), 0, 0
     for start in range(0, hidden.shape[0], chunk_rows):
         h, t = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
@@ -182,47 +279,74 @@ def _token_loss_sum(model, hidden, targets, chunk_rows: int):
             loss, h1, h5 = checkpoint(_token_chunk, model, h, t, use_reentrant=False)
         else:
             loss, h1, h5 = _token_chunk(model, h, t)
-        total, hits1, hits5 = total + loss, hits1 + int(h1), hits5 + int(h5)
+        total, hits1, hits5 = total + loss, hits1 + h1, hits5 + h5
     return total, hits1, hits5
 
 
+def _frame_rows(frame_pos: torch.Tensor, compile_blocks: bool, frames_only: bool):
+    """Flat indices of the positions whose next column is an audio frame, and how many of them
+    are real. Compiled: padded to FRAME_BUCKET (or every position) so that graphs are reused."""
+    flat = frame_pos.reshape(-1)
+    index = flat.nonzero().squeeze(1)
+    real = index.shape[0]
+    if compile_blocks and not frames_only:
+        return torch.arange(flat.shape[0], device=flat.device), real, flat
+    if compile_blocks:
+        padded = min(-(-real // FRAME_BUCKET) * FRAME_BUCKET, flat.shape[0])
+        index = F.pad(index, (0, padded - real))  # extra rows repeat position 0; their outputs are dropped
+    return index, real, None
+
+
+def _codebook_loss(base, hidden, labels, frame_pos, gradient_checkpointing, compile_blocks, options):
+    """Summed residual-codebook CE, hits and the number of targets (codebooks 1..N-1 of each frame)."""
+    n = base.config.num_codebooks
+    codes = labels[:, 1:].transpose(1, 2).reshape(-1, n)  # (B*L, N): the next column's codes
+    index, real, keep = _frame_rows(frame_pos, compile_blocks, options.frames_only)
+    out = fast_hidden(base, hidden.reshape(codes.shape[0], -1)[index], codes[index].clamp(min=0),
+                      gradient_checkpointing, compile_blocks, options.flex_fast_attention, options.fused_linears)
+    out = out[keep] if keep is not None else out[:real]
+    targets = codes[index][:real, 1:] if keep is None else codes[keep][:, 1:]
+    vocab = min(RESIDUAL_VOCAB, base.fast_output.out_features)
+    if int(targets.max()) >= vocab:
+        raise ValueError(f"A residual code is >= {vocab}; these codes do not belong to this model's codec.")
+    features, targets = base.fast_norm(out[:, 1:]).reshape(-1, out.shape[-1]), targets.reshape(-1)
+    if options.fused_ce:
+        loss, h1, h5 = linear_cross_entropy(base.fast_output, features, targets, rows=vocab, chunk_rows=1 << 15,
+                                            compiled=compile_blocks)
+    else:
+        logits = base.fast_output(features)[:, :vocab].float()
+        loss, (h1, h5) = F.cross_entropy(logits, targets, reduction="sum"), _rank_hits(logits, targets)
+    return loss, h1, h5, targets.numel()
+
+
 def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk_rows: int = 4096,
-                 compile_blocks: bool = False) -> LossOutput:
+                 compile_blocks: bool = False, options: ForwardOptions | None = None) -> LossOutput:
     """Loss of a batch {tokens (B, C+1, L), labels (B, C+1, L) with -100 where no loss}.
 
-    compile_blocks runs every transformer block through torch.compile (GPU training)."""
+    compile_blocks runs every transformer block through torch.compile (GPU training); options
+    default to ForwardOptions.for_run(compile_blocks)."""
     base = unwrap(model)
+    options = options or ForwardOptions.for_run(compile_blocks)
     tokens, labels = batch["tokens"], batch["labels"]
     n = base.config.num_codebooks
     if tokens.ndim != 3 or tokens.shape[1] != n + 1 or labels.shape != tokens.shape:
         raise ValueError(f"Batch tokens/labels must be (B, {n + 1}, L); got {tuple(tokens.shape)} and {tuple(labels.shape)}.")
 
-    hidden = slow_forward(base, tokens, gradient_checkpointing, compile_blocks)
+    hidden = slow_forward(base, tokens, gradient_checkpointing, compile_blocks, options.fused_linears)
     token_pos = labels[:, 0] != IGNORE  # (B, L)
     n_tokens = int(token_pos.sum())
     # logits only where there is a target: the vocabulary is large (155k for s1-mini)
-    token_sum, hits1, hits5 = _token_loss_sum(base, hidden[token_pos], labels[:, 0][token_pos], chunk_rows)
+    token_sum, hits1, hits5 = _token_loss_sum(base, hidden[token_pos], labels[:, 0][token_pos], chunk_rows,
+                                              options.fused_ce, compile_blocks)
     token_loss = token_sum / n_tokens if n_tokens else hidden.sum() * 0
     total = n_tokens
 
     frame_pos = labels[:, 1] != IGNORE  # next column is an audio frame
-    frame_codes = labels[:, 1:].transpose(1, 2)[frame_pos]  # (M, N)
-    if frame_codes.shape[0] and n > 1:
-        if compile_blocks:  # every position through the fast transformer: static shapes for the compiled graph
-            all_codes = labels[:, 1:].transpose(1, 2).clamp(min=0).reshape(-1, n)
-            residual = fast_logits(base, hidden.reshape(all_codes.shape[0], -1), all_codes,
-                                   gradient_checkpointing, compile_blocks)[frame_pos.reshape(-1), 1:]
-        else:
-            residual = fast_logits(base, hidden[frame_pos], frame_codes, gradient_checkpointing)[:, 1:]
-        vocab = min(RESIDUAL_VOCAB, residual.shape[-1])
-        residual = residual[..., :vocab].float()
-        targets = frame_codes[:, 1:]
-        if int(targets.max()) >= vocab:
-            raise ValueError(f"A residual code is >= {vocab}; these codes do not belong to this model's codec.")
-        codebook_loss = F.cross_entropy(residual.reshape(-1, vocab), targets.reshape(-1))
-        h1, h5 = _rank_hits(residual, targets)
-        hits1, hits5 = hits1 + int(h1), hits5 + int(h5)
-        total += targets.numel()
+    if bool(frame_pos.any()) and n > 1:
+        loss_sum, h1, h5, count = _codebook_loss(base, hidden, labels, frame_pos, gradient_checkpointing,
+                                                 compile_blocks, options)
+        codebook_loss = loss_sum / count
+        hits1, hits5, total = hits1 + h1, hits5 + h5, total + count
     else:
         codebook_loss = hidden.sum() * 0
 
@@ -230,7 +354,7 @@ def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk
         loss=token_loss + codebook_loss,
         token_loss=token_loss,
         codebook_loss=codebook_loss,
-        top1=hits1 / max(total, 1),
-        top5=hits5 / max(total, 1),
+        top1=int(hits1) / max(total, 1),
+        top5=int(hits5) / max(total, 1),
         n_tokens=n_tokens,
     )

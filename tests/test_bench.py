@@ -26,7 +26,7 @@ def test_tiny_bench_writes_the_json_cost_reads(tiny_bench):
     files = list(out.glob("*.json"))
     assert len(files) == 1 and files[0].name.startswith("cpu-tiny-") and str(files[0]) == result["path"]
     data = json.loads(files[0].read_text())
-    for key in ("card", "torch", "date", "command", "train", "reference", "extract", "generate"):
+    for key in ("card", "torch", "date", "command", "train", "reference", "loop", "extract", "generate"):
         assert key in data, key
     assert data["tiny"] is True and data["card"] == "cpu"
     for mode in ("lora", "full"):
@@ -36,6 +36,8 @@ def test_tiny_bench_writes_the_json_cost_reads(tiny_bench):
     assert all("error" not in row for row in data["train"]["variants"])
     # project and fast paths start from the same weights and batch: same first loss
     assert data["train"]["lora"]["loss_first"] == pytest.approx(data["train"]["variants"][2]["loss_first"])
+    for mode in ("lora", "full"):  # pipeline.train.train itself ran, and its metrics gave step times
+        assert data["loop"][mode]["status"] == "finished" and data["loop"][mode]["step_s"] > 0
     assert data["extract"]["realtime_factor"] > 0 and data["extract"]["frames"] > 0
     gen = data["generate"]
     assert gen["frames_per_s"] > 0 and gen["batched_frames_per_s"] > 0 and gen["time_to_first_audio_s"] > 0

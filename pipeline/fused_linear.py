@@ -1,0 +1,86 @@
+"""Linear layers (plain or peft-LoRA-wrapped) of one input computed as ONE matmul.
+
+peft computes a LoRA Linear as base(x) + B(A(dropout(x))) * scale: the low-rank output is a full
+(rows x out) tensor written, read back and added, and backward reads the output gradient twice
+more for B's input gradient and the sum. Here the low-rank activations u = scale * A(dropout(x))
+ride along as extra input columns: y = [x | u] @ [W | B].T, one matmul whose input gradient
+also yields u's. Linears that share an input (w1 and w3 of a feed-forward) are stacked into the
+same matmul. A custom autograd Function keeps backward to what LoRA needs: the gradient of the
+frozen W is never computed (autograd would otherwise compute a full weight gradient for the
+concatenated matrix), and only u (rows x rank), not x, is kept for B's gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def lora_branches(module: torch.nn.Module):
+    """(base nn.Linear, [(A, dropout, scale, B) per active adapter]) or None when the module is
+    something this cannot express (a bias, DoRA or another LoRA variant, not a Linear)."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    branches = []
+    if isinstance(module, LoraLinear):
+        if not (module.merged or module.disable_adapters):
+            for name in module.active_adapters:
+                if name not in module.lora_A:
+                    continue
+                if getattr(module, "use_dora", {}).get(name) or getattr(module, "lora_variant", {}).get(name):
+                    return None
+                branches.append((module.lora_A[name], module.lora_dropout[name], module.scaling[name],
+                                 module.lora_B[name]))
+        module = module.get_base_layer()
+    if type(module) is not torch.nn.Linear or module.bias is not None:
+        return None
+    return module, branches
+
+
+class _FrozenBaseLinear(torch.autograd.Function):
+    """[x | u] @ [w | w_low].T for a frozen w: gradients for x, u and w_low only."""
+
+    @staticmethod
+    def forward(ctx, x, u, w, w_low):
+        ctx.save_for_backward(u, w, w_low)
+        return F.linear(torch.cat([x, u], -1), torch.cat([w, w_low], -1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, w, w_low = ctx.saved_tensors
+        k = w.shape[1]
+        grad_in = grad @ torch.cat([w, w_low], -1)
+        grad_low = grad.flatten(0, -2).T @ u.flatten(0, -2) if ctx.needs_input_grad[3] else None
+        return grad_in[..., :k], grad_in[..., k:], None, grad_low
+
+
+def shared_input_linear(modules, x: torch.Tensor) -> list[torch.Tensor]:
+    """[m(x) for m in modules], computed as one matmul (see the module docstring)."""
+    parts = [lora_branches(m) for m in modules]
+    if any(p is None for p in parts):
+        return [m(x) for m in modules]
+    bases = [p[0] for p in parts]
+    sizes = [b.out_features for b in bases]
+    weight = bases[0].weight if len(bases) == 1 else torch.cat([b.weight for b in bases], 0)
+    if not any(p[1] for p in parts):  # no active adapter (full fine-tuning, or a plain model)
+        y = F.linear(x, weight)
+        return list(y.split(sizes, -1)) if len(sizes) > 1 else [y]
+    if weight.requires_grad:  # LoRA on a trainable base: not a case the Function covers
+        return [m(x) for m in modules]
+    # w_low is block-diagonal: module i's B matrices face only its own adapters' columns of u
+    lows, blocks, col = [], [], 0
+    total_rank = sum(b.weight.shape[1] for _, branches in parts for *_, b in branches)
+    for base, branches in parts:
+        row = [b.weight for *_, b in branches]
+        lows += [a(dropout(x)) * scale for a, dropout, scale, _ in branches]
+        rank = sum(r.shape[1] for r in row)
+        before, after = col, total_rank - col - rank
+        row = ([weight.new_zeros(base.out_features, before)] if before else []) + row + \
+              ([weight.new_zeros(base.out_features, after)] if after else [])
+        blocks.append(torch.cat(row, -1))
+        col += rank
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    u = torch.cat(lows, -1).to(dtype)
+    w_low = torch.cat(blocks, 0).to(dtype)
+    y = _FrozenBaseLinear.apply(x.to(dtype), u, weight.to(dtype), w_low)
+    return list(y.split(sizes, -1)) if len(sizes) > 1 else [y]
