@@ -261,7 +261,7 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
                 elif name == "extract":
                     result["extract"] = sections.bench_extract(shapes, device, tiny)
                 elif name == "generate":
-                    result["generate"] = sections.bench_generate(shapes, device, tiny)
+                    result["generate"] = sections.bench_generate(shapes, device, tiny, out_dir if profile else None)
                 else:
                     raise ValueError(f"Unknown bench section {name!r}: choose train, loop, extract or generate.")
             except ValueError:
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", help="comma-separated training variants (default: see bench_sections)")
     parser.add_argument("--config", help="configuration file (default: launchable.yaml)")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile one step per training variant (tables next to the JSON)")
+                        help="also profile one step per training variant and 20 generated frames (tables next to the JSON)")
     args = parser.parse_args(argv)
     from pipeline.config import load_config
 

@@ -76,8 +76,13 @@ def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None) -> 
             outcome = train(run_dir, ckpt, manifest, settings)
             seconds = _step_seconds(run_dir, skip)
             state = json.loads((run_dir / "state.json").read_text())
-            result[mode] = {"status": outcome.status, "step_s": round(float(np.median(seconds)), 4) if seconds else None,
+            median = float(np.median(seconds)) if seconds else 0.0
+            # steps far over the median are (re)compilations for a new batch shape: what a run pays extra
+            slow = [t for t in seconds if t > 2 * median]
+            result[mode] = {"status": outcome.status, "step_s": round(median, 4) if seconds else None,
                             "step_s_mean": round(float(np.mean(seconds)), 4) if seconds else None,
+                            "slow_steps": len(slow), "slow_steps_extra_s": round(sum(slow) - median * len(slow), 1),
+                            "step_seconds": [round(t, 3) for t in seconds],
                             "timed_steps": len(seconds), "peak_gb": round(_peak_gb(device), 2),
                             "memory_plan": state.get("memory_plan")}
             print(f"loop {mode}: {result[mode]}", flush=True)

@@ -1,27 +1,43 @@
 """Fast generation: a static KV cache, one decode step per frame, captured in a CUDA graph.
 
 fish-speech's `generate` runs ~2,000 small kernels per frame from Python (eager: ~16 frames/s on an
-H200) or compiles one huge graph (`torch.compile`, minutes of warm-up). Here:
+H200) or compiles one huge graph (`torch.compile`, minutes of warm-up). Here a frame is five small
+compiled functions (warm-up: a few small compiles, not one big one), replayed as ONE CUDA graph
+(no Python and no launch gaps per frame):
 
-- The slow and fast transformer layers are compiled a block at a time (`torch.compile` of a
-  per-layer function: the 28 slow layers share one compiled graph; the 4 fast layers form another,
-  with attention over their 10-entry cache written as broadcast-multiply + sum so that it fuses),
-  so warm-up is a few small compiles (~16-28 s on an H200) instead of one big one.
-- A whole frame (slow layers, codebook-0 sampling, 10 fast-transformer passes, residual sampling,
-  bookkeeping) is one CUDA graph replay: no Python and no launch gaps per frame.
-- Codebook 0 is sampled over the semantic tokens + <|im_end|> only: the head multiplies 4,097
-  rows of the 155,776-row output matrix (the rest are text tokens the model never emits at an
-  audio position), so the 320 MB head is not read every frame. Residual codebooks use the first
-  1,024 rows of `fast_output`, as `decode_one_token_ar` does.
-- Attention reads only the used part of the cache (length buckets of 512, 1024, 2048, ...; one
-  graph per bucket), not all 8,192 positions.
-- Several prompts decode together (batch): weights are read once per frame for all streams.
+1. `_embed_frame`: the frame's input embedding (as forward_generate embeds) and its RoPE row.
+2. `_slow_block` for each of the 28 slow layers (one compiled graph for every layer and length
+   bucket): RMSNorm, one wqkv GEMV, q/k norm + RoPE, the new K/V written IN PLACE into the full
+   cache tensors (graph inputs; the attended length is the mask's dynamic last dim and the cache
+   is narrowed inside the graph, so the compiler neither clones nor copies back any cache),
+   attention over the used positions only (buckets 512, 1024, ...; not all 8,192), wo, then the
+   FFN as one w1|w3 GEMV + silu*mul + w2: 4 weight GEMVs (+ 2 attention products) per layer.
+   A block returns its residual sum unfinished, (h, ffn): the next block adds it inside its own
+   norm kernel.
+3. `_frame_head`: codebook-0 logits over the semantic tokens + <|im_end|> only (4,097 rows of the
+   155,776-row head: the rest are text tokens the model never emits at an audio position),
+   sampling, and the fast transformer at position 0 (its last layer only writes K/V there: that
+   output is never used).
+4. `_codebook` for codebooks 1..N-1 (one graph; the index is a tensor, so every per-codebook
+   buffer is read and written by index inside it): the previous code's embedding, the 4 fast
+   layers (attention over their 10-entry caches as broadcast-multiply + sum, which fuses), the
+   head's first 1,024 rows (as decode_one_token_ar) and sampling.
+5. `_finish`: the next input column, the output row, the repetition window, the positions.
+
+Weights (`refresh_weights`, called after adapters change): per layer the EFFECTIVE weights
+(`effective_weight`: base + active LoRA deltas, merged once) and w1|w3 concatenated, so stacked
+peft adapters cost nothing per frame (merged in float, rounded once to the model's dtype: in bf16
+that rounding is of the size of the base weights' own). Without adapters the base tensors are
+shared; only w1|w3 is a copy (~0.4 GB for s1-mini in bf16). A captured graph holds the addresses of
+the tensors it was captured with, so refresh_weights drops the captured graphs (recaptured on next
+use; nothing is recompiled). Several prompts decode together (batch): weights are read once per
+frame for all streams.
 
 Sampling follows fish-speech's `logits_to_probs` (repetition penalty over the last 16 frames,
 top-p, temperature, exponential-race multinomial) per stream. One deliberate difference: the
 wheel penalises codebook 0 with column 0 of its window (the first frame's tokens) instead of
 row 0 (the last 16 semantic tokens); here it is row 0. Without a GPU (or with `compile=False,
-cuda_graph=False`) the same step runs eagerly: that is what the CPU tests compare with the wheel.
+cuda_graph=False`) the same functions run eagerly: that is what the CPU tests compare with the wheel.
 """
 
 from __future__ import annotations
@@ -29,86 +45,206 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch._dynamo
 import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import apply_rotary_emb
 
-from pipeline.forward import embed, unwrap
+from pipeline.forward import unwrap
 
 RESIDUAL_VOCAB = 1024  # decode_one_token_ar samples codebooks 1.. from the first 1024 fast logits
 WINDOW = 16  # repetition-penalty window (frames), as decode_n_tokens
 MIN_BUCKET = 512
 
 
-def effective_weight(linear: torch.nn.Module) -> torch.Tensor:
-    """The weight a (possibly peft-LoRA-wrapped) Linear applies: base + sum of active deltas."""
+def effective_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The weight a (possibly peft-LoRA-wrapped) Linear or Embedding applies: base + the sum of its
+    active adapters' deltas (added in float, rounded once), detached."""
     from peft.tuners.lora import LoraLayer
 
-    if isinstance(linear, LoraLayer):
-        weight = linear.get_base_layer().weight
-        if linear.merged or linear.disable_adapters:
+    if isinstance(module, LoraLayer):
+        weight = module.get_base_layer().weight.detach()
+        if module.merged or module.disable_adapters:
             return weight
-        deltas = [linear.get_delta_weight(n) for n in linear.active_adapters if n in linear.lora_A]
-        return weight + sum(d.to(weight.dtype) for d in deltas) if deltas else weight
-    return linear.weight
+        names = [n for n in module.active_adapters
+                 if n in module.lora_A or n in getattr(module, "lora_embedding_A", {})]
+        if not names:
+            return weight
+        delta = sum(module.get_delta_weight(n).detach().float() for n in names)
+        return (weight.float() + delta).to(weight.dtype)
+    return module.weight.detach()
 
 
-def _rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """apply_rotary_emb with one position per batch row: x (B, 1, H, D), freqs (B, 1, 1, D/2, 2)."""
+def _bias(linear: torch.nn.Module) -> torch.Tensor | None:
+    base = linear.get_base_layer() if hasattr(linear, "get_base_layer") else linear
+    return None if base.bias is None else base.bias.detach()
+
+
+class Block(NamedTuple):
+    """One transformer block's tensors as decoding uses them (effective weights)."""
+
+    attention_norm: torch.Tensor
+    wqkv: torch.Tensor
+    wqkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None  # per-head RMSNorm weights (attention_qk_norm), else None
+    k_norm: torch.Tensor | None
+    wo: torch.Tensor
+    wo_bias: torch.Tensor | None
+    ffn_norm: torch.Tensor
+    w13: torch.Tensor  # w1 and w3 stacked: one GEMV for both
+    w2: torch.Tensor
+
+    @classmethod
+    def of(cls, layer) -> Block:
+        attn, ff = layer.attention, layer.feed_forward
+        qk = attn.attention_qk_norm
+        return cls(layer.attention_norm.weight.detach(), effective_weight(attn.wqkv), _bias(attn.wqkv),
+                   attn.q_norm.weight.detach() if qk else None, attn.k_norm.weight.detach() if qk else None,
+                   effective_weight(attn.wo), _bias(attn.wo), layer.ffn_norm.weight.detach(),
+                   torch.cat([effective_weight(ff.w1), effective_weight(ff.w3)]), effective_weight(ff.w2))
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Static shape facts of one transformer (constants for the compiler)."""
+
+    n_head: int
+    n_local_heads: int
+    head_dim: int
+    eps: float  # the blocks' RMSNorm eps
+    qk_eps: float | None  # q/k norm eps (nn.RMSNorm's)
+    pointwise: bool  # attention as broadcast-multiply + sum: fuses for short (fast, 10-entry) caches
+
+    @classmethod
+    def of(cls, layer, pointwise: bool) -> Dims:
+        attn = layer.attention
+        qk_eps = attn.q_norm.eps if attn.attention_qk_norm else None
+        return cls(attn.n_head, attn.n_local_heads, attn.head_dim, layer.attention_norm.eps, qk_eps, pointwise)
+
+
+@dataclass(frozen=True)
+class Consts:
+    """Token ids and model constants the frame functions need."""
+
+    im_end: int
+    sem_begin: int
+    sem_end: int
+    codebook_size: int
+    n_codebooks: int
+    scale_embeddings: bool
+    head_eps: float  # the slow transformer's final norm
+    fast_eps: float  # the fast transformer's final norm
+
+
+# -- the pieces of one frame (the same Python functions run eagerly or compiled) -----------------
+def _rms(x, weight, eps):
+    """fish-speech's RMSNorm: normalise in float, cast back to x's dtype, then scale."""
+    xf = x.float()
+    return (xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + eps)).type_as(x) * weight
+
+
+def _rope(x, freqs):
+    """apply_rotary_emb with one position per batch row: x (B, 1, H, D), freqs (B|1, 1, 1, D/2, 2)."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
     out = torch.stack([xs[..., 0] * freqs[..., 0] - xs[..., 1] * freqs[..., 1],
                        xs[..., 1] * freqs[..., 0] + xs[..., 0] * freqs[..., 1]], -1)
     return out.flatten(3).type_as(x)
 
 
-def _layer_step(layer, x, freqs, k_cache, v_cache, rows, heads, pos, mask, pointwise=False):
-    """One transformer block for one new column per stream, writing its K/V into the cache.
+def _qkv(b: Block, d: Dims, x):
+    """attention_norm, wqkv, heads, q/k norm (before RoPE): (B, T, heads, head_dim) each."""
+    bsz, seqlen = x.shape[:2]
+    q_size, kv_size = d.n_head * d.head_dim, d.n_local_heads * d.head_dim
+    q, k, v = F.linear(_rms(x, b.attention_norm, d.eps), b.wqkv, b.wqkv_bias).split([q_size, kv_size, kv_size], -1)
+    q = q.view(bsz, seqlen, d.n_head, d.head_dim)
+    k = k.view(bsz, seqlen, d.n_local_heads, d.head_dim)
+    v = v.view(bsz, seqlen, d.n_local_heads, d.head_dim)
+    if b.q_norm is not None:
+        q = F.rms_norm(q, (d.head_dim,), b.q_norm, d.qk_eps)
+        k = F.rms_norm(k, (d.head_dim,), b.k_norm, d.qk_eps)
+    return q, k, v
 
-    x (B, 1, dim); k/v_cache (B, kv_heads, S, head_dim); pos (B, 1) write position;
-    mask (B, 1, 1, S) True where a key is visible. Grouped-query attention without repeating K/V.
-    """
-    attn = layer.attention
-    bsz = x.shape[0]
-    h = layer.attention_norm(x)
-    q_size, kv_size = attn.n_head * attn.head_dim, attn.n_local_heads * attn.head_dim
-    q, k, v = attn.wqkv(h).split([q_size, kv_size, kv_size], dim=-1)
-    q = q.view(bsz, 1, attn.n_head, attn.head_dim)
-    k = k.view(bsz, 1, attn.n_local_heads, attn.head_dim)
-    v = v.view(bsz, 1, attn.n_local_heads, attn.head_dim)
-    if attn.attention_qk_norm:
-        q, k = attn.q_norm(q), attn.k_norm(k)
+
+def _new_kv(b: Block, d: Dims, x, freqs, k_cache, v_cache, slots, pos):
+    """q of one new column per stream; its K/V written in place at `pos` (B|1, 1) of the FULL caches,
+    seen as (B * kv_heads, S, head_dim): slots (B, kv_heads) = stream * kv_heads + head. An in-place
+    write to a graph input: the compiler neither clones nor copies back the cache."""
+    q, k, v = _qkv(b, d, x)
     q, k = _rope(q, freqs), _rope(k, freqs)
-    k_cache.index_put_((rows, heads, pos), k[:, 0])
-    v_cache.index_put_((rows, heads, pos), v[:, 0])
-    group = attn.n_head // attn.n_local_heads
-    qg = q.view(bsz, attn.n_local_heads, group, attn.head_dim)
-    if pointwise:  # broadcast-multiply + sum: the compiler fuses scores, softmax and P@V (short caches)
-        scores = (qg[:, :, :, None, :].float() * k_cache[:, :, None].float()).sum(-1)
+    k_cache.index_put_((slots, pos), k[:, 0])
+    v_cache.index_put_((slots, pos), v[:, 0])
+    return q
+
+
+def _attention(d: Dims, q, k_cache, v_cache, mask):
+    """Grouped-query attention of q (B, 1, H, D) over cache positions [0, L), L = mask.shape[-1] (a
+    dynamic dim: one graph for every length bucket); mask (B|1, 1, 1, L) True where a key is visible.
+    Batched products straight on the narrowed (B * kv_heads, L, D) cache views: no reshape (a
+    reshape of a non-contiguous view is a copy)."""
+    length = mask.shape[-1]
+    keys, values = k_cache.narrow(1, 0, length), v_cache.narrow(1, 0, length)
+    bsz, group = q.shape[0], d.n_head // d.n_local_heads
+    qg = q.view(bsz * d.n_local_heads, group, d.head_dim)
+    if d.pointwise:  # broadcast-multiply + sum: scores, softmax and P@V fuse (short caches)
+        scores = (qg[:, :, None, :].float() * keys[:, None].float()).sum(-1)
     else:
-        scores = torch.matmul(qg, k_cache.transpose(-1, -2)).float()
-    scores = scores * (1.0 / math.sqrt(attn.head_dim))
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    if pointwise:
-        y = (probs[..., None] * v_cache[:, :, None].float()).sum(-2).to(v_cache.dtype).reshape(bsz, 1, q_size)
+        scores = torch.bmm(qg, keys.transpose(1, 2)).float()
+    scores = (scores * (1.0 / math.sqrt(d.head_dim))).view(bsz, d.n_local_heads, group, length)
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).view(bsz * d.n_local_heads, group, length)
+    if d.pointwise:
+        y = (probs[..., None] * values[:, None].float()).sum(-2).to(values.dtype)
     else:
-        y = torch.matmul(probs.to(v_cache.dtype), v_cache).reshape(bsz, 1, q_size)
-    h = x + attn.wo(y)
-    return h + layer.feed_forward(layer.ffn_norm(h))
+        y = torch.bmm(probs.to(values.dtype), values)
+    return y.reshape(bsz, 1, d.n_head * d.head_dim)
 
 
-def _fast_pass(layers, y, freqs, k_caches, v_caches, rows, heads, pos, mask, pointwise=True):
-    """All fast-transformer layers for one codebook position (one compiled graph: over the
-    10-entry caches, broadcast-multiply + sum attention fuses into a few element-wise kernels)."""
-    for layer, kc, vc in zip(layers, k_caches, v_caches):
-        y = _layer_step(layer, y, freqs, kc, vc, rows, heads, pos, mask, pointwise)
-    return y
+def _ffn(b: Block, d: Dims, h):
+    """fish-speech's FeedForward, w2(silu(w1 x) * w3 x), with w1|w3 as one product."""
+    gate, up = F.linear(_rms(h, b.ffn_norm, d.eps), b.w13).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, b.w2)
 
 
-def _head(norm, x, weight):
-    """Final RMSNorm + the head rows we sample from, as float logits: x (B, dim) → (B, rows)."""
-    return F.linear(norm(x), weight).float()
+def _block(b: Block, d: Dims, x, freqs, k_cache, v_cache, slots, pos, mask):
+    """One transformer block for one new column per stream; returns (h, ffn), whose sum is its output."""
+    q = _new_kv(b, d, x, freqs, k_cache, v_cache, slots, pos)
+    h = x + F.linear(_attention(d, q, k_cache, v_cache, mask), b.wo, b.wo_bias)
+    return h, _ffn(b, d, h)
+
+
+def _slow_block(b: Block, d: Dims, x, delta, freqs, k_cache, v_cache, slots, pos, mask):
+    """A slow block on x + delta (the previous block's unfinished residual sum, added here so that
+    it fuses with this block's norm). pos (B, 1); mask (B, 1, 1, L). The caches hold one spare
+    position, so L < S+1: a view over the whole cache would be contiguous, and the compiler would
+    specialise the graph on L == S."""
+    torch._check(mask.shape[-1] < k_cache.shape[1])
+    return _block(b, d, x + delta, freqs, k_cache, v_cache, slots, pos, mask)
+
+
+def _embed_tokens(c: Consts, tables, tokens):
+    """(B, N+1, L) → (B, L, dim), as pipeline.forward.embed (forward_generate) from weight tensors."""
+    token_table, codebook_table = tables
+    row0 = tokens[:, 0]
+    offsets = torch.arange(c.n_codebooks, device=tokens.device).view(1, -1, 1) * c.codebook_size
+    vq = F.embedding(tokens[:, 1:] + offsets, codebook_table).sum(dim=1)
+    is_audio = (row0 >= c.sem_begin) & (row0 <= c.sem_end)
+    x = F.embedding(row0, token_table) + vq * is_audio.unsqueeze(-1).to(vq.dtype)
+    if c.scale_embeddings:
+        x = torch.where(is_audio.unsqueeze(-1), x / math.sqrt(c.n_codebooks + 1), x)
+    return x
+
+
+def _embed_frame(c: Consts, tables, cur, freqs_cis, pos):
+    """The step's input (B, 1, dim) from the current column cur (B, N+1, 1), and its RoPE rows."""
+    return _embed_tokens(c, tables, cur), freqs_cis[pos].view(pos.shape[0], 1, 1, -1, 2)
+
+
+def _fast_position(k, n, fast_freqs):
+    """Write position, mask and RoPE row of fast position k (a (1,) long tensor), for every stream."""
+    mask = (torch.arange(n, device=k.device) <= k).view(1, 1, 1, n)
+    return k.view(1, 1), mask, fast_freqs[k].view(1, 1, 1, -1, 2)
 
 
 def _sample(logits, window, noise, temperature, top_p, penalty, force_flag, force_value):
@@ -131,6 +267,53 @@ def _sample(logits, window, noise, temperature, top_p, penalty, force_flag, forc
     return torch.where(force_flag, force_value, idx)
 
 
+def _frame_head(c: Consts, fd: Dims, x, delta, norm, head0, proj, blocks, k_caches, v_caches, slots,
+                fast_freqs, window, noise, sampling, force_flag, force, frame, logits_out):
+    """Codebook 0 from the last slow block's (x, delta): logits over head0's rows (0 = <|im_end|>,
+    1+c = semantic c) into logits_out, the sample into frame columns 0 (token) and 1 (code), then
+    the fast transformer's K/V at position 0 (its input: fast_project_in of the hidden state)."""
+    x = x + delta
+    logits = F.linear(_rms(x[:, 0], norm, c.head_eps), head0).float()
+    logits_out.copy_(logits)
+    idx0 = _sample(logits, window[:, 0], noise[:, 0], *sampling, force_flag, force[:, 0])
+    frame[:, 0] = torch.where(idx0 == 0, c.im_end, idx0 - 1 + c.sem_begin)
+    frame[:, 1] = torch.clamp(idx0 - 1, min=0)  # <|im_end|> feeds code 0, as decode_one_token_ar
+    y = x if proj is None else F.linear(x, *proj)
+    zero = torch.zeros(1, dtype=torch.long, device=x.device)
+    pos, mask, freqs = _fast_position(zero, k_caches[0].shape[1], fast_freqs)
+    for b, kc, vc in zip(blocks[:-1], k_caches[:-1], v_caches[:-1]):
+        h, f = _block(b, fd, y, freqs, kc, vc, slots, pos, mask)
+        y = h + f
+    _new_kv(blocks[-1], fd, y, freqs, k_caches[-1], v_caches[-1], slots, pos)
+
+
+def _codebook(c: Consts, fd: Dims, k, embedding, blocks, k_caches, v_caches, slots, fast_freqs,
+              norm, head, window, noise, sampling, force_flag, force, frame, logits_out):
+    """Codebook k (a (1,) long tensor, 1..N-1): the fast transformer on the embedding of codebook
+    k-1's code (frame column k), logits over head's rows into logits_out[:, k-1], the sample into
+    frame column k+1."""
+    y = F.embedding(frame.index_select(1, k), embedding)  # (B, 1, fast_dim)
+    pos, mask, freqs = _fast_position(k, k_caches[0].shape[1], fast_freqs)
+    for b, kc, vc in zip(blocks, k_caches, v_caches):
+        h, f = _block(b, fd, y, freqs, kc, vc, slots, pos, mask)
+        y = h + f
+    logits = F.linear(_rms(y[:, 0], norm, c.fast_eps), head).float()
+    logits_out.index_copy_(1, k - 1, logits[:, None])
+    pick = lambda t: t.index_select(1, k)[:, 0]  # this codebook's row of a (B, N, ...) buffer
+    code = _sample(logits, pick(window), pick(noise)[:, : head.shape[0]], *sampling, force_flag, pick(force))
+    frame.index_copy_(1, k + 1, code[:, None])
+
+
+def _finish(c: Consts, frame, cur, out, window, pos, t):
+    """Bookkeeping after a frame (B, N+1): next input, output column t, repetition window, positions."""
+    cur.copy_(frame[:, :, None])
+    out.index_copy_(2, t, frame[:, :, None])
+    idx0 = torch.where(frame[:, 0] == c.im_end, 0, frame[:, 1] + 1)  # the sampled head0 row
+    window.index_copy_(2, t % WINDOW, torch.cat([idx0[:, None], frame[:, 2:]], dim=1)[:, :, None])
+    pos.add_(1)
+    t.add_(1)
+
+
 class FastGenerator:
     """Batched codes generation for one DualARTransformer (bf16 on CUDA for speed; any device)."""
 
@@ -150,27 +333,32 @@ class FastGenerator:
         self.sem_begin, self.sem_end = tok.semantic_begin_id, tok.semantic_end_id
         self.n_semantic = self.sem_end - self.sem_begin + 1
         self.residual_vocab = min(RESIDUAL_VOCAB, m.fast_output.out_features)
+        self.consts = Consts(self.im_end, self.sem_begin, self.sem_end, cfg.codebook_size, self.N,
+                             bool(cfg.scale_codebook_embeddings), m.norm.eps, m.fast_norm.eps)
+        self.slow_dims, self.fast_dims = Dims.of(m.layers[0], False), Dims.of(m.fast_layers[0], True)
         dev, dt, B = self.device, self.dtype, batch_size
 
         def cache(n_heads, length, head_dim):  # (B, kv_heads, positions, head_dim) like fish-speech's KVCache
             return torch.zeros((B, n_heads, length, head_dim), device=dev, dtype=dt)
 
-        self.kc = [cache(cfg.n_local_heads, self.S, cfg.head_dim) for _ in m.layers]
-        self.vc = [cache(cfg.n_local_heads, self.S, cfg.head_dim) for _ in m.layers]
+        # one spare position (never attended, see _slow_block)
+        self.kc = [cache(cfg.n_local_heads, self.S + 1, cfg.head_dim) for _ in m.layers]
+        self.vc = [cache(cfg.n_local_heads, self.S + 1, cfg.head_dim) for _ in m.layers]
         fkv, fhd = cfg.fast_n_local_heads, cfg.fast_head_dim
         self.fkc = [cache(fkv, self.N, fhd) for _ in m.fast_layers]
         self.fvc = [cache(fkv, self.N, fhd) for _ in m.fast_layers]
-        self.rows = torch.arange(B, device=dev)[:, None]
-        self.heads = torch.arange(cfg.n_local_heads, device=dev)[None]
-        self.fheads = torch.arange(fkv, device=dev)[None]
+        # the step sees each cache as (B * kv_heads, positions, head_dim): views of the same memory
+        self._kc, self._vc, self._fkc, self._fvc = ([c.flatten(0, 1) for c in caches]
+                                                    for caches in (self.kc, self.vc, self.fkc, self.fvc))
+        self.slots = torch.arange(B * cfg.n_local_heads, device=dev).view(B, -1)
+        self.fast_slots = torch.arange(B * fkv, device=dev).view(B, -1)
         self.positions = torch.arange(self.S, device=dev)
-        self.fast_pos = [torch.full((B, 1), k, device=dev, dtype=torch.long) for k in range(self.N)]
-        self.fast_mask = [(torch.arange(self.N, device=dev) <= k).view(1, 1, 1, -1).expand(B, 1, 1, -1).contiguous()
-                          for k in range(self.N)]
-        self.fast_freqs = [m.fast_freqs_cis[k].view(1, 1, 1, -1, 2).expand(B, 1, 1, -1, 2).contiguous()
-                           for k in range(self.N)]
+        self.codebook_index = [torch.tensor([k], device=dev) for k in range(self.N)]
+        with torch.inference_mode():  # like the other blocks' deltas (a mismatch would recompile)
+            self.zero = torch.zeros((B, 1, cfg.dim), device=dev, dtype=dt)  # the first block's delta
         # state of the decode step (static buffers: a captured graph reads and writes these)
         self.cur = torch.zeros((B, self.N + 1, 1), device=dev, dtype=torch.long)
+        self.frame = torch.zeros((B, self.N + 1), device=dev, dtype=torch.long)
         self.pos = torch.zeros((B,), device=dev, dtype=torch.long)
         self.t = torch.zeros((1,), device=dev, dtype=torch.long)
         self.window = torch.zeros((B, self.N, WINDOW), device=dev, dtype=torch.long)
@@ -181,30 +369,41 @@ class FastGenerator:
         self.temperature, self.top_p, self.penalty = (torch.ones((), device=dev) for _ in range(3))
         self.last_logits0 = torch.zeros((B, self.n_semantic + 1), device=dev)
         self.last_fast_logits = torch.zeros((B, self.N - 1, self.residual_vocab), device=dev)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._pool = self.warmup_s = None
         self.refresh_weights()
-        self._slow, self._fast, self._sampler, self._head = _layer_step, _fast_pass, _sample, _head
+        self._embed, self._slow, self._head0, self._code, self._finish = (
+            _embed_frame, _slow_block, _frame_head, _codebook, _finish)
         if self.use_compile:
-            for name in ("recompile_limit", "cache_size_limit"):  # one entry per length/shape, not per layer
+            for name in ("recompile_limit", "cache_size_limit"):  # one entry per shape, not per layer
                 if hasattr(torch._dynamo.config, name):
                     setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
             # FASTGEN_COMPILE_MODE=max-autotune-no-cudagraphs lets inductor time Triton matmuls
             # against cuBLAS for the batch-1 products (longer warm-up; docs/PERFORMANCE.md)
             mode = compile_mode or os.environ.get("FASTGEN_COMPILE_MODE") or None
-            self._slow = torch.compile(_layer_step, fullgraph=True, dynamic=None, mode=mode)
-            self._fast = torch.compile(_fast_pass, fullgraph=True, dynamic=False, mode=mode)
-            self._sampler = torch.compile(_sample, fullgraph=True, dynamic=False)
-            self._head = torch.compile(_head, fullgraph=True, dynamic=False)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._pool = self.warmup_s = None
+            # static shapes (a generator of another batch size compiles its own graphs), except the
+            # attended length, marked dynamic in _step: one slow-block graph for every bucket
+            self._embed, self._slow, self._head0, self._code, self._finish = (
+                torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+                for fn in (_embed_frame, _slow_block, _frame_head, _codebook, _finish))
 
     def refresh_weights(self) -> None:
-        """Re-read the heads' weights (call after loading or changing adapters)."""
+        """Re-read every weight the step uses (call after loading or changing adapters): effective
+        (LoRA-merged) per-layer weights with w1|w3 concatenated, embedding tables and head rows."""
         with torch.no_grad():
             m = self.model
-            head = effective_weight(m.output) if not m.config.tie_word_embeddings else m.embeddings.weight
+            self.slow_blocks = [Block.of(layer) for layer in m.layers]
+            self.fast_blocks = [Block.of(layer) for layer in m.fast_layers]
+            self.tables = (effective_weight(m.embeddings), effective_weight(m.codebook_embeddings))
+            self.fast_embedding = effective_weight(m.fast_embeddings)
+            proj = m.fast_project_in
+            self.proj = None if isinstance(proj, torch.nn.Identity) else (effective_weight(proj), _bias(proj))
+            self.norm, self.fast_norm = m.norm.weight.detach(), m.fast_norm.weight.detach()
+            head = effective_weight(m.output) if not m.config.tie_word_embeddings else self.tables[0]
             rows = torch.cat([torch.tensor([self.im_end]), torch.arange(self.sem_begin, self.sem_end + 1)])
             self.head0 = head[rows.to(head.device)].contiguous()  # index 0 = <|im_end|>, 1+c = semantic c
             self.head_fast = effective_weight(m.fast_output)[: self.residual_vocab].contiguous()
+        self.graphs.clear()  # a captured graph reads the tensors it was captured with
 
     # -- the step -------------------------------------------------------------------------------
     def _bucket(self, position: int) -> int:
@@ -215,42 +414,24 @@ class FastGenerator:
 
     def _step(self, length: int) -> None:
         """Decode one frame for every stream, attending to cache positions [0, length)."""
-        m, B = self.model, self.B
-        x = embed(m, self.cur)  # (B, 1, dim), as forward_generate embeds
-        freqs = m.freqs_cis[self.pos].view(B, 1, 1, -1, 2)
+        B, m = self.B, self.model
+        x, freqs = self._embed(self.consts, self.tables, self.cur, m.freqs_cis, self.pos)
         mask = (self.positions[:length][None] <= self.pos[:, None]).view(B, 1, 1, length)
-        pos = self.pos[:, None]
-        for layer, kc, vc in zip(m.layers, self.kc, self.vc):
-            kcl, vcl = kc[:, :, :length], vc[:, :, :length]
-            if self.use_compile:  # one graph for every length bucket
-                for t, dim in ((kcl, 2), (vcl, 2), (mask, 3)):
-                    torch._dynamo.mark_dynamic(t, dim)
-            x = self._slow(layer, x, freqs, kcl, vcl, self.rows, self.heads, pos, mask)
+        if self.use_compile:  # one graph for every length bucket
+            torch._dynamo.mark_dynamic(mask, 3)
+        pos, delta = self.pos[:, None], self.zero
+        for b, kc, vc in zip(self.slow_blocks, self._kc, self._vc):
+            x, delta = self._slow(b, self.slow_dims, x, delta, freqs, kc, vc, self.slots, pos, mask)
         self.noise.exponential_()
-        logits0 = self._head(m.norm, x[:, 0], self.head0)
-        self.last_logits0.copy_(logits0)
-        args = (self.temperature, self.top_p, self.penalty)
-        idx0 = self._sampler(logits0, self.window[:, 0], self.noise[:, 0], *args, self.force_flag, self.force[:, 0])
-        token0 = torch.where(idx0 == 0, self.im_end, idx0 - 1 + self.sem_begin)
-        codes = [torch.clamp(idx0 - 1, min=0)]  # <|im_end|> feeds code 0, as decode_one_token_ar
-        y = m.fast_project_in(x)
-        for k in range(self.N):
-            if k:
-                y = m.fast_embeddings(codes[-1])[:, None]
-            y = self._fast(list(m.fast_layers), y, self.fast_freqs[k], self.fkc, self.fvc, self.rows, self.fheads,
-                           self.fast_pos[k], self.fast_mask[k])
-            if k:
-                logits = self._head(m.fast_norm, y[:, 0], self.head_fast)
-                self.last_fast_logits[:, k - 1].copy_(logits)
-                noise = self.noise[:, k, : self.residual_vocab]
-                codes.append(self._sampler(logits, self.window[:, k], noise, *args, self.force_flag, self.force[:, k]))
-        frame = torch.stack([token0] + codes, dim=1)  # (B, N+1)
-        self.cur.copy_(frame[:, :, None])
-        self.out.index_copy_(2, self.t, frame[:, :, None])
-        recent = torch.stack([idx0] + codes[1:], dim=1)
-        self.window.index_copy_(2, self.t % WINDOW, recent[:, :, None])
-        self.pos.add_(1)
-        self.t.add_(1)
+        fast = (self.fast_blocks, self._fkc, self._fvc, self.fast_slots, m.fast_freqs_cis)
+        tail = (self.window, self.noise, (self.temperature, self.top_p, self.penalty), self.force_flag, self.force,
+                self.frame)
+        self._head0(self.consts, self.fast_dims, x, delta, self.norm, self.head0, self.proj, *fast, *tail,
+                    self.last_logits0)
+        for k in range(1, self.N):
+            self._code(self.consts, self.fast_dims, self.codebook_index[k], self.fast_embedding, *fast,
+                       self.fast_norm, self.head_fast, *tail, self.last_fast_logits)
+        self._finish(self.consts, self.frame, self.cur, self.out, self.window, self.pos, self.t)
 
     def _run_step(self, length: int) -> None:
         if not self.use_graph:
@@ -311,29 +492,19 @@ class FastGenerator:
     # -- prompts --------------------------------------------------------------------------------
     def _prefill(self, row: int, tokens: torch.Tensor) -> None:
         """K/V of prompt columns 0..T-2 into the cache of stream `row` (causal flash attention)."""
-        m, cfg = self.model, self.model.config
-        n = tokens.shape[1] - 1
+        n, d = tokens.shape[1] - 1, self.slow_dims
         if n > 0:
-            x = embed(m, tokens[None, :, :n])
-            freqs = m.freqs_cis[:n]
-            for layer, kc, vc in zip(m.layers, self.kc, self.vc):
-                attn = layer.attention
-                h = layer.attention_norm(x)
-                q_size, kv_size = attn.n_head * attn.head_dim, attn.n_local_heads * attn.head_dim
-                q, k, v = attn.wqkv(h).split([q_size, kv_size, kv_size], dim=-1)
-                q = q.view(1, n, attn.n_head, attn.head_dim)
-                k = k.view(1, n, attn.n_local_heads, attn.head_dim)
-                v = v.view(1, n, attn.n_local_heads, attn.head_dim)
-                if attn.attention_qk_norm:
-                    q, k = attn.q_norm(q), attn.k_norm(k)
+            x = _embed_tokens(self.consts, self.tables, tokens[None, :, :n])
+            freqs = self.model.freqs_cis[:n]
+            for b, kc, vc in zip(self.slow_blocks, self.kc, self.vc):
+                q, k, v = _qkv(b, d, x)
                 q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
                 q, k, v = (t.transpose(1, 2) for t in (q, k, v))
                 kc[row, :, :n] = k[0]
                 vc[row, :, :n] = v[0]
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                   enable_gqa=cfg.n_head != cfg.n_local_heads)
-                h = x + attn.wo(y.transpose(1, 2).reshape(1, n, q_size))
-                x = h + layer.feed_forward(layer.ffn_norm(h))
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=d.n_head != d.n_local_heads)
+                h = x + F.linear(y.transpose(1, 2).reshape(1, n, d.n_head * d.head_dim), b.wo, b.wo_bias)
+                x = h + _ffn(b, d, h)
         self.cur[row] = tokens[:, -1:]
         self.pos[row] = n
 
@@ -369,9 +540,9 @@ class FastGenerator:
             length = self._bucket(max(self.lengths) - 1 + done)
             self._run_step(length)
             done += 1
-            if stop_at_end and (done % check_every == 0 or done == steps):
-                if bool((self.out[: len(prompts), 0, :done] == self.im_end).any(-1).all()):
-                    break
+            checked = stop_at_end and (done % check_every == 0 or done == steps)
+            if checked and bool((self.out[: len(prompts), 0, :done] == self.im_end).any(-1).all()):
+                break
         out = self.out[: len(prompts), :, :done].cpu()
         results = []
         for row in out:
@@ -396,4 +567,3 @@ class FastGenerator:
             fast.append(self.last_fast_logits[0].clone())
         self.force_flag.fill_(False)
         return torch.stack(heads), torch.stack(fast)
-

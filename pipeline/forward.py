@@ -158,7 +158,9 @@ def compiled_block():
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        _compiled_block = torch.compile(_block, dynamic=False)  # static graphs: batches come in few widths
+        # dynamic=None: the first shape compiles static, a second one recompiles with the varying sizes
+        # symbolic, and every later batch width / frame count reuses that graph (no compile per shape)
+        _compiled_block = torch.compile(_block, dynamic=None)
     return _compiled_block
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
-from pipeline.checkpoints import load_lm
 from pipeline.bench_reference import reference_logits
+from pipeline.checkpoints import load_lm
 from pipeline.fastgen import FastGenerator, effective_weight
 from pipeline.tokens import Utterance, build_sequence
 
@@ -62,7 +64,8 @@ def test_batched_greedy_equals_one_stream_each(lm):
     prompts = [_prompt(tokenizer, n, "Lyhyt.", frames=3, seed=2),
                _prompt(tokenizer, n, "Tämä kehote on selvästi pidempi kuin toinen.", frames=9, seed=3)]
     assert prompts[0].shape[1] != prompts[1].shape[1]
-    greedy = dict(max_new_tokens=7, temperature=0.5, top_p=1e-4, repetition_penalty=1.0, stop_at_end=False)
+    greedy = {"max_new_tokens": 7, "temperature": 0.5, "top_p": 1e-4, "repetition_penalty": 1.0,
+              "stop_at_end": False}
     batch = FastGenerator(model, batch_size=2, max_len=128, compile=False).generate(prompts, **greedy)
     single = FastGenerator(model, batch_size=1, max_len=128, compile=False)
     for prompt, got in zip(prompts, batch):
@@ -131,3 +134,112 @@ def test_synthesizer_fast_path_speaks(tiny_checkpoint):
     assert 0 < a.frames <= 10 and a.codes[0].shape == (synth.num_codebooks, a.frames)
     assert all((c >= 0).all() and (c < 64).all() for c in a.codes)
     assert __import__("numpy").array_equal(a.audio, b.audio)
+
+
+def _rows(gen):
+    return [gen.im_end] + list(range(gen.sem_begin, gen.sem_end + 1))
+
+
+def test_kv_caches_hold_fish_speech_kv_and_nothing_else(lm):
+    """After teacher-forced steps every written cache position holds the K/V fish-speech's own
+    KV caches hold; positions never written (incl. the spare one) are untouched."""
+    model, tokenizer = lm
+    n = model.config.num_codebooks
+    prompt, frames = _prompt(tokenizer, n), _frames(tokenizer, n, 4)
+    gen = FastGenerator(model, batch_size=1, max_len=256, compile=False)
+    sentinel = 1234.5
+    for cache in gen.kc + gen.vc + gen.fkc + gen.fvc:
+        cache.fill_(sentinel)
+    gen.teacher_forced_logits(prompt, frames)
+    written = prompt.shape[1] + frames.shape[1] - 1  # prefill T-1 columns, then one per step
+    seq = torch.cat([prompt, frames], dim=1)
+    model.setup_caches(max_batch_size=1, max_seq_len=model.config.max_seq_len, dtype=torch.float32)
+    try:
+        with torch.inference_mode():
+            out = model.forward_generate(seq[None, :, :written], torch.arange(written))
+            model.forward_generate_fast(out.hidden_states[0, -1][None], torch.tensor([0]))
+            for k in range(1, n):  # the last frame's fast passes: codes of codebooks 0..n-2
+                model.forward_generate_fast(model.fast_embeddings(frames[k, -1].view(1)), torch.tensor([k]))
+        for ours, layer in zip(zip(gen.kc, gen.vc), model.layers):
+            for mine, ref in zip(ours, (layer.attention.kv_cache.k_cache, layer.attention.kv_cache.v_cache)):
+                assert mine.shape[2] == gen.S + 1
+                torch.testing.assert_close(mine[:, :, :written], ref[:, :, :written], rtol=1e-5, atol=1e-5)
+                assert bool((mine[:, :, written:] == sentinel).all())
+        for ours, layer in zip(zip(gen.fkc, gen.fvc), model.fast_layers):
+            for mine, ref in zip(ours, (layer.attention.kv_cache.k_cache, layer.attention.kv_cache.v_cache)):
+                torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)  # all n positions written
+    finally:
+        for layer in list(model.layers) + list(model.fast_layers):
+            layer.attention.kv_cache = None
+        model.max_seq_len = model.max_batch_size = -1
+
+
+def test_stacked_lora_adapters_decode_like_fish_speech(lm):
+    """Two active peft adapters (linears, heads and embeddings) merged by refresh_weights give the
+    logits fish-speech computes through the peft modules; without adapters the base tensors are
+    used as they are (only w1|w3 is a new tensor)."""
+    from pipeline.adapters import attach_lora, remove_adapters
+
+    model, tokenizer = lm
+    n = model.config.num_codebooks
+    prompt, frames = _prompt(tokenizer, n), _frames(tokenizer, n, 4)
+    gen = FastGenerator(model, batch_size=1, max_len=256, compile=False)  # built before the adapters
+    base_head0, base_fast = gen.teacher_forced_logits(prompt, frames)
+    peft_model = attach_lora(model, rank=4, alpha=8, dropout=0.0, train_embeddings=True)
+    try:
+        attach_lora(peft_model, rank=2, alpha=4, dropout=0.0, train_embeddings=True, adapter_name="second")
+        peft_model.base_model.set_adapter(["default", "second"], inference_mode=True)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:  # peft starts lora_B (embeddings: lora_embedding_A) at zero
+                    p.normal_(0, 0.3)
+        model.eval()
+        gen.refresh_weights()
+        head0, fast = gen.teacher_forced_logits(prompt, frames)
+        ref_head, ref_fast = reference_logits(model, prompt, frames)
+        torch.testing.assert_close(head0, ref_head[:, _rows(gen)], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast, ref_fast[..., : gen.residual_vocab], rtol=1e-4, atol=1e-4)
+        assert (head0 - base_head0).abs().max() > 1e-2 and (fast - base_fast).abs().max() > 1e-2
+    finally:
+        remove_adapters(peft_model)
+    gen.refresh_weights()
+    head0, fast = gen.teacher_forced_logits(prompt, frames)
+    torch.testing.assert_close(head0, base_head0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, base_fast, rtol=1e-5, atol=1e-5)
+    layer, block = model.layers[0], gen.slow_blocks[0]
+    assert block.wqkv.data_ptr() == layer.attention.wqkv.weight.data_ptr()
+    assert block.w2.data_ptr() == layer.feed_forward.w2.weight.data_ptr()
+    assert torch.equal(block.w13, torch.cat([layer.feed_forward.w1.weight, layer.feed_forward.w3.weight]))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_step_matches_eager_in_few_graphs_without_cache_copies(lm):
+    """compile=True (the CUDA path, here on CPU): same logits as eager; one graph per frame piece
+    (every slow layer and length shares one); the slow block is 6 matrix products (w1|w3 fused)
+    and writes the caches in place (no buffer the size of a cache is allocated)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import utils as inductor_utils
+
+    model, tokenizer = lm
+    n = model.config.num_codebooks
+    prompt, frames = _prompt(tokenizer, n), _frames(tokenizer, n, 3)
+    eager = FastGenerator(model, batch_size=1, max_len=128, compile=False)
+    gen = FastGenerator(model, batch_size=1, max_len=128, compile=True)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    fresh_cache = getattr(inductor_utils, "fresh_cache", None) or inductor_utils.fresh_inductor_cache
+    with fresh_cache():  # compile for real (a cache hit would hide the generated code)
+        (head0, fast), sources = inductor_utils.run_and_get_code(gen.teacher_forced_logits, prompt, frames)
+    assert counters["stats"]["unique_graphs"] - before == 5  # embed, slow block, head 0, codebook, finish
+    want_head, want_fast = eager.teacher_forced_logits(prompt, frames)
+    torch.testing.assert_close(head0, want_head, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast, want_fast, rtol=1e-4, atol=1e-4)
+    slow = [s.split("def call(")[1].split("def benchmark_compiled_module")[0] for s in sources if "bmm(" in s]
+    assert len(slow) == 1
+    assert slow[0].count("extern_kernels.mm(") == 4 and slow[0].count("extern_kernels.bmm(") == 2
+    shapes = [line.split("((")[1].split(")")[0].split(", ") for line in slow[0].splitlines() if "empty_strided" in line]
+    assert shapes  # ... and none is a copy of a cache or of its attended part: (B * kv_heads, S+1 | L, head_dim)
+    assert not [s for s in shapes if s[-1] == str(model.config.head_dim)
+                and any(d == str(gen.S + 1) or not d.isdigit() for d in s)]
+    torch._dynamo.reset()
