@@ -215,6 +215,9 @@ def result_path(out_dir: Path, card: str, date: str, tiny: bool) -> Path:
 
 
 # -- the run ------------------------------------------------------------------------------------
+BENCH_SECTIONS = ["train", "loop", "extract", "generate"]
+
+
 def run_bench(config, which: list[str] | None = None, out_dir: Path | None = None, tiny: bool = False,
               steps: int | None = None, variants: list[str] | None = None, device=None,
               profile: bool = False) -> dict:
@@ -227,7 +230,7 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
     if device.type != "cuda" and not tiny:
         raise ValueError("python -m pipeline bench needs a CUDA GPU; use `python -m pipeline.bench --tiny` "
                          "to run the benchmark code on tiny shapes here.")
-    which = list(which or ["train", "loop", "extract", "generate"])
+    which = list(which or BENCH_SECTIONS)
     now = dt.datetime.now(dt.timezone.utc)
     card = card_name(device)
     result: dict = {
@@ -300,22 +303,22 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_from_args(config, args) -> dict:
+    return run_bench(config, which=args.only, out_dir=Path(args.out) if args.out else None, tiny=args.tiny,
+                     steps=args.steps, variants=args.variants.split(",") if args.variants else None,
+                     profile=args.profile)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import add_bench_arguments
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["train", "loop", "extract", "generate"], action="append")
-    parser.add_argument("--out", help="folder for the JSON (default: the workspace's runs/bench)")
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes, any device (CI)")
-    parser.add_argument("--steps", type=int, help="timed training steps per variant")
-    parser.add_argument("--variants", help="comma-separated training variants (default: see bench_sections)")
+    add_bench_arguments(parser)
     parser.add_argument("--config", help="configuration file (default: launchable.yaml)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile one step per training variant and 20 generated frames (tables next to the JSON)")
     args = parser.parse_args(argv)
     from pipeline.config import load_config
 
-    config = load_config(args.config)
-    run_bench(config, which=args.only, out_dir=Path(args.out) if args.out else None, tiny=args.tiny,
-              steps=args.steps, variants=args.variants.split(",") if args.variants else None, profile=args.profile)
+    run_from_args(load_config(args.config), args)
     return 0
 
 

@@ -156,11 +156,22 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from pipeline.bench import run_bench
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `python -m pipeline bench` and `python -m pipeline.bench` (one definition)."""
+    parser.add_argument("--only", choices=["train", "loop", "extract", "generate"], action="append",
+                        help="run only this section (repeatable; default: all)")
+    parser.add_argument("--out", help="folder for the JSON (default: the workspace's runs/bench)")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes, any device (CI)")
+    parser.add_argument("--steps", type=int, help="timed training steps per variant (and loop steps)")
+    parser.add_argument("--variants", help="comma-separated training variants (default: see bench_sections)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one step per training variant and 20 generated frames (tables next to the JSON)")
 
-    config = _config(args)
-    run_bench(config, which=args.only, out_dir=Path(args.out) if args.out else None)
+
+def cmd_bench(args) -> int:
+    from pipeline.bench import run_from_args
+
+    run_from_args(_config(args), args)
     return 0
 
 
@@ -219,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tiny_model)
 
     p = sub.add_parser("bench", parents=[common], help="GPU benchmark on the real model shape (random weights)")
-    p.add_argument("--only", choices=["train", "extract", "generate"], action="append")
-    p.add_argument("--out", help="folder for the JSON result (default: the workspace's runs/bench)")
+    add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -22,10 +22,10 @@ from pipeline.memory_plan import plan_memory
 
 PRICES_PATH = PROJECT_ROOT / "assets" / "gpu_prices.yaml"
 COMMITTED_BENCH_DIR = PROJECT_ROOT / "assets" / "bench"
-# Throughput cost of what memory_plan may choose, measured on an H200 (docs/PERFORMANCE.md run 2:
-# LoRA micro-batch 1 x 4 at 24.5 k tokens/s vs 4 x 1 at 36.1 k) and upstream's usual ~30 % for
-# recomputing activations (not measured here).
-SMALL_MICRO_BATCH_FACTOR = 0.68
+# Throughput cost of what memory_plan may choose, measured on an H200 (docs/PERFORMANCE.md run 3:
+# LoRA micro-batch 1 x 4 against 4 x 1 in three runs: 0.62, 0.71, 0.72 of the speed) and upstream's
+# usual ~30 % for recomputing activations (not measured here).
+SMALL_MICRO_BATCH_FACTOR = 0.7
 CHECKPOINTING_FACTOR = 1 / 1.3
 FRAMES_PER_SECOND = 44100 / 2048          # codec frame rate (DESIGN.md)
 CHARS_PER_TEXT_TOKEN = 3.0                # tiktoken BPE on Finnish text, measured roughly on the sample

@@ -5,8 +5,8 @@ H200) or compiles one huge graph (`torch.compile`, minutes of warm-up). Here a f
 compiled functions (warm-up: a few small compiles, not one big one), replayed as ONE CUDA graph
 (no Python and no launch gaps per frame):
 
-1. `_embed_frame`: the frame's input embedding (as forward_generate embeds) and its RoPE row.
-2. `_slow_block` for each of the 28 slow layers (one compiled graph for every layer and length
+1. `embed_frame`: the frame's input embedding (as forward_generate embeds) and its RoPE row.
+2. `slow_block` for each of the 28 slow layers (one compiled graph for every layer and length
    bucket): RMSNorm, one wqkv GEMV, q/k norm + RoPE, the new K/V written IN PLACE into the full
    cache tensors (graph inputs; the attended length is the mask's dynamic last dim and the cache
    is narrowed inside the graph, so the compiler neither clones nor copies back any cache),
@@ -14,15 +14,15 @@ compiled functions (warm-up: a few small compiles, not one big one), replayed as
    FFN as one w1|w3 GEMV + silu*mul + w2: 4 weight GEMVs (+ 2 attention products) per layer.
    A block returns its residual sum unfinished, (h, ffn): the next block adds it inside its own
    norm kernel.
-3. `_frame_head`: codebook-0 logits over the semantic tokens + <|im_end|> only (4,097 rows of the
+3. `frame_head`: codebook-0 logits over the semantic tokens + <|im_end|> only (4,097 rows of the
    155,776-row head: the rest are text tokens the model never emits at an audio position),
    sampling, and the fast transformer at position 0 (its last layer only writes K/V there: that
    output is never used).
-4. `_codebook` for codebooks 1..N-1 (one graph; the index is a tensor, so every per-codebook
+4. `codebook_step` for codebooks 1..N-1 (one graph; the index is a tensor, so every per-codebook
    buffer is read and written by index inside it): the previous code's embedding, the 4 fast
    layers (attention over their 10-entry caches as broadcast-multiply + sum, which fuses), the
    head's first 1,024 rows (as decode_one_token_ar) and sampling.
-5. `_finish`: the next input column, the output row, the repetition window, the positions.
+5. `finish_frame`: the next input column, the output row, the repetition window, the positions.
 
 Weights (`refresh_weights`, called after adapters change): per layer the EFFECTIVE weights
 (`effective_weight`: base + active LoRA deltas, merged once) and w1|w3 concatenated, so stacked
@@ -38,26 +38,52 @@ top-p, temperature, exponential-race multinomial) per stream. One deliberate dif
 wheel penalises codebook 0 with column 0 of its window (the first frame's tokens) instead of
 row 0 (the last 16 semantic tokens); here it is row 0. Without a GPU (or with `compile=False,
 cuda_graph=False`) the same functions run eagerly: that is what the CPU tests compare with the wheel.
+
+This module holds FastGenerator (buffers, weight preparation, compiling and graph capture, warm-up,
+prompt prefill, `generate`, `teacher_forced_logits`) and `effective_weight`; the five per-frame
+functions and the types they take live in pipeline.fastgen_step.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch._dynamo
 import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import apply_rotary_emb
 
+from pipeline.fastgen_step import (
+    WINDOW,
+    Block,
+    Consts,
+    Dims,
+    codebook_step,
+    embed_frame,
+    embed_tokens,
+    ffn,
+    finish_frame,
+    frame_head,
+    qkv,
+    slow_block,
+)
 from pipeline.forward import unwrap
 
 RESIDUAL_VOCAB = 1024  # decode_one_token_ar samples codebooks 1.. from the first 1024 fast logits
-WINDOW = 16  # repetition-penalty window (frames), as decode_n_tokens
 MIN_BUCKET = 512
+
+__all__ = [  # WINDOW, Block, Consts and Dims are re-exported from pipeline.fastgen_step
+    "MIN_BUCKET",
+    "RESIDUAL_VOCAB",
+    "WINDOW",
+    "Block",
+    "Consts",
+    "Dims",
+    "FastGenerator",
+    "block_weights",
+    "effective_weight",
+]
 
 
 def effective_weight(module: torch.nn.Module) -> torch.Tensor:
@@ -83,235 +109,14 @@ def _bias(linear: torch.nn.Module) -> torch.Tensor | None:
     return None if base.bias is None else base.bias.detach()
 
 
-class Block(NamedTuple):
-    """One transformer block's tensors as decoding uses them (effective weights)."""
-
-    attention_norm: torch.Tensor
-    wqkv: torch.Tensor
-    wqkv_bias: torch.Tensor | None
-    q_norm: torch.Tensor | None  # per-head RMSNorm weights (attention_qk_norm), else None
-    k_norm: torch.Tensor | None
-    wo: torch.Tensor
-    wo_bias: torch.Tensor | None
-    ffn_norm: torch.Tensor
-    w13: torch.Tensor  # w1 and w3 stacked: one GEMV for both
-    w2: torch.Tensor
-
-    @classmethod
-    def of(cls, layer) -> Block:
-        attn, ff = layer.attention, layer.feed_forward
-        qk = attn.attention_qk_norm
-        return cls(layer.attention_norm.weight.detach(), effective_weight(attn.wqkv), _bias(attn.wqkv),
-                   attn.q_norm.weight.detach() if qk else None, attn.k_norm.weight.detach() if qk else None,
-                   effective_weight(attn.wo), _bias(attn.wo), layer.ffn_norm.weight.detach(),
-                   torch.cat([effective_weight(ff.w1), effective_weight(ff.w3)]), effective_weight(ff.w2))
-
-
-@dataclass(frozen=True)
-class Dims:
-    """Static shape facts of one transformer (constants for the compiler)."""
-
-    n_head: int
-    n_local_heads: int
-    head_dim: int
-    eps: float  # the blocks' RMSNorm eps
-    qk_eps: float | None  # q/k norm eps (nn.RMSNorm's)
-    pointwise: bool  # attention as broadcast-multiply + sum: fuses for short (fast, 10-entry) caches
-
-    @classmethod
-    def of(cls, layer, pointwise: bool) -> Dims:
-        attn = layer.attention
-        qk_eps = attn.q_norm.eps if attn.attention_qk_norm else None
-        return cls(attn.n_head, attn.n_local_heads, attn.head_dim, layer.attention_norm.eps, qk_eps, pointwise)
-
-
-@dataclass(frozen=True)
-class Consts:
-    """Token ids and model constants the frame functions need."""
-
-    im_end: int
-    sem_begin: int
-    sem_end: int
-    codebook_size: int
-    n_codebooks: int
-    scale_embeddings: bool
-    head_eps: float  # the slow transformer's final norm
-    fast_eps: float  # the fast transformer's final norm
-
-
-# -- the pieces of one frame (the same Python functions run eagerly or compiled) -----------------
-def _rms(x, weight, eps):
-    """fish-speech's RMSNorm: normalise in float, cast back to x's dtype, then scale."""
-    xf = x.float()
-    return (xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + eps)).type_as(x) * weight
-
-
-def _rope(x, freqs):
-    """apply_rotary_emb with one position per batch row: x (B, 1, H, D), freqs (B|1, 1, 1, D/2, 2)."""
-    xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    out = torch.stack([xs[..., 0] * freqs[..., 0] - xs[..., 1] * freqs[..., 1],
-                       xs[..., 1] * freqs[..., 0] + xs[..., 0] * freqs[..., 1]], -1)
-    return out.flatten(3).type_as(x)
-
-
-def _qkv(b: Block, d: Dims, x):
-    """attention_norm, wqkv, heads, q/k norm (before RoPE): (B, T, heads, head_dim) each."""
-    bsz, seqlen = x.shape[:2]
-    q_size, kv_size = d.n_head * d.head_dim, d.n_local_heads * d.head_dim
-    q, k, v = F.linear(_rms(x, b.attention_norm, d.eps), b.wqkv, b.wqkv_bias).split([q_size, kv_size, kv_size], -1)
-    q = q.view(bsz, seqlen, d.n_head, d.head_dim)
-    k = k.view(bsz, seqlen, d.n_local_heads, d.head_dim)
-    v = v.view(bsz, seqlen, d.n_local_heads, d.head_dim)
-    if b.q_norm is not None:
-        q = F.rms_norm(q, (d.head_dim,), b.q_norm, d.qk_eps)
-        k = F.rms_norm(k, (d.head_dim,), b.k_norm, d.qk_eps)
-    return q, k, v
-
-
-def _new_kv(b: Block, d: Dims, x, freqs, k_cache, v_cache, slots, pos):
-    """q of one new column per stream; its K/V written in place at `pos` (B|1, 1) of the FULL caches,
-    seen as (B * kv_heads, S, head_dim): slots (B, kv_heads) = stream * kv_heads + head. An in-place
-    write to a graph input: the compiler neither clones nor copies back the cache."""
-    q, k, v = _qkv(b, d, x)
-    q, k = _rope(q, freqs), _rope(k, freqs)
-    k_cache.index_put_((slots, pos), k[:, 0])
-    v_cache.index_put_((slots, pos), v[:, 0])
-    return q
-
-
-def _attention(d: Dims, q, k_cache, v_cache, mask):
-    """Grouped-query attention of q (B, 1, H, D) over cache positions [0, L), L = mask.shape[-1] (a
-    dynamic dim: one graph for every length bucket); mask (B|1, 1, 1, L) True where a key is visible.
-    Batched products straight on the narrowed (B * kv_heads, L, D) cache views: no reshape (a
-    reshape of a non-contiguous view is a copy)."""
-    length = mask.shape[-1]
-    keys, values = k_cache.narrow(1, 0, length), v_cache.narrow(1, 0, length)
-    bsz, group = q.shape[0], d.n_head // d.n_local_heads
-    qg = q.view(bsz * d.n_local_heads, group, d.head_dim)
-    if d.pointwise:  # broadcast-multiply + sum: scores, softmax and P@V fuse (short caches)
-        scores = (qg[:, :, None, :].float() * keys[:, None].float()).sum(-1)
-    else:
-        scores = torch.bmm(qg, keys.transpose(1, 2)).float()
-    scores = (scores * (1.0 / math.sqrt(d.head_dim))).view(bsz, d.n_local_heads, group, length)
-    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).view(bsz * d.n_local_heads, group, length)
-    if d.pointwise:
-        y = (probs[..., None] * values[:, None].float()).sum(-2).to(values.dtype)
-    else:
-        y = torch.bmm(probs.to(values.dtype), values)
-    return y.reshape(bsz, 1, d.n_head * d.head_dim)
-
-
-def _ffn(b: Block, d: Dims, h):
-    """fish-speech's FeedForward, w2(silu(w1 x) * w3 x), with w1|w3 as one product."""
-    gate, up = F.linear(_rms(h, b.ffn_norm, d.eps), b.w13).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, b.w2)
-
-
-def _block(b: Block, d: Dims, x, freqs, k_cache, v_cache, slots, pos, mask):
-    """One transformer block for one new column per stream; returns (h, ffn), whose sum is its output."""
-    q = _new_kv(b, d, x, freqs, k_cache, v_cache, slots, pos)
-    h = x + F.linear(_attention(d, q, k_cache, v_cache, mask), b.wo, b.wo_bias)
-    return h, _ffn(b, d, h)
-
-
-def _slow_block(b: Block, d: Dims, x, delta, freqs, k_cache, v_cache, slots, pos, mask):
-    """A slow block on x + delta (the previous block's unfinished residual sum, added here so that
-    it fuses with this block's norm). pos (B, 1); mask (B, 1, 1, L). The caches hold one spare
-    position, so L < S+1: a view over the whole cache would be contiguous, and the compiler would
-    specialise the graph on L == S."""
-    torch._check(mask.shape[-1] < k_cache.shape[1])
-    return _block(b, d, x + delta, freqs, k_cache, v_cache, slots, pos, mask)
-
-
-def _embed_tokens(c: Consts, tables, tokens):
-    """(B, N+1, L) → (B, L, dim), as pipeline.forward.embed (forward_generate) from weight tensors."""
-    token_table, codebook_table = tables
-    row0 = tokens[:, 0]
-    offsets = torch.arange(c.n_codebooks, device=tokens.device).view(1, -1, 1) * c.codebook_size
-    vq = F.embedding(tokens[:, 1:] + offsets, codebook_table).sum(dim=1)
-    is_audio = (row0 >= c.sem_begin) & (row0 <= c.sem_end)
-    x = F.embedding(row0, token_table) + vq * is_audio.unsqueeze(-1).to(vq.dtype)
-    if c.scale_embeddings:
-        x = torch.where(is_audio.unsqueeze(-1), x / math.sqrt(c.n_codebooks + 1), x)
-    return x
-
-
-def _embed_frame(c: Consts, tables, cur, freqs_cis, pos):
-    """The step's input (B, 1, dim) from the current column cur (B, N+1, 1), and its RoPE rows."""
-    return _embed_tokens(c, tables, cur), freqs_cis[pos].view(pos.shape[0], 1, 1, -1, 2)
-
-
-def _fast_position(k, n, fast_freqs):
-    """Write position, mask and RoPE row of fast position k (a (1,) long tensor), for every stream."""
-    mask = (torch.arange(n, device=k.device) <= k).view(1, 1, 1, n)
-    return k.view(1, 1), mask, fast_freqs[k].view(1, 1, 1, -1, 2)
-
-
-def _sample(logits, window, noise, temperature, top_p, penalty, force_flag, force_value):
-    """fish-speech's logits_to_probs + multinomial_sample_one_no_sync, one row per stream.
-
-    logits (B, V) float; window (B, W) recent indices; noise (B, V) Exp(1) samples.
-    Rows with force_flag take force_value instead (teacher forcing, for checks).
-    """
-    score = torch.gather(logits, 1, window)
-    score = torch.where(score < 0, score * penalty, score / penalty)
-    logits = logits.scatter(1, window, score)
-    sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
-    cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
-    remove = cum > top_p
-    remove[:, 0] = False  # keep at least one option
-    remove = remove.scatter(1, sorted_idx, remove)
-    logits = logits.masked_fill(remove, float("-inf")) / torch.clamp(temperature, min=1e-5)
-    probs = torch.softmax(logits, dim=-1)
-    idx = torch.argmax(probs / noise, dim=-1)
-    return torch.where(force_flag, force_value, idx)
-
-
-def _frame_head(c: Consts, fd: Dims, x, delta, norm, head0, proj, blocks, k_caches, v_caches, slots,
-                fast_freqs, window, noise, sampling, force_flag, force, frame, logits_out):
-    """Codebook 0 from the last slow block's (x, delta): logits over head0's rows (0 = <|im_end|>,
-    1+c = semantic c) into logits_out, the sample into frame columns 0 (token) and 1 (code), then
-    the fast transformer's K/V at position 0 (its input: fast_project_in of the hidden state)."""
-    x = x + delta
-    logits = F.linear(_rms(x[:, 0], norm, c.head_eps), head0).float()
-    logits_out.copy_(logits)
-    idx0 = _sample(logits, window[:, 0], noise[:, 0], *sampling, force_flag, force[:, 0])
-    frame[:, 0] = torch.where(idx0 == 0, c.im_end, idx0 - 1 + c.sem_begin)
-    frame[:, 1] = torch.clamp(idx0 - 1, min=0)  # <|im_end|> feeds code 0, as decode_one_token_ar
-    y = x if proj is None else F.linear(x, *proj)
-    zero = torch.zeros(1, dtype=torch.long, device=x.device)
-    pos, mask, freqs = _fast_position(zero, k_caches[0].shape[1], fast_freqs)
-    for b, kc, vc in zip(blocks[:-1], k_caches[:-1], v_caches[:-1]):
-        h, f = _block(b, fd, y, freqs, kc, vc, slots, pos, mask)
-        y = h + f
-    _new_kv(blocks[-1], fd, y, freqs, k_caches[-1], v_caches[-1], slots, pos)
-
-
-def _codebook(c: Consts, fd: Dims, k, embedding, blocks, k_caches, v_caches, slots, fast_freqs,
-              norm, head, window, noise, sampling, force_flag, force, frame, logits_out):
-    """Codebook k (a (1,) long tensor, 1..N-1): the fast transformer on the embedding of codebook
-    k-1's code (frame column k), logits over head's rows into logits_out[:, k-1], the sample into
-    frame column k+1."""
-    y = F.embedding(frame.index_select(1, k), embedding)  # (B, 1, fast_dim)
-    pos, mask, freqs = _fast_position(k, k_caches[0].shape[1], fast_freqs)
-    for b, kc, vc in zip(blocks, k_caches, v_caches):
-        h, f = _block(b, fd, y, freqs, kc, vc, slots, pos, mask)
-        y = h + f
-    logits = F.linear(_rms(y[:, 0], norm, c.fast_eps), head).float()
-    logits_out.index_copy_(1, k - 1, logits[:, None])
-    pick = lambda t: t.index_select(1, k)[:, 0]  # this codebook's row of a (B, N, ...) buffer
-    code = _sample(logits, pick(window), pick(noise)[:, : head.shape[0]], *sampling, force_flag, pick(force))
-    frame.index_copy_(1, k + 1, code[:, None])
-
-
-def _finish(c: Consts, frame, cur, out, window, pos, t):
-    """Bookkeeping after a frame (B, N+1): next input, output column t, repetition window, positions."""
-    cur.copy_(frame[:, :, None])
-    out.index_copy_(2, t, frame[:, :, None])
-    idx0 = torch.where(frame[:, 0] == c.im_end, 0, frame[:, 1] + 1)  # the sampled head0 row
-    window.index_copy_(2, t % WINDOW, torch.cat([idx0[:, None], frame[:, 2:]], dim=1)[:, :, None])
-    pos.add_(1)
-    t.add_(1)
+def block_weights(layer) -> Block:
+    """A transformer layer's tensors as the decode step takes them (effective weights, w1|w3 stacked)."""
+    attn, ff = layer.attention, layer.feed_forward
+    qk = attn.attention_qk_norm
+    return Block(layer.attention_norm.weight.detach(), effective_weight(attn.wqkv), _bias(attn.wqkv),
+                 attn.q_norm.weight.detach() if qk else None, attn.k_norm.weight.detach() if qk else None,
+                 effective_weight(attn.wo), _bias(attn.wo), layer.ffn_norm.weight.detach(),
+                 torch.cat([effective_weight(ff.w1), effective_weight(ff.w3)]), effective_weight(ff.w2))
 
 
 class FastGenerator:
@@ -341,7 +146,7 @@ class FastGenerator:
         def cache(n_heads, length, head_dim):  # (B, kv_heads, positions, head_dim) like fish-speech's KVCache
             return torch.zeros((B, n_heads, length, head_dim), device=dev, dtype=dt)
 
-        # one spare position (never attended, see _slow_block)
+        # one spare position (never attended, see slow_block)
         self.kc = [cache(cfg.n_local_heads, self.S + 1, cfg.head_dim) for _ in m.layers]
         self.vc = [cache(cfg.n_local_heads, self.S + 1, cfg.head_dim) for _ in m.layers]
         fkv, fhd = cfg.fast_n_local_heads, cfg.fast_head_dim
@@ -373,7 +178,7 @@ class FastGenerator:
         self._pool = self.warmup_s = None
         self.refresh_weights()
         self._embed, self._slow, self._head0, self._code, self._finish = (
-            _embed_frame, _slow_block, _frame_head, _codebook, _finish)
+            embed_frame, slow_block, frame_head, codebook_step, finish_frame)
         if self.use_compile:
             for name in ("recompile_limit", "cache_size_limit"):  # one entry per shape, not per layer
                 if hasattr(torch._dynamo.config, name):
@@ -385,15 +190,15 @@ class FastGenerator:
             # attended length, marked dynamic in _step: one slow-block graph for every bucket
             self._embed, self._slow, self._head0, self._code, self._finish = (
                 torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
-                for fn in (_embed_frame, _slow_block, _frame_head, _codebook, _finish))
+                for fn in (embed_frame, slow_block, frame_head, codebook_step, finish_frame))
 
     def refresh_weights(self) -> None:
         """Re-read every weight the step uses (call after loading or changing adapters): effective
         (LoRA-merged) per-layer weights with w1|w3 concatenated, embedding tables and head rows."""
         with torch.no_grad():
             m = self.model
-            self.slow_blocks = [Block.of(layer) for layer in m.layers]
-            self.fast_blocks = [Block.of(layer) for layer in m.fast_layers]
+            self.slow_blocks = [block_weights(layer) for layer in m.layers]
+            self.fast_blocks = [block_weights(layer) for layer in m.fast_layers]
             self.tables = (effective_weight(m.embeddings), effective_weight(m.codebook_embeddings))
             self.fast_embedding = effective_weight(m.fast_embeddings)
             proj = m.fast_project_in
@@ -494,17 +299,17 @@ class FastGenerator:
         """K/V of prompt columns 0..T-2 into the cache of stream `row` (causal flash attention)."""
         n, d = tokens.shape[1] - 1, self.slow_dims
         if n > 0:
-            x = _embed_tokens(self.consts, self.tables, tokens[None, :, :n])
+            x = embed_tokens(self.consts, self.tables, tokens[None, :, :n])
             freqs = self.model.freqs_cis[:n]
             for b, kc, vc in zip(self.slow_blocks, self.kc, self.vc):
-                q, k, v = _qkv(b, d, x)
+                q, k, v = qkv(b, d, x)
                 q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
                 q, k, v = (t.transpose(1, 2) for t in (q, k, v))
                 kc[row, :, :n] = k[0]
                 vc[row, :, :n] = v[0]
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=d.n_head != d.n_local_heads)
                 h = x + F.linear(y.transpose(1, 2).reshape(1, n, d.n_head * d.head_dim), b.wo, b.wo_bias)
-                x = h + _ffn(b, d, h)
+                x = h + ffn(b, d, h)
         self.cur[row] = tokens[:, -1:]
         self.pos[row] = n
 

@@ -146,27 +146,36 @@ def _block(layer, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fus
     return h + _feed_forward(layer.feed_forward, layer.ffn_norm(h), fused)
 
 
-_compiled_block = None
+def _slow_block(layer, x, freqs_cis, block_mask=None, fused: bool = False):
+    return _block(layer, x, freqs_cis, block_mask, fused)
 
 
-def compiled_block():
-    """`_block` through torch.compile, shared by every layer (dynamo inlines the modules, so one
-    graph serves all layers of a shape). Measured on an H200 at the s1-mini shape, batch 4 x 4096:
-    LoRA 0.74 → 0.44 s/step, full 0.64 → 0.41 s/step, after ~30 s of compilation."""
-    global _compiled_block
-    if _compiled_block is None:
+def _fast_block(layer, x, freqs_cis, block_mask=None, fused: bool = False):
+    return _block(layer, x, freqs_cis, block_mask, fused)
+
+
+_compiled_blocks: dict[str, object] = {}
+
+
+def compiled_block(stack: str = "slow"):
+    """`_block` through torch.compile, one compiled function per layer stack ("slow" or "fast"),
+    shared by every layer of it (dynamo inlines the modules). Two wrappers because dynamo keys its
+    cache and its automatic-dynamic decisions by code object: the fast stack's frame counts must
+    not turn the slow stack's graph dynamic. Measured on an H200 at the s1-mini shape, batch
+    4 x 4096: LoRA 0.74 → 0.44 s/step, full 0.64 → 0.41 s/step (run 2), after ~30 s of compilation."""
+    if stack not in _compiled_blocks:
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         # dynamic=None: the first shape compiles static, a second one recompiles with the varying sizes
         # symbolic, and every later batch width / frame count reuses that graph (no compile per shape)
-        _compiled_block = torch.compile(_block, dynamic=None)
-    return _compiled_block
+        _compiled_blocks[stack] = torch.compile(_slow_block if stack == "slow" else _fast_block, dynamic=None)
+    return _compiled_blocks[stack]
 
 
 def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_blocks: bool = False,
-                block_mask=None, fused: bool = False) -> torch.Tensor:
-    block = compiled_block() if compile_blocks else _block
+                block_mask=None, fused: bool = False, stack: str = "slow") -> torch.Tensor:
+    block = compiled_block(stack) if compile_blocks else _block
     for layer in layers:
         if gradient_checkpointing and torch.is_grad_enabled():
             x = checkpoint(block, layer, x, freqs_cis, block_mask, fused, use_reentrant=False)
@@ -243,7 +252,7 @@ def fast_hidden(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_check
     dropout = any(layer.attention.dropout for layer in model.fast_layers) and model.training
     mask = segment_block_mask(x.shape[0], n, x.device) if flex_attention and not dropout else None
     return _run_layers(model.fast_layers, x, model.fast_freqs_cis[:n], gradient_checkpointing, compile_blocks, mask,
-                       fused_linears)
+                       fused_linears, stack="fast")
 
 
 def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False,

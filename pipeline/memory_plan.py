@@ -24,6 +24,8 @@ S1_MINI_VOCAB = 155_776
 # No checkpointing, measured on an H200, torch 2.11 (docs/PERFORMANCE.md, run 2): LoRA peaks at
 # 20.8 GB with micro-batch 1 x 4096 and 68.5 GB with 4 x 4096, a slope of 3.89 MB per token over
 # ~4.9 GB; full peaks at 62.5 GB with 4 x 4096. Rounded up so that a plan made from them fits.
+# Run 3 (fused cross-entropy, flex attention, fused linears): LoRA 19.1 GB at 1 x 4096 and
+# 63.0 GB at 4 x 4096 (3.57 MB/token), full 58.4 GB at 4 x 4096: the constants stay upper bounds.
 # With checkpointing: an estimate (the inputs of 28 slow layers + 4 fast layers at 10 positions,
 # ~0.2 MB) with margin; not measured yet.
 ACTIVATION_MB_PER_TOKEN = {
