@@ -22,11 +22,11 @@ from pipeline.memory_plan import plan_memory
 
 PRICES_PATH = PROJECT_ROOT / "assets" / "gpu_prices.yaml"
 COMMITTED_BENCH_DIR = PROJECT_ROOT / "assets" / "bench"
-# Throughput cost of what memory_plan may choose, measured on an H200 (docs/PERFORMANCE.md run 3:
-# LoRA micro-batch 1 x 4 against 4 x 1 in three runs: 0.62, 0.71, 0.72 of the speed) and upstream's
-# usual ~30 % for recomputing activations (not measured here).
-SMALL_MICRO_BATCH_FACTOR = 0.7
-CHECKPOINTING_FACTOR = 1 / 1.3
+# Throughput cost of what memory_plan may choose, relative to the whole batch without
+# recomputation, measured on an H200 (docs/PERFORMANCE.md, run 3): micro-batch 1 x 4 (LoRA 0.62-0.72
+# over four runs, full 0.77) and recomputed activations at micro-batch 4 (LoRA 0.70, full 0.79).
+SMALL_MICRO_BATCH_FACTOR = {"lora": 0.68, "full": 0.77}
+CHECKPOINTING_FACTOR = {"lora": 0.70, "full": 0.79}
 FRAMES_PER_SECOND = 44100 / 2048          # codec frame rate (DESIGN.md)
 CHARS_PER_TEXT_TOKEN = 3.0                # tiktoken BPE on Finnish text, measured roughly on the sample
 TOKENS_PER_CLIP_OVERHEAD = 3              # <|speaker:0|>, <|im_end|>, separators
@@ -117,9 +117,9 @@ def _planned(mode: str, config: Config, row: dict, speed: float):
     plan = plan_memory(mode, training.batch_size, training.grad_accumulation, training.max_length, row["memory_gb"],
                        checkpointing=training.gradient_checkpointing)
     if plan.micro_batch < training.batch_size:
-        speed *= SMALL_MICRO_BATCH_FACTOR
+        speed *= SMALL_MICRO_BATCH_FACTOR[mode]
     if plan.gradient_checkpointing:
-        speed *= CHECKPOINTING_FACTOR
+        speed *= CHECKPOINTING_FACTOR[mode]
     return plan, speed
 
 

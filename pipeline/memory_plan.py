@@ -26,13 +26,13 @@ S1_MINI_VOCAB = 155_776
 # ~4.9 GB; full peaks at 62.5 GB with 4 x 4096. Rounded up so that a plan made from them fits.
 # Run 3 (fused cross-entropy, flex attention, fused linears): LoRA 19.1 GB at 1 x 4096 and
 # 63.0 GB at 4 x 4096 (3.57 MB/token), full 58.4 GB at 4 x 4096: the constants stay upper bounds.
-# With checkpointing: an estimate (the inputs of 28 slow layers + 4 fast layers at 10 positions,
-# ~0.2 MB) with margin; not measured yet.
+# With checkpointing, measured in run 3: LoRA 16.0 GB and full 22.7 GB at 4 x 4096 (0.68 and
+# 0.25 MB/token by the bench's accounting), full 17.8 GB at 1 x 4096; rounded up.
 ACTIVATION_MB_PER_TOKEN = {
     ("lora", False): 3.9,
-    ("lora", True): 0.4,
+    ("lora", True): 0.75,
     ("full", False): 2.7,
-    ("full", True): 0.4,
+    ("full", True): 0.3,
 }
 CONTEXT_GB = 1.2  # CUDA context, cuBLAS workspaces, allocator fragmentation
 

@@ -90,5 +90,5 @@ def test_memory_plan_decides_fit_and_slows_small_cards():
     # a 24 GB card runs LoRA one sequence at a time and pays the measured throughput cost of that
     a10g = table.loc[("A10G-24GB", "quick_lora")]
     assert a10g.plan_brief == "1×4"
-    expected_s = 2800 * 4 * 4096 / (load_price_table()["reference_throughput"]["lora_tokens_per_s"] * 0.11 * SMALL_MICRO_BATCH_FACTOR)
+    expected_s = 2800 * 4 * 4096 / (load_price_table()["reference_throughput"]["lora_tokens_per_s"] * 0.11 * SMALL_MICRO_BATCH_FACTOR["lora"])
     assert a10g.minutes == pytest.approx(expected_s / 60, rel=0.01)
