@@ -178,6 +178,7 @@ def _set_adapter_weights(synth: Synthesizer, weights: list[float]) -> None:
             for i, weight in enumerate(weights):
                 module.set_scale(f"adapter_{i}", float(weight))
     synth.adapters = [(path, w) for (path, _), w in zip(synth.adapters, weights)]
+    synth.weights_changed()
 
 
 @dataclass

@@ -92,6 +92,11 @@ class Synthesizer:
         self._finish_init(load_codec(Path(codec_dir), device=self.device), fast=False)
         return self
 
+    def weights_changed(self) -> None:
+        """Call after changing adapter strengths in place: the fast decoder merged the old ones."""
+        if self._fastgen is not None:
+            self._fastgen.refresh_weights()
+
     def _finish_init(self, codec, fast: bool | None) -> None:
         self.codec = codec
         self.sample_rate = int(self.codec.sample_rate)

@@ -3,6 +3,7 @@ blind A/B votes and artifact disk usage, over a fake run in the real run-directo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -136,6 +137,21 @@ def test_two_adapters_stack_and_strength_zero_is_the_base(world, tiny_checkpoint
     loud, _ = pg.speak_to_file(config, cache, str(tiny_checkpoint), [(p, 1.5) for p, _ in both], "Kiitos.", **SPEAK)
     assert cache.loads == 1  # the strength change re-weighted the warm model
     assert not all(np.array_equal(a, b) for a, b in zip(base.codes, loud.codes))
+
+
+def test_reweighting_reaches_the_fast_decoder(world, tiny_checkpoint):
+    """pipeline.fastgen merges adapter weights into its own matrices: a strength change must reach them."""
+    config, paths = world
+    cache = pg.SynthCache(size=1, device="cpu", factory=functools.partial(pg.Synthesizer, fast=True))
+    adapters = [(str(paths["adapter"]), 0.0), (str(paths["second"]), 0.0)]
+    base, _ = pg.speak_to_file(config, cache, str(tiny_checkpoint), adapters, "Kiitos.", **SPEAK)
+    with cache.use(tiny_checkpoint, adapters) as synth:
+        assert synth._fastgen is not None  # the fast decoder really ran (eagerly, on the CPU)
+    loud, _ = pg.speak_to_file(config, cache, str(tiny_checkpoint), [(p, 1.5) for p, _ in adapters], "Kiitos.", **SPEAK)
+    again, _ = pg.speak_to_file(config, cache, str(tiny_checkpoint), adapters, "Kiitos.", **SPEAK)
+    assert cache.loads == 1
+    assert not all(np.array_equal(a, b) for a, b in zip(base.codes, loud.codes))
+    assert all(np.array_equal(a, b) for a, b in zip(base.codes, again.codes))
 
 
 def test_cache_reuses_reweights_and_evicts_least_recent(world, tiny_checkpoint):
