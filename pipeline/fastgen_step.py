@@ -17,6 +17,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from pipeline.gemv import linear
+
 WINDOW = 16  # repetition-penalty window (frames), as decode_n_tokens
 
 
@@ -87,7 +89,7 @@ def qkv(b: Block, d: Dims, x):
     """attention_norm, wqkv, heads, q/k norm (before RoPE): (B, T, heads, head_dim) each."""
     bsz, seqlen = x.shape[:2]
     q_size, kv_size = d.n_head * d.head_dim, d.n_local_heads * d.head_dim
-    q, k, v = F.linear(_rms(x, b.attention_norm, d.eps), b.wqkv, b.wqkv_bias).split([q_size, kv_size, kv_size], -1)
+    q, k, v = linear(_rms(x, b.attention_norm, d.eps), b.wqkv, b.wqkv_bias).split([q_size, kv_size, kv_size], -1)
     q = q.view(bsz, seqlen, d.n_head, d.head_dim)
     k = k.view(bsz, seqlen, d.n_local_heads, d.head_dim)
     v = v.view(bsz, seqlen, d.n_local_heads, d.head_dim)
@@ -132,14 +134,14 @@ def _attention(d: Dims, q, k_cache, v_cache, mask):
 
 def ffn(b: Block, d: Dims, h):
     """fish-speech's FeedForward, w2(silu(w1 x) * w3 x), with w1|w3 as one product."""
-    gate, up = F.linear(_rms(h, b.ffn_norm, d.eps), b.w13).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, b.w2)
+    gate, up = linear(_rms(h, b.ffn_norm, d.eps), b.w13).chunk(2, dim=-1)
+    return linear(F.silu(gate) * up, b.w2)
 
 
 def _block(b: Block, d: Dims, x, freqs, k_cache, v_cache, slots, pos, mask):
     """One transformer block for one new column per stream; returns (h, ffn), whose sum is its output."""
     q = _new_kv(b, d, x, freqs, k_cache, v_cache, slots, pos)
-    h = x + F.linear(_attention(d, q, k_cache, v_cache, mask), b.wo, b.wo_bias)
+    h = x + linear(_attention(d, q, k_cache, v_cache, mask), b.wo, b.wo_bias)
     return h, ffn(b, d, h)
 
 
@@ -202,12 +204,12 @@ def frame_head(c: Consts, fd: Dims, x, delta, norm, head0, proj, blocks, k_cache
     1+c = semantic c) into logits_out, the sample into frame columns 0 (token) and 1 (code), then
     the fast transformer's K/V at position 0 (its input: fast_project_in of the hidden state)."""
     x = x + delta
-    logits = F.linear(_rms(x[:, 0], norm, c.head_eps), head0).float()
+    logits = linear(_rms(x[:, 0], norm, c.head_eps), head0).float()
     logits_out.copy_(logits)
     idx0 = _sample(logits, window[:, 0], noise[:, 0], *sampling, force_flag, force[:, 0])
     frame[:, 0] = torch.where(idx0 == 0, c.im_end, idx0 - 1 + c.sem_begin)
     frame[:, 1] = torch.clamp(idx0 - 1, min=0)  # <|im_end|> feeds code 0, as decode_one_token_ar
-    y = x if proj is None else F.linear(x, *proj)
+    y = x if proj is None else linear(x, *proj)
     zero = torch.zeros(1, dtype=torch.long, device=x.device)
     pos, mask, freqs = _fast_position(zero, k_caches[0].shape[1], fast_freqs)
     for b, kc, vc in zip(blocks[:-1], k_caches[:-1], v_caches[:-1]):
@@ -226,7 +228,7 @@ def codebook_step(c: Consts, fd: Dims, k, embedding, blocks, k_caches, v_caches,
     for b, kc, vc in zip(blocks, k_caches, v_caches):
         h, f = _block(b, fd, y, freqs, kc, vc, slots, pos, mask)
         y = h + f
-    logits = F.linear(_rms(y[:, 0], norm, c.fast_eps), head).float()
+    logits = linear(_rms(y[:, 0], norm, c.fast_eps), head).float()
     logits_out.index_copy_(1, k - 1, logits[:, None])
     pick = lambda t: t.index_select(1, k)[:, 0]  # this codebook's row of a (B, N, ...) buffer
     code = _sample(logits, pick(window), pick(noise)[:, : head.shape[0]], *sampling, force_flag, pick(force))
