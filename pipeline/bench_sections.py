@@ -9,8 +9,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench import (SENTENCES, _free, _peak_gb, _sync, peak_tflops, rel_diff, synthetic_batch,
-                            time_calls, train_flops)
+from pipeline.bench import (
+    SENTENCES,
+    _free,
+    _peak_gb,
+    _sync,
+    peak_tflops,
+    rel_diff,
+    synthetic_batch,
+    time_calls,
+    train_flops,
+)
 
 # project: the step train.py runs today; fast: the same with the memory plan applied;
 # reference: upstream-style (pipeline.bench_reference). ":ckpt" / ":nockpt" force checkpointing;
@@ -27,36 +36,6 @@ TOGGLES = {
 
 
 # -- training -----------------------------------------------------------------------------------
-def _supports_compile_blocks() -> bool:
-    import inspect
-
-    from pipeline.forward import compute_loss
-
-    return "compile_blocks" in inspect.signature(compute_loss).parameters
-
-
-@contextlib.contextmanager
-def training_speedups(model, compile_blocks: bool):
-    """LoRA branches computed in bf16 under autocast (peft otherwise casts every LoRA input to the
-    fp32 adapter dtype: a full fp32 copy of each activation, kept for backward) and, where
-    forward.py has no compile switch, each transformer block compiled."""
-    import pipeline.forward as fw
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    for m in layers:
-        m.cast_input_dtype_enabled = False
-    original = fw._block
-    if compile_blocks and not _supports_compile_blocks():
-        fw._block = torch.compile(original)
-    try:
-        yield
-    finally:
-        fw._block = original
-        for m in layers:
-            m.cast_input_dtype_enabled = True
-
-
 def _project_model(args, tokenizer, device, settings):
     """Model + optimizer exactly as pipeline.train._Trainer sets them up (random weights)."""
     from fish_speech.models.text2semantic.llama import DualARTransformer
@@ -98,12 +77,10 @@ def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, 
 
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    extra = {"compile_blocks": compile_blocks} if _supports_compile_blocks() else {}
-    if options is not None:
-        extra["options"] = options
     for mb in micro_batches:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = compute_loss(model, mb, gradient_checkpointing=checkpointing, **extra)
+            out = compute_loss(model, mb, gradient_checkpointing=checkpointing, compile_blocks=compile_blocks,
+                               options=options)
         (out.loss / len(micro_batches)).backward()
         total = total + out.loss.detach() / len(micro_batches)
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -139,8 +116,10 @@ def _profile_step(step, path) -> None:
 
 
 def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir=None) -> dict:
+    from peft.helpers import disable_input_dtype_casting
+
     from pipeline.memory_plan import CONTEXT_GB, plan_memory, static_gb, workspace_gb
-    from pipeline.train_settings import TrainSettings, use_checkpointing
+    from pipeline.train_settings import TrainSettings, use_checkpointing, use_compile
 
     impl, mode, forced, card_gb, toggles = _parse_variant(name)
     args, tokenizer, _, batch_size, max_length = shapes
@@ -152,7 +131,11 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
     context = contextlib.nullcontext()
     row = {"name": name, "impl": impl, "mode": mode}
     if impl == "reference":
-        from pipeline.bench_reference import build_reference_model, reference_optimizer, reference_step
+        from pipeline.bench_reference import (
+            build_reference_model,
+            reference_optimizer,
+            reference_step,
+        )
 
         torch.manual_seed(0)
         model = build_reference_model(args, tokenizer, device, mode, settings.lora_rank, settings.lora_alpha,
@@ -175,15 +158,8 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
             row["plan"] = plan.as_dict()
         micro_batches = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, batch_size, micro)]
         bf16 = cuda and settings.precision != "fp32"
-        try:
-            from pipeline.train_settings import use_compile
-
-            compile_blocks = use_compile(settings, device)
-        except ImportError:  # train.py without a compile switch: the project step is eager
-            compile_blocks = False
-        if impl == "fast":
-            compile_blocks = cuda
-        context = training_speedups(model, compile_blocks)  # as train.py: no fp32 copies of LoRA inputs
+        compile_blocks = cuda if impl == "fast" else use_compile(settings, device)
+        context = disable_input_dtype_casting(model)  # as train.py: no fp32 copies of LoRA inputs
         options = _forward_options(toggles, compile_blocks)
 
         def step():
@@ -317,8 +293,8 @@ def _profile_generation(gen, prompt, path, frames: int = 20) -> dict:
 def bench_generate(shapes, device, tiny, profile_dir=None) -> dict:
     from fish_speech.models.text2semantic.llama import DualARTransformer
 
-    from pipeline.checkpoints import build_codec
     from pipeline.bench_reference import reference_logits
+    from pipeline.checkpoints import build_codec
     from pipeline.fastgen import FastGenerator
     from pipeline.tokens import Utterance, build_sequence
 

@@ -313,10 +313,11 @@ def _codebook_loss(base, hidden, labels, frame_pos, gradient_checkpointing, comp
     n = base.config.num_codebooks
     codes = labels[:, 1:].transpose(1, 2).reshape(-1, n)  # (B*L, N): the next column's codes
     index, real, keep = _frame_rows(frame_pos, compile_blocks, options.frames_only)
-    out = fast_hidden(base, hidden.reshape(codes.shape[0], -1)[index], codes[index].clamp(min=0),
+    frame_codes = codes[index]
+    out = fast_hidden(base, hidden.reshape(codes.shape[0], -1)[index], frame_codes.clamp(min=0),
                       gradient_checkpointing, compile_blocks, options.flex_fast_attention, options.fused_linears)
     out = out[keep] if keep is not None else out[:real]
-    targets = codes[index][:real, 1:] if keep is None else codes[keep][:, 1:]
+    targets = frame_codes[:real, 1:] if keep is None else codes[keep][:, 1:]
     vocab = min(RESIDUAL_VOCAB, base.fast_output.out_features)
     if int(targets.max()) >= vocab:
         raise ValueError(f"A residual code is >= {vocab}; these codes do not belong to this model's codec.")
