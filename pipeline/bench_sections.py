@@ -314,6 +314,7 @@ def bench_generate(shapes, device, tiny, profile_dir=None) -> dict:
     gen = FastGenerator(model, 1, max_len=max_len)
     gen.warmup()
     result["warmup_s"] = round(time.perf_counter() - started, 2)
+    result["decoder"] = "fused Triton layers" if gen.fused else "compiled layers"
     one = prompt(SENTENCES[0])
     t = time_calls(lambda: gen.generate([one], frames, stop_at_end=False), 1, 1 if tiny else 3, device)
     result["single"] = {"frames_per_s": round(frames / t["median_s"], 1), **t}

@@ -65,9 +65,12 @@ from pipeline.fastgen_step import (
     ffn,
     finish_frame,
     frame_head,
+    pick_code,
+    pick_codebook0,
     qkv,
     slow_block,
 )
+from pipeline import decode_kernels
 from pipeline.forward import unwrap
 
 RESIDUAL_VOCAB = 1024  # decode_one_token_ar samples codebooks 1.. from the first 1024 fast logits
@@ -123,7 +126,8 @@ class FastGenerator:
     """Batched codes generation for one DualARTransformer (bf16 on CUDA for speed; any device)."""
 
     def __init__(self, model, batch_size: int = 1, max_len: int | None = None,
-                 compile: bool | None = None, cuda_graph: bool | None = None, compile_mode: str | None = None):
+                 compile: bool | None = None, cuda_graph: bool | None = None, compile_mode: str | None = None,
+                 fused: bool | None = None):
         self.model = unwrap(model)
         m, cfg = self.model, self.model.config
         self.device = next(m.parameters()).device
@@ -132,6 +136,10 @@ class FastGenerator:
         self.use_compile = cuda if compile is None else compile
         self.use_graph = cuda if cuda_graph is None else (cuda_graph and cuda)
         self.B, self.N = batch_size, cfg.num_codebooks
+        # one stream on CUDA: every layer as five Triton kernels (pipeline.decode_kernels), else compiled
+        self.fused = (decode_kernels.ENABLED and cuda and batch_size == 1) if fused is None else fused
+        if self.fused and (batch_size != 1 or not decode_kernels.AVAILABLE):
+            raise ValueError("The fused decoder runs one stream (batch_size=1) and needs Triton.")
         self.S = min(int(max_len or cfg.max_seq_len), cfg.max_seq_len)
         tok = m.tokenizer
         self.im_end = tok.get_token_id("<|im_end|>")
@@ -179,6 +187,7 @@ class FastGenerator:
         self.refresh_weights()
         self._embed, self._slow, self._head0, self._code, self._finish = (
             embed_frame, slow_block, frame_head, codebook_step, finish_frame)
+        self._pick0, self._pick = pick_codebook0, pick_code
         if self.use_compile:
             for name in ("recompile_limit", "cache_size_limit"):  # one entry per shape, not per layer
                 if hasattr(torch._dynamo.config, name):
@@ -188,9 +197,10 @@ class FastGenerator:
             mode = compile_mode or os.environ.get("FASTGEN_COMPILE_MODE") or None
             # static shapes (a generator of another batch size compiles its own graphs), except the
             # attended length, marked dynamic in _step: one slow-block graph for every bucket
-            self._embed, self._slow, self._head0, self._code, self._finish = (
+            self._embed, self._slow, self._head0, self._code, self._finish, self._pick0, self._pick = (
                 torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
-                for fn in (embed_frame, slow_block, frame_head, codebook_step, finish_frame))
+                for fn in (embed_frame, slow_block, frame_head, codebook_step, finish_frame,
+                           pick_codebook0, pick_code))
 
     def refresh_weights(self) -> None:
         """Re-read every weight the step uses (call after loading or changing adapters): effective
@@ -238,11 +248,40 @@ class FastGenerator:
                        self.fast_norm, self.head_fast, *tail, self.last_fast_logits)
         self._finish(self.consts, self.frame, self.cur, self.out, self.window, self.pos, self.t)
 
+    def _fused_step(self) -> None:
+        """One frame of one stream: the layers as Triton kernels reading the position from self.pos
+        (one captured graph serves every length), the sampling pieces compiled."""
+        m, c = self.model, self.consts
+        x = self._embed(c, self.tables, self.cur, m.freqs_cis, self.pos)[0].reshape(-1)
+        x = self._fused_layers(self.slow_blocks, self._kc, self._vc, self.slow_dims, x, m.freqs_cis, self.pos)
+        self.noise.exponential_()
+        tail = (self.window, self.noise, (self.temperature, self.top_p, self.penalty), self.force_flag, self.force,
+                self.frame)
+        logits = decode_kernels.product(x, self.head0, self.norm, c.head_eps)
+        y = x if self.proj is None else decode_kernels.product(x, self.proj[0], bias=self.proj[1])
+        fast = (self.fast_blocks, self._fkc, self._fvc, self.fast_dims)
+        # position 0: the last layer only writes its K/V
+        self._fused_layers(*fast, y, m.fast_freqs_cis, self.codebook_index[0], kv_only_last=True)
+        y = self._pick0(c, logits, self.fast_embedding, *tail, self.last_logits0)
+        for k in range(1, self.N):
+            y = self._fused_layers(*fast, y, m.fast_freqs_cis, self.codebook_index[k])
+            logits = decode_kernels.product(y, self.head_fast, self.fast_norm, c.fast_eps)
+            y = self._pick(self.codebook_index[k], logits, self.fast_embedding, *tail, self.last_fast_logits)
+        self._finish(c, self.frame, self.cur, self.out, self.window, self.pos, self.t)
+
+    @staticmethod
+    def _fused_layers(blocks, k_caches, v_caches, dims, x, freqs, pos, kv_only_last=False):
+        """x through `blocks` as decode_kernels.layer launches."""
+        for i, (b, kc, vc) in enumerate(zip(blocks, k_caches, v_caches)):
+            x = decode_kernels.layer(b, dims, x, freqs, pos, kc, vc, kv_only=kv_only_last and i == len(blocks) - 1)
+        return x
+
     def _run_step(self, length: int) -> None:
         if not self.use_graph:
-            self._step(length)
+            self._fused_step() if self.fused else self._step(length)
             return
-        graph = self.graphs.get(length)
+        key = 0 if self.fused else length  # the fused step reads the length from self.pos
+        graph = self.graphs.get(key)
         if graph is None:
             graph = self._capture(length)
         graph.replay()
@@ -260,16 +299,16 @@ class FastGenerator:
             for _ in range(2):
                 self.pos.fill_(last)
                 self.t.zero_()
-                self._step(length)
+                self._fused_step() if self.fused else self._step(length)
         torch.cuda.current_stream().wait_stream(stream)
         self.pos.fill_(last)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._step(length)
+            self._fused_step() if self.fused else self._step(length)
         self._pool = graph.pool()
         for buf, value in zip((self.cur, self.pos, self.t, self.window, self.out[:, :, :1]), saved):
             buf.copy_(value)
-        self.graphs[length] = graph
+        self.graphs[0 if self.fused else length] = graph
         return graph
 
     @torch.inference_mode()
@@ -280,13 +319,13 @@ class FastGenerator:
         length = MIN_BUCKET
         while True:
             length = min(length, self.S)
-            if self.use_graph and length not in self.graphs:
+            if self.use_graph and (0 if self.fused else length) not in self.graphs:
                 self._capture(length)
             elif not self.use_graph and self.use_compile:
                 self.pos.fill_(max(length - 2, 0))
                 self.t.zero_()
                 self._step(length)
-            if length >= limit or length >= self.S:
+            if self.fused or length >= limit or length >= self.S:  # one fused graph serves every length
                 break
             length *= 2
         if self.device.type == "cuda":

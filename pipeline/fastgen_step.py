@@ -178,6 +178,31 @@ def _fast_position(k, n, fast_freqs):
     return k.view(1, 1), mask, fast_freqs[k].view(1, 1, 1, -1, 2)
 
 
+PAIRWISE_TOP_P = 1024  # the most tokens whose top-p cut is computed by pairwise ranks, not a sort
+
+
+def _beyond_top_p(logits, top_p):
+    """fish-speech's top-p cut: sort descending, cumulative softmax > top_p, the first always kept.
+
+    Up to PAIRWISE_TOP_P tokens (the residual codebooks) without a sort: a token's cumulative mass
+    is the sum over the tokens ranked at or before it (higher probability, ties by index), one
+    fused reduction over (V, V) pairs when compiled. torch.sort of 1,024 values took 22 us per
+    codebook on an H100, the pairwise reduction ~2.6 us; for codebook 0's 4,097 values the sort is
+    the faster one (docs/PERFORMANCE.md, run 4)."""
+    if logits.shape[-1] > PAIRWISE_TOP_P:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
+        remove = cum > top_p
+        remove[:, 0] = False  # keep at least one option
+        return remove.scatter(1, sorted_idx, remove)
+    probs = torch.softmax(logits, dim=-1)
+    index = torch.arange(logits.shape[-1], device=logits.device)
+    p_i, p_j = probs[:, :, None], probs[:, None, :]
+    ahead = (p_j > p_i) | ((p_j == p_i) & (index[None, None, :] <= index[None, :, None]))
+    cum = torch.where(ahead, p_j, 0.0).sum(-1)
+    return (cum > top_p) & (index[None, :] != torch.argmax(probs, dim=-1, keepdim=True))
+
+
 def _sample(logits, window, noise, temperature, top_p, penalty, force_flag, force_value):
     """fish-speech's logits_to_probs + multinomial_sample_one_no_sync, one row per stream.
 
@@ -187,15 +212,27 @@ def _sample(logits, window, noise, temperature, top_p, penalty, force_flag, forc
     score = torch.gather(logits, 1, window)
     score = torch.where(score < 0, score * penalty, score / penalty)
     logits = logits.scatter(1, window, score)
-    sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
-    cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
-    remove = cum > top_p
-    remove[:, 0] = False  # keep at least one option
-    remove = remove.scatter(1, sorted_idx, remove)
-    logits = logits.masked_fill(remove, float("-inf")) / torch.clamp(temperature, min=1e-5)
+    logits = logits.masked_fill(_beyond_top_p(logits, top_p), float("-inf")) / torch.clamp(temperature, min=1e-5)
     probs = torch.softmax(logits, dim=-1)
     idx = torch.argmax(probs / noise, dim=-1)
     return torch.where(force_flag, force_value, idx)
+
+
+def _pick_codebook0(c: Consts, logits, window, noise, sampling, force_flag, force, frame, logits_out):
+    """Codebook 0 from its logits (B, 1 + n_semantic) float: into logits_out, the sample into frame
+    columns 0 (token) and 1 (code)."""
+    logits_out.copy_(logits)
+    idx0 = _sample(logits, window[:, 0], noise[:, 0], *sampling, force_flag, force[:, 0])
+    frame[:, 0] = torch.where(idx0 == 0, c.im_end, idx0 - 1 + c.sem_begin)
+    frame[:, 1] = torch.clamp(idx0 - 1, min=0)  # <|im_end|> feeds code 0, as decode_one_token_ar
+
+
+def _pick_code(k, logits, window, noise, sampling, force_flag, force, frame, logits_out):
+    """Codebook k's (a (1,) long tensor) sample from its logits (B, V) float into frame column k+1."""
+    logits_out.index_copy_(1, k - 1, logits[:, None])
+    pick = lambda t: t.index_select(1, k)[:, 0]  # this codebook's row of a (B, N, ...) buffer
+    code = _sample(logits, pick(window), pick(noise)[:, : logits.shape[1]], *sampling, force_flag, pick(force))
+    frame.index_copy_(1, k + 1, code[:, None])
 
 
 def frame_head(c: Consts, fd: Dims, x, delta, norm, head0, proj, blocks, k_caches, v_caches, slots,
@@ -205,10 +242,7 @@ def frame_head(c: Consts, fd: Dims, x, delta, norm, head0, proj, blocks, k_cache
     the fast transformer's K/V at position 0 (its input: fast_project_in of the hidden state)."""
     x = x + delta
     logits = linear(_rms(x[:, 0], norm, c.head_eps), head0).float()
-    logits_out.copy_(logits)
-    idx0 = _sample(logits, window[:, 0], noise[:, 0], *sampling, force_flag, force[:, 0])
-    frame[:, 0] = torch.where(idx0 == 0, c.im_end, idx0 - 1 + c.sem_begin)
-    frame[:, 1] = torch.clamp(idx0 - 1, min=0)  # <|im_end|> feeds code 0, as decode_one_token_ar
+    _pick_codebook0(c, logits, window, noise, sampling, force_flag, force, frame, logits_out)
     y = x if proj is None else linear(x, *proj)
     zero = torch.zeros(1, dtype=torch.long, device=x.device)
     pos, mask, freqs = _fast_position(zero, k_caches[0].shape[1], fast_freqs)
@@ -229,10 +263,22 @@ def codebook_step(c: Consts, fd: Dims, k, embedding, blocks, k_caches, v_caches,
         h, f = _block(b, fd, y, freqs, kc, vc, slots, pos, mask)
         y = h + f
     logits = linear(_rms(y[:, 0], norm, c.fast_eps), head).float()
-    logits_out.index_copy_(1, k - 1, logits[:, None])
-    pick = lambda t: t.index_select(1, k)[:, 0]  # this codebook's row of a (B, N, ...) buffer
-    code = _sample(logits, pick(window), pick(noise)[:, : head.shape[0]], *sampling, force_flag, pick(force))
-    frame.index_copy_(1, k + 1, code[:, None])
+    _pick_code(k, logits, window, noise, sampling, force_flag, force, frame, logits_out)
+
+
+# -- the sampling pieces of the one-stream fused decoder (pipeline.decode_kernels runs the layers) --
+def pick_codebook0(c: Consts, logits, embedding, window, noise, sampling, force_flag, force, frame, logits_out):
+    """Codebook 0 from the head's flat logits; returns the fast transformer's input for codebook 1
+    (the embedding of the sampled code, flat)."""
+    _pick_codebook0(c, logits.float()[None], window, noise, sampling, force_flag, force, frame, logits_out)
+    return F.embedding(frame[0, 1], embedding)
+
+
+def pick_code(k, logits, embedding, window, noise, sampling, force_flag, force, frame, logits_out):
+    """Codebook k from the fast head's flat logits; returns the embedding of the sampled code (the
+    input for codebook k+1; unused after the last)."""
+    _pick_code(k, logits.float()[None], window, noise, sampling, force_flag, force, frame, logits_out)
+    return F.embedding(frame[0].index_select(0, k + 1), embedding).view(-1)
 
 
 def finish_frame(c: Consts, frame, cur, out, window, pos, t):

@@ -1,0 +1,240 @@
+"""Triton kernels for decoding ONE stream: a transformer layer in five launches.
+
+At batch 1 a decode layer is bound by reading its weights (~31 MB for a slow s1-mini layer) and by
+the number of kernels: the compiled layer (pipeline.fastgen_step) is ~15 kernels, most of them tiny
+element-wise passes that each cost a launch slot in the CUDA graph. Here a layer is
+
+1. `norm_linear`:  wqkv @ rmsnorm(x)            (the norm in the product's prologue)
+2. `attention`:    q/k norm, RoPE, the new K/V written into the cache, attention over positions
+                   0..pos (online softmax), one program per query head
+3. `linear` + res: x + wo @ attn                (the residual in the epilogue)
+4. `norm_swiglu`:  silu(w1 @ rmsnorm(h)) * (w3 @ rmsnorm(h))  (w1|w3 stacked, both in one program)
+5. `linear` + res: h + w2 @ u
+
+Every kernel reads the position from device memory, so the launches are captured once in a CUDA
+graph and replayed for every frame. The arithmetic follows fish-speech (RMSNorm rounded to the
+model dtype before its weight, RoPE on interleaved pairs, softmax in fp32); products accumulate in
+fp32 and round once. Tests run these kernels in Triton's interpreter on the CPU
+(TRITON_INTERPRET=1) against the compiled/eager decode step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a torch build without Triton: the fused decoder is unavailable
+    triton = None
+
+AVAILABLE = triton is not None
+# epilogues of the weight product
+PLAIN, RESIDUAL, SWIGLU = 0, 1, 2
+
+if AVAILABLE:
+
+    @triton.jit
+    def _product_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, res_ptr, bias_ptr, eps, N,
+                        K: tl.constexpr, PRE_NORM: tl.constexpr, EPILOGUE: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """y[rows] = epilogue(W[rows] @ prologue(x)); SWIGLU: W holds w1 rows then w3 rows (2N).
+
+        One memory round trip: every load (the weight rows over the whole K = BLOCK_K columns, x,
+        the norm weight, the residual) is issued before any arithmetic waits on one."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        cols = tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        tile = rows[:, None] * K + cols[None, :]
+        ok = row_ok[:, None] & col_ok[None, :]
+        w = tl.load(w_ptr + tile, mask=ok, other=0.0)
+        if EPILOGUE == 2:
+            w_up = tl.load(w_ptr + N * K + tile, mask=ok, other=0.0)
+        xv = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if EPILOGUE == 1:
+            res = tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if PRE_NORM:  # fish-speech's RMSNorm: x * rsqrt(mean(x²) + eps), rounded, then * weight
+            dtype = x_ptr.dtype.element_ty
+            g = tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            inv = 1.0 / tl.sqrt(tl.sum(xv * xv, axis=0) / K + eps)
+            xv = ((xv * inv).to(dtype).to(tl.float32) * g).to(dtype).to(tl.float32)
+        acc = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
+        if HAS_BIAS:
+            acc += bias
+        if EPILOGUE == 1:
+            acc += res
+        if EPILOGUE == 2:
+            up = tl.sum(w_up.to(tl.float32) * xv[None, :], axis=1)
+            acc = acc * tl.sigmoid(acc) * up
+        tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit
+    def _rotate(x_ptr, freqs_ptr, half, NORM: tl.constexpr, norm_ptr, eps, D: tl.constexpr):
+        """One head (D values) as RoPE'd even/odd halves in fp32 (optionally RMS-normed first)."""
+        dtype = x_ptr.dtype.element_ty
+        even = tl.load(x_ptr + 2 * half).to(tl.float32)
+        odd = tl.load(x_ptr + 2 * half + 1).to(tl.float32)
+        if NORM:  # nn.RMSNorm over the head: fp32, rounded once
+            inv = 1.0 / tl.sqrt((tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / D + eps)
+            even = (even * inv * tl.load(norm_ptr + 2 * half).to(tl.float32)).to(dtype).to(tl.float32)
+            odd = (odd * inv * tl.load(norm_ptr + 2 * half + 1).to(tl.float32)).to(dtype).to(tl.float32)
+        cos = tl.load(freqs_ptr + 2 * half).to(tl.float32)
+        sin = tl.load(freqs_ptr + 2 * half + 1).to(tl.float32)
+        return ((even * cos - odd * sin).to(dtype).to(tl.float32),
+                (odd * cos + even * sin).to(dtype).to(tl.float32))
+
+    @triton.jit
+    def _attention_kernel(qkv_ptr, q_norm_ptr, k_norm_ptr, eps, freqs_ptr, pos_ptr, k_cache_ptr, v_cache_ptr,
+                          cache_stride, out_ptr, scale, part_ptr, stat_ptr, count_ptr, chunk,
+                          N_HEAD: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr,
+                          BLOCK_L: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr):
+        """Query head h (axis 0) over cache positions [split * chunk, (split + 1) * chunk) ∩ [0, pos)
+        (axis 1: split), online softmax in fp32. Split 0 also takes the new key at pos, and the first
+        head of each group writes that key/value into the cache (the other programs never read
+        position pos from the cache: no program reads what another writes). With several splits,
+        each writes its partial (max, sum, weighted values); the last split of a head to finish
+        (an atomic count) combines them and resets the count for the next launch."""
+        h = tl.program_id(0)
+        split = tl.program_id(1)
+        kv = h // (N_HEAD // N_KV)
+        dtype = qkv_ptr.dtype.element_ty
+        pos = tl.load(pos_ptr)
+        half = tl.arange(0, D // 2)
+        dims = tl.arange(0, D)
+        rope = freqs_ptr + pos * D
+        q_even, q_odd = _rotate(qkv_ptr + h * D, rope, half, QK_NORM, q_norm_ptr, eps, D)
+        keys = k_cache_ptr + kv * cache_stride
+        values = v_cache_ptr + kv * cache_stride
+        best = tl.full((), float("-inf"), tl.float32)
+        total = tl.full((), 0.0, tl.float32)
+        acc = tl.zeros((D,), dtype=tl.float32)
+        if split == 0:
+            k_even, k_odd = _rotate(qkv_ptr + (N_HEAD + kv) * D, rope, half, QK_NORM, k_norm_ptr, eps, D)
+            v_new = tl.load(qkv_ptr + (N_HEAD + N_KV + kv) * D + dims).to(tl.float32)
+            if h % (N_HEAD // N_KV) == 0:
+                tl.store(keys + pos * D + 2 * half, k_even.to(dtype))
+                tl.store(keys + pos * D + 2 * half + 1, k_odd.to(dtype))
+                tl.store(values + pos * D + dims, v_new.to(dtype))
+            best = (tl.sum(q_even * k_even, axis=0) + tl.sum(q_odd * k_odd, axis=0)) * scale
+            total = tl.full((), 1.0, tl.float32)
+            acc = v_new
+        q = tl.reshape(tl.join(q_even, q_odd), (D,)) * scale  # interleaved back: q0, q1, q2, ...
+        start = split * chunk
+        stop = tl.minimum(start + chunk, pos)
+        while start < stop:  # (a while loop: Triton's interpreter cannot take a loaded bound in range())
+            at = start + tl.arange(0, BLOCK_L)
+            seen = at < stop
+            k = tl.load(keys + at[:, None] * D + dims[None, :], mask=seen[:, None], other=0.0).to(tl.float32)
+            v = tl.load(values + at[:, None] * D + dims[None, :], mask=seen[:, None], other=0.0).to(tl.float32)
+            s = tl.where(seen, tl.sum(k * q[None, :], axis=1), float("-inf"))
+            new_best = tl.maximum(best, tl.max(s, axis=0))  # finite: position `start` is seen
+            shrink = tl.exp(best - new_best)
+            p = tl.exp(s - new_best)
+            total = total * shrink + tl.sum(p, axis=0)
+            acc = acc * shrink + tl.sum(p[:, None] * v, axis=0)
+            best = new_best
+            start += BLOCK_L
+        if SPLITS == 1:
+            tl.store(out_ptr + h * D + dims, (acc / total).to(out_ptr.dtype.element_ty))
+        else:
+            slot = h * SPLITS + split
+            tl.store(part_ptr + slot * D + dims, acc)
+            tl.store(stat_ptr + 2 * slot, best)
+            tl.store(stat_ptr + 2 * slot + 1, total)
+            if tl.atomic_add(count_ptr + h, 1, sem="acq_rel") == SPLITS - 1:  # the last split of head h
+                splits = tl.arange(0, SPLITS_POW2)
+                real = splits < SPLITS
+                slots = h * SPLITS + splits
+                bests = tl.load(stat_ptr + 2 * slots, mask=real, other=float("-inf"), cache_modifier=".cg")
+                weights = tl.exp(bests - tl.max(bests, axis=0))  # split 0 is never empty: max finite
+                totals = tl.load(stat_ptr + 2 * slots + 1, mask=real, other=0.0, cache_modifier=".cg")
+                parts = tl.load(part_ptr + slots[:, None] * D + dims[None, :], mask=real[:, None], other=0.0,
+                                cache_modifier=".cg")
+                y = tl.sum(weights[:, None] * parts, axis=0) / tl.sum(weights * totals, axis=0)
+                tl.store(out_ptr + h * D + dims, y.to(out_ptr.dtype.element_ty))
+                tl.atomic_xchg(count_ptr + h, 0)
+
+
+# -- launch configuration -----------------------------------------------------------------------
+# Two weight rows per program, 4 warps: the fastest or within 3 % of it for every s1-mini product
+# shape on an H100, timed one launch at a time inside a CUDA graph with the weights cycled past the
+# L2 cache (8 configurations from 1 to 16 rows; docs/PERFORMANCE.md, run 4). Fewer, larger
+# programs lose up to 2x on the 1,024-row products (too few loads in flight per SM).
+ROWS_PER_PROGRAM, PRODUCT_WARPS = 2, 4
+# attention: cache positions per loop step, warps, and the most programs one head is split over
+ATTENTION_BLOCK, ATTENTION_WARPS, MAX_SPLITS = 128, 8, 16
+
+
+def _launch_product(x, weight, out, n, epilogue, norm=None, eps=0.0, residual=None, bias=None):
+    k = weight.shape[1]
+    _product_kernel[(triton.cdiv(n, ROWS_PER_PROGRAM),)](
+        x, weight, out, norm if norm is not None else x, residual if residual is not None else x,
+        bias if bias is not None else x, eps, n, K=k, PRE_NORM=norm is not None, EPILOGUE=epilogue,
+        HAS_BIAS=bias is not None, BLOCK_N=ROWS_PER_PROGRAM, BLOCK_K=triton.next_power_of_2(k),
+        num_warps=PRODUCT_WARPS)
+    return out
+
+
+def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=False):
+    """epilogue(weight @ prologue(x)) for ONE row x (any shape with x.numel() == weight.shape[1] (or
+    the norm's length)): prologue = fish-speech RMSNorm with `norm` (if given); epilogue = + bias,
+    + residual, or silu(first half) * second half of the rows (swiglu). Returns a flat vector."""
+    n = weight.shape[0] // 2 if swiglu else weight.shape[0]
+    epilogue = SWIGLU if swiglu else RESIDUAL if residual is not None else PLAIN
+    out = torch.empty(n, device=x.device, dtype=x.dtype)
+    return _launch_product(x.reshape(-1), weight, out, n, epilogue, norm, eps,
+                           None if residual is None else residual.reshape(-1), bias)
+
+
+_scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _split_scratch(device, n_head: int, splits: int, head_dim: int):
+    """Partial results and per-head counts of split attention, one set per shape and device (reused
+    by every launch: decoding runs its launches one after another on one stream)."""
+    key = (str(device), n_head, splits, head_dim)
+    if key not in _scratch:
+        _scratch[key] = (torch.empty(n_head * splits * head_dim, device=device, dtype=torch.float32),
+                         torch.empty(n_head * splits * 2, device=device, dtype=torch.float32),
+                         torch.zeros(n_head, device=device, dtype=torch.int32))  # each launch leaves it 0
+    return _scratch[key]
+
+
+def attention(qkv, dims, freqs, pos, k_cache, v_cache, q_norm=None, k_norm=None):
+    """Attention of one new position: qkv (the wqkv output, flat), freqs (positions, D/2, 2), pos a
+    (1,) long tensor, caches (kv_heads, positions, D) contiguous (written at pos in place). A long
+    cache is split over up to MAX_SPLITS programs per head (one per ATTENTION_BLOCK positions)."""
+    length, head_dim = k_cache.shape[1], dims.head_dim
+    block = min(ATTENTION_BLOCK, triton.next_power_of_2(length))
+    splits = min(MAX_SPLITS, triton.cdiv(length, block))
+    chunk = triton.cdiv(triton.cdiv(length, splits), block) * block
+    out = torch.empty(dims.n_head * head_dim, device=qkv.device, dtype=qkv.dtype)
+    part, stat, count = _split_scratch(qkv.device, dims.n_head, splits, head_dim)
+    qk = q_norm is not None
+    _attention_kernel[(dims.n_head, splits)](
+        qkv, q_norm if qk else qkv, k_norm if qk else qkv, dims.qk_eps or 0.0, freqs, pos, k_cache, v_cache,
+        k_cache.stride(0), out, 1.0 / math.sqrt(head_dim), part, stat, count, chunk, N_HEAD=dims.n_head,
+        N_KV=dims.n_local_heads, D=head_dim, QK_NORM=qk, BLOCK_L=block, SPLITS=splits,
+        SPLITS_POW2=triton.next_power_of_2(splits),
+        num_warps=ATTENTION_WARPS if block * head_dim >= 16384 else 4)
+    return out
+
+
+def layer(b, dims, x, freqs, pos, k_cache, v_cache, kv_only: bool = False):
+    """One decode layer for one stream, x (dim,) → (dim,) (b: pipeline.fastgen_step.Block).
+    kv_only: write this position's K/V and stop (the last fast layer at position 0)."""
+    qkv = product(x, b.wqkv, b.attention_norm, dims.eps, bias=b.wqkv_bias)
+    attn = attention(qkv, dims, freqs, pos, k_cache, v_cache, b.q_norm, b.k_norm)
+    if kv_only:
+        return x
+    h = product(attn, b.wo, residual=x, bias=b.wo_bias)
+    return product(product(h, b.w13, b.ffn_norm, dims.eps, swiglu=True), b.w2, residual=h)
+
+
+ENABLED = AVAILABLE and os.environ.get("FASTGEN_FUSED", "1") != "0"
