@@ -1,21 +1,22 @@
-"""Triton kernels for decoding ONE stream: a transformer layer in five launches.
+"""Triton kernels for decoding: a transformer layer in five launches, for 1..MAX_STREAMS streams.
 
-At batch 1 a decode layer is bound by reading its weights (~31 MB for a slow s1-mini layer) and by
-the number of kernels: the compiled layer (pipeline.fastgen_step) is ~15 kernels, most of them tiny
-element-wise passes that each cost a launch slot in the CUDA graph. Here a layer is
+Decoding a few streams is bound by reading the weights (~31 MB per slow s1-mini layer, read once
+for all streams) and by the number of kernels: the compiled layer (pipeline.fastgen_step) is ~15
+kernels, most of them tiny element-wise passes that each cost a launch slot in the CUDA graph.
+Here a layer is
 
-1. `norm_linear`:  wqkv @ rmsnorm(x)            (the norm in the product's prologue)
-2. `attention`:    q/k norm, RoPE, the new K/V written into the cache, attention over positions
-                   0..pos (online softmax), one program per query head
-3. `linear` + res: x + wo @ attn                (the residual in the epilogue)
-4. `norm_swiglu`:  silu(w1 @ rmsnorm(h)) * (w3 @ rmsnorm(h))  (w1|w3 stacked, both in one program)
-5. `linear` + res: h + w2 @ u
+1. wqkv @ rmsnorm(x)                             (the norm in the product's prologue)
+2. attention: q/k norm, RoPE, the new K/V written into the cache, attention over positions
+   0..pos (online softmax, a long cache split over several programs per head)
+3. x + wo @ attn                                  (the residual in the product's epilogue)
+4. silu(w1 @ rmsnorm(h)) * (w3 @ rmsnorm(h))      (w1|w3 stacked, both rows in one program)
+5. h + w2 @ u
 
-Every kernel reads the position from device memory, so the launches are captured once in a CUDA
+Every kernel reads the positions from device memory, so the launches are captured once in a CUDA
 graph and replayed for every frame. The arithmetic follows fish-speech (RMSNorm rounded to the
 model dtype before its weight, RoPE on interleaved pairs, softmax in fp32); products accumulate in
 fp32 and round once. Tests run these kernels in Triton's interpreter on the CPU
-(TRITON_INTERPRET=1) against the compiled/eager decode step.
+(TRITON_INTERPRET=1) against the compiled/eager decode step, and compile them for sm_90.
 """
 
 from __future__ import annotations
@@ -40,39 +41,44 @@ if AVAILABLE:
     @triton.jit
     def _product_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, res_ptr, bias_ptr, eps, N,
                         K: tl.constexpr, PRE_NORM: tl.constexpr, EPILOGUE: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """y[rows] = epilogue(W[rows] @ prologue(x)); SWIGLU: W holds w1 rows then w3 rows (2N).
+                        HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        STREAMS: tl.constexpr):
+        """y[s, rows] = epilogue(W[rows] @ prologue(x[s])) for each of STREAMS rows of x; SWIGLU: W
+        holds w1 rows then w3 rows (2N).
 
-        One memory round trip: every load (the weight rows over the whole K = BLOCK_K columns, x,
-        the norm weight, the residual) is issued before any arithmetic waits on one."""
+        One memory round trip: the weight rows over the whole K (BLOCK_K columns, a power of two)
+        are loaded first, once for all streams, then x, the norm weight and the residual (L2 hits),
+        all before the first reduction waits on them."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         cols = tl.arange(0, BLOCK_K)
         col_ok = cols < K
         tile = rows[:, None] * K + cols[None, :]
         ok = row_ok[:, None] & col_ok[None, :]
-        w = tl.load(w_ptr + tile, mask=ok, other=0.0)
+        w = tl.load(w_ptr + tile, mask=ok, other=0.0).to(tl.float32)
         if EPILOGUE == 2:
-            w_up = tl.load(w_ptr + N * K + tile, mask=ok, other=0.0)
-        xv = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if EPILOGUE == 1:
-            res = tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+            w_up = tl.load(w_ptr + N * K + tile, mask=ok, other=0.0).to(tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if PRE_NORM:  # fish-speech's RMSNorm: x * rsqrt(mean(x²) + eps), rounded, then * weight
-            dtype = x_ptr.dtype.element_ty
+        if PRE_NORM:
             g = tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            inv = 1.0 / tl.sqrt(tl.sum(xv * xv, axis=0) / K + eps)
-            xv = ((xv * inv).to(dtype).to(tl.float32) * g).to(dtype).to(tl.float32)
-        acc = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
-        if HAS_BIAS:
-            acc += bias
-        if EPILOGUE == 1:
-            acc += res
-        if EPILOGUE == 2:
-            up = tl.sum(w_up.to(tl.float32) * xv[None, :], axis=1)
-            acc = acc * tl.sigmoid(acc) * up
-        tl.store(y_ptr + rows, acc.to(y_ptr.dtype.element_ty), mask=row_ok)
+        for stream in tl.static_range(STREAMS):
+            xv = tl.load(x_ptr + stream * K + cols, mask=col_ok, other=0.0).to(tl.float32)
+            if EPILOGUE == 1:
+                res = tl.load(res_ptr + stream * N + rows, mask=row_ok, other=0.0).to(tl.float32)
+            if PRE_NORM:  # fish-speech's RMSNorm: x * rsqrt(mean(x²) + eps), rounded, then * weight
+                dtype = x_ptr.dtype.element_ty
+                inv = 1.0 / tl.sqrt(tl.sum(xv * xv, axis=0) / K + eps)
+                xv = ((xv * inv).to(dtype).to(tl.float32) * g).to(dtype).to(tl.float32)
+            acc = tl.sum(w * xv[None, :], axis=1)
+            if HAS_BIAS:
+                acc += bias
+            if EPILOGUE == 1:
+                acc += res
+            if EPILOGUE == 2:
+                up = tl.sum(w_up * xv[None, :], axis=1)
+                acc = acc * tl.sigmoid(acc) * up
+            tl.store(y_ptr + stream * N + rows, acc.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     @triton.jit
     def _rotate(x_ptr, freqs_ptr, half, NORM: tl.constexpr, norm_ptr, eps, D: tl.constexpr):
@@ -90,27 +96,54 @@ if AVAILABLE:
                 (odd * cos + even * sin).to(dtype).to(tl.float32))
 
     @triton.jit
+    def _cache_block(keys, values, at, seen, D: tl.constexpr):
+        """Keys and values of cache positions `at` (zeros where not `seen`), fp32."""
+        dims = tl.arange(0, D)
+        k = tl.load(keys + at[:, None] * D + dims[None, :], mask=seen[:, None], other=0.0).to(tl.float32)
+        v = tl.load(values + at[:, None] * D + dims[None, :], mask=seen[:, None], other=0.0).to(tl.float32)
+        return k, v
+
+    @triton.jit
+    def _attend(q, k, v, seen, best, total, acc):
+        """Online-softmax update with one block of keys/values (at least one position seen)."""
+        s = tl.where(seen, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        new_best = tl.maximum(best, tl.max(s, axis=0))
+        shrink = tl.exp(best - new_best)
+        p = tl.exp(s - new_best)
+        return new_best, total * shrink + tl.sum(p, axis=0), acc * shrink + tl.sum(p[:, None] * v, axis=0)
+
+    @triton.jit
     def _attention_kernel(qkv_ptr, q_norm_ptr, k_norm_ptr, eps, freqs_ptr, pos_ptr, k_cache_ptr, v_cache_ptr,
-                          cache_stride, out_ptr, scale, part_ptr, stat_ptr, count_ptr, chunk,
+                          cache_stride, out_ptr, scale, part_ptr, stat_ptr, count_ptr, chunk, pos_stride,
                           N_HEAD: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr,
                           BLOCK_L: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr):
-        """Query head h (axis 0) over cache positions [split * chunk, (split + 1) * chunk) ∩ [0, pos)
-        (axis 1: split), online softmax in fp32. Split 0 also takes the new key at pos, and the first
+        """Query head h (axis 0) of stream b (axis 2) over cache positions [split * chunk, (split + 1)
+        * chunk) ∩ [0, pos) (axis 1: split), online softmax in fp32; pos = pos_ptr[b * pos_stride],
+        the stream's cache rows b * N_KV + kv. Split 0 also takes the new key at pos, and the first
         head of each group writes that key/value into the cache (the other programs never read
         position pos from the cache: no program reads what another writes). With several splits,
         each writes its partial (max, sum, weighted values); the last split of a head to finish
         (an atomic count) combines them and resets the count for the next launch."""
         h = tl.program_id(0)
         split = tl.program_id(1)
+        b = tl.program_id(2)
         kv = h // (N_HEAD // N_KV)
         dtype = qkv_ptr.dtype.element_ty
-        pos = tl.load(pos_ptr)
+        pos = tl.load(pos_ptr + b * pos_stride)
+        qkv_ptr += b * (N_HEAD + 2 * N_KV) * D
+        out_ptr += b * N_HEAD * D
+        head = b * N_HEAD + h  # this program's row of the split scratch
+        keys = k_cache_ptr + (b * N_KV + kv) * cache_stride
+        values = v_cache_ptr + (b * N_KV + kv) * cache_stride
+        start = split * chunk
+        stop = tl.minimum(start + chunk, pos)
+        # the first block's loads go out before the RoPE arithmetic: one memory round trip less
+        at = start + tl.arange(0, BLOCK_L)
+        k_first, v_first = _cache_block(keys, values, at, at < stop, D)
         half = tl.arange(0, D // 2)
         dims = tl.arange(0, D)
         rope = freqs_ptr + pos * D
         q_even, q_odd = _rotate(qkv_ptr + h * D, rope, half, QK_NORM, q_norm_ptr, eps, D)
-        keys = k_cache_ptr + kv * cache_stride
-        values = v_cache_ptr + kv * cache_stride
         best = tl.full((), float("-inf"), tl.float32)
         total = tl.full((), 0.0, tl.float32)
         acc = tl.zeros((D,), dtype=tl.float32)
@@ -125,32 +158,25 @@ if AVAILABLE:
             total = tl.full((), 1.0, tl.float32)
             acc = v_new
         q = tl.reshape(tl.join(q_even, q_odd), (D,)) * scale  # interleaved back: q0, q1, q2, ...
-        start = split * chunk
-        stop = tl.minimum(start + chunk, pos)
+        if start < stop:
+            best, total, acc = _attend(q, k_first, v_first, at < stop, best, total, acc)
+        start += BLOCK_L
         while start < stop:  # (a while loop: Triton's interpreter cannot take a loaded bound in range())
             at = start + tl.arange(0, BLOCK_L)
-            seen = at < stop
-            k = tl.load(keys + at[:, None] * D + dims[None, :], mask=seen[:, None], other=0.0).to(tl.float32)
-            v = tl.load(values + at[:, None] * D + dims[None, :], mask=seen[:, None], other=0.0).to(tl.float32)
-            s = tl.where(seen, tl.sum(k * q[None, :], axis=1), float("-inf"))
-            new_best = tl.maximum(best, tl.max(s, axis=0))  # finite: position `start` is seen
-            shrink = tl.exp(best - new_best)
-            p = tl.exp(s - new_best)
-            total = total * shrink + tl.sum(p, axis=0)
-            acc = acc * shrink + tl.sum(p[:, None] * v, axis=0)
-            best = new_best
+            k, v = _cache_block(keys, values, at, at < stop, D)
+            best, total, acc = _attend(q, k, v, at < stop, best, total, acc)
             start += BLOCK_L
         if SPLITS == 1:
             tl.store(out_ptr + h * D + dims, (acc / total).to(out_ptr.dtype.element_ty))
         else:
-            slot = h * SPLITS + split
+            slot = head * SPLITS + split
             tl.store(part_ptr + slot * D + dims, acc)
             tl.store(stat_ptr + 2 * slot, best)
             tl.store(stat_ptr + 2 * slot + 1, total)
-            if tl.atomic_add(count_ptr + h, 1, sem="acq_rel") == SPLITS - 1:  # the last split of head h
+            if tl.atomic_add(count_ptr + head, 1, sem="acq_rel") == SPLITS - 1:  # the last split of this head
                 splits = tl.arange(0, SPLITS_POW2)
                 real = splits < SPLITS
-                slots = h * SPLITS + splits
+                slots = head * SPLITS + splits
                 bests = tl.load(stat_ptr + 2 * slots, mask=real, other=float("-inf"), cache_modifier=".cg")
                 weights = tl.exp(bests - tl.max(bests, axis=0))  # split 0 is never empty: max finite
                 totals = tl.load(stat_ptr + 2 * slots + 1, mask=real, other=0.0, cache_modifier=".cg")
@@ -158,7 +184,7 @@ if AVAILABLE:
                                 cache_modifier=".cg")
                 y = tl.sum(weights[:, None] * parts, axis=0) / tl.sum(weights * totals, axis=0)
                 tl.store(out_ptr + h * D + dims, y.to(out_ptr.dtype.element_ty))
-                tl.atomic_xchg(count_ptr + h, 0)
+                tl.atomic_xchg(count_ptr + head, 0)
 
 
 # -- launch configuration -----------------------------------------------------------------------
@@ -171,63 +197,58 @@ ROWS_PER_PROGRAM, PRODUCT_WARPS = 2, 4
 ATTENTION_BLOCK, ATTENTION_WARPS, MAX_SPLITS = 128, 8, 16
 
 
-def _launch_product(x, weight, out, n, epilogue, norm=None, eps=0.0, residual=None, bias=None):
+def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=False):
+    """epilogue(weight @ prologue(x)) for each row of x (B, K): prologue = fish-speech RMSNorm with
+    `norm` (if given); epilogue = + bias, + residual (B, N), or silu(first half) * second half of
+    the rows (swiglu). Returns (B, N)."""
     k = weight.shape[1]
+    n = weight.shape[0] // 2 if swiglu else weight.shape[0]
+    x = x.reshape(-1, k)
+    out = torch.empty((x.shape[0], n), device=x.device, dtype=x.dtype)
     _product_kernel[(triton.cdiv(n, ROWS_PER_PROGRAM),)](
         x, weight, out, norm if norm is not None else x, residual if residual is not None else x,
-        bias if bias is not None else x, eps, n, K=k, PRE_NORM=norm is not None, EPILOGUE=epilogue,
-        HAS_BIAS=bias is not None, BLOCK_N=ROWS_PER_PROGRAM, BLOCK_K=triton.next_power_of_2(k),
-        num_warps=PRODUCT_WARPS)
+        bias if bias is not None else x, eps, n, K=k, PRE_NORM=norm is not None,
+        EPILOGUE=SWIGLU if swiglu else RESIDUAL if residual is not None else PLAIN, HAS_BIAS=bias is not None,
+        BLOCK_N=ROWS_PER_PROGRAM, BLOCK_K=triton.next_power_of_2(k), STREAMS=x.shape[0], num_warps=PRODUCT_WARPS)
     return out
-
-
-def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=False):
-    """epilogue(weight @ prologue(x)) for ONE row x (any shape with x.numel() == weight.shape[1] (or
-    the norm's length)): prologue = fish-speech RMSNorm with `norm` (if given); epilogue = + bias,
-    + residual, or silu(first half) * second half of the rows (swiglu). Returns a flat vector."""
-    n = weight.shape[0] // 2 if swiglu else weight.shape[0]
-    epilogue = SWIGLU if swiglu else RESIDUAL if residual is not None else PLAIN
-    out = torch.empty(n, device=x.device, dtype=x.dtype)
-    return _launch_product(x.reshape(-1), weight, out, n, epilogue, norm, eps,
-                           None if residual is None else residual.reshape(-1), bias)
 
 
 _scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _split_scratch(device, n_head: int, splits: int, head_dim: int):
+def _split_scratch(device, heads: int, splits: int, head_dim: int):
     """Partial results and per-head counts of split attention, one set per shape and device (reused
     by every launch: decoding runs its launches one after another on one stream)."""
-    key = (str(device), n_head, splits, head_dim)
+    key = (str(device), heads, splits, head_dim)
     if key not in _scratch:
-        _scratch[key] = (torch.empty(n_head * splits * head_dim, device=device, dtype=torch.float32),
-                         torch.empty(n_head * splits * 2, device=device, dtype=torch.float32),
-                         torch.zeros(n_head, device=device, dtype=torch.int32))  # each launch leaves it 0
+        _scratch[key] = (torch.empty(heads * splits * head_dim, device=device, dtype=torch.float32),
+                         torch.empty(heads * splits * 2, device=device, dtype=torch.float32),
+                         torch.zeros(heads, device=device, dtype=torch.int32))  # each launch leaves it 0
     return _scratch[key]
 
 
 def attention(qkv, dims, freqs, pos, k_cache, v_cache, q_norm=None, k_norm=None):
-    """Attention of one new position: qkv (the wqkv output, flat), freqs (positions, D/2, 2), pos a
-    (1,) long tensor, caches (kv_heads, positions, D) contiguous (written at pos in place). A long
-    cache is split over up to MAX_SPLITS programs per head (one per ATTENTION_BLOCK positions)."""
-    length, head_dim = k_cache.shape[1], dims.head_dim
+    """Attention of one new position per stream: qkv (B, wqkv rows), freqs (positions, D/2, 2), pos
+    (B,) or (1,) long (one position for every stream), caches (B * kv_heads, positions, D)
+    contiguous, written at pos in place. A long cache is split over up to MAX_SPLITS programs per
+    head (one per ATTENTION_BLOCK positions). Returns (B, heads * D)."""
+    streams, length, head_dim = qkv.shape[0], k_cache.shape[1], dims.head_dim
     block = min(ATTENTION_BLOCK, triton.next_power_of_2(length))
     splits = min(MAX_SPLITS, triton.cdiv(length, block))
     chunk = triton.cdiv(triton.cdiv(length, splits), block) * block
-    out = torch.empty(dims.n_head * head_dim, device=qkv.device, dtype=qkv.dtype)
-    part, stat, count = _split_scratch(qkv.device, dims.n_head, splits, head_dim)
+    out = torch.empty((streams, dims.n_head * head_dim), device=qkv.device, dtype=qkv.dtype)
+    part, stat, count = _split_scratch(qkv.device, streams * dims.n_head, splits, head_dim)
     qk = q_norm is not None
-    _attention_kernel[(dims.n_head, splits)](
+    _attention_kernel[(dims.n_head, splits, streams)](
         qkv, q_norm if qk else qkv, k_norm if qk else qkv, dims.qk_eps or 0.0, freqs, pos, k_cache, v_cache,
-        k_cache.stride(0), out, 1.0 / math.sqrt(head_dim), part, stat, count, chunk, N_HEAD=dims.n_head,
-        N_KV=dims.n_local_heads, D=head_dim, QK_NORM=qk, BLOCK_L=block, SPLITS=splits,
-        SPLITS_POW2=triton.next_power_of_2(splits),
-        num_warps=ATTENTION_WARPS if block * head_dim >= 16384 else 4)
+        k_cache.stride(0), out, 1.0 / math.sqrt(head_dim), part, stat, count, chunk, int(pos.numel() > 1),
+        N_HEAD=dims.n_head, N_KV=dims.n_local_heads, D=head_dim, QK_NORM=qk, BLOCK_L=block, SPLITS=splits,
+        SPLITS_POW2=triton.next_power_of_2(splits), num_warps=ATTENTION_WARPS if block * head_dim >= 16384 else 4)
     return out
 
 
 def layer(b, dims, x, freqs, pos, k_cache, v_cache, kv_only: bool = False):
-    """One decode layer for one stream, x (dim,) → (dim,) (b: pipeline.fastgen_step.Block).
+    """One decode layer, x (B, dim) → (B, dim) (b: pipeline.fastgen_step.Block).
     kv_only: write this position's K/V and stop (the last fast layer at position 0)."""
     qkv = product(x, b.wqkv, b.attention_norm, dims.eps, bias=b.wqkv_bias)
     attn = attention(qkv, dims, freqs, pos, k_cache, v_cache, b.q_norm, b.k_norm)
@@ -238,3 +259,4 @@ def layer(b, dims, x, freqs, pos, k_cache, v_cache, kv_only: bool = False):
 
 
 ENABLED = AVAILABLE and os.environ.get("FASTGEN_FUSED", "1") != "0"
+MAX_STREAMS = 16  # the weight tile stays in registers while each stream's row is multiplied

@@ -136,10 +136,13 @@ class FastGenerator:
         self.use_compile = cuda if compile is None else compile
         self.use_graph = cuda if cuda_graph is None else (cuda_graph and cuda)
         self.B, self.N = batch_size, cfg.num_codebooks
-        # one stream on CUDA: every layer as five Triton kernels (pipeline.decode_kernels), else compiled
+        # one stream on CUDA: every layer as five Triton kernels (pipeline.decode_kernels); several
+        # streams: the compiled layers (cuBLAS's batched products beat the kernels' per-stream
+        # reductions: 8 streams 2,192 vs 1,530 frames/s on an H100, docs/PERFORMANCE.md run 4)
+        small = batch_size <= decode_kernels.MAX_STREAMS
         self.fused = (decode_kernels.ENABLED and cuda and batch_size == 1) if fused is None else fused
-        if self.fused and (batch_size != 1 or not decode_kernels.AVAILABLE):
-            raise ValueError("The fused decoder runs one stream (batch_size=1) and needs Triton.")
+        if self.fused and not (small and decode_kernels.AVAILABLE):
+            raise ValueError(f"The fused decoder needs Triton and at most {decode_kernels.MAX_STREAMS} streams.")
         self.S = min(int(max_len or cfg.max_seq_len), cfg.max_seq_len)
         tok = m.tokenizer
         self.im_end = tok.get_token_id("<|im_end|>")
@@ -249,10 +252,10 @@ class FastGenerator:
         self._finish(self.consts, self.frame, self.cur, self.out, self.window, self.pos, self.t)
 
     def _fused_step(self) -> None:
-        """One frame of one stream: the layers as Triton kernels reading the position from self.pos
-        (one captured graph serves every length), the sampling pieces compiled."""
+        """One frame of every stream: the layers as Triton kernels reading the positions from
+        self.pos (one captured graph serves every length), the sampling pieces compiled."""
         m, c = self.model, self.consts
-        x = self._embed(c, self.tables, self.cur, m.freqs_cis, self.pos)[0].reshape(-1)
+        x = self._embed(c, self.tables, self.cur, m.freqs_cis, self.pos)[0].reshape(self.B, -1)
         x = self._fused_layers(self.slow_blocks, self._kc, self._vc, self.slow_dims, x, m.freqs_cis, self.pos)
         self.noise.exponential_()
         tail = (self.window, self.noise, (self.temperature, self.top_p, self.penalty), self.force_flag, self.force,

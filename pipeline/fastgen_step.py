@@ -266,19 +266,19 @@ def codebook_step(c: Consts, fd: Dims, k, embedding, blocks, k_caches, v_caches,
     _pick_code(k, logits, window, noise, sampling, force_flag, force, frame, logits_out)
 
 
-# -- the sampling pieces of the one-stream fused decoder (pipeline.decode_kernels runs the layers) --
+# -- the sampling pieces of the fused decoder (pipeline.decode_kernels runs the layers) -------------
 def pick_codebook0(c: Consts, logits, embedding, window, noise, sampling, force_flag, force, frame, logits_out):
-    """Codebook 0 from the head's flat logits; returns the fast transformer's input for codebook 1
-    (the embedding of the sampled code, flat)."""
-    _pick_codebook0(c, logits.float()[None], window, noise, sampling, force_flag, force, frame, logits_out)
-    return F.embedding(frame[0, 1], embedding)
+    """Codebook 0 from the head's logits (B, 1 + n_semantic); returns the fast transformer's input
+    for codebook 1: the embedding of each stream's sampled code (B, fast_dim)."""
+    _pick_codebook0(c, logits.float(), window, noise, sampling, force_flag, force, frame, logits_out)
+    return F.embedding(frame[:, 1], embedding)
 
 
 def pick_code(k, logits, embedding, window, noise, sampling, force_flag, force, frame, logits_out):
-    """Codebook k from the fast head's flat logits; returns the embedding of the sampled code (the
-    input for codebook k+1; unused after the last)."""
-    _pick_code(k, logits.float()[None], window, noise, sampling, force_flag, force, frame, logits_out)
-    return F.embedding(frame[0].index_select(0, k + 1), embedding).view(-1)
+    """Codebook k from the fast head's logits (B, V); returns the embedding of each stream's sampled
+    code (B, fast_dim): the input for codebook k+1 (unused after the last)."""
+    _pick_code(k, logits.float(), window, noise, sampling, force_flag, force, frame, logits_out)
+    return F.embedding(frame.index_select(1, k + 1)[:, 0], embedding)
 
 
 def finish_frame(c: Consts, frame, cur, out, window, pos, t):
