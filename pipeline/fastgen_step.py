@@ -190,7 +190,7 @@ def _beyond_top_p(logits, top_p):
     codebook on an H100, the pairwise reduction ~2.6 us; for codebook 0's 4,097 values the sort is
     the faster one (docs/PERFORMANCE.md, run 4)."""
     if logits.shape[-1] > PAIRWISE_TOP_P:
-        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True, stable=True)  # ties by index
         cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
         remove = cum > top_p
         remove[:, 0] = False  # keep at least one option

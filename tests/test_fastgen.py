@@ -243,3 +243,25 @@ def test_compiled_step_matches_eager_in_few_graphs_without_cache_copies(lm):
     assert not [s for s in shapes if s[-1] == str(model.config.head_dim)
                 and any(d == str(gen.S + 1) or not d.isdigit() for d in s)]
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("vocab", [64, 1024, 1500])  # pairwise ranks up to 1,024 tokens, a sort above
+def test_top_p_cut_matches_a_stable_sort(vocab):
+    """The decoder's top-p cut (pipeline.fastgen_step._beyond_top_p) removes exactly what fish-speech's
+    sort + cumulative softmax removes, ties ranked by index (a stable sort), the top token kept."""
+    from pipeline.fastgen_step import _beyond_top_p
+
+    g = torch.Generator().manual_seed(vocab)
+    # bf16-rounded logits (many exact ties, as the decoder's are), held in float64 so that the two
+    # summation orders cannot straddle the threshold
+    logits = (torch.randn(4, vocab, generator=g) * 3).to(torch.bfloat16).double()
+    logits[3] = logits[3, 0]  # a row of nothing but ties
+    for top_p in (1e-4, 0.3, 0.8, 0.999):  # (at 1.0 either order may round the last sum past it)
+        top = torch.tensor(top_p, dtype=torch.float64)
+        ordered, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+        remove = torch.cumsum(torch.softmax(ordered, dim=-1), dim=-1) > top
+        remove[:, 0] = False
+        want = remove.scatter(1, order, remove)
+        got = _beyond_top_p(logits, top)
+        assert torch.equal(got, want), (top_p, (got != want).sum())
+        assert not got.all(-1).any()  # something always survives
