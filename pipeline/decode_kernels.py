@@ -173,6 +173,7 @@ if AVAILABLE:
             tl.store(part_ptr + slot * D + dims, acc)
             tl.store(stat_ptr + 2 * slot, best)
             tl.store(stat_ptr + 2 * slot + 1, total)
+            tl.debug_barrier()  # every thread's partial stores before the one atomic that releases them
             if tl.atomic_add(count_ptr + head, 1, sem="acq_rel") == SPLITS - 1:  # the last split of this head
                 splits = tl.arange(0, SPLITS_POW2)
                 real = splits < SPLITS
@@ -201,6 +202,8 @@ def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=Fals
     """epilogue(weight @ prologue(x)) for each row of x (B, K): prologue = fish-speech RMSNorm with
     `norm` (if given); epilogue = + bias, + residual (B, N), or silu(first half) * second half of
     the rows (swiglu). Returns (B, N)."""
+    if not all(t is None or t.is_contiguous() for t in (weight, norm, residual, bias)):
+        raise ValueError("decode_kernels.product takes contiguous tensors (row-major weights).")
     k = weight.shape[1]
     n = weight.shape[0] // 2 if swiglu else weight.shape[0]
     x = x.reshape(-1, k)
@@ -232,6 +235,8 @@ def attention(qkv, dims, freqs, pos, k_cache, v_cache, q_norm=None, k_norm=None)
     (B,) or (1,) long (one position for every stream), caches (B * kv_heads, positions, D)
     contiguous, written at pos in place. A long cache is split over up to MAX_SPLITS programs per
     head (one per ATTENTION_BLOCK positions). Returns (B, heads * D)."""
+    if not all(t.is_contiguous() for t in (qkv, freqs, k_cache, v_cache)):
+        raise ValueError("decode_kernels.attention takes contiguous qkv, freqs and caches.")
     streams, length, head_dim = qkv.shape[0], k_cache.shape[1], dims.head_dim
     block = min(ATTENTION_BLOCK, triton.next_power_of_2(length))
     splits = min(MAX_SPLITS, triton.cdiv(length, block))

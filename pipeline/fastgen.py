@@ -293,10 +293,11 @@ class FastGenerator:
     def _capture(self, length: int) -> torch.cuda.CUDAGraph:
         """Warm the compiled pieces for this length on a side stream, then capture one step.
 
-        The warm-up steps scribble on the caches and state; `start` resets what matters (the
-        prompt is prefilled again and every later cache position is masked until written)."""
+        The warm-up steps scribble on the caches and state; the state is restored, and the cache
+        position they write is at or after every stream's next position (inside the bucket), so
+        no prompt K/V is overwritten: that position is written again before anything reads it."""
         saved = [t.clone() for t in (self.cur, self.pos, self.t, self.window, self.out[:, :, :1])]
-        last = max(length - 2, 0)  # warm-up positions stay inside the bucket
+        last = min(max(length - 2, int(self.pos.max())), length - 1)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -328,7 +329,7 @@ class FastGenerator:
             elif not self.use_graph and self.use_compile:
                 self.pos.fill_(max(length - 2, 0))
                 self.t.zero_()
-                self._step(length)
+                self._fused_step() if self.fused else self._step(length)
             if self.fused or length >= limit or length >= self.S:  # one fused graph serves every length
                 break
             length *= 2

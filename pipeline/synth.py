@@ -52,6 +52,15 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _triton_errors() -> tuple[type[Exception], ...]:
+    """Triton's compile and launch errors (not RuntimeErrors), if Triton is installed."""
+    try:
+        from triton.errors import TritonError
+    except ImportError:
+        return ()
+    return (TritonError,)
+
+
 class Synthesizer:
     """Loaded models, kept warm between `speak` calls."""
 
@@ -185,15 +194,25 @@ class Synthesizer:
 
         from pipeline.fastgen import FastGenerator
 
-        try:
-            if self._fastgen is None:
-                self._fastgen = FastGenerator(self.model, batch_size=1)
-                self._fastgen.warmup(max_position=2048)  # longer contexts are captured when first needed
-            rows = self._fastgen.generate([prompt_tokens], max_new_tokens, temperature, top_p, repetition_penalty)[0]
-        except (RuntimeError, NotImplementedError) as exc:  # compiler/graph trouble: fall back, keep speaking
-            logging.getLogger(__name__).warning("fast generation unavailable (%s); using fish-speech's generate", exc)
-            self.fast, self._fastgen = False, None
-            return None
+        fused = None  # FastGenerator's choice (the Triton layers on CUDA), then the compiled layers
+        while True:
+            try:
+                if self._fastgen is None:
+                    self._fastgen = FastGenerator(self.model, batch_size=1, fused=fused)
+                    self._fastgen.warmup(max_position=2048)  # longer contexts are captured when first needed
+                rows = self._fastgen.generate([prompt_tokens], max_new_tokens, temperature, top_p,
+                                              repetition_penalty)[0]
+                break
+            except (RuntimeError, NotImplementedError, *_triton_errors()) as exc:  # compiler/graph trouble
+                failed, self._fastgen = self._fastgen, None
+                if failed is not None and failed.fused:
+                    logging.getLogger(__name__).warning("fused decoder failed (%s); using the compiled layers", exc)
+                    fused = False
+                    continue
+                logging.getLogger(__name__).warning("fast generation unavailable (%s); using fish-speech's generate",
+                                                    exc)
+                self.fast = False
+                return None
         if rows.shape[1] and int(rows[0, -1]) == self._im_end:
             rows = rows[:, :-1]  # <|im_end|> is not audio
         return rows[1:].to(torch.long)

@@ -136,6 +136,30 @@ def test_synthesizer_fast_path_speaks(tiny_checkpoint):
     assert __import__("numpy").array_equal(a.audio, b.audio)
 
 
+def test_synthesizer_falls_back_from_the_fused_decoder_to_the_compiled_layers(tiny_checkpoint, monkeypatch):
+    """A fused decoder that fails (e.g. a Triton compile error on an unusual GPU) is replaced by the
+    compiled layers, not by fish-speech's slow generate, and the request still gets its audio."""
+    import pipeline.fastgen as fastgen
+    from pipeline import decode_kernels
+    from pipeline.synth import Synthesizer
+
+    class FusedFirst(fastgen.FastGenerator):  # as on a GPU: fused unless told otherwise
+        def __init__(self, model, batch_size=1, fused=None, **kwargs):
+            super().__init__(model, batch_size, fused=fused is None, **kwargs)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ptxas fatal: simulated")
+
+    if not decode_kernels.AVAILABLE:
+        pytest.skip("no Triton in this torch build")
+    monkeypatch.setattr(fastgen, "FastGenerator", FusedFirst)
+    monkeypatch.setattr(decode_kernels, "layer", broken)
+    synth = Synthesizer(tiny_checkpoint, device="cpu", fast=True)
+    speech = synth.speak("Hyvää huomenta!", max_new_tokens=6, seed=3)
+    assert synth.fast and synth._fastgen is not None and not synth._fastgen.fused
+    assert 0 < speech.frames <= 6
+
+
 def _rows(gen):
     return [gen.im_end] + list(range(gen.sem_begin, gen.sem_end + 1))
 
