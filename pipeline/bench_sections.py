@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -104,15 +105,15 @@ def _parse_variant(name: str):
             set(toggles))
 
 
-def _profile_step(step, path) -> None:
-    """One more step under torch.profiler: the kernels that take the time, as a table."""
+def _profiled(run, path, rows: int = 45):
+    """`run()` under torch.profiler; the kernels that take the time written to `path` as a table."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step()
+        run()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=45, max_name_column_width=90)
-    path.write_text(table)
+    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=90))
+    return prof
 
 
 def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir=None) -> dict:
@@ -166,7 +167,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
             losses.append(_project_step(model, optimizer, params, micro_batches, ckpt, bf16, settings.grad_clip,
                                         device, compile_blocks, options))
 
-        row["options"] = dict(vars(options)) if hasattr(options, "__dict__") else str(options)
+        row["options"] = dataclasses.asdict(options)
 
         row.update(gradient_checkpointing=ckpt, compile_blocks=compile_blocks, micro_batch=micro, grad_accumulation=accumulation,
                    weights="bf16 frozen + fp32 LoRA" if mode == "lora" else "fp32 master, bf16 autocast")
@@ -174,7 +175,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
     with context:
         timing = time_calls(step, warmup, repeat, device)
         if profile_dir and cuda:
-            _profile_step(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
+            _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
     flops = train_flops(args, batch, mode, lora_params)
     peak = _peak_gb(device)
     step_s = timing["median_s"]
@@ -279,13 +280,8 @@ def bench_extract(shapes, device, tiny) -> dict:
 # -- generation ---------------------------------------------------------------------------------
 def _profile_generation(gen, prompt, path, frames: int = 20) -> dict:
     """Kernels of `frames` decode steps (CUDA-graph replays) by GPU time, as a table; kernels per frame."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        gen.generate([prompt], frames, stop_at_end=False)
-        torch.cuda.synchronize()
+    prof = _profiled(lambda: gen.generate([prompt], frames, stop_at_end=False), path, rows=40)
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
     return {"kernels_per_frame": round(len(kernels) / frames, 1),
             "kernel_ms_per_frame": round(sum(e.device_time for e in kernels) / 1e3 / frames, 3)}
 

@@ -208,12 +208,20 @@ def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=Fals
     n = weight.shape[0] // 2 if swiglu else weight.shape[0]
     x = x.reshape(-1, k)
     out = torch.empty((x.shape[0], n), device=x.device, dtype=x.dtype)
-    _product_kernel[(triton.cdiv(n, ROWS_PER_PROGRAM),)](
-        x, weight, out, norm if norm is not None else x, residual if residual is not None else x,
-        bias if bias is not None else x, eps, n, K=k, PRE_NORM=norm is not None,
-        EPILOGUE=SWIGLU if swiglu else RESIDUAL if residual is not None else PLAIN, HAS_BIAS=bias is not None,
-        BLOCK_N=ROWS_PER_PROGRAM, BLOCK_K=triton.next_power_of_2(k), STREAMS=x.shape[0], num_warps=PRODUCT_WARPS)
+    grid, consts = product_launch(n, k, x.shape[0], norm is not None,
+                                  SWIGLU if swiglu else RESIDUAL if residual is not None else PLAIN, bias is not None)
+    _product_kernel[grid](x, weight, out, norm if norm is not None else x, residual if residual is not None else x,
+                          bias if bias is not None else x, eps, n, **consts, num_warps=PRODUCT_WARPS)
     return out
+
+
+def product_launch(n: int, k: int, streams: int = 1, pre_norm: bool = False, epilogue: int = PLAIN,
+                   bias: bool = False) -> tuple[tuple[int], dict]:
+    """The grid and compile-time arguments of `_product_kernel` for an (n, k) weight (also what
+    pipeline.gemv launches inside the compiled layers)."""
+    return (triton.cdiv(n, ROWS_PER_PROGRAM),), {
+        "K": k, "PRE_NORM": pre_norm, "EPILOGUE": epilogue, "HAS_BIAS": bias, "BLOCK_N": ROWS_PER_PROGRAM,
+        "BLOCK_K": triton.next_power_of_2(k), "STREAMS": streams}
 
 
 _scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -280,12 +280,17 @@ class FastGenerator:
             x = decode_kernels.layer(b, dims, x, freqs, pos, kc, vc, kv_only=kv_only_last and i == len(blocks) - 1)
         return x
 
+    def _frame(self, length: int) -> None:
+        self._fused_step() if self.fused else self._step(length)
+
+    def _graph_key(self, length: int) -> int:
+        return 0 if self.fused else length  # the fused step reads the length from self.pos: one graph
+
     def _run_step(self, length: int) -> None:
         if not self.use_graph:
-            self._fused_step() if self.fused else self._step(length)
+            self._frame(length)
             return
-        key = 0 if self.fused else length  # the fused step reads the length from self.pos
-        graph = self.graphs.get(key)
+        graph = self.graphs.get(self._graph_key(length))
         if graph is None:
             graph = self._capture(length)
         graph.replay()
@@ -304,16 +309,16 @@ class FastGenerator:
             for _ in range(2):
                 self.pos.fill_(last)
                 self.t.zero_()
-                self._fused_step() if self.fused else self._step(length)
+                self._frame(length)
         torch.cuda.current_stream().wait_stream(stream)
         self.pos.fill_(last)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self._fused_step() if self.fused else self._step(length)
+            self._frame(length)
         self._pool = graph.pool()
         for buf, value in zip((self.cur, self.pos, self.t, self.window, self.out[:, :, :1]), saved):
             buf.copy_(value)
-        self.graphs[0 if self.fused else length] = graph
+        self.graphs[self._graph_key(length)] = graph
         return graph
 
     @torch.inference_mode()
@@ -324,12 +329,12 @@ class FastGenerator:
         length = MIN_BUCKET
         while True:
             length = min(length, self.S)
-            if self.use_graph and (0 if self.fused else length) not in self.graphs:
+            if self.use_graph and self._graph_key(length) not in self.graphs:
                 self._capture(length)
             elif not self.use_graph and self.use_compile:
                 self.pos.fill_(max(length - 2, 0))
                 self.t.zero_()
-                self._fused_step() if self.fused else self._step(length)
+                self._frame(length)
             if self.fused or length >= limit or length >= self.S:  # one fused graph serves every length
                 break
             length *= 2

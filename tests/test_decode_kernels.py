@@ -115,9 +115,7 @@ def test_kernels_compile_for_sm90():
     product_sig = {**{p: "*bf16" for p in ptr}, "eps": "fp32", "N": "i32"}
     for k, norm, epilogue, streams in [(1024, True, 0, 1), (3072, False, 1, 1), (1024, True, 2, 1),
                                        (1024, True, 2, 8), (3072, False, 1, 8), (1024, True, 0, 6)]:
-        block_k = triton.next_power_of_2(k)
-        consts = {"K": k, "PRE_NORM": norm, "EPILOGUE": epilogue, "HAS_BIAS": False, "BLOCK_N": 2,
-                  "BLOCK_K": block_k, "STREAMS": streams}
+        consts = decode_kernels.product_launch(1024, k, streams, norm, epilogue)[1]
         sig = product_sig | {c: "constexpr" for c in consts}
         triton.compile(ASTSource(decode_kernels._product_kernel, sig, consts), target=target,
                        options={"num_warps": decode_kernels.PRODUCT_WARPS})
