@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import re
 import time
 from pathlib import Path
 
@@ -22,9 +24,10 @@ from pipeline.bench import (
     train_flops,
 )
 
-# project: the step train.py runs today; fast: the same with the memory plan applied;
-# reference: upstream-style (pipeline.bench_reference). ":ckpt" / ":nockpt" force checkpointing;
-# "@40" plans memory (micro-batch, accumulation, checkpointing) as for a 40 GB card;
+# project: the step train.py runs, with the memory plan train.py makes for this card ("fast" is
+# the same, kept for older command lines); reference: upstream-style (pipeline.bench_reference).
+# ":ckpt" / ":nockpt" force checkpointing; "@40" plans memory (micro-batch, accumulation,
+# checkpointing) as for a 40 GB card instead of this one;
 # "+toggle" switches one speed-up off (TOGGLES) to measure what it brings.
 DEFAULT_VARIANTS = ["reference-lora", "reference-full", "project-lora", "project-full", "fast-lora@40", "fast-full@80"]
 TOGGLES = {
@@ -105,14 +108,37 @@ def _parse_variant(name: str):
             set(toggles))
 
 
-def _profiled(run, path, rows: int = 45):
-    """`run()` under torch.profiler; the kernels that take the time written to `path` as a table."""
+# kernel name patterns -> what the GPU time went to (first match wins)
+KERNEL_GROUPS = [
+    ("attention", r"flash|fmha|cudnn|attention|flex"),
+    ("matmul", r"gemm|nvjet|cutlass|sm90_xmma|ampere_|matmul|_mm_|splitk"),
+    ("random (dropout masks)", r"philox|rand|dropout|bernoulli"),
+    ("reduction (norms, softmax, loss)", r"triton_(red|per)_|reduce|softmax|norm"),
+    ("element-wise", r"triton_poi_|elementwise|vectorized|copy|cat|fill"),
+]
+
+
+def kernel_groups(prof) -> dict:
+    """GPU milliseconds per KERNEL_GROUPS category (plus "other") of a torch.profiler run."""
+    groups: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type.name != "CUDA" or not event.self_device_time_total:
+            continue
+        name = event.key.lower()
+        group = next((g for g, pattern in KERNEL_GROUPS if re.search(pattern, name)), "other")
+        groups[group] = groups.get(group, 0.0) + event.self_device_time_total / 1e3
+    return {g: round(ms, 2) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])}
+
+
+def _profiled(run, path, rows: int = 60):
+    """`run()` under torch.profiler; its kernels by GPU time written to `path` as a table."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
-    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=90))
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=110)
+    path.write_text(json.dumps(kernel_groups(prof), indent=1) + "\n" + table)
     return prof
 
 
@@ -149,10 +175,10 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         row.update(gradient_checkpointing=True, micro_batch=batch_size, grad_accumulation=1, weights="bf16")
     else:
         model, optimizer, params = _project_model(args, tokenizer, device, settings)
-        if impl == "project" or not cuda:  # what train.py decides today
+        if not cuda:
             ckpt = use_checkpointing(settings, device) if forced is None else forced
             micro, accumulation = batch_size, 1
-        else:
+        else:  # what train.py does on a GPU: the memory plan for this card (or for @GB)
             total_gb = card_gb or torch.cuda.get_device_properties(device).total_memory / 1e9
             plan = plan_memory(mode, batch_size, 1, max_length, total_gb, "auto" if forced is None else forced)
             ckpt, micro, accumulation = plan.gradient_checkpointing, plan.micro_batch, plan.grad_accumulation
@@ -175,7 +201,8 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
     with context:
         timing = time_calls(step, warmup, repeat, device)
         if profile_dir and cuda:
-            _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
+            prof = _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
+            row["gpu_ms_by_kind"] = kernel_groups(prof)
     flops = train_flops(args, batch, mode, lora_params)
     peak = _peak_gb(device)
     step_s = timing["median_s"]

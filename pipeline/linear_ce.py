@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.fused_linear import lora_branches
+from pipeline.lora_down import low_rank_inputs
 
 
 def head_operands(head: torch.nn.Module, x: torch.Tensor, rows: int | None = None):
@@ -31,7 +32,7 @@ def head_operands(head: torch.nn.Module, x: torch.Tensor, rows: int | None = Non
     base, branches = parts
     if not branches:
         return x, base.weight[:rows], None, None
-    x_extra = torch.cat([a(dropout(x)) * scale for a, dropout, scale, _ in branches], -1)
+    x_extra = low_rank_inputs(x, branches)
     w_extra = torch.cat([b.weight[:rows] for *_, b in branches], -1)
     return x, base.weight[:rows], x_extra, w_extra
 

@@ -1,0 +1,270 @@
+"""LoRA's down-projection with its dropout mask made inside the kernel (Triton, training on a GPU).
+
+peft computes a LoRA branch as B(A(dropout(x))) * scale. Compiled, the dropout is a per-element
+Philox draw fused into the kernel before it (10 rounds of 32-bit multiplies for one bit of
+information per element), its output x_drop (rows x K) is written, read by the rank-8 matmul, and
+kept for A's gradient. With the s1-mini shape that is ~7 billion draws per step (the fast
+transformer runs 10 positions per audio frame): a third of the step's element-wise time
+(docs/PERFORMANCE.md, `+dropout0`).
+
+Here one kernel reads x, draws the mask and multiplies by A in registers: x_drop never exists.
+Each Philox call gives 128 bits, used as eight 16-bit uniforms for eight elements, so p is
+rounded to a multiple of 1/65536 (0.01 becomes 0.0099945) and the kept values are scaled by
+1/(1-p) with that rounded p (unbiased, as dropout requires). The mask is a pure function of
+(seed, row, column), so the backward kernels draw it again instead of storing it. Every adapter
+gets its own seed: masks are independent across adapters and across calls, as with peft.
+
+`low_rank_inputs` is the entry point: the scaled low-rank activations of several adapters that
+share an input, on any device (torch's dropout where the kernel does not apply). Tests run the
+kernels in Triton's interpreter on the CPU and compile them for sm_90; the speed is measured by
+`python -m pipeline bench` (docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pipeline import decode_kernels
+
+triton = decode_kernels.triton
+ENABLED = triton is not None and os.environ.get("LORA_DROPOUT_KERNEL", "1") != "0"
+UNIFORM_BITS = 16  # resolution of the dropout draw: p is rounded to a multiple of 2**-16
+ROWS, COLS, RANK_PAD = 64, 128, 16  # tile of x per step; ranks padded for the tensor cores
+MAX_ADAPTERS = 8
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _keep(seed, rows, k0, K, threshold, COLS: tl.constexpr):
+        """Keep-mask (ROWS x COLS) of x[rows, k0:k0+COLS]: one Philox call per 8 consecutive columns,
+        its four 32-bit words split into eight 16-bit uniforms; kept where uniform >= threshold."""
+        groups = k0 // 8 + tl.arange(0, COLS // 8)
+        counter = rows[:, None] * (K // 8) + groups[None, :]
+        w0, w1, w2, w3 = tl.randint4x(seed, counter)
+        h = tl.join(tl.join(tl.join(w0 & 0xFFFF, w0 >> 16), tl.join(w1 & 0xFFFF, w1 >> 16)),
+                    tl.join(tl.join(w2 & 0xFFFF, w2 >> 16), tl.join(w3 & 0xFFFF, w3 >> 16)))
+        return tl.reshape(h, [rows.shape[0], COLS]) >= threshold
+
+    @triton.jit
+    def _mask_kernel(out_ptr, seed_ptr, M, K, threshold, ROWS: tl.constexpr, COLS: tl.constexpr):
+        """The mask itself (tests: the kernels below must use exactly this mask)."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.program_id(1) * COLS + tl.arange(0, COLS)
+        keep = _keep(tl.load(seed_ptr), rows, tl.program_id(1) * COLS, K, threshold, COLS)
+        inside = (rows < M)[:, None] & (cols < K)[None, :]
+        tl.store(out_ptr + rows[:, None] * K + cols[None, :], keep.to(tl.int8), mask=inside)
+
+    @triton.jit
+    def _down_kernel(x_ptr, a_ptr, u_ptr, seed_ptr, scale_ptr, M, K, stride_x, threshold,
+                     RANK: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, RANK_PAD: tl.constexpr):
+        """u[:, a*RANK:(a+1)*RANK] = scale[a] * (x * keep_a) @ A[a].T for row block program_id(0),
+        adapter program_id(1); A is (adapters, RANK, K)."""
+        adapter = tl.program_id(1)
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        ranks = tl.arange(0, RANK_PAD)
+        seed = tl.load(seed_ptr) + adapter
+        acc = tl.zeros([ROWS, RANK_PAD], dtype=tl.float32)
+        k0 = 0
+        while k0 < K:  # (while: Triton's interpreter cannot take a runtime bound in range())
+            cols = k0 + tl.arange(0, COLS)
+            x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :],
+                        mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+            x = tl.where(_keep(seed, rows, k0, K, threshold, COLS), x, 0.0)
+            a = tl.load(a_ptr + adapter * RANK * K + ranks[None, :] * K + cols[:, None],
+                        mask=(ranks < RANK)[None, :] & (cols < K)[:, None], other=0.0)
+            acc = tl.dot(x, a.to(x.dtype), acc)
+            k0 += COLS
+        u = acc * tl.load(scale_ptr + adapter)
+        tl.store(u_ptr + rows[:, None] * (RANK * tl.num_programs(1)) + adapter * RANK + ranks[None, :],
+                 u.to(u_ptr.dtype.element_ty), mask=(rows < M)[:, None] & (ranks < RANK)[None, :])
+
+    @triton.jit
+    def _grad_input_kernel(gx_ptr, gu_ptr, a_ptr, out_ptr, seed_ptr, scale_ptr, M, K, stride_gx, stride_gu,
+                           threshold, ADAPTERS: tl.constexpr, HAS_BASE: tl.constexpr, RANK: tl.constexpr,
+                           ROWS: tl.constexpr, COLS: tl.constexpr, RANK_PAD: tl.constexpr):
+        """out = g_x + sum_a scale[a] * keep_a * (g_u_a @ A[a]) for one (rows, cols) tile (g_x = 0
+        without HAS_BASE)."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.program_id(1) * COLS + tl.arange(0, COLS)
+        k0 = tl.program_id(1) * COLS
+        ranks = tl.arange(0, RANK_PAD)
+        inside = (rows < M)[:, None] & (cols < K)[None, :]
+        out = tl.zeros([ROWS, COLS], dtype=tl.float32)
+        if HAS_BASE:
+            out += tl.load(gx_ptr + rows[:, None] * stride_gx + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        for adapter in tl.static_range(ADAPTERS):
+            gu = tl.load(gu_ptr + rows[:, None] * stride_gu + adapter * RANK + ranks[None, :],
+                         mask=(rows < M)[:, None] & (ranks < RANK)[None, :], other=0.0)
+            a = tl.load(a_ptr + adapter * RANK * K + ranks[:, None] * K + cols[None, :],
+                        mask=(ranks < RANK)[:, None] & (cols < K)[None, :], other=0.0)
+            part = tl.dot(gu, a.to(gu.dtype)) * tl.load(scale_ptr + adapter)
+            keep = _keep(tl.load(seed_ptr) + adapter, rows, k0, K, threshold, COLS)
+            out += tl.where(keep, part, 0.0)
+        tl.store(out_ptr + rows[:, None] * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _grad_weight_kernel(x_ptr, gu_ptr, part_ptr, seed_ptr, scale_ptr, M, K, stride_x, stride_gu, threshold,
+                            RANK: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, RANK_PAD: tl.constexpr):
+        """partial[split, a] = scale[a] * g_u_a.T @ (x * keep_a) over this split's row blocks, for one
+        column block (program_id(0)), split (program_id(1)) and adapter (program_id(2))."""
+        adapter, split, splits = tl.program_id(2), tl.program_id(1), tl.num_programs(1)
+        cols = tl.program_id(0) * COLS + tl.arange(0, COLS)
+        k0 = tl.program_id(0) * COLS
+        ranks = tl.arange(0, RANK_PAD)
+        seed = tl.load(seed_ptr) + adapter
+        acc = tl.zeros([RANK_PAD, COLS], dtype=tl.float32)
+        start = split * ROWS
+        while start < M:
+            rows = start + tl.arange(0, ROWS)
+            x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :],
+                        mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+            x = tl.where(_keep(seed, rows, k0, K, threshold, COLS), x, 0.0)
+            gu = tl.load(gu_ptr + rows[:, None] * stride_gu + adapter * RANK + ranks[None, :],
+                         mask=(rows < M)[:, None] & (ranks < RANK)[None, :], other=0.0)
+            acc = tl.dot(tl.trans(gu.to(x.dtype)), x, acc)
+            start += splits * ROWS
+        acc = acc * tl.load(scale_ptr + adapter)
+        base = part_ptr + (split * tl.num_programs(2) + adapter) * RANK * K
+        tl.store(base + ranks[:, None] * K + cols[None, :], acc, mask=(ranks < RANK)[:, None] & (cols < K)[None, :])
+
+    def _grid_splits(M: int, K: int, adapters: int, device) -> int:
+        """Row splits of the weight-gradient kernel: ~2 programs per SM in all."""
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        blocks = triton.cdiv(K, COLS) * adapters
+        return max(1, min(triton.cdiv(M, ROWS), 2 * sms // blocks))
+
+    def launch_down(launch, x, a, seed, scale, threshold):
+        M, K = x.shape
+        adapters, rank, _ = a.shape
+        u = torch.empty(M, adapters * rank, device=x.device, dtype=x.dtype)
+        launch(_down_kernel, (triton.cdiv(M, ROWS), adapters))(
+            x, a, u, seed, scale, M, K, x.stride(0), threshold, RANK=rank, ROWS=ROWS, COLS=COLS, RANK_PAD=RANK_PAD)
+        return u
+
+    def launch_grad_input(launch, gx, gu, a, seed, scale, threshold, M, K):
+        adapters, rank, _ = a.shape
+        out = torch.empty(M, K, device=gu.device, dtype=gu.dtype)
+        launch(_grad_input_kernel, (triton.cdiv(M, ROWS), triton.cdiv(K, COLS)))(
+            gu if gx is None else gx, gu, a, out, seed, scale, M, K, 0 if gx is None else gx.stride(0), gu.stride(0),
+            threshold, ADAPTERS=adapters, HAS_BASE=gx is not None, RANK=rank, ROWS=ROWS, COLS=COLS, RANK_PAD=RANK_PAD)
+        return out
+
+    def launch_grad_weight(launch, x, gu, a, seed, scale, threshold):
+        M, K = x.shape
+        adapters, rank, _ = a.shape
+        splits = _grid_splits(M, K, adapters, x.device)
+        part = torch.empty(splits, adapters, rank, K, device=x.device, dtype=torch.float32)
+        launch(_grad_weight_kernel, (triton.cdiv(K, COLS), splits, adapters))(
+            x, gu, part, seed, scale, M, K, x.stride(0), gu.stride(0), threshold,
+            RANK=rank, ROWS=ROWS, COLS=COLS, RANK_PAD=RANK_PAD)
+        return part.sum(0)  # a fixed order: deterministic, unlike atomics
+
+    def _direct(kernel, grid):
+        return kernel[grid]
+
+    def _wrapped(kernel, grid):
+        return torch.library.wrap_triton(kernel)[grid]
+
+    @torch.library.triton_op("finnish_tts::lora_down", mutates_args=())
+    def _down_op(x: torch.Tensor, a: torch.Tensor, seed: torch.Tensor, scale: torch.Tensor,
+                 threshold: int) -> torch.Tensor:
+        return launch_down(_wrapped, x, a, seed, scale, threshold)
+
+    @torch.library.triton_op("finnish_tts::lora_down_grad_input", mutates_args=())
+    def _grad_input_op(gx: torch.Tensor | None, gu: torch.Tensor, a: torch.Tensor, seed: torch.Tensor,
+                       scale: torch.Tensor, threshold: int, M: int, K: int) -> torch.Tensor:
+        return launch_grad_input(_wrapped, gx, gu, a, seed, scale, threshold, M, K)
+
+    @torch.library.triton_op("finnish_tts::lora_down_grad_weight", mutates_args=())
+    def _grad_weight_op(x: torch.Tensor, gu: torch.Tensor, a: torch.Tensor, seed: torch.Tensor,
+                        scale: torch.Tensor, threshold: int) -> torch.Tensor:
+        return launch_grad_weight(_wrapped, x, gu, a, seed, scale, threshold)
+
+    def keep_mask(seed: torch.Tensor, M: int, K: int, threshold: int) -> torch.Tensor:
+        """The (M, K) keep-mask the kernels draw for `seed` (bool), launched directly (tests)."""
+        out = torch.empty(M, K, dtype=torch.int8, device=seed.device)
+        _mask_kernel[(triton.cdiv(M, ROWS), triton.cdiv(K, COLS))](out, seed, M, K, threshold, ROWS=ROWS, COLS=COLS)
+        return out.bool()
+
+
+def threshold_for(p: float) -> int:
+    """The 16-bit draw below which an element is dropped: p rounded to a multiple of 2**-16."""
+    return round(p * (1 << UNIFORM_BITS))
+
+
+def kernel_applies(x: torch.Tensor, branches) -> bool:
+    """Whether the kernel computes these branches [(A, dropout, scale, B)] for x: training-mode
+    nn.Dropout with one p > 0 for all, one rank for all, a CUDA tensor (or the interpreter), K % 8 == 0."""
+    if not ENABLED or not branches or len(branches) > MAX_ADAPTERS or x.shape[-1] % 8:
+        return False
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    drops = [d for _, d, _, _ in branches]
+    if not all(isinstance(d, torch.nn.Dropout) and d.training for d in drops):
+        return False
+    ps, ranks = {d.p for d in drops}, {a.weight.shape[0] for a, *_ in branches}
+    return len(ps) == 1 and len(ranks) == 1 and threshold_for(ps.pop()) > 0 and \
+        all(a.bias is None and a.weight.shape[1] == x.shape[-1] for a, *_ in branches)
+
+
+def operands(x: torch.Tensor, branches, dtype):
+    """(A stacked (adapters, rank, K) in dtype, scales / (1 - p), threshold, a fresh seed)."""
+    p = branches[0][1].p
+    threshold = threshold_for(p)
+    keep = 1 - threshold / (1 << UNIFORM_BITS)
+    a = torch.stack([a.weight for a, *_ in branches]).to(dtype)
+    scale = torch.tensor([s / keep for _, _, s, _ in branches], dtype=torch.float32, device=x.device)
+    # adapter i draws with seed + i: leave room below int32's limit
+    seed = torch.randint(0, 2**31 - 1 - MAX_ADAPTERS, (1,), device=x.device, dtype=torch.int32)
+    return a, scale, threshold, seed
+
+
+class _LowRankInputs(torch.autograd.Function):
+    """u = [scale_i * A_i(dropout_i(x))]_i through the kernels; gradients for x and every A_i."""
+
+    @staticmethod
+    def forward(ctx, x2, a, scale, threshold, seed, *weights):
+        ctx.save_for_backward(x2, a, scale, seed)
+        ctx.threshold, ctx.weight_dtypes = threshold, [w.dtype for w in weights]
+        return down(x2, a, seed, scale, threshold)
+
+    @staticmethod
+    def backward(ctx, gu):
+        x2, a, scale, seed = ctx.saved_tensors
+        gu = gu.contiguous()
+        gx = grad_input(None, gu, a, seed, scale, ctx.threshold, *x2.shape) if ctx.needs_input_grad[0] else None
+        ga = grad_weight(x2, gu, a, seed, scale, ctx.threshold)
+        return (gx, None, None, None, None, *(g.to(d) for g, d in zip(ga.unbind(0), ctx.weight_dtypes)))
+
+
+def down(x2, a, seed, scale, threshold):
+    if x2.is_cuda:
+        return _down_op(x2, a, seed, scale, threshold)
+    return launch_down(_direct, x2, a, seed, scale, threshold)
+
+
+def grad_input(gx, gu, a, seed, scale, threshold, M, K):
+    if gu.is_cuda:
+        return _grad_input_op(gx, gu, a, seed, scale, threshold, M, K)
+    return launch_grad_input(_direct, gx, gu, a, seed, scale, threshold, M, K)
+
+
+def grad_weight(x2, gu, a, seed, scale, threshold):
+    if x2.is_cuda:
+        return _grad_weight_op(x2, gu, a, seed, scale, threshold)
+    return launch_grad_weight(_direct, x2, gu, a, seed, scale, threshold)
+
+
+def low_rank_inputs(x: torch.Tensor, branches, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """torch.cat([scale * A(dropout(x)) for (A, dropout, scale, _) in branches], -1) in `dtype`
+    (default x's), through the kernel where `kernel_applies`, else as peft computes it."""
+    dtype = dtype or x.dtype
+    if not kernel_applies(x, branches):
+        return torch.cat([a(dropout(x)) * scale for a, dropout, scale, _ in branches], -1).to(dtype)
+    a, scale, threshold, seed = operands(x, branches, dtype)
+    x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
+    u = _LowRankInputs.apply(x2, a, scale, threshold, seed, *[a_.weight for a_, *_ in branches])
+    return u.view(*x.shape[:-1], u.shape[-1])
