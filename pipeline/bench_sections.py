@@ -36,6 +36,8 @@ TOGGLES = {
     "allpos": "every position through the compiled fast transformer instead of audio frames only",
     "peft": "each (LoRA) linear through its own module instead of fused matmuls (LoRA columns, w1|w3)",
     "dropout0": "LoRA dropout 0 instead of the configured value (a recipe change, not a speed-up)",
+    "torchdropout": "LoRA dropout drawn by torch (inductor's Philox per element, a dropped copy of x) instead of "
+                    "inside pipeline.lora_down's kernels",
 }
 
 
@@ -90,6 +92,17 @@ def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, 
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return total
+
+
+@contextlib.contextmanager
+def _lora_dropout_kernel_off():
+    from pipeline import lora_down
+
+    enabled, lora_down.ENABLED = lora_down.ENABLED, False
+    try:
+        yield
+    finally:
+        lora_down.ENABLED = enabled
 
 
 def _parse_variant(name: str):
@@ -186,7 +199,10 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         micro_batches = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, batch_size, micro)]
         bf16 = cuda and settings.precision != "fp32"
         compile_blocks = cuda if impl == "fast" else use_compile(settings, device)
-        context = disable_input_dtype_casting(model)  # as train.py: no fp32 copies of LoRA inputs
+        context = contextlib.ExitStack()
+        context.enter_context(disable_input_dtype_casting(model))  # as train.py: no fp32 copies of LoRA inputs
+        if "torchdropout" in toggles:
+            context.enter_context(_lora_dropout_kernel_off())
         options = _forward_options(toggles, compile_blocks)
 
         def step():

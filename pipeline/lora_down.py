@@ -31,8 +31,16 @@ from pipeline import decode_kernels
 triton = decode_kernels.triton
 ENABLED = triton is not None and os.environ.get("LORA_DROPOUT_KERNEL", "1") != "0"
 UNIFORM_BITS = 16  # resolution of the dropout draw: p is rounded to a multiple of 2**-16
-ROWS, COLS, RANK_PAD = 64, 128, 16  # tile of x per step; ranks padded for the tensor cores
+RANK_PAD = 16  # ranks padded for the tensor cores
 MAX_ADAPTERS = 8
+# tile of x (rows x columns) and launch settings per kernel (measured: docs/PERFORMANCE.md); the
+# mask does not depend on them (a function of seed, row and column only)
+TILES = {
+    "down": {"ROWS": 64, "COLS": 64, "num_warps": 4, "num_stages": 4},
+    "grad_input": {"ROWS": 32, "COLS": 128, "num_warps": 4, "num_stages": 1},
+    "grad_weight": {"ROWS": 32, "COLS": 128, "num_warps": 8, "num_stages": 4},
+}
+MASK_TILE = (64, 128)
 
 if triton is not None:
     import triton.language as tl
@@ -67,8 +75,7 @@ if triton is not None:
         ranks = tl.arange(0, RANK_PAD)
         seed = tl.load(seed_ptr) + adapter
         acc = tl.zeros([ROWS, RANK_PAD], dtype=tl.float32)
-        k0 = 0
-        while k0 < K:  # (while: Triton's interpreter cannot take a runtime bound in range())
+        for k0 in range(0, K, COLS):
             cols = k0 + tl.arange(0, COLS)
             x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :],
                         mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
@@ -76,7 +83,6 @@ if triton is not None:
             a = tl.load(a_ptr + adapter * RANK * K + ranks[None, :] * K + cols[:, None],
                         mask=(ranks < RANK)[None, :] & (cols < K)[:, None], other=0.0)
             acc = tl.dot(x, a.to(x.dtype), acc)
-            k0 += COLS
         u = acc * tl.load(scale_ptr + adapter)
         tl.store(u_ptr + rows[:, None] * (RANK * tl.num_programs(1)) + adapter * RANK + ranks[None, :],
                  u.to(u_ptr.dtype.element_ty), mask=(rows < M)[:, None] & (ranks < RANK)[None, :])
@@ -116,8 +122,7 @@ if triton is not None:
         ranks = tl.arange(0, RANK_PAD)
         seed = tl.load(seed_ptr) + adapter
         acc = tl.zeros([RANK_PAD, COLS], dtype=tl.float32)
-        start = split * ROWS
-        while start < M:
+        for start in range(split * ROWS, M, splits * ROWS):
             rows = start + tl.arange(0, ROWS)
             x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :],
                         mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
@@ -125,41 +130,46 @@ if triton is not None:
             gu = tl.load(gu_ptr + rows[:, None] * stride_gu + adapter * RANK + ranks[None, :],
                          mask=(rows < M)[:, None] & (ranks < RANK)[None, :], other=0.0)
             acc = tl.dot(tl.trans(gu.to(x.dtype)), x, acc)
-            start += splits * ROWS
         acc = acc * tl.load(scale_ptr + adapter)
         base = part_ptr + (split * tl.num_programs(2) + adapter) * RANK * K
         tl.store(base + ranks[:, None] * K + cols[None, :], acc, mask=(ranks < RANK)[:, None] & (cols < K)[None, :])
 
-    def _grid_splits(M: int, K: int, adapters: int, device) -> int:
+    def _settings(name):
+        tile = TILES[name]
+        consts = {"ROWS": tile["ROWS"], "COLS": tile["COLS"], "RANK_PAD": RANK_PAD}
+        return tile["ROWS"], tile["COLS"], consts, {"num_warps": tile["num_warps"], "num_stages": tile["num_stages"]}
+
+    def _grid_splits(M: int, K: int, adapters: int, rows: int, cols: int, device) -> int:
         """Row splits of the weight-gradient kernel: ~2 programs per SM in all."""
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-        blocks = triton.cdiv(K, COLS) * adapters
-        return max(1, min(triton.cdiv(M, ROWS), 2 * sms // blocks))
+        return max(1, min(triton.cdiv(M, rows), 2 * sms // (triton.cdiv(K, cols) * adapters)))
 
     def launch_down(launch, x, a, seed, scale, threshold):
         M, K = x.shape
         adapters, rank, _ = a.shape
+        rows, _, consts, options = _settings("down")
         u = torch.empty(M, adapters * rank, device=x.device, dtype=x.dtype)
-        launch(_down_kernel, (triton.cdiv(M, ROWS), adapters))(
-            x, a, u, seed, scale, M, K, x.stride(0), threshold, RANK=rank, ROWS=ROWS, COLS=COLS, RANK_PAD=RANK_PAD)
+        launch(_down_kernel, (triton.cdiv(M, rows), adapters))(
+            x, a, u, seed, scale, M, K, x.stride(0), threshold, RANK=rank, **consts, **options)
         return u
 
     def launch_grad_input(launch, gx, gu, a, seed, scale, threshold, M, K):
         adapters, rank, _ = a.shape
+        rows, cols, consts, options = _settings("grad_input")
         out = torch.empty(M, K, device=gu.device, dtype=gu.dtype)
-        launch(_grad_input_kernel, (triton.cdiv(M, ROWS), triton.cdiv(K, COLS)))(
+        launch(_grad_input_kernel, (triton.cdiv(M, rows), triton.cdiv(K, cols)))(
             gu if gx is None else gx, gu, a, out, seed, scale, M, K, 0 if gx is None else gx.stride(0), gu.stride(0),
-            threshold, ADAPTERS=adapters, HAS_BASE=gx is not None, RANK=rank, ROWS=ROWS, COLS=COLS, RANK_PAD=RANK_PAD)
+            threshold, ADAPTERS=adapters, HAS_BASE=gx is not None, RANK=rank, **consts, **options)
         return out
 
     def launch_grad_weight(launch, x, gu, a, seed, scale, threshold):
         M, K = x.shape
         adapters, rank, _ = a.shape
-        splits = _grid_splits(M, K, adapters, x.device)
+        rows, cols, consts, options = _settings("grad_weight")
+        splits = _grid_splits(M, K, adapters, rows, cols, x.device)
         part = torch.empty(splits, adapters, rank, K, device=x.device, dtype=torch.float32)
-        launch(_grad_weight_kernel, (triton.cdiv(K, COLS), splits, adapters))(
-            x, gu, part, seed, scale, M, K, x.stride(0), gu.stride(0), threshold,
-            RANK=rank, ROWS=ROWS, COLS=COLS, RANK_PAD=RANK_PAD)
+        launch(_grad_weight_kernel, (triton.cdiv(K, cols), splits, adapters))(
+            x, gu, part, seed, scale, M, K, x.stride(0), gu.stride(0), threshold, RANK=rank, **consts, **options)
         return part.sum(0)  # a fixed order: deterministic, unlike atomics
 
     def _direct(kernel, grid):
@@ -186,7 +196,8 @@ if triton is not None:
     def keep_mask(seed: torch.Tensor, M: int, K: int, threshold: int) -> torch.Tensor:
         """The (M, K) keep-mask the kernels draw for `seed` (bool), launched directly (tests)."""
         out = torch.empty(M, K, dtype=torch.int8, device=seed.device)
-        _mask_kernel[(triton.cdiv(M, ROWS), triton.cdiv(K, COLS))](out, seed, M, K, threshold, ROWS=ROWS, COLS=COLS)
+        rows, cols = MASK_TILE
+        _mask_kernel[(triton.cdiv(M, rows), triton.cdiv(K, cols))](out, seed, M, K, threshold, ROWS=rows, COLS=cols)
         return out.bool()
 
 

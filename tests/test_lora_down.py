@@ -165,9 +165,22 @@ print("ok")
 """
 
 
+# Triton 3.5's interpreter turns a loop bound into int(1-element array), which numpy 2.x refuses;
+# the kernels loop over runtime bounds (range(0, K, COLS)), so the interpreter gets a scalar index
+INTERPRETER_SHIM = """
+import triton.runtime.interpreter as _ti
+_patch = _ti._patch_lang_tensor
+def _patch_lang_tensor(tensor):
+    _patch(tensor)
+    tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0])
+_ti._patch_lang_tensor = _patch_lang_tensor
+"""
+
+
 def _interpret(code: str, *args: str) -> None:
     env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run([sys.executable, "-c", INTERPRETER_SHIM + code, *args], env=env, capture_output=True,
+                         text=True, timeout=900)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
 
@@ -197,19 +210,23 @@ def test_kernels_compile_for_sm90():
     from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", 90, 32)
-    tiles = {"ROWS": lora_down.ROWS, "COLS": lora_down.COLS, "RANK_PAD": lora_down.RANK_PAD, "RANK": 8}
+    def tiles(name):
+        tile = lora_down.TILES[name]
+        return {"ROWS": tile["ROWS"], "COLS": tile["COLS"], "RANK_PAD": lora_down.RANK_PAD, "RANK": 8}, tile
+
     scalars = {"seed_ptr": "*i32", "scale_ptr": "*fp32", "M": "i32", "K": "i32", "threshold": "i32"}
     variants = [
-        (lora_down._down_kernel, {"x_ptr": "*bf16", "a_ptr": "*bf16", "u_ptr": "*bf16", "stride_x": "i32"}, {}),
-        (lora_down._grad_weight_kernel, {"x_ptr": "*bf16", "gu_ptr": "*bf16", "part_ptr": "*fp32", "stride_x": "i32",
-                                         "stride_gu": "i32"}, {}),
+        ("down", lora_down._down_kernel, {"x_ptr": "*bf16", "a_ptr": "*bf16", "u_ptr": "*bf16", "stride_x": "i32"}, {}),
+        ("grad_weight", lora_down._grad_weight_kernel, {"x_ptr": "*bf16", "gu_ptr": "*bf16", "part_ptr": "*fp32",
+                                                        "stride_x": "i32", "stride_gu": "i32"}, {}),
     ]
     grad_input = {"gx_ptr": "*bf16", "gu_ptr": "*bf16", "a_ptr": "*bf16", "out_ptr": "*bf16", "stride_gx": "i32",
                   "stride_gu": "i32"}
-    variants += [(lora_down._grad_input_kernel, grad_input, {"ADAPTERS": n, "HAS_BASE": base})
+    variants += [("grad_input", lora_down._grad_input_kernel, grad_input, {"ADAPTERS": n, "HAS_BASE": base})
                  for n, base in [(1, True), (2, True), (1, False)]]
-    for kernel, pointers, extra in variants:
-        consts = tiles | extra
-        names = kernel.arg_names
-        sig = {n: (pointers | scalars).get(n, "constexpr") for n in names}
-        triton.compile(ASTSource(kernel, sig, consts), target=target, options={"num_warps": 4})
+    for name, kernel, pointers, extra in variants:
+        consts, tile = tiles(name)
+        consts |= extra
+        sig = {n: (pointers | scalars).get(n, "constexpr") for n in kernel.arg_names}
+        triton.compile(ASTSource(kernel, sig, consts), target=target,
+                       options={"num_warps": tile["num_warps"], "num_stages": tile["num_stages"]})
