@@ -25,7 +25,7 @@ from pipeline.bench import (
 )
 
 # project: the step train.py runs, with the memory plan train.py makes for this card ("fast" is
-# the same, kept for older command lines); reference: upstream-style (pipeline.bench_reference).
+# the same with the blocks compiled whatever the configuration says); reference: upstream-style (pipeline.bench_reference).
 # ":ckpt" / ":nockpt" force checkpointing; "@40" plans memory (micro-batch, accumulation,
 # checkpointing) as for a 40 GB card instead of this one;
 # "+toggle" switches one speed-up off (TOGGLES) to measure what it brings.
@@ -123,6 +123,7 @@ def _parse_variant(name: str):
 
 # kernel name patterns -> what the GPU time went to (first match wins)
 KERNEL_GROUPS = [
+    ("LoRA down-projections (lora_down)", r"_down_kernel|_grad_input_kernel|_grad_weight_kernel"),
     ("attention", r"flash|fmha|cudnn|attention|flex"),
     ("matmul", r"gemm|nvjet|cutlass|sm90_xmma|ampere_|matmul|_mm_|splitk"),
     ("random (dropout masks)", r"philox|rand|dropout|bernoulli"),
@@ -168,7 +169,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
     cuda = device.type == "cuda"
     _free(device)
     losses = []
-    context = contextlib.nullcontext()
+    contexts = []  # entered around the timed steps only
     row = {"name": name, "impl": impl, "mode": mode}
     if impl == "reference":
         from pipeline.bench_reference import (
@@ -199,10 +200,9 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         micro_batches = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, batch_size, micro)]
         bf16 = cuda and settings.precision != "fp32"
         compile_blocks = cuda if impl == "fast" else use_compile(settings, device)
-        context = contextlib.ExitStack()
-        context.enter_context(disable_input_dtype_casting(model))  # as train.py: no fp32 copies of LoRA inputs
+        contexts.append(disable_input_dtype_casting(model))  # as train.py: no fp32 copies of LoRA inputs
         if "torchdropout" in toggles:
-            context.enter_context(_lora_dropout_kernel_off())
+            contexts.append(_lora_dropout_kernel_off())
         options = _forward_options(toggles, compile_blocks)
 
         def step():
@@ -214,7 +214,9 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         row.update(gradient_checkpointing=ckpt, compile_blocks=compile_blocks, micro_batch=micro, grad_accumulation=accumulation,
                    weights="bf16 frozen + fp32 LoRA" if mode == "lora" else "fp32 master, bf16 autocast")
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad) if mode == "lora" else 0
-    with context:
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
         timing = time_calls(step, warmup, repeat, device)
         if profile_dir and cuda:
             prof = _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")

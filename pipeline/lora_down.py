@@ -31,7 +31,7 @@ from pipeline import decode_kernels
 triton = decode_kernels.triton
 ENABLED = triton is not None and os.environ.get("LORA_DROPOUT_KERNEL", "1") != "0"
 UNIFORM_BITS = 16  # resolution of the dropout draw: p is rounded to a multiple of 2**-16
-RANK_PAD = 16  # ranks padded for the tensor cores
+MAX_RANK = 64  # higher LoRA ranks use torch's path (the padded rank tiles live in registers)
 MAX_ADAPTERS = 8
 # tile of x (rows x columns) and launch settings per kernel (measured: docs/PERFORMANCE.md); the
 # mask does not depend on them (a function of seed, row and column only)
@@ -63,7 +63,7 @@ if triton is not None:
         cols = tl.program_id(1) * COLS + tl.arange(0, COLS)
         keep = _keep(tl.load(seed_ptr), rows, tl.program_id(1) * COLS, K, threshold, COLS)
         inside = (rows < M)[:, None] & (cols < K)[None, :]
-        tl.store(out_ptr + rows[:, None] * K + cols[None, :], keep.to(tl.int8), mask=inside)
+        tl.store(out_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], keep.to(tl.int8), mask=inside)
 
     @triton.jit
     def _down_kernel(x_ptr, a_ptr, u_ptr, seed_ptr, scale_ptr, M, K, stride_x, threshold,
@@ -77,14 +77,14 @@ if triton is not None:
         acc = tl.zeros([ROWS, RANK_PAD], dtype=tl.float32)
         for k0 in range(0, K, COLS):
             cols = k0 + tl.arange(0, COLS)
-            x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :],
+            x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :],
                         mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
             x = tl.where(_keep(seed, rows, k0, K, threshold, COLS), x, 0.0)
             a = tl.load(a_ptr + adapter * RANK * K + ranks[None, :] * K + cols[:, None],
                         mask=(ranks < RANK)[None, :] & (cols < K)[:, None], other=0.0)
             acc = tl.dot(x, a.to(x.dtype), acc)
         u = acc * tl.load(scale_ptr + adapter)
-        tl.store(u_ptr + rows[:, None] * (RANK * tl.num_programs(1)) + adapter * RANK + ranks[None, :],
+        tl.store(u_ptr + rows.to(tl.int64)[:, None] * (RANK * tl.num_programs(1)) + adapter * RANK + ranks[None, :],
                  u.to(u_ptr.dtype.element_ty), mask=(rows < M)[:, None] & (ranks < RANK)[None, :])
 
     @triton.jit
@@ -100,16 +100,16 @@ if triton is not None:
         inside = (rows < M)[:, None] & (cols < K)[None, :]
         out = tl.zeros([ROWS, COLS], dtype=tl.float32)
         if HAS_BASE:
-            out += tl.load(gx_ptr + rows[:, None] * stride_gx + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            out += tl.load(gx_ptr + rows.to(tl.int64)[:, None] * stride_gx + cols[None, :], mask=inside, other=0.0).to(tl.float32)
         for adapter in tl.static_range(ADAPTERS):
-            gu = tl.load(gu_ptr + rows[:, None] * stride_gu + adapter * RANK + ranks[None, :],
+            gu = tl.load(gu_ptr + rows.to(tl.int64)[:, None] * stride_gu + adapter * RANK + ranks[None, :],
                          mask=(rows < M)[:, None] & (ranks < RANK)[None, :], other=0.0)
             a = tl.load(a_ptr + adapter * RANK * K + ranks[:, None] * K + cols[None, :],
                         mask=(ranks < RANK)[:, None] & (cols < K)[None, :], other=0.0)
             part = tl.dot(gu, a.to(gu.dtype)) * tl.load(scale_ptr + adapter)
             keep = _keep(tl.load(seed_ptr) + adapter, rows, k0, K, threshold, COLS)
             out += tl.where(keep, part, 0.0)
-        tl.store(out_ptr + rows[:, None] * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=inside)
+        tl.store(out_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _grad_weight_kernel(x_ptr, gu_ptr, part_ptr, seed_ptr, scale_ptr, M, K, stride_x, stride_gu, threshold,
@@ -124,19 +124,20 @@ if triton is not None:
         acc = tl.zeros([RANK_PAD, COLS], dtype=tl.float32)
         for start in range(split * ROWS, M, splits * ROWS):
             rows = start + tl.arange(0, ROWS)
-            x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :],
+            x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :],
                         mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
             x = tl.where(_keep(seed, rows, k0, K, threshold, COLS), x, 0.0)
-            gu = tl.load(gu_ptr + rows[:, None] * stride_gu + adapter * RANK + ranks[None, :],
+            gu = tl.load(gu_ptr + rows.to(tl.int64)[:, None] * stride_gu + adapter * RANK + ranks[None, :],
                          mask=(rows < M)[:, None] & (ranks < RANK)[None, :], other=0.0)
             acc = tl.dot(tl.trans(gu.to(x.dtype)), x, acc)
         acc = acc * tl.load(scale_ptr + adapter)
         base = part_ptr + (split * tl.num_programs(2) + adapter) * RANK * K
         tl.store(base + ranks[:, None] * K + cols[None, :], acc, mask=(ranks < RANK)[:, None] & (cols < K)[None, :])
 
-    def _settings(name):
+    def _settings(name, rank):
         tile = TILES[name]
-        consts = {"ROWS": tile["ROWS"], "COLS": tile["COLS"], "RANK_PAD": RANK_PAD}
+        # ranks padded to a power of two of at least 16 (the tensor cores' smallest dot)
+        consts = {"ROWS": tile["ROWS"], "COLS": tile["COLS"], "RANK_PAD": max(16, triton.next_power_of_2(rank))}
         return tile["ROWS"], tile["COLS"], consts, {"num_warps": tile["num_warps"], "num_stages": tile["num_stages"]}
 
     def _grid_splits(M: int, K: int, adapters: int, rows: int, cols: int, device) -> int:
@@ -147,7 +148,7 @@ if triton is not None:
     def launch_down(launch, x, a, seed, scale, threshold):
         M, K = x.shape
         adapters, rank, _ = a.shape
-        rows, _, consts, options = _settings("down")
+        rows, _, consts, options = _settings("down", rank)
         u = torch.empty(M, adapters * rank, device=x.device, dtype=x.dtype)
         launch(_down_kernel, (triton.cdiv(M, rows), adapters))(
             x, a, u, seed, scale, M, K, x.stride(0), threshold, RANK=rank, **consts, **options)
@@ -155,7 +156,7 @@ if triton is not None:
 
     def launch_grad_input(launch, gx, gu, a, seed, scale, threshold, M, K):
         adapters, rank, _ = a.shape
-        rows, cols, consts, options = _settings("grad_input")
+        rows, cols, consts, options = _settings("grad_input", rank)
         out = torch.empty(M, K, device=gu.device, dtype=gu.dtype)
         launch(_grad_input_kernel, (triton.cdiv(M, rows), triton.cdiv(K, cols)))(
             gu if gx is None else gx, gu, a, out, seed, scale, M, K, 0 if gx is None else gx.stride(0), gu.stride(0),
@@ -165,7 +166,7 @@ if triton is not None:
     def launch_grad_weight(launch, x, gu, a, seed, scale, threshold):
         M, K = x.shape
         adapters, rank, _ = a.shape
-        rows, cols, consts, options = _settings("grad_weight")
+        rows, cols, consts, options = _settings("grad_weight", rank)
         splits = _grid_splits(M, K, adapters, rows, cols, x.device)
         part = torch.empty(splits, adapters, rank, K, device=x.device, dtype=torch.float32)
         launch(_grad_weight_kernel, (triton.cdiv(K, cols), splits, adapters))(
@@ -206,19 +207,31 @@ def threshold_for(p: float) -> int:
     return round(p * (1 << UNIFORM_BITS))
 
 
+def usable(device) -> bool:
+    """Whether the kernels run on `device`: a CUDA GPU of Ampere or newer (bf16 tensor-core dots)
+    with Triton, and LORA_DROPOUT_KERNEL not set to 0; or Triton's interpreter (tests)."""
+    device = torch.device(device)
+    if not ENABLED:
+        return False
+    if device.type != "cuda":
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def kernel_applies(x: torch.Tensor, branches) -> bool:
     """Whether the kernel computes these branches [(A, dropout, scale, B)] for x: training-mode
-    nn.Dropout with one p > 0 for all, one rank for all, a CUDA tensor (or the interpreter), K % 8 == 0."""
-    if not ENABLED or not branches or len(branches) > MAX_ADAPTERS or x.shape[-1] % 8:
+    nn.Dropout with one 0 < p < 1 for all, one rank <= MAX_RANK for all, at most MAX_ADAPTERS,
+    no bias, a `usable` device, K % 8 == 0."""
+    if not branches or len(branches) > MAX_ADAPTERS or x.shape[-1] % 8 or not usable(x.device):
         return False
-    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if x.numel() // 8 >= 2**31:  # the mask's Philox counter (row * K/8 + column/8) is 32-bit
         return False
     drops = [d for _, d, _, _ in branches]
     if not all(isinstance(d, torch.nn.Dropout) and d.training for d in drops):
         return False
     ps, ranks = {d.p for d in drops}, {a.weight.shape[0] for a, *_ in branches}
-    return len(ps) == 1 and len(ranks) == 1 and threshold_for(ps.pop()) > 0 and \
-        all(a.bias is None and a.weight.shape[1] == x.shape[-1] for a, *_ in branches)
+    return len(ps) == 1 and len(ranks) == 1 and 0 < threshold_for(ps.pop()) < (1 << UNIFORM_BITS) and \
+        ranks.pop() <= MAX_RANK and all(a.bias is None and a.weight.shape[1] == x.shape[-1] for a, *_ in branches)
 
 
 def operands(x: torch.Tensor, branches, dtype):
@@ -227,7 +240,8 @@ def operands(x: torch.Tensor, branches, dtype):
     threshold = threshold_for(p)
     keep = 1 - threshold / (1 << UNIFORM_BITS)
     a = torch.stack([a.weight for a, *_ in branches]).to(dtype)
-    scale = torch.tensor([s / keep for _, _, s, _ in branches], dtype=torch.float32, device=x.device)
+    # filled on the device: torch.tensor(..., device=cuda) would copy from the host and wait for the GPU
+    scale = torch.cat([torch.full((1,), s / keep, dtype=torch.float32, device=x.device) for _, _, s, _ in branches])
     # adapter i draws with seed + i: leave room below int32's limit
     seed = torch.randint(0, 2**31 - 1 - MAX_ADAPTERS, (1,), device=x.device, dtype=torch.int32)
     return a, scale, threshold, seed

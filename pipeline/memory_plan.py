@@ -28,12 +28,16 @@ S1_MINI_VOCAB = 155_776
 # 63.0 GB at 4 x 4096 (3.57 MB/token), full 58.4 GB at 4 x 4096: the constants stay upper bounds.
 # With checkpointing, measured in run 3: LoRA 16.0 GB and full 22.7 GB at 4 x 4096 (0.68 and
 # 0.25 MB/token by the bench's accounting), full 17.8 GB at 1 x 4096; rounded up.
+# Run 5 (H100, LoRA dropout inside pipeline/lora_down.py's kernels: no dropped copies of x kept):
+# LoRA 15.5 GB at 1 x 4096 and 52.0 GB at 4 x 4096, a slope of 2.97 MB/token; 3.2 keeps ~8 % of
+# margin (and the torch-dropout path, 3.57 MB/token, still fits the plans it makes for 24 and 40 GB).
 ACTIVATION_MB_PER_TOKEN = {
-    ("lora", False): 3.9,
+    ("lora", False): 3.2,  # TORCH_DROPOUT_LORA_MB where the kernels do not run (lora_down.usable)
     ("lora", True): 0.75,
     ("full", False): 2.7,
     ("full", True): 0.3,
 }
+TORCH_DROPOUT_LORA_MB = 3.9  # LoRA without checkpointing when torch draws the dropout (run 3: 3.57, rounded up)
 CONTEXT_GB = 1.2  # CUDA context, cuBLAS workspaces, allocator fragmentation
 
 
@@ -133,4 +137,8 @@ def plan_for_device(mode: str, batch_size: int, grad_accumulation: int, max_leng
     if device.type != "cuda":
         return None
     total = torch.cuda.get_device_properties(device).total_memory / GB
+    from pipeline import lora_down
+
+    if mode == "lora" and not lora_down.usable(device):  # dropped copies of x are kept for backward
+        model["calibration"] = {("lora", False): TORCH_DROPOUT_LORA_MB} | (model.get("calibration") or {})
     return plan_memory(mode, batch_size, grad_accumulation, max_length, total, checkpointing, **model)
