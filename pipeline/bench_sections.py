@@ -190,7 +190,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
     else:
         model, optimizer, params = _project_model(args, tokenizer, device, settings)
         if not cuda:
-            ckpt = use_checkpointing(settings, device) if forced is None else forced
+            ckpt = use_checkpointing(settings) if forced is None else forced
             micro, accumulation = batch_size, 1
         else:  # what train.py does on a GPU: the memory plan for this card (or for @GB)
             total_gb = card_gb or torch.cuda.get_device_properties(device).total_memory / 1e9

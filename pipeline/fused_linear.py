@@ -56,30 +56,6 @@ class _FrozenBaseLinear(torch.autograd.Function):
         return grad_in[..., :k], grad_in[..., k:], None, grad_low
 
 
-class _FrozenBaseDropoutLinear(torch.autograd.Function):
-    """_FrozenBaseLinear with u = pipeline.lora_down's kernel of x (dropout drawn inside it): the
-    x gradient of the base and the LoRA paths in one pass, A's gradient without a dropped copy of x."""
-
-    @staticmethod
-    def forward(ctx, x2, w, w_low, a, scale, threshold, seed, *a_weights):
-        u = lora_down.down(x2, a, seed, scale, threshold)
-        ctx.save_for_backward(x2, u, w, w_low, a, scale, seed)
-        ctx.threshold, ctx.a_dtypes = threshold, [t.dtype for t in a_weights]
-        return F.linear(torch.cat([x2, u], -1), torch.cat([w, w_low], -1))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x2, u, w, w_low, a, scale, seed = ctx.saved_tensors
-        k = w.shape[1]
-        grad_in = grad @ torch.cat([w, w_low], -1)
-        grad_u = grad_in[:, k:]
-        grad_x = lora_down.grad_input(grad_in[:, :k], grad_u, a, seed, scale, ctx.threshold, *x2.shape)
-        grad_low = grad.T @ u if ctx.needs_input_grad[2] else None
-        grad_a = lora_down.grad_weight(x2, grad_u, a, seed, scale, ctx.threshold)
-        return (grad_x, None, grad_low, None, None, None, None,
-                *(g.to(d) for g, d in zip(grad_a.unbind(0), ctx.a_dtypes)))
-
-
 def shared_input_linear(modules, x: torch.Tensor) -> list[torch.Tensor]:
     """[m(x) for m in modules], computed as one matmul (see the module docstring)."""
     parts = [lora_branches(m) for m in modules]
@@ -108,11 +84,7 @@ def shared_input_linear(modules, x: torch.Tensor) -> list[torch.Tensor]:
     w_low = torch.cat(blocks, 0).to(dtype)
     branches = [branch for _, module_branches in parts for branch in module_branches]
     if lora_down.kernel_applies(x, branches):  # dropout masks drawn inside the kernels
-        a, scale, threshold, seed = lora_down.operands(x, branches, dtype)
-        x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
-        y = _FrozenBaseDropoutLinear.apply(x2, weight.to(dtype), w_low, a, scale, threshold, seed,
-                                           *[a_.weight for a_, *_ in branches])
-        y = y.view(*x.shape[:-1], y.shape[-1])
+        y = lora_down.dropped_linear(x, branches, dtype, weight.to(dtype), w_low)
     else:
         u = lora_down.low_rank_inputs(x, branches, dtype)
         y = _FrozenBaseLinear.apply(x.to(dtype), u, weight.to(dtype), w_low)

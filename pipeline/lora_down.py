@@ -15,7 +15,8 @@ rounded to a multiple of 1/65536 (0.01 becomes 0.0099945) and the kept values ar
 gets its own seed: masks are independent across adapters and across calls, as with peft.
 
 `low_rank_inputs` is the entry point: the scaled low-rank activations of several adapters that
-share an input, on any device (torch's dropout where the kernel does not apply). Tests run the
+share an input, on any device (torch's dropout where the kernel does not apply); `dropped_linear`
+also multiplies them, beside x, by the frozen base weight (pipeline.fused_linear). Tests run the
 kernels in Triton's interpreter on the CPU and compile them for sm_90; the speed is measured by
 `python -m pipeline bench` (docs/PERFORMANCE.md).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 from pipeline import decode_kernels
 
@@ -247,22 +249,33 @@ def operands(x: torch.Tensor, branches, dtype):
     return a, scale, threshold, seed
 
 
-class _LowRankInputs(torch.autograd.Function):
-    """u = [scale_i * A_i(dropout_i(x))]_i through the kernels; gradients for x and every A_i."""
+class _Dropped(torch.autograd.Function):
+    """u = [scale_i * A_i(dropout_i(x))]_i through the kernels, or with a frozen base w (and the
+    B matrices w_low facing u's columns) [x | u] @ [w | w_low].T, one matmul. Backward: x's
+    gradient of the base and the LoRA paths in one pass, A's gradient without a dropped copy of x."""
 
     @staticmethod
-    def forward(ctx, x2, a, scale, threshold, seed, *weights):
-        ctx.save_for_backward(x2, a, scale, seed)
-        ctx.threshold, ctx.weight_dtypes = threshold, [w.dtype for w in weights]
-        return down(x2, a, seed, scale, threshold)
+    def forward(ctx, x2, w, w_low, a, scale, threshold, seed, *a_weights):
+        u = down(x2, a, seed, scale, threshold)
+        ctx.save_for_backward(x2, u, w, w_low, a, scale, seed)
+        ctx.threshold, ctx.a_dtypes = threshold, [t.dtype for t in a_weights]
+        return u if w is None else F.linear(torch.cat([x2, u], -1), torch.cat([w, w_low], -1))
 
     @staticmethod
-    def backward(ctx, gu):
-        x2, a, scale, seed = ctx.saved_tensors
-        gu = gu.contiguous()
-        gx = grad_input(None, gu, a, seed, scale, ctx.threshold, *x2.shape) if ctx.needs_input_grad[0] else None
-        ga = grad_weight(x2, gu, a, seed, scale, ctx.threshold)
-        return (gx, None, None, None, None, *(g.to(d) for g, d in zip(ga.unbind(0), ctx.weight_dtypes)))
+    def backward(ctx, grad):
+        x2, u, w, w_low, a, scale, seed = ctx.saved_tensors
+        grad_base, grad_low = None, None
+        if w is None:
+            grad_u = grad.contiguous()
+        else:
+            grad_in = grad @ torch.cat([w, w_low], -1)
+            grad_base, grad_u = grad_in[:, : w.shape[1]], grad_in[:, w.shape[1]:]
+            grad_low = grad.T @ u if ctx.needs_input_grad[2] else None
+        grad_x = grad_input(grad_base, grad_u, a, seed, scale, ctx.threshold, *x2.shape) \
+            if ctx.needs_input_grad[0] else None
+        grad_a = grad_weight(x2, grad_u, a, seed, scale, ctx.threshold)
+        return (grad_x, None, grad_low, None, None, None, None,
+                *(g.to(d) for g, d in zip(grad_a.unbind(0), ctx.a_dtypes)))
 
 
 def down(x2, a, seed, scale, threshold):
@@ -283,13 +296,20 @@ def grad_weight(x2, gu, a, seed, scale, threshold):
     return launch_grad_weight(_direct, x2, gu, a, seed, scale, threshold)
 
 
+def dropped_linear(x: torch.Tensor, branches, dtype: torch.dtype, w: torch.Tensor | None = None,
+                   w_low: torch.Tensor | None = None) -> torch.Tensor:
+    """Through the kernels (the caller checked `kernel_applies`): the branches' scaled low-rank
+    activations u of x, or with a frozen base weight w: [x | u] @ [w | w_low].T (see _Dropped)."""
+    a, scale, threshold, seed = operands(x, branches, dtype)
+    x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
+    y = _Dropped.apply(x2, w, w_low, a, scale, threshold, seed, *[a_.weight for a_, *_ in branches])
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
 def low_rank_inputs(x: torch.Tensor, branches, dtype: torch.dtype | None = None) -> torch.Tensor:
     """torch.cat([scale * A(dropout(x)) for (A, dropout, scale, _) in branches], -1) in `dtype`
     (default x's), through the kernel where `kernel_applies`, else as peft computes it."""
     dtype = dtype or x.dtype
     if not kernel_applies(x, branches):
         return torch.cat([a(dropout(x)) * scale for a, dropout, scale, _ in branches], -1).to(dtype)
-    a, scale, threshold, seed = operands(x, branches, dtype)
-    x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
-    u = _LowRankInputs.apply(x2, a, scale, threshold, seed, *[a_.weight for a_, *_ in branches])
-    return u.view(*x.shape[:-1], u.shape[-1])
+    return dropped_linear(x, branches, dtype)

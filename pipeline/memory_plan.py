@@ -30,7 +30,7 @@ S1_MINI_VOCAB = 155_776
 # 0.25 MB/token by the bench's accounting), full 17.8 GB at 1 x 4096; rounded up.
 # Run 5 (H100, LoRA dropout inside pipeline/lora_down.py's kernels: no dropped copies of x kept):
 # LoRA 15.5 GB at 1 x 4096 and 52.0 GB at 4 x 4096, a slope of 2.97 MB/token; 3.2 keeps ~8 % of
-# margin (and the torch-dropout path, 3.57 MB/token, still fits the plans it makes for 24 and 40 GB).
+# margin. Where the kernels do not run, plan_for_device plans with TORCH_DROPOUT_LORA_MB instead.
 ACTIVATION_MB_PER_TOKEN = {
     ("lora", False): 3.2,  # TORCH_DROPOUT_LORA_MB where the kernels do not run (lora_down.usable)
     ("lora", True): 0.75,

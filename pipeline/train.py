@@ -107,7 +107,7 @@ class _Trainer:
                                                     grad_accumulation=plan.grad_accumulation)
             self.checkpointing = plan.gradient_checkpointing
         else:
-            self.checkpointing = use_checkpointing(s, self.device)
+            self.checkpointing = use_checkpointing(s)
         _seed_everything(s.seed)
         # full fine-tuning keeps fp32 master weights (bf16 would round away 1e-5 updates);
         # a frozen LoRA base can live in bf16

@@ -108,15 +108,10 @@ def use_bf16(settings: TrainSettings, device: torch.device) -> bool:
     return settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
 
 
-def use_checkpointing(settings: TrainSettings, device: torch.device) -> bool:
-    if settings.gradient_checkpointing in ("on", True):
-        return True
-    if settings.gradient_checkpointing in ("off", False) or device.type != "cuda":
-        return False
-    # measured on an H200, s1-mini shape, batch 4 x 4096, no checkpointing: peak 72 GB (LoRA) / 79 GB
-    # (full) eager, 64 / 59 GB with compiled blocks; leave a quarter of the card for fragmentation
-    need_gb = (64 if use_compile(settings, device) else 80) * settings.batch_size * settings.max_length / (4 * 4096)
-    return need_gb > 0.75 * torch.cuda.get_device_properties(device).total_memory / 1e9
+def use_checkpointing(settings: TrainSettings) -> bool:
+    """Checkpointing where no memory plan decides it (the CPU): only when the settings ask for it.
+    On a GPU, pipeline.memory_plan decides "auto" for the card."""
+    return settings.gradient_checkpointing in ("on", True)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
