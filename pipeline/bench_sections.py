@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -144,15 +146,46 @@ def kernel_groups(prof) -> dict:
     return {g: round(ms, 2) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])}
 
 
-def _profiled(run, path, rows: int = 60):
-    """`run()` under torch.profiler; its kernels by GPU time written to `path` as a table."""
+def gpu_idle(prof, top: int = 12) -> dict:
+    """Where the GPU waited during a profiled run: the span from the first kernel's start to the
+    last one's end, the time no kernel ran, and the longest gaps with the kernels around them."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start)
+    if not spans:
+        return {}
+    gaps, busy_until, before = [], spans[0][0], spans[0][2]
+    for start, end, name in spans:
+        if start > busy_until:
+            gaps.append((start - busy_until, before, name))
+        if end > busy_until:
+            busy_until, before = end, name
+    idle = sum(g for g, *_ in gaps)
+    gaps.sort(key=lambda g: -g[0])
+    return {"span_ms": round((busy_until - spans[0][0]) / 1e3, 2), "idle_ms": round(idle / 1e3, 2),
+            "gaps_over_50us": sum(g > 50 for g, *_ in gaps),
+            "longest": [{"ms": round(g / 1e3, 3), "after": a[:80], "before": b[:80]} for g, a, b in gaps[:top]]}
+
+
+def _profiled(run, path, rows: int = 250):
+    """`run()` under torch.profiler, twice: GPU kernels only (the kernel table by GPU time and the
+    idle gaps, gpu_idle, written to `path`: recording every CPU op would slow the CPU side and
+    inflate the gaps), then with the CPU ops too, for a gzipped Chrome trace next to it."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=110)
-    path.write_text(json.dumps(kernel_groups(prof), indent=1) + "\n" + table)
+    summary = {"gpu_ms_by_kind": kernel_groups(prof), "gpu_idle": gpu_idle(prof)}
+    path.write_text(json.dumps(summary, indent=1) + "\n" + table)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as traced:
+        run()
+        torch.cuda.synchronize()
+    trace = path.with_suffix(".trace.json")  # for chrome://tracing or ui.perfetto.dev
+    traced.export_chrome_trace(str(trace))
+    with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    trace.unlink()
     return prof
 
 
@@ -220,7 +253,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         timing = time_calls(step, warmup, repeat, device)
         if profile_dir and cuda:
             prof = _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
-            row["gpu_ms_by_kind"] = kernel_groups(prof)
+            row["gpu_ms_by_kind"], row["gpu_idle"] = kernel_groups(prof), gpu_idle(prof)
     flops = train_flops(args, batch, mode, lora_params)
     peak = _peak_gb(device)
     step_s = timing["median_s"]

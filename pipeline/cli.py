@@ -165,7 +165,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="timed training steps per variant (and loop steps)")
     parser.add_argument("--variants", help="comma-separated training variants (default: see bench_sections)")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile one step per training variant and 20 generated frames (tables next to the JSON)")
+                        help="also profile one step per training variant and 20 generated frames (kernel tables, GPU idle gaps and gzipped Chrome traces next to the JSON)")
 
 
 def cmd_bench(args) -> int:

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import DualARTransformer, apply_rotary_emb
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.fused_linear import shared_input_linear
+from pipeline import segment_attention
+from pipeline.fused_linear import glu_linear, shared_input_linear
 from pipeline.linear_ce import linear_cross_entropy
 
 # inference samples codebooks 1.. from fast_output's first 1024 logits (decode_one_token_ar)
@@ -104,6 +105,16 @@ def embed(model: DualARTransformer, tokens: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def residual_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in autocast's dtype when autocast is on: the residual stream in bf16, as upstream trains
+    (bf16-true) and as generation runs. fp32 LoRA embeddings would otherwise promote it to fp32 and
+    every block would read and write it at twice the bytes."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
+
+
 def _rms_norm(norm: torch.nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
     """nn.RMSNorm with its weight in x's dtype: under autocast an fp32 weight with bf16 input
     falls off the fused kernel."""
@@ -131,6 +142,9 @@ def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, 
     q = apply_rotary_emb(q, freqs_cis)
     k = apply_rotary_emb(k, freqs_cis)
     gqa = attn.n_head != attn.n_local_heads
+    if block_mask is not None and segment_attention.applies(q, k, seqlen):  # one tile of whole frames per program
+        y = segment_attention.segment_attention(*(t.reshape(bsz * seqlen, *t.shape[2:]) for t in (q, k, v)), seqlen)
+        return _linear(attn.wo, y.view(bsz, seqlen, q_size), fused)
     if block_mask is not None:
         from torch.nn.attention.flex_attention import flex_attention
 
@@ -149,8 +163,8 @@ def _feed_forward(ff, x: torch.Tensor, fused: bool) -> torch.Tensor:
     """The wheel's FeedForward: w2(silu(w1 x) * w3 x), w1 and w3 as one matmul when fused."""
     if not fused:
         return ff(x)
-    gate, up = shared_input_linear([ff.w1, ff.w3], x)
-    return _linear(ff.w2, F.silu(gate) * up, fused)
+    (gate_up,) = shared_input_linear([ff.w1, ff.w3], x, stacked=True)
+    return glu_linear(ff.w2, gate_up)
 
 
 def _block(layer, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False) -> torch.Tensor:
@@ -237,7 +251,7 @@ def slow_forward(model, tokens: torch.Tensor, gradient_checkpointing: bool = Fal
     seq_len = tokens.shape[-1]
     if seq_len > model.config.max_seq_len:
         raise ValueError(f"Sequence length {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}.")
-    x = embed(model, tokens)
+    x = residual_dtype(embed(model, tokens))
     return _run_layers(model.layers, x, model.freqs_cis[:seq_len], gradient_checkpointing, compile_blocks,
                        fused=fused_linears)
 
@@ -260,7 +274,7 @@ def fast_hidden(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_check
     model = unwrap(model)
     n = model.config.num_codebooks
     x = model.fast_project_in(hidden)
-    x = torch.cat([x[:, None], model.fast_embeddings(codes[:, : n - 1])], dim=1)
+    x = residual_dtype(torch.cat([x[:, None], model.fast_embeddings(codes[:, : n - 1])], dim=1))
     dropout = any(layer.attention.dropout for layer in model.fast_layers) and model.training
     mask = segment_block_mask(x.shape[0], n, x.device) if flex_attention and not dropout else None
     return _run_layers(model.fast_layers, x, model.fast_freqs_cis[:n], gradient_checkpointing, compile_blocks, mask,

@@ -56,20 +56,11 @@ class _FrozenBaseLinear(torch.autograd.Function):
         return grad_in[..., :k], grad_in[..., k:], None, grad_low
 
 
-def shared_input_linear(modules, x: torch.Tensor) -> list[torch.Tensor]:
-    """[m(x) for m in modules], computed as one matmul (see the module docstring)."""
-    parts = [lora_branches(m) for m in modules]
-    if any(p is None for p in parts):
-        return [m(x) for m in modules]
+def _stacked_weights(parts, dtype):
+    """(the bases' weights stacked, in dtype; w_low: the B matrices, block-diagonal so that module
+    i's rows face only its own adapters' columns of u; every branch in order)."""
     bases = [p[0] for p in parts]
-    sizes = [b.out_features for b in bases]
     weight = bases[0].weight if len(bases) == 1 else torch.cat([b.weight for b in bases], 0)
-    if not any(p[1] for p in parts):  # no active adapter (full fine-tuning, or a plain model)
-        y = F.linear(x, weight)
-        return list(y.split(sizes, -1)) if len(sizes) > 1 else [y]
-    if weight.requires_grad:  # LoRA on a trainable base: not a case the Function covers
-        return [m(x) for m in modules]
-    # w_low is block-diagonal: module i's B matrices face only its own adapters' columns of u
     blocks, col = [], 0
     total_rank = sum(b.weight.shape[1] for _, branches in parts for *_, b in branches)
     for base, branches in parts:
@@ -80,12 +71,47 @@ def shared_input_linear(modules, x: torch.Tensor) -> list[torch.Tensor]:
               ([weight.new_zeros(base.out_features, after)] if after else [])
         blocks.append(torch.cat(row, -1))
         col += rank
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    w_low = torch.cat(blocks, 0).to(dtype)
     branches = [branch for _, module_branches in parts for branch in module_branches]
-    if lora_down.kernel_applies(x, branches):  # dropout masks drawn inside the kernels
-        y = lora_down.dropped_linear(x, branches, dtype, weight.to(dtype), w_low)
+    return weight.to(dtype), torch.cat(blocks, 0).to(dtype), branches
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
+def shared_input_linear(modules, x: torch.Tensor, stacked: bool = False) -> list[torch.Tensor]:
+    """[m(x) for m in modules], computed as one matmul (see the module docstring); stacked: the
+    outputs side by side as one tensor, [torch.cat(outputs, -1)]."""
+    parts = [lora_branches(m) for m in modules]
+    unfused = any(p is None for p in parts) or \
+        (any(p[1] for p in parts) and any(p[0].weight.requires_grad for p in parts))
+    if unfused:  # a module this cannot express, or LoRA on a trainable base (not a case the Function covers)
+        outs = [m(x) for m in modules]
+        return [torch.cat(outs, -1)] if stacked and len(outs) > 1 else outs
+    sizes = [p[0].out_features for p in parts]
+    if not any(p[1] for p in parts):  # no active adapter (full fine-tuning, or a plain model)
+        weight = parts[0][0].weight if len(parts) == 1 else torch.cat([p[0].weight for p in parts], 0)
+        y = F.linear(x, weight)
     else:
-        u = lora_down.low_rank_inputs(x, branches, dtype)
-        y = _FrozenBaseLinear.apply(x.to(dtype), u, weight.to(dtype), w_low)
-    return list(y.split(sizes, -1)) if len(sizes) > 1 else [y]
+        dtype = _compute_dtype(x)
+        weight, w_low, branches = _stacked_weights(parts, dtype)
+        if lora_down.kernel_applies(x, branches):  # dropout masks drawn inside the kernels
+            y = lora_down.dropped_linear(x, branches, dtype, weight, w_low)
+        else:
+            u = lora_down.low_rank_inputs(x, branches, dtype)
+            y = _FrozenBaseLinear.apply(x.to(dtype), u, weight, w_low)
+    return [y] if stacked or len(sizes) == 1 else list(y.split(sizes, -1))
+
+
+def glu_linear(module, gate_up: torch.Tensor) -> torch.Tensor:
+    """module(silu(gate) * up) for gate_up = [gate | up] (a feed-forward's w2). With LoRA and the
+    kernels, silu(gate) * up is made inside them, forward and backward: the 3,072-wide product and
+    its gradient are never written to memory (two passes fewer each way)."""
+    parts = lora_branches(module)
+    if parts is not None and parts[1] and not parts[0].weight.requires_grad and \
+            lora_down.kernel_applies(gate_up, parts[1], glu=True):
+        dtype = _compute_dtype(gate_up)
+        weight, w_low, branches = _stacked_weights([parts], dtype)
+        return lora_down.dropped_linear(gate_up, branches, dtype, weight, w_low, glu=True)
+    gate, up = gate_up.chunk(2, -1)
+    return shared_input_linear([module], F.silu(gate) * up)[0]

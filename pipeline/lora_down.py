@@ -68,56 +68,79 @@ if triton is not None:
         tl.store(out_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], keep.to(tl.int8), mask=inside)
 
     @triton.jit
-    def _down_kernel(x_ptr, a_ptr, u_ptr, seed_ptr, scale_ptr, M, K, stride_x, threshold,
-                     RANK: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, RANK_PAD: tl.constexpr):
-        """u[:, a*RANK:(a+1)*RANK] = scale[a] * (x * keep_a) @ A[a].T for row block program_id(0),
-        adapter program_id(1); A is (adapters, RANK, K)."""
+    def _down_kernel(x_ptr, a_ptr, out_ptr, seed_ptr, scale_ptr, M, K, stride_x, stride_out, u_col, threshold,
+                     WRITE_X: tl.constexpr, GLU: tl.constexpr, RANK: tl.constexpr, ROWS: tl.constexpr,
+                     COLS: tl.constexpr, RANK_PAD: tl.constexpr):
+        """out[:, u_col + a*RANK : u_col + (a+1)*RANK] = scale[a] * (x * keep_a) @ A[a].T for row block
+        program_id(0), adapter program_id(1); A is (adapters, RANK, K). WRITE_X: adapter 0's programs
+        also copy x into out[:, :K] as they read it (out = [x | u], the fused linear's input).
+        GLU: the input holds [gate | up] (2K columns) and x = silu(gate) * up is made here."""
         adapter = tl.program_id(1)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        rows64 = rows.to(tl.int64)[:, None]
         ranks = tl.arange(0, RANK_PAD)
         seed = tl.load(seed_ptr) + adapter
         acc = tl.zeros([ROWS, RANK_PAD], dtype=tl.float32)
         for k0 in range(0, K, COLS):
             cols = k0 + tl.arange(0, COLS)
-            x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :],
-                        mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
+            inside = (rows < M)[:, None] & (cols < K)[None, :]
+            x = tl.load(x_ptr + rows64 * stride_x + cols[None, :], mask=inside, other=0.0)
+            if GLU:
+                gate = x.to(tl.float32)
+                up = tl.load(x_ptr + rows64 * stride_x + K + cols[None, :], mask=inside, other=0.0)
+                x = (gate * tl.sigmoid(gate) * up.to(tl.float32)).to(up.dtype)
+            if WRITE_X:
+                tl.store(out_ptr + rows64 * stride_out + cols[None, :], x, mask=inside & (adapter == 0))
             x = tl.where(_keep(seed, rows, k0, K, threshold, COLS), x, 0.0)
             a = tl.load(a_ptr + adapter * RANK * K + ranks[None, :] * K + cols[:, None],
                         mask=(ranks < RANK)[None, :] & (cols < K)[:, None], other=0.0)
             acc = tl.dot(x, a.to(x.dtype), acc)
         u = acc * tl.load(scale_ptr + adapter)
-        tl.store(u_ptr + rows.to(tl.int64)[:, None] * (RANK * tl.num_programs(1)) + adapter * RANK + ranks[None, :],
-                 u.to(u_ptr.dtype.element_ty), mask=(rows < M)[:, None] & (ranks < RANK)[None, :])
+        tl.store(out_ptr + rows64 * stride_out + u_col + adapter * RANK + ranks[None, :],
+                 u.to(out_ptr.dtype.element_ty), mask=(rows < M)[:, None] & (ranks < RANK)[None, :])
 
     @triton.jit
-    def _grad_input_kernel(gx_ptr, gu_ptr, a_ptr, out_ptr, seed_ptr, scale_ptr, M, K, stride_gx, stride_gu,
-                           threshold, ADAPTERS: tl.constexpr, HAS_BASE: tl.constexpr, RANK: tl.constexpr,
-                           ROWS: tl.constexpr, COLS: tl.constexpr, RANK_PAD: tl.constexpr):
-        """out = g_x + sum_a scale[a] * keep_a * (g_u_a @ A[a]) for one (rows, cols) tile (g_x = 0
-        without HAS_BASE)."""
+    def _grad_input_kernel(g_ptr, a_ptr, out_ptr, glu_ptr, seed_ptr, scale_ptr, M, K, stride_g, gu_col, stride_glu,
+                           threshold, ADAPTERS: tl.constexpr, HAS_BASE: tl.constexpr, GLU: tl.constexpr,
+                           RANK: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, RANK_PAD: tl.constexpr):
+        """g_x = g[:, :K] (0 without HAS_BASE) + sum_a scale[a] * keep_a * (g_u_a @ A[a]) for one
+        (rows, cols) tile, with g_u = g[:, gu_col:]: both read from the one gradient buffer of
+        [x | u], no sliced copies. out = g_x, or with GLU (x = silu(gate) * up, glu = [gate | up])
+        out = [g_gate | g_up] (M x 2K), the SiLU's backward done on the tile in fp32."""
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        rows64 = rows.to(tl.int64)[:, None]
         cols = tl.program_id(1) * COLS + tl.arange(0, COLS)
         k0 = tl.program_id(1) * COLS
         ranks = tl.arange(0, RANK_PAD)
         inside = (rows < M)[:, None] & (cols < K)[None, :]
         out = tl.zeros([ROWS, COLS], dtype=tl.float32)
         if HAS_BASE:
-            out += tl.load(gx_ptr + rows.to(tl.int64)[:, None] * stride_gx + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            out += tl.load(g_ptr + rows64 * stride_g + cols[None, :], mask=inside, other=0.0).to(tl.float32)
         for adapter in tl.static_range(ADAPTERS):
-            gu = tl.load(gu_ptr + rows.to(tl.int64)[:, None] * stride_gu + adapter * RANK + ranks[None, :],
+            gu = tl.load(g_ptr + rows64 * stride_g + gu_col + adapter * RANK + ranks[None, :],
                          mask=(rows < M)[:, None] & (ranks < RANK)[None, :], other=0.0)
             a = tl.load(a_ptr + adapter * RANK * K + ranks[:, None] * K + cols[None, :],
                         mask=(ranks < RANK)[:, None] & (cols < K)[None, :], other=0.0)
             part = tl.dot(gu, a.to(gu.dtype)) * tl.load(scale_ptr + adapter)
             keep = _keep(tl.load(seed_ptr) + adapter, rows, k0, K, threshold, COLS)
             out += tl.where(keep, part, 0.0)
-        tl.store(out_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=inside)
+        if GLU:
+            gate = tl.load(glu_ptr + rows64 * stride_glu + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            up = tl.load(glu_ptr + rows64 * stride_glu + K + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(gate)
+            g_gate = out * up * sig * (1.0 + gate * (1.0 - sig))
+            tl.store(out_ptr + rows64 * (2 * K) + cols[None, :], g_gate.to(out_ptr.dtype.element_ty), mask=inside)
+            tl.store(out_ptr + rows64 * (2 * K) + K + cols[None, :], (out * gate * sig).to(out_ptr.dtype.element_ty),
+                     mask=inside)
+        else:
+            tl.store(out_ptr + rows64 * K + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _grad_weight_kernel(x_ptr, gu_ptr, part_ptr, seed_ptr, scale_ptr, M, K, stride_x, stride_gu, threshold,
+    def _grad_weight_kernel(x_ptr, g_ptr, part_ptr, seed_ptr, scale_ptr, M, K, stride_x, stride_g, gu_col, threshold,
                             RANK: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, RANK_PAD: tl.constexpr):
         """partial[split, a] = scale[a] * g_u_a.T @ (x * keep_a) over this split's row blocks, for one
-        column block (program_id(0)), split (program_id(1)) and adapter (program_id(2))."""
+        column block (program_id(0)), split (program_id(1)) and adapter (program_id(2)); x = x[:, :K]
+        and g_u = g[:, gu_col:] may be column ranges of wider buffers."""
         adapter, split, splits = tl.program_id(2), tl.program_id(1), tl.num_programs(1)
         cols = tl.program_id(0) * COLS + tl.arange(0, COLS)
         k0 = tl.program_id(0) * COLS
@@ -126,10 +149,11 @@ if triton is not None:
         acc = tl.zeros([RANK_PAD, COLS], dtype=tl.float32)
         for start in range(split * ROWS, M, splits * ROWS):
             rows = start + tl.arange(0, ROWS)
-            x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :],
+            rows64 = rows.to(tl.int64)[:, None]
+            x = tl.load(x_ptr + rows64 * stride_x + cols[None, :],
                         mask=(rows < M)[:, None] & (cols < K)[None, :], other=0.0)
             x = tl.where(_keep(seed, rows, k0, K, threshold, COLS), x, 0.0)
-            gu = tl.load(gu_ptr + rows.to(tl.int64)[:, None] * stride_gu + adapter * RANK + ranks[None, :],
+            gu = tl.load(g_ptr + rows64 * stride_g + gu_col + adapter * RANK + ranks[None, :],
                          mask=(rows < M)[:, None] & (ranks < RANK)[None, :], other=0.0)
             acc = tl.dot(tl.trans(gu.to(x.dtype)), x, acc)
         acc = acc * tl.load(scale_ptr + adapter)
@@ -147,32 +171,38 @@ if triton is not None:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
         return max(1, min(triton.cdiv(M, rows), 2 * sms // (triton.cdiv(K, cols) * adapters)))
 
-    def launch_down(launch, x, a, seed, scale, threshold):
-        M, K = x.shape
-        adapters, rank, _ = a.shape
+    def launch_down(launch, x, a, seed, scale, threshold, with_x, glu=False):
+        adapters, rank, K = a.shape
+        M = x.shape[0]
         rows, _, consts, options = _settings("down", rank)
-        u = torch.empty(M, adapters * rank, device=x.device, dtype=x.dtype)
+        if with_x:  # [x | u], rows padded to 64 elements (the matmul reading it prefers aligned rows)
+            width = K + adapters * rank
+            out = torch.empty_strided((M, width), (-(-width // 64) * 64, 1), device=x.device, dtype=x.dtype)
+        else:
+            out = torch.empty(M, adapters * rank, device=x.device, dtype=x.dtype)
         launch(_down_kernel, (triton.cdiv(M, rows), adapters))(
-            x, a, u, seed, scale, M, K, x.stride(0), threshold, RANK=rank, **consts, **options)
-        return u
-
-    def launch_grad_input(launch, gx, gu, a, seed, scale, threshold, M, K):
-        adapters, rank, _ = a.shape
-        rows, cols, consts, options = _settings("grad_input", rank)
-        out = torch.empty(M, K, device=gu.device, dtype=gu.dtype)
-        launch(_grad_input_kernel, (triton.cdiv(M, rows), triton.cdiv(K, cols)))(
-            gu if gx is None else gx, gu, a, out, seed, scale, M, K, 0 if gx is None else gx.stride(0), gu.stride(0),
-            threshold, ADAPTERS=adapters, HAS_BASE=gx is not None, RANK=rank, **consts, **options)
+            x, a, out, seed, scale, M, K, x.stride(0), out.stride(0), K if with_x else 0, threshold,
+            WRITE_X=with_x, GLU=glu, RANK=rank, **consts, **options)
         return out
 
-    def launch_grad_weight(launch, x, gu, a, seed, scale, threshold):
-        M, K = x.shape
+    def launch_grad_input(launch, g, gu_col, has_base, a, seed, scale, threshold, M, K, glu=None):
         adapters, rank, _ = a.shape
+        rows, cols, consts, options = _settings("grad_input", rank)
+        out = torch.empty(M, K if glu is None else 2 * K, device=g.device, dtype=g.dtype)
+        launch(_grad_input_kernel, (triton.cdiv(M, rows), triton.cdiv(K, cols)))(
+            g, a, out, g if glu is None else glu, seed, scale, M, K, g.stride(0), gu_col,
+            0 if glu is None else glu.stride(0), threshold, ADAPTERS=adapters, HAS_BASE=has_base,
+            GLU=glu is not None, RANK=rank, **consts, **options)
+        return out
+
+    def launch_grad_weight(launch, x, g, gu_col, a, seed, scale, threshold):
+        adapters, rank, K = a.shape
+        M = x.shape[0]
         rows, cols, consts, options = _settings("grad_weight", rank)
         splits = _grid_splits(M, K, adapters, rows, cols, x.device)
         part = torch.empty(splits, adapters, rank, K, device=x.device, dtype=torch.float32)
         launch(_grad_weight_kernel, (triton.cdiv(K, cols), splits, adapters))(
-            x, gu, part, seed, scale, M, K, x.stride(0), gu.stride(0), threshold, RANK=rank, **consts, **options)
+            x, g, part, seed, scale, M, K, x.stride(0), g.stride(0), gu_col, threshold, RANK=rank, **consts, **options)
         return part.sum(0)  # a fixed order: deterministic, unlike atomics
 
     def _direct(kernel, grid):
@@ -183,18 +213,19 @@ if triton is not None:
 
     @torch.library.triton_op("finnish_tts::lora_down", mutates_args=())
     def _down_op(x: torch.Tensor, a: torch.Tensor, seed: torch.Tensor, scale: torch.Tensor,
-                 threshold: int) -> torch.Tensor:
-        return launch_down(_wrapped, x, a, seed, scale, threshold)
+                 threshold: int, with_x: bool, glu: bool) -> torch.Tensor:
+        return launch_down(_wrapped, x, a, seed, scale, threshold, with_x, glu)
 
     @torch.library.triton_op("finnish_tts::lora_down_grad_input", mutates_args=())
-    def _grad_input_op(gx: torch.Tensor | None, gu: torch.Tensor, a: torch.Tensor, seed: torch.Tensor,
-                       scale: torch.Tensor, threshold: int, M: int, K: int) -> torch.Tensor:
-        return launch_grad_input(_wrapped, gx, gu, a, seed, scale, threshold, M, K)
+    def _grad_input_op(g: torch.Tensor, gu_col: int, has_base: bool, a: torch.Tensor, seed: torch.Tensor,
+                       scale: torch.Tensor, threshold: int, M: int, K: int,
+                       glu: torch.Tensor | None) -> torch.Tensor:
+        return launch_grad_input(_wrapped, g, gu_col, has_base, a, seed, scale, threshold, M, K, glu)
 
     @torch.library.triton_op("finnish_tts::lora_down_grad_weight", mutates_args=())
-    def _grad_weight_op(x: torch.Tensor, gu: torch.Tensor, a: torch.Tensor, seed: torch.Tensor,
+    def _grad_weight_op(x: torch.Tensor, g: torch.Tensor, gu_col: int, a: torch.Tensor, seed: torch.Tensor,
                         scale: torch.Tensor, threshold: int) -> torch.Tensor:
-        return launch_grad_weight(_wrapped, x, gu, a, seed, scale, threshold)
+        return launch_grad_weight(_wrapped, x, g, gu_col, a, seed, scale, threshold)
 
     def keep_mask(seed: torch.Tensor, M: int, K: int, threshold: int) -> torch.Tensor:
         """The (M, K) keep-mask the kernels draw for `seed` (bool), launched directly (tests)."""
@@ -220,11 +251,12 @@ def usable(device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-def kernel_applies(x: torch.Tensor, branches) -> bool:
-    """Whether the kernel computes these branches [(A, dropout, scale, B)] for x: training-mode
-    nn.Dropout with one 0 < p < 1 for all, one rank <= MAX_RANK for all, at most MAX_ADAPTERS,
-    no bias, a `usable` device, K % 8 == 0."""
-    if not branches or len(branches) > MAX_ADAPTERS or x.shape[-1] % 8 or not usable(x.device):
+def kernel_applies(x: torch.Tensor, branches, glu: bool = False) -> bool:
+    """Whether the kernel computes these branches [(A, dropout, scale, B)] for x (glu: for
+    silu(gate) * up of x = [gate | up]): training-mode nn.Dropout with one 0 < p < 1 for all, one
+    rank <= MAX_RANK for all, at most MAX_ADAPTERS, no bias, a `usable` device, K % 8 == 0."""
+    width = x.shape[-1] // 2 if glu else x.shape[-1]
+    if not branches or len(branches) > MAX_ADAPTERS or width % 8 or not usable(x.device):
         return False
     if x.numel() // 8 >= 2**31:  # the mask's Philox counter (row * K/8 + column/8) is 32-bit
         return False
@@ -233,7 +265,7 @@ def kernel_applies(x: torch.Tensor, branches) -> bool:
         return False
     ps, ranks = {d.p for d in drops}, {a.weight.shape[0] for a, *_ in branches}
     return len(ps) == 1 and len(ranks) == 1 and 0 < threshold_for(ps.pop()) < (1 << UNIFORM_BITS) and \
-        ranks.pop() <= MAX_RANK and all(a.bias is None and a.weight.shape[1] == x.shape[-1] for a, *_ in branches)
+        ranks.pop() <= MAX_RANK and all(a.bias is None and a.weight.shape[1] == width for a, *_ in branches)
 
 
 def operands(x: torch.Tensor, branches, dtype):
@@ -251,58 +283,62 @@ def operands(x: torch.Tensor, branches, dtype):
 
 class _Dropped(torch.autograd.Function):
     """u = [scale_i * A_i(dropout_i(x))]_i through the kernels, or with a frozen base w (and the
-    B matrices w_low facing u's columns) [x | u] @ [w | w_low].T, one matmul. Backward: x's
-    gradient of the base and the LoRA paths in one pass, A's gradient without a dropped copy of x."""
+    B matrices w_low facing u's columns) [x | u] @ [w | w_low].T, one matmul: the down kernel
+    writes [x | u] itself (no concatenated copy of x) and that buffer is what backward keeps.
+    glu: the input is [gate | up] and x = silu(gate) * up is made inside the kernels (a feed-forward's
+    w2), forward and backward. Backward: x's gradient of the base and the LoRA paths in one pass
+    over the gradient of [x | u], A's gradient without a dropped copy of x."""
 
     @staticmethod
-    def forward(ctx, x2, w, w_low, a, scale, threshold, seed, *a_weights):
-        u = down(x2, a, seed, scale, threshold)
-        ctx.save_for_backward(x2, u, w, w_low, a, scale, seed)
+    def forward(ctx, x2, w, w_low, a, scale, threshold, seed, glu, *a_weights):
+        out = down(x2, a, seed, scale, threshold, with_x=w is not None, glu=glu)
+        ctx.save_for_backward(x2 if w is None else out, x2 if glu else None, w, w_low, a, scale, seed)
         ctx.threshold, ctx.a_dtypes = threshold, [t.dtype for t in a_weights]
-        return u if w is None else F.linear(torch.cat([x2, u], -1), torch.cat([w, w_low], -1))
+        return out if w is None else F.linear(out, torch.cat([w, w_low], -1))
 
     @staticmethod
     def backward(ctx, grad):
-        x2, u, w, w_low, a, scale, seed = ctx.saved_tensors
-        grad_base, grad_low = None, None
+        x_or_xu, glu_input, w, w_low, a, scale, seed = ctx.saved_tensors
+        M, K = x_or_xu.shape[0], a.shape[-1]
+        grad_low = None
         if w is None:
-            grad_u = grad.contiguous()
-        else:
-            grad_in = grad @ torch.cat([w, w_low], -1)
-            grad_base, grad_u = grad_in[:, : w.shape[1]], grad_in[:, w.shape[1]:]
-            grad_low = grad.T @ u if ctx.needs_input_grad[2] else None
-        grad_x = grad_input(grad_base, grad_u, a, seed, scale, ctx.threshold, *x2.shape) \
+            g, gu_col = grad.contiguous(), 0
+        else:  # the gradient of [x | u]: x's base part in columns :K, u's in K:
+            g, gu_col = grad @ torch.cat([w, w_low], -1), K
+            grad_low = grad.T @ x_or_xu[:, K:] if ctx.needs_input_grad[2] else None
+        grad_x = grad_input(g, gu_col, w is not None, a, seed, scale, ctx.threshold, M, K, glu_input) \
             if ctx.needs_input_grad[0] else None
-        grad_a = grad_weight(x2, grad_u, a, seed, scale, ctx.threshold)
-        return (grad_x, None, grad_low, None, None, None, None,
-                *(g.to(d) for g, d in zip(grad_a.unbind(0), ctx.a_dtypes)))
+        grad_a = grad_weight(x_or_xu, g, gu_col, a, seed, scale, ctx.threshold)
+        return (grad_x, None, grad_low, None, None, None, None, None,
+                *(g_.to(d) for g_, d in zip(grad_a.unbind(0), ctx.a_dtypes)))
 
 
-def down(x2, a, seed, scale, threshold):
+def down(x2, a, seed, scale, threshold, with_x=False, glu=False):
     if x2.is_cuda:
-        return _down_op(x2, a, seed, scale, threshold)
-    return launch_down(_direct, x2, a, seed, scale, threshold)
+        return _down_op(x2, a, seed, scale, threshold, with_x, glu)
+    return launch_down(_direct, x2, a, seed, scale, threshold, with_x, glu)
 
 
-def grad_input(gx, gu, a, seed, scale, threshold, M, K):
-    if gu.is_cuda:
-        return _grad_input_op(gx, gu, a, seed, scale, threshold, M, K)
-    return launch_grad_input(_direct, gx, gu, a, seed, scale, threshold, M, K)
+def grad_input(g, gu_col, has_base, a, seed, scale, threshold, M, K, glu=None):
+    if g.is_cuda:
+        return _grad_input_op(g, gu_col, has_base, a, seed, scale, threshold, M, K, glu)
+    return launch_grad_input(_direct, g, gu_col, has_base, a, seed, scale, threshold, M, K, glu)
 
 
-def grad_weight(x2, gu, a, seed, scale, threshold):
-    if x2.is_cuda:
-        return _grad_weight_op(x2, gu, a, seed, scale, threshold)
-    return launch_grad_weight(_direct, x2, gu, a, seed, scale, threshold)
+def grad_weight(x, g, gu_col, a, seed, scale, threshold):
+    if x.is_cuda:
+        return _grad_weight_op(x, g, gu_col, a, seed, scale, threshold)
+    return launch_grad_weight(_direct, x, g, gu_col, a, seed, scale, threshold)
 
 
 def dropped_linear(x: torch.Tensor, branches, dtype: torch.dtype, w: torch.Tensor | None = None,
-                   w_low: torch.Tensor | None = None) -> torch.Tensor:
+                   w_low: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
     """Through the kernels (the caller checked `kernel_applies`): the branches' scaled low-rank
-    activations u of x, or with a frozen base weight w: [x | u] @ [w | w_low].T (see _Dropped)."""
+    activations u of x, or with a frozen base weight w: [x | u] @ [w | w_low].T (see _Dropped).
+    glu: x holds [gate | up] and the layer's input is silu(gate) * up (w must be given)."""
     a, scale, threshold, seed = operands(x, branches, dtype)
     x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
-    y = _Dropped.apply(x2, w, w_low, a, scale, threshold, seed, *[a_.weight for a_, *_ in branches])
+    y = _Dropped.apply(x2, w, w_low, a, scale, threshold, seed, glu, *[a_.weight for a_, *_ in branches])
     return y.view(*x.shape[:-1], y.shape[-1])
 
 

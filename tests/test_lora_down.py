@@ -4,16 +4,11 @@ The kernels run in Triton's interpreter on the CPU (TRITON_INTERPRET=1, a subpro
 compiled for sm_90 (no GPU needed); their speed is measured by `python -m pipeline bench` on a GPU.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from triton_interpreter import interpret as _interpret
 
 from pipeline import lora_down
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(lora_down.triton is None, reason="no Triton in this torch build")
 
 MASK = """
@@ -54,9 +49,27 @@ for M, K, adapters, r in [(150, 256, 2, 8), (70, 200, 1, 4), (64, 1024, 3, 16), 
     want_gx = gx + sum(scale[i] * masks[i] * (gu[:, i * r:(i + 1) * r] @ a[i]) for i in range(adapters))
     want_ga = torch.stack([scale[i] * gu[:, i * r:(i + 1) * r].T @ (x * masks[i]) for i in range(adapters)])
     torch.testing.assert_close(ld.down(x, a, seed, scale, th), want_u, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(ld.grad_input(gx, gu, a, seed, scale, th, M, K), want_gx, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(ld.grad_input(None, gu, a, seed, scale, th, M, K), want_gx - gx, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(ld.grad_weight(x, gu, a, seed, scale, th), want_ga, rtol=1e-4, atol=1e-4)
+    xu = ld.down(x, a, seed, scale, th, with_x=True)  # [x | u], rows padded to 64 elements
+    assert xu.shape == (M, K + adapters * r) and xu.stride(0) % 64 == 0
+    assert torch.equal(xu[:, :K], x)
+    torch.testing.assert_close(xu[:, K:], want_u, rtol=1e-4, atol=1e-4)
+    # the gradient of [x | u] as one buffer with padded rows (what the fused linear's backward passes)
+    g = torch.zeros(M, K + adapters * r + 24)[:, : K + adapters * r]
+    g[:, :K], g[:, K:] = gx, gu
+    torch.testing.assert_close(ld.grad_input(g, K, True, a, seed, scale, th, M, K), want_gx, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ld.grad_input(gu, 0, False, a, seed, scale, th, M, K), want_gx - gx, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ld.grad_weight(x, gu, 0, a, seed, scale, th), want_ga, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ld.grad_weight(xu, g, K, a, seed, scale, th), want_ga, rtol=1e-4, atol=1e-4)
+    # GLU: the input is [gate | up] and x = silu(gate) * up is made in the kernels, forward and backward
+    gate_up = torch.randn(M, 2 * K, requires_grad=True)
+    m = torch.nn.functional.silu(gate_up[:, :K]) * gate_up[:, K:]
+    m.backward(want_gx)
+    want_um = torch.cat([scale[i] * (m.detach() * masks[i]) @ a[i].T for i in range(adapters)], -1)
+    mu = ld.down(gate_up.detach(), a, seed, scale, th, with_x=True, glu=True)
+    torch.testing.assert_close(mu[:, :K], m.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mu[:, K:], want_um, rtol=1e-4, atol=1e-4)
+    got = ld.grad_input(g, K, True, a, seed, scale, th, M, K, glu=gate_up.detach())
+    torch.testing.assert_close(got, gate_up.grad, rtol=1e-4, atol=1e-4)
 print("ok")
 """
 
@@ -66,13 +79,16 @@ from peft import LoraConfig, get_peft_model
 from pipeline import lora_down as ld
 from pipeline.fused_linear import lora_branches, shared_input_linear
 
+from pipeline.forward import _feed_forward
+
 class FF(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.w1, self.w3 = torch.nn.Linear(64, 48, bias=False), torch.nn.Linear(64, 48, bias=False)
+        self.w2 = torch.nn.Linear(48, 64, bias=False)
 
 torch.manual_seed(0)
-model = get_peft_model(FF(), LoraConfig(r=4, lora_alpha=8, target_modules=["w1", "w3"], lora_dropout=0.3)).train()
+model = get_peft_model(FF(), LoraConfig(r=4, lora_alpha=8, target_modules=["w1", "w2", "w3"], lora_dropout=0.3)).train()
 with torch.no_grad():
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -95,7 +111,7 @@ def run(fn):
     return [o.detach() for o in outs], [g for g in grads if g is not None]
 
 def dropped(x1, seed, i):  # x with adapter i's mask, as the kernels draw it
-    return x1 * ld.keep_mask(seed + i, x1.shape[0] * x1.shape[1], 64, TH).view(x1.shape) / KEEP
+    return x1 * ld.keep_mask(seed + i, x1.shape[0] * x1.shape[1], x1.shape[-1], TH).view(x1.shape) / KEEP
 
 def first_seed():  # the kernels' seed: the first draw after manual_seed
     return torch.randint(0, 2**31 - 1 - ld.MAX_ADAPTERS, (1,), dtype=torch.int32)
@@ -109,14 +125,25 @@ def low_reference(x1):
     seed = first_seed()
     return [torch.cat([a(dropped(x1, seed, i)) * s for i, (a, _, s, _) in enumerate(branches)], -1)]
 
+def ff_reference(x1):  # w2(silu(w1 x) * w3 x), two kernel calls: two seeds in this order
+    gate, up = reference(x1)
+    m, seed = torch.nn.functional.silu(gate) * up, first_seed()
+    a, _, s, b = lora_branches(ff.w2)[1][0]
+    return [ff.w2.base_layer(m) + b(a(dropped(m, seed, 0))) * s]
+
 cases = [(lambda x1: shared_input_linear([ff.w1, ff.w3], x1), reference, 5),
-         (lambda x1: [ld.low_rank_inputs(x1, branches)], low_reference, 3)]  # the heads' path (linear_ce)
+         (lambda x1: [ld.low_rank_inputs(x1, branches)], low_reference, 3),  # the heads' path (linear_ce)
+         (lambda x1: [_feed_forward(ff, x1, True)], ff_reference, 7)]  # silu(gate) * up inside the kernels
+glu_calls = []
+fused = ld.dropped_linear
+ld.dropped_linear = lambda *a, glu=False, **k: glu_calls.append(glu) or fused(*a, glu=glu, **k)
 for fn, ref_fn, n_grads in cases:
     got, got_grads = run(fn)
     want, want_grads = run(ref_fn)
     assert len(got_grads) == len(want_grads) == n_grads and all(float(g.abs().max()) > 0 for g in got_grads)
     for a_, b_ in zip(got + got_grads, want + want_grads):
         torch.testing.assert_close(a_, b_, rtol=1e-4, atol=1e-4)
+assert True in glu_calls  # the feed-forward took the kernels' silu(gate) * up path
 # a fresh draw per call; the same draw after the same RNG state (how recomputation replays it)
 torch.manual_seed(1); one = ld.low_rank_inputs(x, branches)
 two = ld.low_rank_inputs(x, branches)
@@ -166,25 +193,6 @@ print("ok")
 """
 
 
-# Triton 3.5's interpreter turns a loop bound into int(1-element array), which numpy 2.x refuses;
-# the kernels loop over runtime bounds (range(0, K, COLS)), so the interpreter gets a scalar index
-INTERPRETER_SHIM = """
-import triton.runtime.interpreter as _ti
-_patch = _ti._patch_lang_tensor
-def _patch_lang_tensor(tensor):
-    _patch(tensor)
-    tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0])
-_ti._patch_lang_tensor = _patch_lang_tensor
-"""
-
-
-def _interpret(code: str, *args: str) -> None:
-    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", INTERPRETER_SHIM + code, *args], env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
-
-
 def test_mask_has_the_dropout_rate_everywhere_and_adapters_draw_independently():
     _interpret(MASK)
 
@@ -216,15 +224,16 @@ def test_kernels_compile_for_sm90():
         return {"ROWS": tile["ROWS"], "COLS": tile["COLS"], "RANK_PAD": 16, "RANK": 8}, tile
 
     scalars = {"seed_ptr": "*i32", "scale_ptr": "*fp32", "M": "i32", "K": "i32", "threshold": "i32"}
-    variants = [
-        ("down", lora_down._down_kernel, {"x_ptr": "*bf16", "a_ptr": "*bf16", "u_ptr": "*bf16", "stride_x": "i32"}, {}),
-        ("grad_weight", lora_down._grad_weight_kernel, {"x_ptr": "*bf16", "gu_ptr": "*bf16", "part_ptr": "*fp32",
-                                                        "stride_x": "i32", "stride_gu": "i32"}, {}),
-    ]
-    grad_input = {"gx_ptr": "*bf16", "gu_ptr": "*bf16", "a_ptr": "*bf16", "out_ptr": "*bf16", "stride_gx": "i32",
-                  "stride_gu": "i32"}
-    variants += [("grad_input", lora_down._grad_input_kernel, grad_input, {"ADAPTERS": n, "HAS_BASE": base})
-                 for n, base in [(1, True), (2, True), (1, False)]]
+    variants = [("down", lora_down._down_kernel, {"x_ptr": "*bf16", "a_ptr": "*bf16", "out_ptr": "*bf16",
+                                                  "stride_x": "i32", "stride_out": "i32", "u_col": "i32"},
+                 {"WRITE_X": write, "GLU": glu}) for write, glu in [(True, False), (False, False), (True, True)]]
+    variants.append(("grad_weight", lora_down._grad_weight_kernel,
+                     {"x_ptr": "*bf16", "g_ptr": "*bf16", "part_ptr": "*fp32", "stride_x": "i32", "stride_g": "i32",
+                      "gu_col": "i32"}, {}))
+    grad_input = {"g_ptr": "*bf16", "a_ptr": "*bf16", "out_ptr": "*bf16", "glu_ptr": "*bf16", "stride_g": "i32",
+                  "gu_col": "i32", "stride_glu": "i32"}
+    variants += [("grad_input", lora_down._grad_input_kernel, grad_input, {"ADAPTERS": n, "HAS_BASE": base, "GLU": glu})
+                 for n, base, glu in [(1, True, False), (2, True, False), (1, False, False), (1, True, True)]]
     for name, kernel, pointers, extra in variants:
         consts, tile = tiles(name)
         consts |= extra

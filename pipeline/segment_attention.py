@@ -1,0 +1,194 @@
+"""Causal attention inside short segments packed back to back (the fast transformer, training).
+
+The fast transformer attends over 10 positions per audio frame: every frame is its own causal
+sequence. As one packed sequence with a block-diagonal mask (flex attention), 128-row query
+blocks meet 128-column key blocks that straddle frames (two key blocks for most query blocks), and
+flex wants (heads, rows, dim) tensors: the rows x (heads * dim) activations around it are
+transposed in both directions.
+
+Here one program takes a tile of whole frames (12 frames = 120 rows for 10 positions, padded to
+128) and one head: its scores are a single 128 x 128 product with the frames' causal blocks on
+its diagonal, so forward and backward are one tile each, with no cross-program reduction (the two
+query heads of a grouped key/value head are summed inside the backward program). Inputs and
+outputs stay rows x heads x dim in the layout the projections use. Softmax statistics in fp32;
+the products in the inputs' dtype with fp32 accumulation, as flash attention does.
+
+Tests run the kernels in Triton's interpreter against SDPA per frame; the speed is measured by
+`python -m pipeline bench` on a GPU (docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pipeline import decode_kernels
+
+triton = decode_kernels.triton
+ENABLED = triton is not None and os.environ.get("SEGMENT_ATTENTION_KERNEL", "1") != "0"
+TILE = 128  # rows of a tile: the whole frames that fit, the rest masked
+SETTINGS = {"forward": {"num_warps": 8, "num_stages": 1}, "backward": {"num_warps": 8, "num_stages": 1}}
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _tile(N, LENGTH: tl.constexpr, TILE_: tl.constexpr):
+        """Row indices of this program's tile, which of them are real rows, and the causal
+        same-segment mask between them (a row always sees itself: no empty softmax rows)."""
+        span = (TILE_ // LENGTH) * LENGTH
+        idx = tl.arange(0, TILE_)
+        rows = tl.program_id(0) * span + idx
+        valid = (idx < span) & (rows < N)
+        seg = idx // LENGTH
+        allowed = (seg[:, None] == seg[None, :]) & (idx[None, :] <= idx[:, None]) & valid[None, :]
+        allowed = allowed | (idx[None, :] == idx[:, None])
+        return rows.to(tl.int64), valid, allowed
+
+    @triton.jit
+    def _segment_attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, N, stride_q, stride_k, stride_v,
+                               scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+                               TILE_: tl.constexpr):
+        """o[rows, h] = softmax(q k^T * scale, causal within each segment) v, lse[h, rows] for one
+        tile (program_id(0)) and query head h (program_id(1)); k/v head h // GROUP. scale is a
+        constexpr: inductor passes a runtime Python float as fp64, and fp64 tiles ran ~4x slower."""
+        h = tl.program_id(1)
+        hk = h // GROUP
+        heads = tl.num_programs(1)
+        rows, valid, allowed = _tile(N, LENGTH, TILE_)
+        d = tl.arange(0, D)[None, :]
+        q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
+        k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
+        s = tl.where(allowed, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
+        m = tl.max(s, 1)
+        p = tl.exp(s - m[:, None])
+        total = tl.sum(p, 1)
+        o = tl.dot((p / total[:, None]).to(v.dtype), v)
+        tl.store(o_ptr + rows[:, None] * (heads * D) + h * D + d, o.to(o_ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(lse_ptr + h * N + rows, m + tl.log(total), mask=valid)
+
+    @triton.jit
+    def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, N, stride_q, stride_k,
+                         stride_v, scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+                         TILE_: tl.constexpr):
+        """dq, dk, dv of one tile (program_id(0)) and key/value head hk (program_id(1)): its GROUP
+        query heads one after the other, their dk and dv summed in registers."""
+        hk = tl.program_id(1)
+        kv_heads = tl.num_programs(1)
+        heads = kv_heads * GROUP
+        rows, valid, allowed = _tile(N, LENGTH, TILE_)
+        d = tl.arange(0, D)[None, :]
+        k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
+        dk = tl.zeros([TILE_, D], dtype=tl.float32)
+        dv = tl.zeros([TILE_, D], dtype=tl.float32)
+        for g in tl.static_range(GROUP):
+            h = hk * GROUP + g
+            q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
+            o = tl.load(o_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
+            do = tl.load(do_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
+            lse = tl.load(lse_ptr + h * N + rows, mask=valid, other=0.0)
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+            s = tl.dot(q, tl.trans(k)) * scale
+            p = tl.where(allowed & valid[:, None], tl.exp(s - lse[:, None]), 0.0)
+            dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
+            dp = tl.dot(do, tl.trans(v))
+            ds = (p * (dp - delta[:, None])).to(q.dtype)
+            dq = tl.dot(ds, k) * scale
+            tl.store(dq_ptr + rows[:, None] * (heads * D) + h * D + d, dq.to(dq_ptr.dtype.element_ty),
+                     mask=valid[:, None])
+            dk = tl.dot(tl.trans(ds), q, dk)
+        tl.store(dk_ptr + rows[:, None] * (kv_heads * D) + hk * D + d, (dk * scale).to(dk_ptr.dtype.element_ty),
+                 mask=valid[:, None])
+        tl.store(dv_ptr + rows[:, None] * (kv_heads * D) + hk * D + d, dv.to(dv_ptr.dtype.element_ty),
+                 mask=valid[:, None])
+
+    def _grid(N, length, heads):
+        return (triton.cdiv(N, (TILE // length) * length), heads)
+
+    def launch_forward(launch, q, k, v, length, scale):
+        N, heads, D = q.shape
+        o = torch.empty(N, heads, D, device=q.device, dtype=q.dtype)
+        lse = torch.empty(heads, N, device=q.device, dtype=torch.float32)
+        launch(_segment_attention_fwd, _grid(N, length, heads))(
+            q, k, v, o, lse, N, q.stride(0), k.stride(0), v.stride(0), scale=scale, LENGTH=length,
+            GROUP=heads // k.shape[1], D=D, TILE_=TILE, **SETTINGS["forward"])
+        return o, lse
+
+    def launch_backward(launch, q, k, v, o, do, lse, length, scale):
+        N, heads, D = q.shape
+        kv_heads = k.shape[1]
+        dq = torch.empty(N, heads, D, device=q.device, dtype=q.dtype)
+        dk = torch.empty(N, kv_heads, D, device=q.device, dtype=k.dtype)
+        dv = torch.empty(N, kv_heads, D, device=q.device, dtype=v.dtype)
+        launch(_segment_attention_bwd, _grid(N, length, kv_heads))(
+            q, k, v, o, do, lse, dq, dk, dv, N, q.stride(0), k.stride(0), v.stride(0), scale=scale, LENGTH=length,
+            GROUP=heads // kv_heads, D=D, TILE_=TILE, **SETTINGS["backward"])
+        return dq, dk, dv
+
+    def _direct(kernel, grid):
+        return kernel[grid]
+
+    def _wrapped(kernel, grid):
+        return torch.library.wrap_triton(kernel)[grid]
+
+    @torch.library.triton_op("finnish_tts::segment_attention", mutates_args=())
+    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return launch_forward(_wrapped, q, k, v, length, scale)
+
+    @torch.library.triton_op("finnish_tts::segment_attention_backward", mutates_args=())
+    def _backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, do: torch.Tensor,
+                     lse: torch.Tensor, length: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return launch_backward(_wrapped, q, k, v, o, do, lse, length, scale)
+
+
+def applies(q: torch.Tensor, k: torch.Tensor, length: int) -> bool:
+    """Whether the kernels take this attention: q (rows, heads, D), k/v (rows, kv heads, D) with a
+    head dim the tensor cores take (16..128, a power of two), segments of at most TILE rows, a CUDA
+    GPU of Ampere or newer (or Triton's interpreter), SEGMENT_ATTENTION_KERNEL not 0."""
+    D = q.shape[-1]
+    if not ENABLED or D not in (16, 32, 64, 128) or length > TILE or q.shape[1] % k.shape[1]:
+        return False
+    if q.device.type != "cuda":
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return torch.cuda.get_device_capability(q.device) >= (8, 0)
+
+
+def _rows_layout(t: torch.Tensor) -> torch.Tensor:
+    """(rows, heads, D) with heads and D packed (any row stride): the kernels' addressing."""
+    return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
+
+
+def _forward(q, k, v, length, scale):
+    return _forward_op(q, k, v, length, scale) if q.is_cuda else launch_forward(_direct, q, k, v, length, scale)
+
+
+def _backward(q, k, v, o, do, lse, length, scale):
+    args = (q, k, v, o, do, lse, length, scale)
+    return _backward_op(*args) if q.is_cuda else launch_backward(_direct, *args)
+
+
+class _SegmentAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, length, scale):
+        o, lse = _forward(q, k, v, length, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.length, ctx.scale = length, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, o, do.contiguous(), lse, ctx.length, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
+    """Causal attention within each `length`-row segment of q (rows, heads, D) over k, v
+    (rows, kv heads, D) (grouped-query: query head h reads key/value head h // (heads / kv heads)),
+    scaled by 1/sqrt(D); (rows, heads, D) out. The caller checked `applies`."""
+    q, k, v = (_rows_layout(t) for t in (q, k, v))
+    return _SegmentAttention.apply(q, k, v, length, q.shape[-1] ** -0.5)
