@@ -251,6 +251,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         for context in contexts:
             stack.enter_context(context)
         timing = time_calls(step, warmup, repeat, device)
+        last_loss = float(losses[-1])  # before the profiled steps: loss_last must not depend on --profile
         if profile_dir and cuda:
             prof = _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
             row["gpu_ms_by_kind"], row["gpu_idle"] = kernel_groups(prof), gpu_idle(prof)
@@ -260,7 +261,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
     tflops, (peak_tf, _) = flops["step"] / step_s / 1e12, peak_tflops(device)
     row.update(step_s=step_s, first_step_s=timing["first_s"], tokens_per_s=round(flops["tokens"] / step_s, 1),
                peak_gb=round(peak, 2), achieved_tflops=round(tflops, 1), mfu=round(tflops / peak_tf, 4) if cuda else None,
-               loss_first=round(float(losses[0]), 6), loss_last=round(float(losses[-1]), 6), lora_params=lora_params,
+               loss_first=round(float(losses[0]), 6), loss_last=round(last_loss, 6), lora_params=lora_params,
                timing=timing)
     if cuda and impl != "reference":
         params_total = sum(p.numel() for p in model.parameters())

@@ -106,12 +106,12 @@ def embed(model: DualARTransformer, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def residual_dtype(x: torch.Tensor) -> torch.Tensor:
-    """x in autocast's dtype when autocast is on: the residual stream in bf16, as upstream trains
-    (bf16-true) and as generation runs. fp32 LoRA embeddings would otherwise promote it to fp32 and
-    every block would read and write it at twice the bytes."""
+    """x in bf16 under bf16 autocast: the residual stream in bf16, as upstream trains (bf16-true)
+    and as generation runs. fp32 LoRA embeddings would otherwise promote it to fp32 and every block
+    would read and write it at twice the bytes. (fp16 autocast keeps fp32: fp16 sums can overflow.)"""
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return x.to(torch.get_autocast_dtype(device_type))
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16:
+        return x.to(torch.bfloat16)
     return x
 
 
@@ -142,6 +142,7 @@ def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, 
     q = apply_rotary_emb(q, freqs_cis)
     k = apply_rotary_emb(k, freqs_cis)
     gqa = attn.n_head != attn.n_local_heads
+    # a block mask here is always segment_block_mask(frames, seqlen): each frame its own causal sequence
     if block_mask is not None and segment_attention.applies(q, k, seqlen):  # one tile of whole frames per program
         y = segment_attention.segment_attention(*(t.reshape(bsz * seqlen, *t.shape[2:]) for t in (q, k, v)), seqlen)
         return _linear(attn.wo, y.view(bsz, seqlen, q_size), fused)

@@ -254,9 +254,14 @@ def usable(device) -> bool:
 def kernel_applies(x: torch.Tensor, branches, glu: bool = False) -> bool:
     """Whether the kernel computes these branches [(A, dropout, scale, B)] for x (glu: for
     silu(gate) * up of x = [gate | up]): training-mode nn.Dropout with one 0 < p < 1 for all, one
-    rank <= MAX_RANK for all, at most MAX_ADAPTERS, no bias, a `usable` device, K % 8 == 0."""
+    rank <= MAX_RANK for all, at most MAX_ADAPTERS, no bias, a `usable` device, K % 8 == 0, and on
+    a GPU a 16-bit compute dtype (fp32's tensor-core dots would be TF32)."""
     width = x.shape[-1] // 2 if glu else x.shape[-1]
     if not branches or len(branches) > MAX_ADAPTERS or width % 8 or not usable(x.device):
+        return False
+    autocast = torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    if x.is_cuda and dtype not in (torch.bfloat16, torch.float16):  # fp32 dots would run as TF32: torch's path
         return False
     if x.numel() // 8 >= 2**31:  # the mask's Philox counter (row * K/8 + column/8) is 32-bit
         return False
@@ -336,6 +341,8 @@ def dropped_linear(x: torch.Tensor, branches, dtype: torch.dtype, w: torch.Tenso
     """Through the kernels (the caller checked `kernel_applies`): the branches' scaled low-rank
     activations u of x, or with a frozen base weight w: [x | u] @ [w | w_low].T (see _Dropped).
     glu: x holds [gate | up] and the layer's input is silu(gate) * up (w must be given)."""
+    if glu and w is None:
+        raise ValueError("glu needs the layer's base weight: [gate | up] is not the low-rank input itself.")
     a, scale, threshold, seed = operands(x, branches, dtype)
     x2 = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
     y = _Dropped.apply(x2, w, w_low, a, scale, threshold, seed, glu, *[a_.weight for a_, *_ in branches])

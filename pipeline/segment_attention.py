@@ -70,8 +70,8 @@ if triton is not None:
         tl.store(lse_ptr + h * N + rows, m + tl.log(total), mask=valid)
 
     @triton.jit
-    def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, N, stride_q, stride_k,
-                         stride_v, scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+    def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, N, stride_q,
+                               stride_k, stride_v, scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                          TILE_: tl.constexpr):
         """dq, dk, dv of one tile (program_id(0)) and key/value head hk (program_id(1)): its GROUP
         query heads one after the other, their dk and dv summed in registers."""
@@ -146,15 +146,16 @@ if triton is not None:
 
 
 def applies(q: torch.Tensor, k: torch.Tensor, length: int) -> bool:
-    """Whether the kernels take this attention: q (rows, heads, D), k/v (rows, kv heads, D) with a
+    """Whether the kernels take this attention: q (..., heads, D), k/v (..., kv heads, D) with a
     head dim the tensor cores take (16..128, a power of two), segments of at most TILE rows, a CUDA
-    GPU of Ampere or newer (or Triton's interpreter), SEGMENT_ATTENTION_KERNEL not 0."""
+    GPU of Ampere or newer with 16-bit inputs (fp32 would run its products as TF32; flex attention
+    keeps them exact), or Triton's interpreter; SEGMENT_ATTENTION_KERNEL not 0."""
     D = q.shape[-1]
-    if not ENABLED or D not in (16, 32, 64, 128) or length > TILE or q.shape[1] % k.shape[1]:
+    if not ENABLED or D not in (16, 32, 64, 128) or length > TILE or q.shape[-2] % k.shape[-2]:
         return False
     if q.device.type != "cuda":
         return os.environ.get("TRITON_INTERPRET") == "1"
-    return torch.cuda.get_device_capability(q.device) >= (8, 0)
+    return q.dtype in (torch.bfloat16, torch.float16) and torch.cuda.get_device_capability(q.device) >= (8, 0)
 
 
 def _rows_layout(t: torch.Tensor) -> torch.Tensor:

@@ -100,3 +100,21 @@ def test_real_shape_needs_a_gpu_and_unknown_variants_are_refused(tmp_path):
     with pytest.raises(ValueError, match="variant"):
         run_bench(load_config(), which=["train"], out_dir=tmp_path, tiny=True, variants=["turbo-lora"], device="cpu")
     assert result_path(tmp_path, "NVIDIA H100 80GB HBM3", "2026-01-02", False).name == "nvidia-h100-80gb-hbm3-2026-01-02.json"
+
+
+def test_gpu_idle_merges_overlapping_kernels_and_reports_the_gaps():
+    from types import SimpleNamespace
+
+    from pipeline.bench_sections import gpu_idle
+
+    def kernel(name, start, end, device="CUDA"):
+        return SimpleNamespace(name=name, device_type=SimpleNamespace(name=device),
+                               time_range=SimpleNamespace(start=start, end=end))
+
+    # a and b overlap (two streams), 100 us idle before c, 300 us before d; CPU events are ignored
+    events = [kernel("a", 0, 500), kernel("b", 200, 700), kernel("cpu op", 700, 5000, "CPU"),
+              kernel("c", 800, 900), kernel("d", 1200, 1300)]
+    idle = gpu_idle(SimpleNamespace(events=lambda: events))
+    assert idle["span_ms"] == 1.3 and idle["idle_ms"] == 0.4 and idle["gaps_over_50us"] == 2
+    assert [(g["ms"], g["after"], g["before"]) for g in idle["longest"]] == [(0.3, "c", "d"), (0.1, "b", "c")]
+    assert gpu_idle(SimpleNamespace(events=lambda: [])) == {}

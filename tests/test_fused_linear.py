@@ -70,3 +70,24 @@ def test_unsupported_modules_fall_back_to_their_own_forward():
     torch.testing.assert_close(shared_input_linear([biased], x)[0], biased(x))
     dora = get_peft_model(_FF(), LoraConfig(r=2, target_modules=["w2"], use_dora=True)).base_model.model.w2
     assert lora_branches(dora) is None
+
+
+def test_glu_linear_and_stacked_outputs_fall_back_exactly_where_the_kernels_do_not_apply():
+    """On the CPU (no Triton interpreter) glu_linear is w2(silu(gate) * up) and stacked=True the
+    outputs side by side: for LoRA, a plain model (full fine-tuning), a trainable base, eval mode and a
+    biased w2. (The kernels' own path is checked in tests/test_lora_down.py.)"""
+    from pipeline.fused_linear import glu_linear
+
+    torch.manual_seed(0)
+    lora = get_peft_model(_FF(), LoraConfig(r=4, lora_alpha=8, target_modules=["w1", "w2", "w3"], lora_dropout=0.0))
+    trainable_base = get_peft_model(_FF(), LoraConfig(r=2, target_modules=["w1", "w2", "w3"]))
+    for p in trainable_base.parameters():
+        p.requires_grad_(True)
+    biased = _FF()
+    biased.w2 = torch.nn.Linear(24, 16, bias=True)
+    models = [lora.base_model.model, _FF(), trainable_base.base_model.model, lora.eval().base_model.model, biased]
+    x = torch.randn(3, 16)
+    for ff in models:
+        (gate_up,) = shared_input_linear([ff.w1, ff.w3], x, stacked=True)
+        torch.testing.assert_close(gate_up, torch.cat([ff.w1(x), ff.w3(x)], -1))
+        torch.testing.assert_close(glu_linear(ff.w2, gate_up), ff.w2(torch.nn.functional.silu(ff.w1(x)) * ff.w3(x)))
