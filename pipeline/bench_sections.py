@@ -33,7 +33,9 @@ from pipeline.bench import (
 # "+toggle" switches one speed-up off (TOGGLES) to measure what it brings.
 DEFAULT_VARIANTS = ["reference-lora", "reference-full", "project-lora", "project-full", "fast-lora@40", "fast-full@80"]
 TOGGLES = {
-    "sdpa": "fast-transformer attention: one SDPA call per frame instead of packed flex attention",
+    "sdpa": "fast-transformer attention: one SDPA call per frame instead of all frames packed (segment_attention)",
+    "flex": "fast-transformer attention: the packed frames through compiled flex attention instead of "
+            "pipeline.segment_attention's kernels",
     "chunked": "cross-entropy: fp32 logits in checkpointed chunks instead of the fused linear cross-entropy",
     "allpos": "every position through the compiled fast transformer instead of audio frames only",
     "peft": "each (LoRA) linear through its own module instead of fused matmuls (LoRA columns, w1|w3)",
@@ -97,14 +99,13 @@ def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, 
 
 
 @contextlib.contextmanager
-def _lora_dropout_kernel_off():
-    from pipeline import lora_down
-
-    enabled, lora_down.ENABLED = lora_down.ENABLED, False
+def _kernels_off(module):
+    """module.ENABLED (lora_down, segment_attention) off for the duration: their callers fall back."""
+    enabled, module.ENABLED = module.ENABLED, False
     try:
         yield
     finally:
-        lora_down.ENABLED = enabled
+        module.ENABLED = enabled
 
 
 def _parse_variant(name: str):
@@ -234,8 +235,12 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         bf16 = cuda and settings.precision != "fp32"
         compile_blocks = cuda if impl == "fast" else use_compile(settings, device)
         contexts.append(disable_input_dtype_casting(model))  # as train.py: no fp32 copies of LoRA inputs
+        from pipeline import lora_down, segment_attention
+
         if "torchdropout" in toggles:
-            contexts.append(_lora_dropout_kernel_off())
+            contexts.append(_kernels_off(lora_down))
+        if "flex" in toggles:
+            contexts.append(_kernels_off(segment_attention))
         options = _forward_options(toggles, compile_blocks)
 
         def step():
