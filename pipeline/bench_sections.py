@@ -170,7 +170,8 @@ def gpu_idle(prof, top: int = 12) -> dict:
 def _profiled(run, path, rows: int = 250):
     """`run()` under torch.profiler, twice: GPU kernels only (the kernel table by GPU time and the
     idle gaps, gpu_idle, written to `path`: recording every CPU op would slow the CPU side and
-    inflate the gaps), then with the CPU ops too, for a gzipped Chrome trace next to it."""
+    inflate the gaps), then with the CPU ops too, for a gzipped Chrome trace next to it.
+    Returns the first run's profiler and its summary ({gpu_ms_by_kind, gpu_idle})."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -187,7 +188,7 @@ def _profiled(run, path, rows: int = 250):
     with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     trace.unlink()
-    return prof
+    return prof, summary
 
 
 def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir=None) -> dict:
@@ -258,8 +259,8 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         timing = time_calls(step, warmup, repeat, device)
         last_loss = float(losses[-1])  # before the profiled steps: loss_last must not depend on --profile
         if profile_dir and cuda:
-            prof = _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
-            row["gpu_ms_by_kind"], row["gpu_idle"] = kernel_groups(prof), gpu_idle(prof)
+            _, summary = _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
+            row.update(summary)
     flops = train_flops(args, batch, mode, lora_params)
     peak = _peak_gb(device)
     step_s = timing["median_s"]
@@ -364,7 +365,7 @@ def bench_extract(shapes, device, tiny) -> dict:
 # -- generation ---------------------------------------------------------------------------------
 def _profile_generation(gen, prompt, path, frames: int = 20) -> dict:
     """Kernels of `frames` decode steps (CUDA-graph replays) by GPU time, as a table; kernels per frame."""
-    prof = _profiled(lambda: gen.generate([prompt], frames, stop_at_end=False), path, rows=40)
+    prof, _ = _profiled(lambda: gen.generate([prompt], frames, stop_at_end=False), path, rows=40)
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     return {"kernels_per_frame": round(len(kernels) / frames, 1),
             "kernel_ms_per_frame": round(sum(e.device_time for e in kernels) / 1e3 / frames, 3)}

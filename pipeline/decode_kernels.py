@@ -33,6 +33,28 @@ except ImportError:  # a torch build without Triton: the fused decoder is unavai
     triton = None
 
 AVAILABLE = triton is not None
+
+
+def triton_kernels_run_on(device) -> bool:
+    """Whether the project's Triton kernels (these, lora_down, segment_attention) can run on
+    `device`: a CUDA GPU of Ampere or newer (bf16 kernels) with Triton, or Triton's interpreter on
+    the CPU (tests)."""
+    device = torch.device(device)
+    if not AVAILABLE:
+        return False
+    if device.type != "cuda":
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def launch_direct(kernel, grid):
+    """kernel[grid], launched by Triton itself (the CPU and the interpreter)."""
+    return kernel[grid]
+
+
+def launch_wrapped(kernel, grid):
+    """kernel[grid] through torch.library.wrap_triton: inside a triton_op, traceable by torch.compile."""
+    return torch.library.wrap_triton(kernel)[grid]
 # epilogues of the weight product
 PLAIN, RESIDUAL, SWIGLU = 0, 1, 2
 

@@ -140,7 +140,7 @@ class FastGenerator:
         # streams: the compiled layers (cuBLAS's batched products beat the kernels' per-stream
         # reductions: 8 streams 2,192 vs 1,530 frames/s on an H100, docs/PERFORMANCE.md run 4)
         small = batch_size <= decode_kernels.MAX_STREAMS
-        ampere = cuda and torch.cuda.get_device_capability(self.device) >= (8, 0)  # bf16 Triton kernels
+        ampere = cuda and decode_kernels.triton_kernels_run_on(self.device)  # bf16 Triton kernels
         self.fused = (decode_kernels.ENABLED and ampere and batch_size == 1) if fused is None else fused
         if self.fused and not (small and decode_kernels.AVAILABLE):
             raise ValueError(f"The fused decoder needs Triton and at most {decode_kernels.MAX_STREAMS} streams.")

@@ -75,10 +75,6 @@ def _stacked_weights(parts, dtype):
     return weight.to(dtype), torch.cat(blocks, 0).to(dtype), branches
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-
-
 def shared_input_linear(modules, x: torch.Tensor, stacked: bool = False) -> list[torch.Tensor]:
     """[m(x) for m in modules], computed as one matmul (see the module docstring); stacked: the
     outputs side by side as one tensor, [torch.cat(outputs, -1)]."""
@@ -93,7 +89,7 @@ def shared_input_linear(modules, x: torch.Tensor, stacked: bool = False) -> list
         weight = parts[0][0].weight if len(parts) == 1 else torch.cat([p[0].weight for p in parts], 0)
         y = F.linear(x, weight)
     else:
-        dtype = _compute_dtype(x)
+        dtype = lora_down.compute_dtype(x)
         weight, w_low, branches = _stacked_weights(parts, dtype)
         if lora_down.kernel_applies(x, branches):  # dropout masks drawn inside the kernels
             y = lora_down.dropped_linear(x, branches, dtype, weight, w_low)
@@ -110,7 +106,7 @@ def glu_linear(module, gate_up: torch.Tensor) -> torch.Tensor:
     parts = lora_branches(module)
     if parts is not None and parts[1] and not parts[0].weight.requires_grad and \
             lora_down.kernel_applies(gate_up, parts[1], glu=True):
-        dtype = _compute_dtype(gate_up)
+        dtype = lora_down.compute_dtype(gate_up)
         weight, w_low, branches = _stacked_weights([parts], dtype)
         return lora_down.dropped_linear(gate_up, branches, dtype, weight, w_low, glu=True)
     gate, up = gate_up.chunk(2, -1)

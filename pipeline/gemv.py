@@ -6,8 +6,9 @@ runs these with 64x8 tiles at ~1 TB/s on an H200 (docs/PERFORMANCE.md, run 3): 1
 (pipeline.decode_kernels, without prologue or epilogue: 2 weight rows per program over the whole
 K in one load, fp32 reduction) is registered as a torch custom op (`torch.library.triton_op`), so
 inductor keeps it inside the compiled graph and the CUDA graph captures it. The compiled layers
-use it for one stream when the fused decoder is off (FASTGEN_FUSED=0). Any other case (several rows, a bias, a CPU tensor) uses F.linear, as
-does everything with FASTGEN_GEMV=0 (the bench's baseline).
+use it for one stream when the fused decoder is off (FASTGEN_FUSED=0). Any other case (several
+rows, a bias, a CPU tensor) uses F.linear, as does everything with FASTGEN_GEMV=0 (the bench's
+baseline).
 """
 
 from __future__ import annotations

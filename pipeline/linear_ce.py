@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.fused_linear import lora_branches
-from pipeline.lora_down import low_rank_inputs
+from pipeline.lora_down import compute_dtype, low_rank_inputs
 
 
 def head_operands(head: torch.nn.Module, x: torch.Tensor, rows: int | None = None):
@@ -132,7 +132,7 @@ def linear_cross_entropy(head: torch.nn.Module, x: torch.Tensor, targets: torch.
         logits = head(x)[..., :rows].float()
         return (F.cross_entropy(logits, targets, reduction="sum"), *_ce_loss(logits, targets)[1:])
     device_type = x.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    dtype = compute_dtype(x)
     x, weight, x_extra, w_extra = (t.to(dtype) if t is not None else None for t in operands)
     with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(x, weight, x_extra, w_extra, targets, chunk_rows, compiled)

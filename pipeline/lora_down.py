@@ -185,8 +185,9 @@ if triton is not None:
             WRITE_X=with_x, GLU=glu, RANK=rank, **consts, **options)
         return out
 
-    def launch_grad_input(launch, g, gu_col, has_base, a, seed, scale, threshold, M, K, glu=None):
-        adapters, rank, _ = a.shape
+    def launch_grad_input(launch, g, gu_col, has_base, a, seed, scale, threshold, glu=None):
+        adapters, rank, K = a.shape
+        M = g.shape[0]
         rows, cols, consts, options = _settings("grad_input", rank)
         out = torch.empty(M, K if glu is None else 2 * K, device=g.device, dtype=g.dtype)
         launch(_grad_input_kernel, (triton.cdiv(M, rows), triton.cdiv(K, cols)))(
@@ -205,27 +206,20 @@ if triton is not None:
             x, g, part, seed, scale, M, K, x.stride(0), g.stride(0), gu_col, threshold, RANK=rank, **consts, **options)
         return part.sum(0)  # a fixed order: deterministic, unlike atomics
 
-    def _direct(kernel, grid):
-        return kernel[grid]
-
-    def _wrapped(kernel, grid):
-        return torch.library.wrap_triton(kernel)[grid]
-
     @torch.library.triton_op("finnish_tts::lora_down", mutates_args=())
     def _down_op(x: torch.Tensor, a: torch.Tensor, seed: torch.Tensor, scale: torch.Tensor,
                  threshold: int, with_x: bool, glu: bool) -> torch.Tensor:
-        return launch_down(_wrapped, x, a, seed, scale, threshold, with_x, glu)
+        return launch_down(decode_kernels.launch_wrapped, x, a, seed, scale, threshold, with_x, glu)
 
     @torch.library.triton_op("finnish_tts::lora_down_grad_input", mutates_args=())
     def _grad_input_op(g: torch.Tensor, gu_col: int, has_base: bool, a: torch.Tensor, seed: torch.Tensor,
-                       scale: torch.Tensor, threshold: int, M: int, K: int,
-                       glu: torch.Tensor | None) -> torch.Tensor:
-        return launch_grad_input(_wrapped, g, gu_col, has_base, a, seed, scale, threshold, M, K, glu)
+                       scale: torch.Tensor, threshold: int, glu: torch.Tensor | None) -> torch.Tensor:
+        return launch_grad_input(decode_kernels.launch_wrapped, g, gu_col, has_base, a, seed, scale, threshold, glu)
 
     @torch.library.triton_op("finnish_tts::lora_down_grad_weight", mutates_args=())
     def _grad_weight_op(x: torch.Tensor, g: torch.Tensor, gu_col: int, a: torch.Tensor, seed: torch.Tensor,
                         scale: torch.Tensor, threshold: int) -> torch.Tensor:
-        return launch_grad_weight(_wrapped, x, g, gu_col, a, seed, scale, threshold)
+        return launch_grad_weight(decode_kernels.launch_wrapped, x, g, gu_col, a, seed, scale, threshold)
 
     def keep_mask(seed: torch.Tensor, M: int, K: int, threshold: int) -> torch.Tensor:
         """The (M, K) keep-mask the kernels draw for `seed` (bool), launched directly (tests)."""
@@ -241,14 +235,14 @@ def threshold_for(p: float) -> int:
 
 
 def usable(device) -> bool:
-    """Whether the kernels run on `device`: a CUDA GPU of Ampere or newer (bf16 tensor-core dots)
-    with Triton, and LORA_DROPOUT_KERNEL not set to 0; or Triton's interpreter (tests)."""
-    device = torch.device(device)
-    if not ENABLED:
-        return False
-    if device.type != "cuda":
-        return os.environ.get("TRITON_INTERPRET") == "1"
-    return torch.cuda.get_device_capability(device) >= (8, 0)
+    """Whether the kernels run on `device` (decode_kernels.triton_kernels_run_on) with
+    LORA_DROPOUT_KERNEL not set to 0."""
+    return ENABLED and decode_kernels.triton_kernels_run_on(device)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype x's matmuls run in: autocast's where it is on, else x's."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
 
 def kernel_applies(x: torch.Tensor, branches, glu: bool = False) -> bool:
@@ -259,9 +253,7 @@ def kernel_applies(x: torch.Tensor, branches, glu: bool = False) -> bool:
     width = x.shape[-1] // 2 if glu else x.shape[-1]
     if not branches or len(branches) > MAX_ADAPTERS or width % 8 or not usable(x.device):
         return False
-    autocast = torch.is_autocast_enabled(x.device.type)
-    dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
-    if x.is_cuda and dtype not in (torch.bfloat16, torch.float16):  # fp32 dots would run as TF32: torch's path
+    if x.is_cuda and compute_dtype(x) not in (torch.bfloat16, torch.float16):  # fp32 dots would be TF32: torch's path
         return False
     if x.numel() // 8 >= 2**31:  # the mask's Philox counter (row * K/8 + column/8) is 32-bit
         return False
@@ -304,14 +296,14 @@ class _Dropped(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x_or_xu, glu_input, w, w_low, a, scale, seed = ctx.saved_tensors
-        M, K = x_or_xu.shape[0], a.shape[-1]
+        K = a.shape[-1]
         grad_low = None
         if w is None:
             g, gu_col = grad.contiguous(), 0
         else:  # the gradient of [x | u]: x's base part in columns :K, u's in K:
             g, gu_col = grad @ torch.cat([w, w_low], -1), K
             grad_low = grad.T @ x_or_xu[:, K:] if ctx.needs_input_grad[2] else None
-        grad_x = grad_input(g, gu_col, w is not None, a, seed, scale, ctx.threshold, M, K, glu_input) \
+        grad_x = grad_input(g, gu_col, w is not None, a, seed, scale, ctx.threshold, glu_input) \
             if ctx.needs_input_grad[0] else None
         grad_a = grad_weight(x_or_xu, g, gu_col, a, seed, scale, ctx.threshold)
         return (grad_x, None, grad_low, None, None, None, None, None,
@@ -321,19 +313,19 @@ class _Dropped(torch.autograd.Function):
 def down(x2, a, seed, scale, threshold, with_x=False, glu=False):
     if x2.is_cuda:
         return _down_op(x2, a, seed, scale, threshold, with_x, glu)
-    return launch_down(_direct, x2, a, seed, scale, threshold, with_x, glu)
+    return launch_down(decode_kernels.launch_direct, x2, a, seed, scale, threshold, with_x, glu)
 
 
-def grad_input(g, gu_col, has_base, a, seed, scale, threshold, M, K, glu=None):
+def grad_input(g, gu_col, has_base, a, seed, scale, threshold, glu=None):
     if g.is_cuda:
-        return _grad_input_op(g, gu_col, has_base, a, seed, scale, threshold, M, K, glu)
-    return launch_grad_input(_direct, g, gu_col, has_base, a, seed, scale, threshold, M, K, glu)
+        return _grad_input_op(g, gu_col, has_base, a, seed, scale, threshold, glu)
+    return launch_grad_input(decode_kernels.launch_direct, g, gu_col, has_base, a, seed, scale, threshold, glu)
 
 
 def grad_weight(x, g, gu_col, a, seed, scale, threshold):
     if x.is_cuda:
         return _grad_weight_op(x, g, gu_col, a, seed, scale, threshold)
-    return launch_grad_weight(_direct, x, g, gu_col, a, seed, scale, threshold)
+    return launch_grad_weight(decode_kernels.launch_direct, x, g, gu_col, a, seed, scale, threshold)
 
 
 def dropped_linear(x: torch.Tensor, branches, dtype: torch.dtype, w: torch.Tensor | None = None,

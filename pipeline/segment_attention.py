@@ -71,8 +71,8 @@ if triton is not None:
 
     @triton.jit
     def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, N, stride_q,
-                               stride_k, stride_v, scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-                         TILE_: tl.constexpr):
+                               stride_k, stride_v, scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr,
+                               D: tl.constexpr, TILE_: tl.constexpr):
         """dq, dk, dv of one tile (program_id(0)) and key/value head hk (program_id(1)): its GROUP
         query heads one after the other, their dk and dv summed in registers."""
         hk = tl.program_id(1)
@@ -128,21 +128,15 @@ if triton is not None:
             GROUP=heads // kv_heads, D=D, TILE_=TILE, **SETTINGS["backward"])
         return dq, dk, dv
 
-    def _direct(kernel, grid):
-        return kernel[grid]
-
-    def _wrapped(kernel, grid):
-        return torch.library.wrap_triton(kernel)[grid]
-
     @torch.library.triton_op("finnish_tts::segment_attention", mutates_args=())
     def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch_forward(_wrapped, q, k, v, length, scale)
+        return launch_forward(decode_kernels.launch_wrapped, q, k, v, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward", mutates_args=())
     def _backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, do: torch.Tensor,
                      lse: torch.Tensor, length: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return launch_backward(_wrapped, q, k, v, o, do, lse, length, scale)
+        return launch_backward(decode_kernels.launch_wrapped, q, k, v, o, do, lse, length, scale)
 
 
 def applies(q: torch.Tensor, k: torch.Tensor, length: int) -> bool:
@@ -153,9 +147,9 @@ def applies(q: torch.Tensor, k: torch.Tensor, length: int) -> bool:
     D = q.shape[-1]
     if not ENABLED or D not in (16, 32, 64, 128) or length > TILE or q.shape[-2] % k.shape[-2]:
         return False
-    if q.device.type != "cuda":
-        return os.environ.get("TRITON_INTERPRET") == "1"
-    return q.dtype in (torch.bfloat16, torch.float16) and torch.cuda.get_device_capability(q.device) >= (8, 0)
+    if q.is_cuda and q.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    return decode_kernels.triton_kernels_run_on(q.device)
 
 
 def _rows_layout(t: torch.Tensor) -> torch.Tensor:
@@ -164,12 +158,15 @@ def _rows_layout(t: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(q, k, v, length, scale):
-    return _forward_op(q, k, v, length, scale) if q.is_cuda else launch_forward(_direct, q, k, v, length, scale)
+    if q.is_cuda:
+        return _forward_op(q, k, v, length, scale)
+    return launch_forward(decode_kernels.launch_direct, q, k, v, length, scale)
 
 
 def _backward(q, k, v, o, do, lse, length, scale):
-    args = (q, k, v, o, do, lse, length, scale)
-    return _backward_op(*args) if q.is_cuda else launch_backward(_direct, *args)
+    if q.is_cuda:
+        return _backward_op(q, k, v, o, do, lse, length, scale)
+    return launch_backward(decode_kernels.launch_direct, q, k, v, o, do, lse, length, scale)
 
 
 class _SegmentAttention(torch.autograd.Function):

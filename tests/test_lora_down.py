@@ -56,8 +56,8 @@ for M, K, adapters, r in [(150, 256, 2, 8), (70, 200, 1, 4), (64, 1024, 3, 16), 
     # the gradient of [x | u] as one buffer with padded rows (what the fused linear's backward passes)
     g = torch.zeros(M, K + adapters * r + 24)[:, : K + adapters * r]
     g[:, :K], g[:, K:] = gx, gu
-    torch.testing.assert_close(ld.grad_input(g, K, True, a, seed, scale, th, M, K), want_gx, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(ld.grad_input(gu, 0, False, a, seed, scale, th, M, K), want_gx - gx, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ld.grad_input(g, K, True, a, seed, scale, th), want_gx, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ld.grad_input(gu, 0, False, a, seed, scale, th), want_gx - gx, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ld.grad_weight(x, gu, 0, a, seed, scale, th), want_ga, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ld.grad_weight(xu, g, K, a, seed, scale, th), want_ga, rtol=1e-4, atol=1e-4)
     # GLU: the input is [gate | up] and x = silu(gate) * up is made in the kernels, forward and backward
@@ -68,7 +68,7 @@ for M, K, adapters, r in [(150, 256, 2, 8), (70, 200, 1, 4), (64, 1024, 3, 16), 
     mu = ld.down(gate_up.detach(), a, seed, scale, th, with_x=True, glu=True)
     torch.testing.assert_close(mu[:, :K], m.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mu[:, K:], want_um, rtol=1e-4, atol=1e-4)
-    got = ld.grad_input(g, K, True, a, seed, scale, th, M, K, glu=gate_up.detach())
+    got = ld.grad_input(g, K, True, a, seed, scale, th, glu=gate_up.detach())
     torch.testing.assert_close(got, gate_up.grad, rtol=1e-4, atol=1e-4)
 print("ok")
 """
