@@ -265,6 +265,13 @@ def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return model.output(out)
 
 
+def _fast_inputs(model, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(M, N, fast_dim): [project_in(hidden), emb(c0), ..., emb(c_{N-2})] per frame."""
+    x = model.fast_project_in(hidden)
+    n = model.config.num_codebooks
+    return residual_dtype(torch.cat([x[:, None], model.fast_embeddings(codes[:, : n - 1])], dim=1))
+
+
 def fast_hidden(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False,
                 compile_blocks: bool = False, flex_attention: bool = False, fused_linears: bool = False) -> torch.Tensor:
     """Fast transformer outputs (M, N, fast_dim), before fast_norm, for M frames.
@@ -274,8 +281,7 @@ def fast_hidden(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_check
     """
     model = unwrap(model)
     n = model.config.num_codebooks
-    x = model.fast_project_in(hidden)
-    x = residual_dtype(torch.cat([x[:, None], model.fast_embeddings(codes[:, : n - 1])], dim=1))
+    x = _maybe_compiled(_fast_inputs, compile_blocks)(model, hidden, codes)
     dropout = any(layer.attention.dropout for layer in model.fast_layers) and model.training
     mask = segment_block_mask(x.shape[0], n, x.device) if flex_attention and not dropout else None
     return _run_layers(model.fast_layers, x, model.fast_freqs_cis[:n], gradient_checkpointing, compile_blocks, mask,
@@ -305,11 +311,12 @@ def _token_chunk(model, hidden, targets):
 
 
 def _token_loss_sum(model, hidden, targets, chunk_rows: int, fused: bool, compiled: bool):
-    """Summed CE and top-1/top-5 hits over the whole vocabulary. Fused: pipeline.linear_ce.
-    Otherwise in row chunks whose logits are recomputed in backward: (rows x 155k) fp32 logits
-    would otherwise stay alive for backward."""
+    """Summed CE and top-1/top-5 hits over the whole vocabulary of hidden (rows, dim), before the
+    final norm. Fused: pipeline.linear_ce. Otherwise in row chunks whose logits are recomputed in
+    backward: (rows x 155k) fp32 logits would otherwise stay alive for backward."""
     if fused and not model.config.tie_word_embeddings:
-        return linear_cross_entropy(model.output, model.norm(hidden), targets, chunk_rows=chunk_rows, compiled=compiled)
+        features = _maybe_compiled(_normed, compiled)(model.norm, hidden)
+        return linear_cross_entropy(model.output, features, targets, chunk_rows=chunk_rows, compiled=compiled)
     total, hits1, hits5 = hidden.new_zeros((), dtype=torch.float32), 0, 0
     for start in range(0, hidden.shape[0], chunk_rows):
         h, t = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
@@ -321,34 +328,93 @@ def _token_loss_sum(model, hidden, targets, chunk_rows: int, fused: bool, compil
     return total, hits1, hits5
 
 
-def _frame_rows(frame_pos: torch.Tensor, compile_blocks: bool, frames_only: bool):
-    """Flat indices of the positions whose next column is an audio frame, and how many of them
-    are real. Compiled: padded to FRAME_BUCKET (or every position) so that graphs are reused."""
-    flat = frame_pos.reshape(-1)
-    index = flat.nonzero().squeeze(1)
-    real = index.shape[0]
-    if compile_blocks and not frames_only:
-        return torch.arange(flat.shape[0], device=flat.device), real, flat
-    if compile_blocks:
-        padded = min(-(-real // FRAME_BUCKET) * FRAME_BUCKET, flat.shape[0])
-        index = F.pad(index, (0, padded - real))  # extra rows repeat position 0; their outputs are dropped
-    return index, real, None
+def _normed(norm, x: torch.Tensor) -> torch.Tensor:
+    """A final norm (the wheel's RMSNorm: fp32 statistics). Compiled it is one kernel each way;
+    eagerly it is seven passes over fp32 copies of x (the fast head's is 122k rows x 1024)."""
+    return norm(x)
 
 
-def _codebook_loss(base, hidden, labels, frame_pos, gradient_checkpointing, compile_blocks, options):
+def _frame_features(norm, out: torch.Tensor, frames: int) -> torch.Tensor:
+    """fast_norm of outputs 1.. (those predicting codebooks 1..N-1) of the first `frames` frames, as rows."""
+    return norm(out[:frames, 1:]).reshape(-1, out.shape[-1])
+
+
+_compiled_fns: dict[object, object] = {}
+
+
+def _maybe_compiled(fn, compiled: bool):
+    """fn, or fn through torch.compile (one compiled wrapper per function, dynamic=None as the blocks)."""
+    if not compiled:
+        return fn
+    if fn not in _compiled_fns:
+        _compiled_fns[fn] = torch.compile(fn, dynamic=None)
+    return _compiled_fns[fn]
+
+
+@dataclass(frozen=True)
+class _Positions:
+    """Where the batch has targets, as flat (B*L) indices on the batch's device."""
+
+    tokens: torch.Tensor  # positions with a token target (audio frames and <|im_end|>)
+    frames: torch.Tensor  # positions whose next column is an audio frame
+    rows: torch.Tensor  # positions through the fast transformer: frames (padded when compiled) or all
+    all_rows: bool  # rows is every position (the "allpos" ablation), not the frames
+    n_tokens: int
+    n_frames: int
+
+
+def _labels_to_host(labels: torch.Tensor):
+    """(a host copy of labels, an event to wait on before reading it or None). On a GPU the copy is
+    pinned and asynchronous: queued now, read once the forward is queued behind it, so that the
+    GPU never waits for the host (a plain .cpu() would stop the CPU until the queue drained)."""
+    if not labels.is_cuda:
+        return labels, None
+    host = torch.empty(labels.shape, dtype=labels.dtype, pin_memory=True)
+    host.copy_(labels, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
+
+
+def _positions(host: torch.Tensor, copied, device: torch.device, n: int, vocab: int, compile_blocks: bool,
+               frames_only: bool) -> _Positions:
+    """Every count and index compute_loss needs on the host, from ONE copy of the labels
+    (_labels_to_host): a count, nonzero() or boolean-mask gradient in the middle of the step
+    would stop the CPU until the GPU caught up, and the GPU would then idle between the launches
+    that follow. Raises ValueError for residual codes >= vocab (codes of another codec)."""
+    if copied is not None:
+        copied.synchronize()
+    tokens = (host[:, 0] != IGNORE).flatten().nonzero().squeeze(1)
+    frames = (host[:, 1] != IGNORE).flatten().nonzero().squeeze(1)
+    if n > 1 and frames.numel():
+        residual = host[:, 2:].transpose(1, 2).reshape(-1, n - 1)[frames]
+        if int(residual.max()) >= vocab:
+            raise ValueError(f"A residual code is >= {vocab}; these codes do not belong to this model's codec.")
+    rows, all_rows = frames, compile_blocks and not frames_only
+    if all_rows:
+        rows = torch.arange(host.shape[0] * host.shape[2])
+    elif compile_blocks:  # padded to FRAME_BUCKET rows so that graphs are reused; extra rows repeat position 0
+        padded = min(-(-frames.numel() // FRAME_BUCKET) * FRAME_BUCKET, host.shape[0] * host.shape[2])
+        rows = F.pad(frames, (0, padded - frames.numel()))
+    def to_device(t):  # pinned: the copy is queued without waiting for the GPU
+        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+    return _Positions(to_device(tokens), to_device(frames), to_device(rows), all_rows, tokens.numel(), frames.numel())
+
+
+def _codebook_loss(base, hidden, labels, where: _Positions, gradient_checkpointing, compile_blocks, options):
     """Summed residual-codebook CE, hits and the number of targets (codebooks 1..N-1 of each frame)."""
     n = base.config.num_codebooks
     codes = labels[:, 1:].transpose(1, 2).reshape(-1, n)  # (B*L, N): the next column's codes
-    index, real, keep = _frame_rows(frame_pos, compile_blocks, options.frames_only)
-    frame_codes = codes[index]
-    out = fast_hidden(base, hidden.reshape(codes.shape[0], -1)[index], frame_codes.clamp(min=0),
+    frame_codes = codes.index_select(0, where.rows)
+    out = fast_hidden(base, hidden.flatten(0, 1).index_select(0, where.rows), frame_codes.clamp(min=0),
                       gradient_checkpointing, compile_blocks, options.flex_fast_attention, options.fused_linears)
-    out = out[keep] if keep is not None else out[:real]
-    targets = frame_codes[:real, 1:] if keep is None else codes[keep][:, 1:]
+    real = where.n_frames
+    if where.all_rows:  # every position went through: keep the frames'
+        out, frame_codes = out.index_select(0, where.frames), codes.index_select(0, where.frames)
+    targets = frame_codes[:real, 1:].reshape(-1)
     vocab = min(RESIDUAL_VOCAB, base.fast_output.out_features)
-    if int(targets.max()) >= vocab:
-        raise ValueError(f"A residual code is >= {vocab}; these codes do not belong to this model's codec.")
-    features, targets = base.fast_norm(out[:, 1:]).reshape(-1, out.shape[-1]), targets.reshape(-1)
+    features = _maybe_compiled(_frame_features, compile_blocks)(base.fast_norm, out, real)
     if options.fused_ce:
         loss, h1, h5 = linear_cross_entropy(base.fast_output, features, targets, rows=vocab, chunk_rows=1 << 15,
                                             compiled=compile_blocks)
@@ -371,18 +437,20 @@ def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk
     if tokens.ndim != 3 or tokens.shape[1] != n + 1 or labels.shape != tokens.shape:
         raise ValueError(f"Batch tokens/labels must be (B, {n + 1}, L); got {tuple(tokens.shape)} and {tuple(labels.shape)}.")
 
+    host, copied = _labels_to_host(labels)
     hidden = slow_forward(base, tokens, gradient_checkpointing, compile_blocks, options.fused_linears)
-    token_pos = labels[:, 0] != IGNORE  # (B, L)
-    n_tokens = int(token_pos.sum())
+    vocab = min(RESIDUAL_VOCAB, base.fast_output.out_features)
+    where = _positions(host, copied, labels.device, n, vocab, compile_blocks, options.frames_only)
+    n_tokens = where.n_tokens
     # logits only where there is a target: the vocabulary is large (155k for s1-mini)
-    token_sum, hits1, hits5 = _token_loss_sum(base, hidden[token_pos], labels[:, 0][token_pos], chunk_rows,
+    token_sum, hits1, hits5 = _token_loss_sum(base, hidden.flatten(0, 1).index_select(0, where.tokens),
+                                              labels[:, 0].flatten().index_select(0, where.tokens), chunk_rows,
                                               options.fused_ce, compile_blocks)
     token_loss = token_sum / n_tokens if n_tokens else hidden.sum() * 0
     total = n_tokens
 
-    frame_pos = labels[:, 1] != IGNORE  # next column is an audio frame
-    if bool(frame_pos.any()) and n > 1:
-        loss_sum, h1, h5, count = _codebook_loss(base, hidden, labels, frame_pos, gradient_checkpointing,
+    if where.n_frames and n > 1:
+        loss_sum, h1, h5, count = _codebook_loss(base, hidden, labels, where, gradient_checkpointing,
                                                  compile_blocks, options)
         codebook_loss = loss_sum / count
         hits1, hits5, total = hits1 + h1, hits5 + h5, total + count

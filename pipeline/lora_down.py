@@ -35,12 +35,14 @@ ENABLED = triton is not None and os.environ.get("LORA_DROPOUT_KERNEL", "1") != "
 UNIFORM_BITS = 16  # resolution of the dropout draw: p is rounded to a multiple of 2**-16
 MAX_RANK = 64  # higher LoRA ranks use torch's path (the padded rank tiles live in registers)
 MAX_ADAPTERS = 8
-# tile of x (rows x columns) and launch settings per kernel (measured: docs/PERFORMANCE.md); the
-# mask does not depend on them (a function of seed, row and column only)
+# tile of x (rows x columns) and launch settings per kernel, "<kernel>_glu" for its SiLU variant
+# where that differs (measured: docs/PERFORMANCE.md); the mask does not depend on them (a function
+# of seed, row and column only)
 TILES = {
-    "down": {"ROWS": 64, "COLS": 64, "num_warps": 4, "num_stages": 4},
+    "down": {"ROWS": 32, "COLS": 128, "num_warps": 4, "num_stages": 2},
     "grad_input": {"ROWS": 32, "COLS": 128, "num_warps": 4, "num_stages": 1},
-    "grad_weight": {"ROWS": 32, "COLS": 128, "num_warps": 8, "num_stages": 4},
+    "grad_input_glu": {"ROWS": 16, "COLS": 128, "num_warps": 4, "num_stages": 1},
+    "grad_weight": {"ROWS": 32, "COLS": 256, "num_warps": 8, "num_stages": 4},
 }
 MASK_TILE = (64, 128)
 
@@ -160,8 +162,8 @@ if triton is not None:
         base = part_ptr + (split * tl.num_programs(2) + adapter) * RANK * K
         tl.store(base + ranks[:, None] * K + cols[None, :], acc, mask=(ranks < RANK)[:, None] & (cols < K)[None, :])
 
-    def _settings(name, rank):
-        tile = TILES[name]
+    def _settings(name, rank, glu=False):
+        tile = TILES.get(f"{name}_glu", TILES[name]) if glu else TILES[name]
         # ranks padded to a power of two of at least 16 (the tensor cores' smallest dot)
         consts = {"ROWS": tile["ROWS"], "COLS": tile["COLS"], "RANK_PAD": max(16, triton.next_power_of_2(rank))}
         return tile["ROWS"], tile["COLS"], consts, {"num_warps": tile["num_warps"], "num_stages": tile["num_stages"]}
@@ -174,7 +176,7 @@ if triton is not None:
     def launch_down(launch, x, a, seed, scale, threshold, with_x, glu=False):
         adapters, rank, K = a.shape
         M = x.shape[0]
-        rows, _, consts, options = _settings("down", rank)
+        rows, _, consts, options = _settings("down", rank, glu)
         if with_x:  # [x | u], rows padded to 64 elements (the matmul reading it prefers aligned rows)
             width = K + adapters * rank
             out = torch.empty_strided((M, width), (-(-width // 64) * 64, 1), device=x.device, dtype=x.dtype)
@@ -188,7 +190,7 @@ if triton is not None:
     def launch_grad_input(launch, g, gu_col, has_base, a, seed, scale, threshold, glu=None):
         adapters, rank, K = a.shape
         M = g.shape[0]
-        rows, cols, consts, options = _settings("grad_input", rank)
+        rows, cols, consts, options = _settings("grad_input", rank, glu is not None)
         out = torch.empty(M, K if glu is None else 2 * K, device=g.device, dtype=g.dtype)
         launch(_grad_input_kernel, (triton.cdiv(M, rows), triton.cdiv(K, cols)))(
             g, a, out, g if glu is None else glu, seed, scale, M, K, g.stride(0), gu_col,

@@ -205,3 +205,34 @@ def test_chunked_token_loss_matches_unchunked(ckpt):
     assert (a.top1, a.top5, a.n_tokens) == (b.top1, b.top5, b.n_tokens)
     torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(wa, wb, atol=1e-6, rtol=1e-5)
+
+
+def test_positions_are_read_once_and_padded_for_the_compiled_path(ckpt):
+    """compute_loss's host-side indices: token and frame positions, frames padded to FRAME_BUCKET
+    rows when compiled (extra rows repeat position 0), every position for the "allpos" layout."""
+    from pipeline import forward as fw
+
+    model, tokenizer = load_lm(ckpt)
+    seq = _sequence(model, tokenizer, seed=7)
+    labels = to_labels(seq)[None]
+    n = model.config.num_codebooks
+    plain = fw._positions(labels, None, labels.device, n, 1024, compile_blocks=False, frames_only=True)
+    assert plain.tokens.tolist() == (labels[0, 0] != -100).nonzero().flatten().tolist()
+    assert plain.frames.tolist() == (labels[0, 1] != -100).nonzero().flatten().tolist() == plain.rows.tolist()
+    assert plain.n_tokens == plain.tokens.numel() and plain.n_frames == plain.frames.numel() > 0
+    padded = fw._positions(labels, None, labels.device, n, 1024, compile_blocks=True, frames_only=True)
+    assert padded.rows.numel() == min(fw.FRAME_BUCKET, labels.shape[-1])
+    assert padded.rows[: plain.n_frames].tolist() == plain.frames.tolist()
+    assert not padded.rows[plain.n_frames :].any()
+    every = fw._positions(labels, None, labels.device, n, 1024, compile_blocks=True, frames_only=False)
+    assert every.all_rows and every.rows.tolist() == list(range(labels.shape[-1]))
+
+
+def test_residual_code_of_another_codec_is_a_clear_error(ckpt):
+    model, tokenizer = load_lm(ckpt)
+    seq = _sequence(model, tokenizer, seed=8)
+    labels = to_labels(seq)
+    frame = int((labels[1] != -100).nonzero()[0])
+    labels[3, frame] = 1024  # codebook 2 of the first frame: outside the residual vocabulary
+    with pytest.raises(ValueError, match="do not belong to this model's codec"):
+        compute_loss(model, {"tokens": seq.tokens[None], "labels": labels[None]})
