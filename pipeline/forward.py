@@ -133,7 +133,13 @@ def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, 
     bsz, seqlen, _ = x.shape
     q_size = attn.n_head * attn.head_dim
     kv_size = attn.n_local_heads * attn.head_dim
-    q, k, v = _linear(attn.wqkv, x, fused).split([q_size, kv_size, kv_size], dim=-1)
+    qkv = _linear(attn.wqkv, x, fused)
+    if block_mask is not None and not attn.attention_qk_norm:  # rotary embedding inside the kernels
+        rows = qkv.view(bsz * seqlen, -1)
+        if segment_attention.applies(*segment_attention.split_heads(rows, attn.n_head, attn.n_local_heads)[:2], seqlen):
+            y = segment_attention.packed_segment_attention(rows, freqs_cis, attn.n_head, attn.n_local_heads, seqlen)
+            return _linear(attn.wo, y.view(bsz, seqlen, q_size), fused)
+    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
     q = q.view(bsz, seqlen, attn.n_head, attn.head_dim)
     k = k.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
     v = v.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)

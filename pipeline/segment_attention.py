@@ -13,6 +13,12 @@ query heads of a grouped key/value head are summed inside the backward program).
 outputs stay rows x heads x dim in the layout the projections use. Softmax statistics in fp32;
 the products in the inputs' dtype with fp32 accumulation, as flash attention does.
 
+`packed_segment_attention` takes the qkv projection's output itself and applies the rotary
+embedding inside the kernels (the wheel's apply_rotary_emb: pairs rotated in fp32, rounded to the
+input dtype), and its backward writes the gradient of qkv as one buffer. Outside, the rotation and
+its backward were two passes over q and k each way plus a concatenated copy of dq|dk|dv, and the
+compiled backward of the rotation ran at a quarter of copy speed (run 7).
+
 Tests run the kernels in Triton's interpreter against SDPA per frame; the speed is measured by
 `python -m pipeline bench` on a GPU (docs/PERFORMANCE.md).
 """
@@ -47,12 +53,25 @@ if triton is not None:
         return rows.to(tl.int64), valid, allowed
 
     @triton.jit
-    def _segment_attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, N, stride_q, stride_k, stride_v,
+    def _angles(freqs_ptr, rows, LENGTH: tl.constexpr, D: tl.constexpr):
+        """cos, sin (TILE x D/2, fp32) of each row's position in its segment; freqs (LENGTH, D/2, 2)."""
+        at = (rows % LENGTH)[:, None] * D + 2 * tl.arange(0, D // 2)[None, :]
+        return tl.load(freqs_ptr + at).to(tl.float32), tl.load(freqs_ptr + at + 1).to(tl.float32)
+
+    @triton.jit
+    def _rotate(x, cos, sin):
+        """Pairs (x[2j], x[2j+1]) of x (T x D) rotated by the angles (cos, sin), in fp32."""
+        even, odd = tl.split(tl.reshape(x.to(tl.float32), [x.shape[0], x.shape[1] // 2, 2]))
+        return tl.reshape(tl.join(even * cos - odd * sin, odd * cos + even * sin), [x.shape[0], x.shape[1]])
+
+    @triton.jit
+    def _segment_attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, freqs_ptr, N, stride_q, stride_k, stride_v,
                                scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-                               TILE_: tl.constexpr):
+                               TILE_: tl.constexpr, ROPE: tl.constexpr):
         """o[rows, h] = softmax(q k^T * scale, causal within each segment) v, lse[h, rows] for one
-        tile (program_id(0)) and query head h (program_id(1)); k/v head h // GROUP. scale is a
-        constexpr: inductor passes a runtime Python float as fp64, and fp64 tiles ran ~4x slower."""
+        tile (program_id(0)) and query head h (program_id(1)); k/v head h // GROUP; ROPE: q and k
+        rotated first. scale is a constexpr: inductor passes a runtime Python float as fp64, and
+        fp64 tiles ran ~4x slower."""
         h = tl.program_id(1)
         hk = h // GROUP
         heads = tl.num_programs(1)
@@ -61,6 +80,10 @@ if triton is not None:
         q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
         k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
+        if ROPE:
+            cos, sin = _angles(freqs_ptr, rows, LENGTH, D)
+            q = _rotate(q, cos, sin).to(v.dtype)
+            k = _rotate(k, cos, sin).to(v.dtype)
         s = tl.where(allowed, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
         m = tl.max(s, 1)
         p = tl.exp(s - m[:, None])
@@ -70,11 +93,13 @@ if triton is not None:
         tl.store(lse_ptr + h * N + rows, m + tl.log(total), mask=valid)
 
     @triton.jit
-    def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, N, stride_q,
-                               stride_k, stride_v, scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr,
-                               D: tl.constexpr, TILE_: tl.constexpr):
+    def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, freqs_ptr, dq_ptr, dk_ptr, dv_ptr, N,
+                               stride_q, stride_k, stride_v, stride_dq, stride_dk, stride_dv, scale: tl.constexpr,
+                               LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, TILE_: tl.constexpr,
+                               ROPE: tl.constexpr):
         """dq, dk, dv of one tile (program_id(0)) and key/value head hk (program_id(1)): its GROUP
-        query heads one after the other, their dk and dv summed in registers."""
+        query heads one after the other, their dk and dv summed in registers. ROPE: q and k are
+        rotated again here, and dq, dk rotated back (by the opposite angles) before they are stored."""
         hk = tl.program_id(1)
         kv_heads = tl.num_programs(1)
         heads = kv_heads * GROUP
@@ -82,11 +107,16 @@ if triton is not None:
         d = tl.arange(0, D)[None, :]
         k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
+        if ROPE:
+            cos, sin = _angles(freqs_ptr, rows, LENGTH, D)
+            k = _rotate(k, cos, sin).to(v.dtype)
         dk = tl.zeros([TILE_, D], dtype=tl.float32)
         dv = tl.zeros([TILE_, D], dtype=tl.float32)
         for g in tl.static_range(GROUP):
             h = hk * GROUP + g
             q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
+            if ROPE:
+                q = _rotate(q, cos, sin).to(v.dtype)
             o = tl.load(o_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
             do = tl.load(do_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
             lse = tl.load(lse_ptr + h * N + rows, mask=valid, other=0.0)
@@ -97,46 +127,69 @@ if triton is not None:
             dp = tl.dot(do, tl.trans(v))
             ds = (p * (dp - delta[:, None])).to(q.dtype)
             dq = tl.dot(ds, k) * scale
-            tl.store(dq_ptr + rows[:, None] * (heads * D) + h * D + d, dq.to(dq_ptr.dtype.element_ty),
+            if ROPE:
+                dq = _rotate(dq, cos, -sin)
+            tl.store(dq_ptr + rows[:, None] * stride_dq + h * D + d, dq.to(dq_ptr.dtype.element_ty),
                      mask=valid[:, None])
             dk = tl.dot(tl.trans(ds), q, dk)
-        tl.store(dk_ptr + rows[:, None] * (kv_heads * D) + hk * D + d, (dk * scale).to(dk_ptr.dtype.element_ty),
-                 mask=valid[:, None])
-        tl.store(dv_ptr + rows[:, None] * (kv_heads * D) + hk * D + d, dv.to(dv_ptr.dtype.element_ty),
-                 mask=valid[:, None])
+        dk = dk * scale
+        if ROPE:
+            dk = _rotate(dk, cos, -sin)
+        tl.store(dk_ptr + rows[:, None] * stride_dk + hk * D + d, dk.to(dk_ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(dv_ptr + rows[:, None] * stride_dv + hk * D + d, dv.to(dv_ptr.dtype.element_ty), mask=valid[:, None])
 
     def _grid(N, length, heads):
         return (triton.cdiv(N, (TILE // length) * length), heads)
 
-    def launch_forward(launch, q, k, v, length, scale):
+    def launch_forward(launch, q, k, v, freqs, length, scale):
         N, heads, D = q.shape
         o = torch.empty(N, heads, D, device=q.device, dtype=q.dtype)
         lse = torch.empty(heads, N, device=q.device, dtype=torch.float32)
         launch(_segment_attention_fwd, _grid(N, length, heads))(
-            q, k, v, o, lse, N, q.stride(0), k.stride(0), v.stride(0), scale=scale, LENGTH=length,
-            GROUP=heads // k.shape[1], D=D, TILE_=TILE, **SETTINGS["forward"])
+            q, k, v, o, lse, q if freqs is None else freqs, N, q.stride(0), k.stride(0), v.stride(0), scale=scale,
+            LENGTH=length, GROUP=heads // k.shape[1], D=D, TILE_=TILE, ROPE=freqs is not None, **SETTINGS["forward"])
         return o, lse
 
-    def launch_backward(launch, q, k, v, o, do, lse, length, scale):
+    def launch_backward(launch, q, k, v, o, do, lse, freqs, length, scale, out=None):
+        """(dq, dk, dv), or with out = (dq, dk, dv) views of one buffer: written there."""
         N, heads, D = q.shape
         kv_heads = k.shape[1]
-        dq = torch.empty(N, heads, D, device=q.device, dtype=q.dtype)
-        dk = torch.empty(N, kv_heads, D, device=q.device, dtype=k.dtype)
-        dv = torch.empty(N, kv_heads, D, device=q.device, dtype=v.dtype)
+        dq, dk, dv = out or (torch.empty(N, h, D, device=q.device, dtype=q.dtype) for h in (heads, kv_heads, kv_heads))
         launch(_segment_attention_bwd, _grid(N, length, kv_heads))(
-            q, k, v, o, do, lse, dq, dk, dv, N, q.stride(0), k.stride(0), v.stride(0), scale=scale, LENGTH=length,
-            GROUP=heads // kv_heads, D=D, TILE_=TILE, **SETTINGS["backward"])
+            q, k, v, o, do, lse, q if freqs is None else freqs, dq, dk, dv, N, q.stride(0), k.stride(0), v.stride(0),
+            dq.stride(0), dk.stride(0), dv.stride(0), scale=scale, LENGTH=length, GROUP=heads // kv_heads, D=D,
+            TILE_=TILE, ROPE=freqs is not None, **SETTINGS["backward"])
         return dq, dk, dv
 
+    def launch_backward_packed(launch, qkv, o, do, lse, freqs, heads, kv_heads, length, scale):
+        """The gradient of qkv (rows, (heads + 2 kv_heads) * D) as one buffer."""
+        dqkv = torch.empty_like(qkv)
+        launch_backward(launch, *split_heads(qkv, heads, kv_heads), o, do, lse, freqs, length, scale,
+                        out=split_heads(dqkv, heads, kv_heads))
+        return dqkv
+
     @torch.library.triton_op("finnish_tts::segment_attention", mutates_args=())
-    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
+    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, freqs: torch.Tensor | None, length: int,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch_forward(decode_kernels.launch_wrapped, q, k, v, length, scale)
+        return launch_forward(decode_kernels.launch_wrapped, q, k, v, freqs, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward", mutates_args=())
     def _backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, do: torch.Tensor,
                      lse: torch.Tensor, length: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return launch_backward(decode_kernels.launch_wrapped, q, k, v, o, do, lse, length, scale)
+        return launch_backward(decode_kernels.launch_wrapped, q, k, v, o, do, lse, None, length, scale)
+
+    @torch.library.triton_op("finnish_tts::segment_attention_backward_packed", mutates_args=())
+    def _backward_packed_op(qkv: torch.Tensor, o: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
+                            freqs: torch.Tensor, heads: int, kv_heads: int, length: int, scale: float) -> torch.Tensor:
+        return launch_backward_packed(decode_kernels.launch_wrapped, qkv, o, do, lse, freqs, heads, kv_heads, length,
+                                      scale)
+
+
+def split_heads(qkv: torch.Tensor, heads: int, kv_heads: int):
+    """Views q (rows, heads, D), k and v (rows, kv_heads, D) of a qkv projection output (rows, (heads + 2 kv_heads) * D)."""
+    rows = qkv.shape[0]
+    per_head = qkv.view(rows, heads + 2 * kv_heads, -1)
+    return per_head[:, :heads], per_head[:, heads : heads + kv_heads], per_head[:, heads + kv_heads :]
 
 
 def applies(q: torch.Tensor, k: torch.Tensor, length: int) -> bool:
@@ -157,22 +210,16 @@ def _rows_layout(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
 
 
-def _forward(q, k, v, length, scale):
+def _forward(q, k, v, freqs, length, scale):
     if q.is_cuda:
-        return _forward_op(q, k, v, length, scale)
-    return launch_forward(decode_kernels.launch_direct, q, k, v, length, scale)
-
-
-def _backward(q, k, v, o, do, lse, length, scale):
-    if q.is_cuda:
-        return _backward_op(q, k, v, o, do, lse, length, scale)
-    return launch_backward(decode_kernels.launch_direct, q, k, v, o, do, lse, length, scale)
+        return _forward_op(q, k, v, freqs, length, scale)
+    return launch_forward(decode_kernels.launch_direct, q, k, v, freqs, length, scale)
 
 
 class _SegmentAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, length, scale):
-        o, lse = _forward(q, k, v, length, scale)
+        o, lse = _forward(q, k, v, None, length, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.length, ctx.scale = length, scale
         return o
@@ -180,8 +227,28 @@ class _SegmentAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, do.contiguous(), lse, ctx.length, ctx.scale)
+        args = (q, k, v, o, do.contiguous(), lse)
+        if q.is_cuda:
+            dq, dk, dv = _backward_op(*args, ctx.length, ctx.scale)
+        else:
+            dq, dk, dv = launch_backward(decode_kernels.launch_direct, *args, None, ctx.length, ctx.scale)
         return dq, dk, dv, None, None
+
+
+class _PackedSegmentAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, freqs, heads, kv_heads, length, scale):
+        o, lse = _forward(*split_heads(qkv, heads, kv_heads), freqs, length, scale)
+        ctx.save_for_backward(qkv, freqs, o, lse)
+        ctx.shape = heads, kv_heads, length, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        qkv, freqs, o, lse = ctx.saved_tensors
+        args = (qkv, o, do.contiguous(), lse, freqs, *ctx.shape)
+        dqkv = _backward_packed_op(*args) if qkv.is_cuda else launch_backward_packed(decode_kernels.launch_direct, *args)
+        return dqkv, None, None, None, None, None
 
 
 def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
@@ -190,3 +257,14 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length:
     scaled by 1/sqrt(D); (rows, heads, D) out. The caller checked `applies`."""
     q, k, v = (_rows_layout(t) for t in (q, k, v))
     return _SegmentAttention.apply(q, k, v, length, q.shape[-1] ** -0.5)
+
+
+def packed_segment_attention(qkv: torch.Tensor, freqs_cis: torch.Tensor, heads: int, kv_heads: int,
+                             length: int) -> torch.Tensor:
+    """segment_attention of the rotated q and k of a qkv projection output (rows, (heads + 2 kv_heads) * D):
+    apply_rotary_emb(q, freqs_cis) and the same for k done inside the kernels, freqs_cis (length, D/2, 2)
+    as the wheel keeps it; (rows, heads, D) out, and one (rows, qkv width) gradient for qkv. The
+    caller checked `applies` on split_heads(qkv, ...)."""
+    q, k, _ = split_heads(qkv, heads, kv_heads)
+    return _PackedSegmentAttention.apply(qkv.contiguous(), freqs_cis.contiguous(), heads, kv_heads, length,
+                                         q.shape[-1] ** -0.5)

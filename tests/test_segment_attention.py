@@ -38,6 +38,26 @@ q, k, v = qkv.split([64, 32, 32], -1)
 q, k, v = q.view(40, 4, 16), k.view(40, 2, 16), v.view(40, 2, 16)
 torch.testing.assert_close(sa.segment_attention(q, k, v, 10), sa.segment_attention(q.contiguous(), k.contiguous(),
                                                                                     v.contiguous(), 10))
+# packed: the qkv projection output in, the rotary embedding inside the kernels, one gradient for qkv
+from fish_speech.models.text2semantic.llama import apply_rotary_emb, precompute_freqs_cis
+for segments, length, heads, kv_heads, D in [(25, 10, 4, 2, 16), (3, 10, 2, 1, 32), (14, 9, 2, 2, 64)]:
+    N = segments * length
+    freqs = precompute_freqs_cis(length, D, base=100)  # (length, D/2, 2) in bf16, as the wheel keeps it
+    qkv = torch.randn(N, (heads + 2 * kv_heads) * D, requires_grad=True)
+    out = sa.packed_segment_attention(qkv, freqs, heads, kv_heads, length)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    qkv2 = qkv.detach().clone().requires_grad_()
+    q, k, v = qkv2.split([heads * D, kv_heads * D, kv_heads * D], -1)
+    q, k, v = (t.view(segments, length, -1, D) for t in (q, k, v))
+    q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
+    ref = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True,
+                                         enable_gqa=heads != kv_heads).transpose(1, 2).reshape(N, heads, D)
+    ref.backward(grad)
+    torch.testing.assert_close(out.detach(), ref.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(qkv.grad, qkv2.grad, rtol=1e-4, atol=1e-4)
+    # a rotation the kernels skipped or undid wrongly would not match
+    assert (qkv.grad[:, : heads * D] - qkv2.grad[:, : heads * D]).abs().max() < 1e-3
 print("ok")
 """
 
@@ -50,6 +70,9 @@ from pipeline.checkpoints import load_lm
 from pipeline.tiny_checkpoint import write_tiny_checkpoint
 
 base, tokenizer = load_lm(write_tiny_checkpoint(__import__("pathlib").Path(sys.argv[1]), seed=0))
+if sys.argv[2] == "packed":  # no qk-norm in the fast layers (as s1-mini): qkv and the rotation go into the kernels
+    torch.manual_seed(0)
+    base = type(base)(dataclasses.replace(base.config, fast_attention_qk_norm=False), tokenizer=tokenizer)
 model = attach_lora(base, rank=4, dropout=0.0)
 with torch.no_grad():
     for name, p in model.named_parameters():
@@ -57,8 +80,9 @@ with torch.no_grad():
             p.normal_(0, 0.2)
 batch = synthetic_batch(tokenizer, base.config, 2, 96, device=torch.device("cpu"))
 calls = []
-kernel = fw.segment_attention.segment_attention
-fw.segment_attention.segment_attention = lambda *a: calls.append(1) or kernel(*a)
+kernel, packed_kernel = fw.segment_attention.segment_attention, fw.segment_attention.packed_segment_attention
+fw.segment_attention.segment_attention = lambda *a: calls.append("split") or kernel(*a)
+fw.segment_attention.packed_segment_attention = lambda *a: calls.append("packed") or packed_kernel(*a)
 
 def loss_and_grads(packed):
     model.zero_grad(set_to_none=True)
@@ -69,7 +93,7 @@ def loss_and_grads(packed):
 per_frame, per_frame_grads = loss_and_grads(False)
 assert not calls
 packed, packed_grads = loss_and_grads(True)  # the fast transformer's attention through the kernels
-assert calls
+assert set(calls) == {sys.argv[2]}, calls
 torch.testing.assert_close(packed, per_frame, rtol=1e-5, atol=1e-5)
 for a, b in zip(packed_grads, per_frame_grads):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -81,8 +105,11 @@ def test_kernels_match_sdpa_per_segment():
     interpret(KERNELS)
 
 
-def test_training_forward_through_the_kernels_matches_per_frame_attention(tmp_path):
-    interpret(FORWARD, str(tmp_path / "tiny"))
+@pytest.mark.parametrize("path", ["split", "packed"])
+def test_training_forward_through_the_kernels_matches_per_frame_attention(tmp_path, path):
+    """split: fast layers with qk-norm (q, k normed and rotated outside); packed: without (s1-mini's
+    fast layers), the qkv projection output into the kernels and the rotation inside them."""
+    interpret(FORWARD, str(tmp_path / "tiny"), path)
 
 
 def test_kernels_compile_for_sm90():
@@ -90,10 +117,11 @@ def test_kernels_compile_for_sm90():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    scalars = {"N": "i32", "stride_q": "i32", "stride_k": "i32", "stride_v": "i32"}
-    for name, kernel in [("forward", segment_attention._segment_attention_fwd), ("backward", segment_attention._segment_attention_bwd)]:
-        sig = {n: "*bf16" if n.endswith("_ptr") else scalars.get(n, "constexpr") for n in kernel.arg_names}
+    kernels = [("forward", segment_attention._segment_attention_fwd), ("backward", segment_attention._segment_attention_bwd)]
+    for (name, kernel), rope in [(k, rope) for k in kernels for rope in (False, True)]:
+        sig = {n: "*bf16" if n.endswith("_ptr") else "i32" if n == "N" or n.startswith("stride") else "constexpr"
+               for n in kernel.arg_names}
         sig["lse_ptr"] = "*fp32"
-        consts = {"LENGTH": 10, "GROUP": 2, "D": 64, "TILE_": segment_attention.TILE, "scale": 0.125}
+        consts = {"LENGTH": 10, "GROUP": 2, "D": 64, "TILE_": segment_attention.TILE, "scale": 0.125, "ROPE": rope}
         triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
                        options=segment_attention.SETTINGS[name])
