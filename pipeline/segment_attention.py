@@ -59,10 +59,33 @@ if triton is not None:
         return tl.load(freqs_ptr + at).to(tl.float32), tl.load(freqs_ptr + at + 1).to(tl.float32)
 
     @triton.jit
-    def _rotate(x, cos, sin):
-        """Pairs (x[2j], x[2j+1]) of x (T x D) rotated by the angles (cos, sin), in fp32."""
-        even, odd = tl.split(tl.reshape(x.to(tl.float32), [x.shape[0], x.shape[1] // 2, 2]))
-        return tl.reshape(tl.join(even * cos - odd * sin, odd * cos + even * sin), [x.shape[0], x.shape[1]])
+    def _rotate(a, b, cos, sin):
+        """Pairs (a, b) rotated by the angles (cos, sin), in fp32 (apply_rotary_emb's arithmetic)."""
+        a, b = a.to(tl.float32), b.to(tl.float32)
+        return a * cos - b * sin, b * cos + a * sin
+
+    @triton.jit
+    def _halves(D: tl.constexpr, ROPE: tl.constexpr):
+        """Columns of a head's two halves: with ROPE the rotated pairs' even and odd columns (so the
+        rotation is element-wise between the halves, no register shuffles), else the first and second
+        half. q.k is the sum of the halves' products either way."""
+        half = tl.arange(0, D // 2)[None, :]
+        if ROPE:
+            return 2 * half, 2 * half + 1
+        return half, half + D // 2
+
+    @triton.jit
+    def _load_halves(ptr, rows, stride, col, valid, D: tl.constexpr, ROPE: tl.constexpr):
+        a, b = _halves(D, ROPE)
+        base = ptr + rows[:, None] * stride + col
+        return tl.load(base + a, mask=valid[:, None], other=0.0), tl.load(base + b, mask=valid[:, None], other=0.0)
+
+    @triton.jit
+    def _store_halves(ptr, rows, stride, col, valid, a_val, b_val, D: tl.constexpr, ROPE: tl.constexpr):
+        a, b = _halves(D, ROPE)
+        base = ptr + rows[:, None] * stride + col
+        tl.store(base + a, a_val.to(ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(base + b, b_val.to(ptr.dtype.element_ty), mask=valid[:, None])
 
     @triton.jit
     def _segment_attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, freqs_ptr, N, stride_q, stride_k, stride_v,
@@ -70,21 +93,23 @@ if triton is not None:
                                TILE_: tl.constexpr, ROPE: tl.constexpr):
         """o[rows, h] = softmax(q k^T * scale, causal within each segment) v, lse[h, rows] for one
         tile (program_id(0)) and query head h (program_id(1)); k/v head h // GROUP; ROPE: q and k
-        rotated first. scale is a constexpr: inductor passes a runtime Python float as fp64, and
-        fp64 tiles ran ~4x slower."""
+        rotated first, rounded to the inputs' dtype as the wheel does. scale is a constexpr:
+        inductor passes a runtime Python float as fp64, and fp64 tiles ran ~4x slower."""
         h = tl.program_id(1)
         hk = h // GROUP
         heads = tl.num_programs(1)
         rows, valid, allowed = _tile(N, LENGTH, TILE_)
         d = tl.arange(0, D)[None, :]
-        q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
-        k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
+        qa, qb = _load_halves(q_ptr, rows, stride_q, h * D, valid, D, ROPE)
+        ka, kb = _load_halves(k_ptr, rows, stride_k, hk * D, valid, D, ROPE)
         v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
         if ROPE:
             cos, sin = _angles(freqs_ptr, rows, LENGTH, D)
-            q = _rotate(q, cos, sin).to(v.dtype)
-            k = _rotate(k, cos, sin).to(v.dtype)
-        s = tl.where(allowed, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
+            qa, qb = _rotate(qa, qb, cos, sin)
+            ka, kb = _rotate(ka, kb, cos, sin)
+            qa, qb, ka, kb = qa.to(v.dtype), qb.to(v.dtype), ka.to(v.dtype), kb.to(v.dtype)
+        s = tl.dot(qb, tl.trans(kb), tl.dot(qa, tl.trans(ka)))
+        s = tl.where(allowed, s * scale, float("-inf"))
         m = tl.max(s, 1)
         p = tl.exp(s - m[:, None])
         total = tl.sum(p, 1)
@@ -105,37 +130,40 @@ if triton is not None:
         heads = kv_heads * GROUP
         rows, valid, allowed = _tile(N, LENGTH, TILE_)
         d = tl.arange(0, D)[None, :]
-        k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
+        ka, kb = _load_halves(k_ptr, rows, stride_k, hk * D, valid, D, ROPE)
         v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
         if ROPE:
             cos, sin = _angles(freqs_ptr, rows, LENGTH, D)
-            k = _rotate(k, cos, sin).to(v.dtype)
-        dk = tl.zeros([TILE_, D], dtype=tl.float32)
+            ka, kb = _rotate(ka, kb, cos, sin)
+            ka, kb = ka.to(v.dtype), kb.to(v.dtype)
+        dka = tl.zeros([TILE_, D // 2], dtype=tl.float32)
+        dkb = tl.zeros([TILE_, D // 2], dtype=tl.float32)
         dv = tl.zeros([TILE_, D], dtype=tl.float32)
         for g in tl.static_range(GROUP):
             h = hk * GROUP + g
-            q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
+            qa, qb = _load_halves(q_ptr, rows, stride_q, h * D, valid, D, ROPE)
             if ROPE:
-                q = _rotate(q, cos, sin).to(v.dtype)
+                qa, qb = _rotate(qa, qb, cos, sin)
+                qa, qb = qa.to(v.dtype), qb.to(v.dtype)
             o = tl.load(o_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
             do = tl.load(do_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
             lse = tl.load(lse_ptr + h * N + rows, mask=valid, other=0.0)
             delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.dot(qb, tl.trans(kb), tl.dot(qa, tl.trans(ka))) * scale
             p = tl.where(allowed & valid[:, None], tl.exp(s - lse[:, None]), 0.0)
             dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
             dp = tl.dot(do, tl.trans(v))
-            ds = (p * (dp - delta[:, None])).to(q.dtype)
-            dq = tl.dot(ds, k) * scale
+            ds = (p * (dp - delta[:, None])).to(qa.dtype)
+            dqa, dqb = tl.dot(ds, ka) * scale, tl.dot(ds, kb) * scale
             if ROPE:
-                dq = _rotate(dq, cos, -sin)
-            tl.store(dq_ptr + rows[:, None] * stride_dq + h * D + d, dq.to(dq_ptr.dtype.element_ty),
-                     mask=valid[:, None])
-            dk = tl.dot(tl.trans(ds), q, dk)
-        dk = dk * scale
+                dqa, dqb = _rotate(dqa, dqb, cos, -sin)
+            _store_halves(dq_ptr, rows, stride_dq, h * D, valid, dqa, dqb, D, ROPE)
+            dka = tl.dot(tl.trans(ds), qa, dka)
+            dkb = tl.dot(tl.trans(ds), qb, dkb)
+        dka, dkb = dka * scale, dkb * scale
         if ROPE:
-            dk = _rotate(dk, cos, -sin)
-        tl.store(dk_ptr + rows[:, None] * stride_dk + hk * D + d, dk.to(dk_ptr.dtype.element_ty), mask=valid[:, None])
+            dka, dkb = _rotate(dka, dkb, cos, -sin)
+        _store_halves(dk_ptr, rows, stride_dk, hk * D, valid, dka, dkb, D, ROPE)
         tl.store(dv_ptr + rows[:, None] * stride_dv + hk * D + d, dv.to(dv_ptr.dtype.element_ty), mask=valid[:, None])
 
     def _grid(N, length, heads):
@@ -168,10 +196,17 @@ if triton is not None:
                         out=split_heads(dqkv, heads, kv_heads))
         return dqkv
 
+    # the ops take whole tensors: inductor copies a sliced input of a user kernel (q, k, v as column
+    # ranges of qkv were three copies of the projection output per layer, run 7)
     @torch.library.triton_op("finnish_tts::segment_attention", mutates_args=())
-    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, freqs: torch.Tensor | None, length: int,
+    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch_forward(decode_kernels.launch_wrapped, q, k, v, freqs, length, scale)
+        return launch_forward(decode_kernels.launch_wrapped, q, k, v, None, length, scale)
+
+    @torch.library.triton_op("finnish_tts::segment_attention_packed", mutates_args=())
+    def _forward_packed_op(qkv: torch.Tensor, freqs: torch.Tensor, heads: int, kv_heads: int, length: int,
+                           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return launch_forward(decode_kernels.launch_wrapped, *split_heads(qkv, heads, kv_heads), freqs, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward", mutates_args=())
     def _backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, do: torch.Tensor,
@@ -210,16 +245,13 @@ def _rows_layout(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
 
 
-def _forward(q, k, v, freqs, length, scale):
-    if q.is_cuda:
-        return _forward_op(q, k, v, freqs, length, scale)
-    return launch_forward(decode_kernels.launch_direct, q, k, v, freqs, length, scale)
-
-
 class _SegmentAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, length, scale):
-        o, lse = _forward(q, k, v, None, length, scale)
+        if q.is_cuda:
+            o, lse = _forward_op(q, k, v, length, scale)
+        else:
+            o, lse = launch_forward(decode_kernels.launch_direct, q, k, v, None, length, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.length, ctx.scale = length, scale
         return o
@@ -238,7 +270,11 @@ class _SegmentAttention(torch.autograd.Function):
 class _PackedSegmentAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, freqs, heads, kv_heads, length, scale):
-        o, lse = _forward(*split_heads(qkv, heads, kv_heads), freqs, length, scale)
+        if qkv.is_cuda:
+            o, lse = _forward_packed_op(qkv, freqs, heads, kv_heads, length, scale)
+        else:
+            o, lse = launch_forward(decode_kernels.launch_direct, *split_heads(qkv, heads, kv_heads), freqs, length,
+                                    scale)
         ctx.save_for_backward(qkv, freqs, o, lse)
         ctx.shape = heads, kv_heads, length, scale
         return o
