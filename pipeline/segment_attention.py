@@ -35,6 +35,9 @@ triton = decode_kernels.triton
 ENABLED = triton is not None and os.environ.get("SEGMENT_ATTENTION_KERNEL", "1") != "0"
 TILE = 128  # rows of a tile: the whole frames that fit, the rest masked
 SETTINGS = {"forward": {"num_warps": 8, "num_stages": 1}, "backward": {"num_warps": 8, "num_stages": 1}}
+# how the kernels rotate q and k (packed_segment_attention): 1 splits each tile into its pairs'
+# even and odd columns in registers, 2 loads every column's pair partner a second time (same lines)
+ROPE_MODE = 2
 
 if triton is not None:
     import triton.language as tl
@@ -59,33 +62,27 @@ if triton is not None:
         return tl.load(freqs_ptr + at).to(tl.float32), tl.load(freqs_ptr + at + 1).to(tl.float32)
 
     @triton.jit
-    def _rotate(a, b, cos, sin):
-        """Pairs (a, b) rotated by the angles (cos, sin), in fp32 (apply_rotary_emb's arithmetic)."""
-        a, b = a.to(tl.float32), b.to(tl.float32)
-        return a * cos - b * sin, b * cos + a * sin
+    def _rotate(x, cos, sin):
+        """Pairs (x[2j], x[2j+1]) of x (T x D) rotated by the angles (cos, sin), in fp32."""
+        even, odd = tl.split(tl.reshape(x.to(tl.float32), [x.shape[0], x.shape[1] // 2, 2]))
+        return tl.reshape(tl.join(even * cos - odd * sin, odd * cos + even * sin), [x.shape[0], x.shape[1]])
 
     @triton.jit
-    def _halves(D: tl.constexpr, ROPE: tl.constexpr):
-        """Columns of a head's two halves: with ROPE the rotated pairs' even and odd columns (so the
-        rotation is element-wise between the halves, no register shuffles), else the first and second
-        half. q.k is the sum of the halves' products either way."""
-        half = tl.arange(0, D // 2)[None, :]
-        if ROPE:
-            return 2 * half, 2 * half + 1
-        return half, half + D // 2
+    def _angles_wide(freqs_ptr, rows, LENGTH: tl.constexpr, D: tl.constexpr):
+        """cos and signed sin (TILE x D, fp32) per column: -sin for the even column of a pair, +sin for the odd."""
+        d = tl.arange(0, D)[None, :]
+        at = (rows % LENGTH)[:, None] * D + (d // 2) * 2
+        return tl.load(freqs_ptr + at).to(tl.float32), tl.load(freqs_ptr + at + 1).to(tl.float32) * ((d % 2) * 2 - 1)
 
     @triton.jit
-    def _load_halves(ptr, rows, stride, col, valid, D: tl.constexpr, ROPE: tl.constexpr):
-        a, b = _halves(D, ROPE)
+    def _load_rotated(ptr, rows, stride, col, valid, cos, sin, D: tl.constexpr):
+        """A head's tile rotated as apply_rotary_emb does (fp32, rounded to the input dtype), from two
+        loads of the same lines: each column and its pair partner (column ^ 1): no register shuffles."""
+        d = tl.arange(0, D)[None, :]
         base = ptr + rows[:, None] * stride + col
-        return tl.load(base + a, mask=valid[:, None], other=0.0), tl.load(base + b, mask=valid[:, None], other=0.0)
-
-    @triton.jit
-    def _store_halves(ptr, rows, stride, col, valid, a_val, b_val, D: tl.constexpr, ROPE: tl.constexpr):
-        a, b = _halves(D, ROPE)
-        base = ptr + rows[:, None] * stride + col
-        tl.store(base + a, a_val.to(ptr.dtype.element_ty), mask=valid[:, None])
-        tl.store(base + b, b_val.to(ptr.dtype.element_ty), mask=valid[:, None])
+        x = tl.load(base + d, mask=valid[:, None], other=0.0)
+        partner = tl.load(base + (d ^ 1), mask=valid[:, None], other=0.0)
+        return (x.to(tl.float32) * cos + partner.to(tl.float32) * sin).to(x.dtype)
 
     @triton.jit
     def _segment_attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, freqs_ptr, N, stride_q, stride_k, stride_v,
@@ -93,23 +90,25 @@ if triton is not None:
                                TILE_: tl.constexpr, ROPE: tl.constexpr):
         """o[rows, h] = softmax(q k^T * scale, causal within each segment) v, lse[h, rows] for one
         tile (program_id(0)) and query head h (program_id(1)); k/v head h // GROUP; ROPE: q and k
-        rotated first, rounded to the inputs' dtype as the wheel does. scale is a constexpr:
-        inductor passes a runtime Python float as fp64, and fp64 tiles ran ~4x slower."""
+        rotated first. scale is a constexpr: inductor passes a runtime Python float as fp64, and
+        fp64 tiles ran ~4x slower."""
         h = tl.program_id(1)
         hk = h // GROUP
         heads = tl.num_programs(1)
         rows, valid, allowed = _tile(N, LENGTH, TILE_)
         d = tl.arange(0, D)[None, :]
-        qa, qb = _load_halves(q_ptr, rows, stride_q, h * D, valid, D, ROPE)
-        ka, kb = _load_halves(k_ptr, rows, stride_k, hk * D, valid, D, ROPE)
+        q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
+        k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
-        if ROPE:
+        if ROPE == 1:
             cos, sin = _angles(freqs_ptr, rows, LENGTH, D)
-            qa, qb = _rotate(qa, qb, cos, sin)
-            ka, kb = _rotate(ka, kb, cos, sin)
-            qa, qb, ka, kb = qa.to(v.dtype), qb.to(v.dtype), ka.to(v.dtype), kb.to(v.dtype)
-        s = tl.dot(qb, tl.trans(kb), tl.dot(qa, tl.trans(ka)))
-        s = tl.where(allowed, s * scale, float("-inf"))
+            q = _rotate(q, cos, sin).to(v.dtype)
+            k = _rotate(k, cos, sin).to(v.dtype)
+        if ROPE == 2:
+            cosw, sinw = _angles_wide(freqs_ptr, rows, LENGTH, D)
+            q = _load_rotated(q_ptr, rows, stride_q, h * D, valid, cosw, sinw, D)
+            k = _load_rotated(k_ptr, rows, stride_k, hk * D, valid, cosw, sinw, D)
+        s = tl.where(allowed, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
         m = tl.max(s, 1)
         p = tl.exp(s - m[:, None])
         total = tl.sum(p, 1)
@@ -119,7 +118,8 @@ if triton is not None:
 
     @triton.jit
     def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, freqs_ptr, dq_ptr, dk_ptr, dv_ptr, N,
-                               stride_q, stride_k, stride_v, stride_dq, stride_dk, stride_dv, scale: tl.constexpr,
+                               stride_q, stride_k, stride_v, stride_dq, stride_dk, stride_dv, dq_col, dk_col, dv_col,
+                               scale: tl.constexpr,
                                LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, TILE_: tl.constexpr,
                                ROPE: tl.constexpr):
         """dq, dk, dv of one tile (program_id(0)) and key/value head hk (program_id(1)): its GROUP
@@ -130,41 +130,46 @@ if triton is not None:
         heads = kv_heads * GROUP
         rows, valid, allowed = _tile(N, LENGTH, TILE_)
         d = tl.arange(0, D)[None, :]
-        ka, kb = _load_halves(k_ptr, rows, stride_k, hk * D, valid, D, ROPE)
+        k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
         if ROPE:
             cos, sin = _angles(freqs_ptr, rows, LENGTH, D)
-            ka, kb = _rotate(ka, kb, cos, sin)
-            ka, kb = ka.to(v.dtype), kb.to(v.dtype)
-        dka = tl.zeros([TILE_, D // 2], dtype=tl.float32)
-        dkb = tl.zeros([TILE_, D // 2], dtype=tl.float32)
+        if ROPE == 1:
+            k = _rotate(k, cos, sin).to(v.dtype)
+        if ROPE == 2:
+            cosw, sinw = _angles_wide(freqs_ptr, rows, LENGTH, D)
+            k = _load_rotated(k_ptr, rows, stride_k, hk * D, valid, cosw, sinw, D)
+        dk = tl.zeros([TILE_, D], dtype=tl.float32)
         dv = tl.zeros([TILE_, D], dtype=tl.float32)
         for g in tl.static_range(GROUP):
             h = hk * GROUP + g
-            qa, qb = _load_halves(q_ptr, rows, stride_q, h * D, valid, D, ROPE)
-            if ROPE:
-                qa, qb = _rotate(qa, qb, cos, sin)
-                qa, qb = qa.to(v.dtype), qb.to(v.dtype)
+            q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
+            if ROPE == 1:
+                q = _rotate(q, cos, sin).to(v.dtype)
+            if ROPE == 2:
+                q = _load_rotated(q_ptr, rows, stride_q, h * D, valid, cosw, sinw, D)
             o = tl.load(o_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
             do = tl.load(do_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
             lse = tl.load(lse_ptr + h * N + rows, mask=valid, other=0.0)
             delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-            s = tl.dot(qb, tl.trans(kb), tl.dot(qa, tl.trans(ka))) * scale
+            s = tl.dot(q, tl.trans(k)) * scale
             p = tl.where(allowed & valid[:, None], tl.exp(s - lse[:, None]), 0.0)
             dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
             dp = tl.dot(do, tl.trans(v))
-            ds = (p * (dp - delta[:, None])).to(qa.dtype)
-            dqa, dqb = tl.dot(ds, ka) * scale, tl.dot(ds, kb) * scale
+            ds = (p * (dp - delta[:, None])).to(q.dtype)
+            dq = tl.dot(ds, k) * scale
             if ROPE:
-                dqa, dqb = _rotate(dqa, dqb, cos, -sin)
-            _store_halves(dq_ptr, rows, stride_dq, h * D, valid, dqa, dqb, D, ROPE)
-            dka = tl.dot(tl.trans(ds), qa, dka)
-            dkb = tl.dot(tl.trans(ds), qb, dkb)
-        dka, dkb = dka * scale, dkb * scale
+                dq = _rotate(dq, cos, -sin)
+            tl.store(dq_ptr + rows[:, None] * stride_dq + dq_col + h * D + d, dq.to(dq_ptr.dtype.element_ty),
+                     mask=valid[:, None])
+            dk = tl.dot(tl.trans(ds), q, dk)
+        dk = dk * scale
         if ROPE:
-            dka, dkb = _rotate(dka, dkb, cos, -sin)
-        _store_halves(dk_ptr, rows, stride_dk, hk * D, valid, dka, dkb, D, ROPE)
-        tl.store(dv_ptr + rows[:, None] * stride_dv + hk * D + d, dv.to(dv_ptr.dtype.element_ty), mask=valid[:, None])
+            dk = _rotate(dk, cos, -sin)
+        tl.store(dk_ptr + rows[:, None] * stride_dk + dk_col + hk * D + d, dk.to(dk_ptr.dtype.element_ty),
+                 mask=valid[:, None])
+        tl.store(dv_ptr + rows[:, None] * stride_dv + dv_col + hk * D + d, dv.to(dv_ptr.dtype.element_ty),
+                 mask=valid[:, None])
 
     def _grid(N, length, heads):
         return (triton.cdiv(N, (TILE // length) * length), heads)
@@ -175,43 +180,44 @@ if triton is not None:
         lse = torch.empty(heads, N, device=q.device, dtype=torch.float32)
         launch(_segment_attention_fwd, _grid(N, length, heads))(
             q, k, v, o, lse, q if freqs is None else freqs, N, q.stride(0), k.stride(0), v.stride(0), scale=scale,
-            LENGTH=length, GROUP=heads // k.shape[1], D=D, TILE_=TILE, ROPE=freqs is not None, **SETTINGS["forward"])
+            LENGTH=length, GROUP=heads // k.shape[1], D=D, TILE_=TILE, ROPE=0 if freqs is None else ROPE_MODE,
+            **SETTINGS["forward"])
         return o, lse
 
-    def launch_backward(launch, q, k, v, o, do, lse, freqs, length, scale, out=None):
-        """(dq, dk, dv), or with out = (dq, dk, dv) views of one buffer: written there."""
+    def _launch_backward(launch, q, k, v, o, do, lse, freqs, length, scale, outs, cols):
         N, heads, D = q.shape
         kv_heads = k.shape[1]
-        dq, dk, dv = out or (torch.empty(N, h, D, device=q.device, dtype=q.dtype) for h in (heads, kv_heads, kv_heads))
         launch(_segment_attention_bwd, _grid(N, length, kv_heads))(
-            q, k, v, o, do, lse, q if freqs is None else freqs, dq, dk, dv, N, q.stride(0), k.stride(0), v.stride(0),
-            dq.stride(0), dk.stride(0), dv.stride(0), scale=scale, LENGTH=length, GROUP=heads // kv_heads, D=D,
-            TILE_=TILE, ROPE=freqs is not None, **SETTINGS["backward"])
-        return dq, dk, dv
+            q, k, v, o, do, lse, q if freqs is None else freqs, *outs, N, q.stride(0), k.stride(0), v.stride(0),
+            *(t.stride(0) for t in outs), *cols, scale=scale, LENGTH=length, GROUP=heads // kv_heads, D=D,
+            TILE_=TILE, ROPE=0 if freqs is None else ROPE_MODE, **SETTINGS["backward"])
+
+    def launch_backward(launch, q, k, v, o, do, lse, length, scale):
+        """(dq, dk, dv) of q, k, v (rows, heads or kv heads, D)."""
+        N, heads, D = q.shape
+        outs = [torch.empty(N, h, D, device=q.device, dtype=q.dtype) for h in (heads, k.shape[1], k.shape[1])]
+        _launch_backward(launch, q, k, v, o, do, lse, None, length, scale, outs, (0, 0, 0))
+        return tuple(outs)
 
     def launch_backward_packed(launch, qkv, o, do, lse, freqs, heads, kv_heads, length, scale):
-        """The gradient of qkv (rows, (heads + 2 kv_heads) * D) as one buffer."""
+        """The gradient of qkv (rows, (heads + 2 kv_heads) * D) as one buffer, dq, dk and dv written at
+        column offsets of it (views of it as the kernel's outputs were copied around the kernel by
+        inductor's functionalization, four passes over the buffer, run 7)."""
         dqkv = torch.empty_like(qkv)
-        launch_backward(launch, *split_heads(qkv, heads, kv_heads), o, do, lse, freqs, length, scale,
-                        out=split_heads(dqkv, heads, kv_heads))
+        D = qkv.shape[1] // (heads + 2 * kv_heads)
+        _launch_backward(launch, *split_heads(qkv, heads, kv_heads), o, do, lse, freqs, length, scale,
+                         (dqkv, dqkv, dqkv), (0, heads * D, (heads + kv_heads) * D))
         return dqkv
 
-    # the ops take whole tensors: inductor copies a sliced input of a user kernel (q, k, v as column
-    # ranges of qkv were three copies of the projection output per layer, run 7)
     @torch.library.triton_op("finnish_tts::segment_attention", mutates_args=())
-    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
+    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, freqs: torch.Tensor | None, length: int,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch_forward(decode_kernels.launch_wrapped, q, k, v, None, length, scale)
-
-    @torch.library.triton_op("finnish_tts::segment_attention_packed", mutates_args=())
-    def _forward_packed_op(qkv: torch.Tensor, freqs: torch.Tensor, heads: int, kv_heads: int, length: int,
-                           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch_forward(decode_kernels.launch_wrapped, *split_heads(qkv, heads, kv_heads), freqs, length, scale)
+        return launch_forward(decode_kernels.launch_wrapped, q, k, v, freqs, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward", mutates_args=())
     def _backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, do: torch.Tensor,
                      lse: torch.Tensor, length: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return launch_backward(decode_kernels.launch_wrapped, q, k, v, o, do, lse, None, length, scale)
+        return launch_backward(decode_kernels.launch_wrapped, q, k, v, o, do, lse, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward_packed", mutates_args=())
     def _backward_packed_op(qkv: torch.Tensor, o: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
@@ -245,13 +251,16 @@ def _rows_layout(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
 
 
+def _forward(q, k, v, freqs, length, scale):
+    if q.is_cuda:
+        return _forward_op(q, k, v, freqs, length, scale)
+    return launch_forward(decode_kernels.launch_direct, q, k, v, freqs, length, scale)
+
+
 class _SegmentAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, length, scale):
-        if q.is_cuda:
-            o, lse = _forward_op(q, k, v, length, scale)
-        else:
-            o, lse = launch_forward(decode_kernels.launch_direct, q, k, v, None, length, scale)
+        o, lse = _forward(q, k, v, None, length, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.length, ctx.scale = length, scale
         return o
@@ -263,18 +272,14 @@ class _SegmentAttention(torch.autograd.Function):
         if q.is_cuda:
             dq, dk, dv = _backward_op(*args, ctx.length, ctx.scale)
         else:
-            dq, dk, dv = launch_backward(decode_kernels.launch_direct, *args, None, ctx.length, ctx.scale)
+            dq, dk, dv = launch_backward(decode_kernels.launch_direct, *args, ctx.length, ctx.scale)
         return dq, dk, dv, None, None
 
 
 class _PackedSegmentAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, freqs, heads, kv_heads, length, scale):
-        if qkv.is_cuda:
-            o, lse = _forward_packed_op(qkv, freqs, heads, kv_heads, length, scale)
-        else:
-            o, lse = launch_forward(decode_kernels.launch_direct, *split_heads(qkv, heads, kv_heads), freqs, length,
-                                    scale)
+        o, lse = _forward(*split_heads(qkv, heads, kv_heads), freqs, length, scale)
         ctx.save_for_backward(qkv, freqs, o, lse)
         ctx.shape = heads, kv_heads, length, scale
         return o
