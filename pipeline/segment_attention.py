@@ -35,9 +35,6 @@ triton = decode_kernels.triton
 ENABLED = triton is not None and os.environ.get("SEGMENT_ATTENTION_KERNEL", "1") != "0"
 TILE = 128  # rows of a tile: the whole frames that fit, the rest masked
 SETTINGS = {"forward": {"num_warps": 8, "num_stages": 1}, "backward": {"num_warps": 8, "num_stages": 1}}
-# how the kernels rotate q and k (packed_segment_attention): 1 splits each tile into its pairs'
-# even and odd columns in registers, 2 loads every column's pair partner a second time (same lines)
-ROPE_MODE = 2
 
 if triton is not None:
     import triton.language as tl
@@ -68,23 +65,6 @@ if triton is not None:
         return tl.reshape(tl.join(even * cos - odd * sin, odd * cos + even * sin), [x.shape[0], x.shape[1]])
 
     @triton.jit
-    def _angles_wide(freqs_ptr, rows, LENGTH: tl.constexpr, D: tl.constexpr):
-        """cos and signed sin (TILE x D, fp32) per column: -sin for the even column of a pair, +sin for the odd."""
-        d = tl.arange(0, D)[None, :]
-        at = (rows % LENGTH)[:, None] * D + (d // 2) * 2
-        return tl.load(freqs_ptr + at).to(tl.float32), tl.load(freqs_ptr + at + 1).to(tl.float32) * ((d % 2) * 2 - 1)
-
-    @triton.jit
-    def _load_rotated(ptr, rows, stride, col, valid, cos, sin, D: tl.constexpr):
-        """A head's tile rotated as apply_rotary_emb does (fp32, rounded to the input dtype), from two
-        loads of the same lines: each column and its pair partner (column ^ 1): no register shuffles."""
-        d = tl.arange(0, D)[None, :]
-        base = ptr + rows[:, None] * stride + col
-        x = tl.load(base + d, mask=valid[:, None], other=0.0)
-        partner = tl.load(base + (d ^ 1), mask=valid[:, None], other=0.0)
-        return (x.to(tl.float32) * cos + partner.to(tl.float32) * sin).to(x.dtype)
-
-    @triton.jit
     def _segment_attention_fwd(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, freqs_ptr, N, stride_q, stride_k, stride_v,
                                scale: tl.constexpr, LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                TILE_: tl.constexpr, ROPE: tl.constexpr):
@@ -100,14 +80,10 @@ if triton is not None:
         q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
         k = tl.load(k_ptr + rows[:, None] * stride_k + hk * D + d, mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
-        if ROPE == 1:
+        if ROPE:
             cos, sin = _angles(freqs_ptr, rows, LENGTH, D)
             q = _rotate(q, cos, sin).to(v.dtype)
             k = _rotate(k, cos, sin).to(v.dtype)
-        if ROPE == 2:
-            cosw, sinw = _angles_wide(freqs_ptr, rows, LENGTH, D)
-            q = _load_rotated(q_ptr, rows, stride_q, h * D, valid, cosw, sinw, D)
-            k = _load_rotated(k_ptr, rows, stride_k, hk * D, valid, cosw, sinw, D)
         s = tl.where(allowed, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
         m = tl.max(s, 1)
         p = tl.exp(s - m[:, None])
@@ -117,13 +93,15 @@ if triton is not None:
         tl.store(lse_ptr + h * N + rows, m + tl.log(total), mask=valid)
 
     @triton.jit
-    def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, freqs_ptr, dq_ptr, dk_ptr, dv_ptr, N,
-                               stride_q, stride_k, stride_v, stride_dq, stride_dk, stride_dv, dq_col, dk_col, dv_col,
-                               scale: tl.constexpr,
+    def _segment_attention_bwd(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, freqs_ptr, dqkv_ptr, N,
+                               stride_q, stride_k, stride_v, stride_dqkv, scale: tl.constexpr,
                                LENGTH: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, TILE_: tl.constexpr,
                                ROPE: tl.constexpr):
         """dq, dk, dv of one tile (program_id(0)) and key/value head hk (program_id(1)): its GROUP
-        query heads one after the other, their dk and dv summed in registers. ROPE: q and k are
+        query heads one after the other, their dk and dv summed in registers. They are written side
+        by side into one (rows, (heads + 2 kv_heads) * D) buffer, dqkv: a user kernel writing into
+        several views of one buffer is miscompiled (inductor's functionalization gives each view its
+        own copy, and all but one are lost, run 7). ROPE: q and k are
         rotated again here, and dq, dk rotated back (by the opposite angles) before they are stored."""
         hk = tl.program_id(1)
         kv_heads = tl.num_programs(1)
@@ -134,20 +112,14 @@ if triton is not None:
         v = tl.load(v_ptr + rows[:, None] * stride_v + hk * D + d, mask=valid[:, None], other=0.0)
         if ROPE:
             cos, sin = _angles(freqs_ptr, rows, LENGTH, D)
-        if ROPE == 1:
             k = _rotate(k, cos, sin).to(v.dtype)
-        if ROPE == 2:
-            cosw, sinw = _angles_wide(freqs_ptr, rows, LENGTH, D)
-            k = _load_rotated(k_ptr, rows, stride_k, hk * D, valid, cosw, sinw, D)
         dk = tl.zeros([TILE_, D], dtype=tl.float32)
         dv = tl.zeros([TILE_, D], dtype=tl.float32)
         for g in tl.static_range(GROUP):
             h = hk * GROUP + g
             q = tl.load(q_ptr + rows[:, None] * stride_q + h * D + d, mask=valid[:, None], other=0.0)
-            if ROPE == 1:
+            if ROPE:
                 q = _rotate(q, cos, sin).to(v.dtype)
-            if ROPE == 2:
-                q = _load_rotated(q_ptr, rows, stride_q, h * D, valid, cosw, sinw, D)
             o = tl.load(o_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
             do = tl.load(do_ptr + rows[:, None] * (heads * D) + h * D + d, mask=valid[:, None], other=0.0)
             lse = tl.load(lse_ptr + h * N + rows, mask=valid, other=0.0)
@@ -160,16 +132,16 @@ if triton is not None:
             dq = tl.dot(ds, k) * scale
             if ROPE:
                 dq = _rotate(dq, cos, -sin)
-            tl.store(dq_ptr + rows[:, None] * stride_dq + dq_col + h * D + d, dq.to(dq_ptr.dtype.element_ty),
+            tl.store(dqkv_ptr + rows[:, None] * stride_dqkv + h * D + d, dq.to(dqkv_ptr.dtype.element_ty),
                      mask=valid[:, None])
             dk = tl.dot(tl.trans(ds), q, dk)
         dk = dk * scale
         if ROPE:
             dk = _rotate(dk, cos, -sin)
-        tl.store(dk_ptr + rows[:, None] * stride_dk + dk_col + hk * D + d, dk.to(dk_ptr.dtype.element_ty),
+        tl.store(dqkv_ptr + rows[:, None] * stride_dqkv + (heads + hk) * D + d, dk.to(dqkv_ptr.dtype.element_ty),
                  mask=valid[:, None])
-        tl.store(dv_ptr + rows[:, None] * stride_dv + dv_col + hk * D + d, dv.to(dv_ptr.dtype.element_ty),
-                 mask=valid[:, None])
+        tl.store(dqkv_ptr + rows[:, None] * stride_dqkv + (heads + kv_heads + hk) * D + d,
+                 dv.to(dqkv_ptr.dtype.element_ty), mask=valid[:, None])
 
     def _grid(N, length, heads):
         return (triton.cdiv(N, (TILE // length) * length), heads)
@@ -180,56 +152,48 @@ if triton is not None:
         lse = torch.empty(heads, N, device=q.device, dtype=torch.float32)
         launch(_segment_attention_fwd, _grid(N, length, heads))(
             q, k, v, o, lse, q if freqs is None else freqs, N, q.stride(0), k.stride(0), v.stride(0), scale=scale,
-            LENGTH=length, GROUP=heads // k.shape[1], D=D, TILE_=TILE, ROPE=0 if freqs is None else ROPE_MODE,
-            **SETTINGS["forward"])
+            LENGTH=length, GROUP=heads // k.shape[1], D=D, TILE_=TILE, ROPE=freqs is not None, **SETTINGS["forward"])
         return o, lse
 
-    def _launch_backward(launch, q, k, v, o, do, lse, freqs, length, scale, outs, cols):
+    def launch_backward(launch, q, k, v, o, do, lse, freqs, length, scale):
+        """dqkv: the gradients of q (rows, heads, D), k and v (rows, kv heads, D) side by side,
+        (rows, (heads + 2 kv heads) * D)."""
         N, heads, D = q.shape
         kv_heads = k.shape[1]
+        dqkv = torch.empty(N, (heads + 2 * kv_heads) * D, device=q.device, dtype=q.dtype)
         launch(_segment_attention_bwd, _grid(N, length, kv_heads))(
-            q, k, v, o, do, lse, q if freqs is None else freqs, *outs, N, q.stride(0), k.stride(0), v.stride(0),
-            *(t.stride(0) for t in outs), *cols, scale=scale, LENGTH=length, GROUP=heads // kv_heads, D=D,
-            TILE_=TILE, ROPE=0 if freqs is None else ROPE_MODE, **SETTINGS["backward"])
-
-    def launch_backward(launch, q, k, v, o, do, lse, length, scale):
-        """(dq, dk, dv) of q, k, v (rows, heads or kv heads, D)."""
-        N, heads, D = q.shape
-        outs = [torch.empty(N, h, D, device=q.device, dtype=q.dtype) for h in (heads, k.shape[1], k.shape[1])]
-        _launch_backward(launch, q, k, v, o, do, lse, None, length, scale, outs, (0, 0, 0))
-        return tuple(outs)
-
-    def launch_backward_packed(launch, qkv, o, do, lse, freqs, heads, kv_heads, length, scale):
-        """The gradient of qkv (rows, (heads + 2 kv_heads) * D) as one buffer, dq, dk and dv written at
-        column offsets of it (views of it as the kernel's outputs were copied around the kernel by
-        inductor's functionalization, four passes over the buffer, run 7)."""
-        dqkv = torch.empty_like(qkv)
-        D = qkv.shape[1] // (heads + 2 * kv_heads)
-        _launch_backward(launch, *split_heads(qkv, heads, kv_heads), o, do, lse, freqs, length, scale,
-                         (dqkv, dqkv, dqkv), (0, heads * D, (heads + kv_heads) * D))
+            q, k, v, o, do, lse, q if freqs is None else freqs, dqkv, N, q.stride(0), k.stride(0), v.stride(0),
+            dqkv.stride(0), scale=scale, LENGTH=length, GROUP=heads // kv_heads, D=D, TILE_=TILE,
+            ROPE=freqs is not None, **SETTINGS["backward"])
         return dqkv
 
+    # the packed ops take qkv whole: views of it into an op are split inside (column ranges of a
+    # user kernel's input or output can be copied around it by inductor)
     @torch.library.triton_op("finnish_tts::segment_attention", mutates_args=())
-    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, freqs: torch.Tensor | None, length: int,
+    def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch_forward(decode_kernels.launch_wrapped, q, k, v, freqs, length, scale)
+        return launch_forward(decode_kernels.launch_wrapped, q, k, v, None, length, scale)
+
+    @torch.library.triton_op("finnish_tts::segment_attention_packed", mutates_args=())
+    def _forward_packed_op(qkv: torch.Tensor, freqs: torch.Tensor, heads: int, kv_heads: int, length: int,
+                           scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return launch_forward(decode_kernels.launch_wrapped, *split_heads(qkv, heads, kv_heads), freqs, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward", mutates_args=())
     def _backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, do: torch.Tensor,
-                     lse: torch.Tensor, length: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return launch_backward(decode_kernels.launch_wrapped, q, k, v, o, do, lse, length, scale)
+                     lse: torch.Tensor, length: int, scale: float) -> torch.Tensor:
+        return launch_backward(decode_kernels.launch_wrapped, q, k, v, o, do, lse, None, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward_packed", mutates_args=())
     def _backward_packed_op(qkv: torch.Tensor, o: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
                             freqs: torch.Tensor, heads: int, kv_heads: int, length: int, scale: float) -> torch.Tensor:
-        return launch_backward_packed(decode_kernels.launch_wrapped, qkv, o, do, lse, freqs, heads, kv_heads, length,
-                                      scale)
+        return launch_backward(decode_kernels.launch_wrapped, *split_heads(qkv, heads, kv_heads), o, do, lse, freqs,
+                               length, scale)
 
 
 def split_heads(qkv: torch.Tensor, heads: int, kv_heads: int):
-    """Views q (rows, heads, D), k and v (rows, kv_heads, D) of a qkv projection output (rows, (heads + 2 kv_heads) * D)."""
-    rows = qkv.shape[0]
-    per_head = qkv.view(rows, heads + 2 * kv_heads, -1)
+    """Views q (rows, heads, D), k and v (rows, kv heads, D) of (rows, (heads + 2 kv heads) * D)."""
+    per_head = qkv.view(qkv.shape[0], heads + 2 * kv_heads, -1)
     return per_head[:, :heads], per_head[:, heads : heads + kv_heads], per_head[:, heads + kv_heads :]
 
 
@@ -251,16 +215,15 @@ def _rows_layout(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
 
 
-def _forward(q, k, v, freqs, length, scale):
-    if q.is_cuda:
-        return _forward_op(q, k, v, freqs, length, scale)
-    return launch_forward(decode_kernels.launch_direct, q, k, v, freqs, length, scale)
-
-
 class _SegmentAttention(torch.autograd.Function):
+    """q, k, v separate (rotated by the caller)."""
+
     @staticmethod
     def forward(ctx, q, k, v, length, scale):
-        o, lse = _forward(q, k, v, None, length, scale)
+        if q.is_cuda:
+            o, lse = _forward_op(q, k, v, length, scale)
+        else:
+            o, lse = launch_forward(decode_kernels.launch_direct, q, k, v, None, length, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.length, ctx.scale = length, scale
         return o
@@ -270,16 +233,22 @@ class _SegmentAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         args = (q, k, v, o, do.contiguous(), lse)
         if q.is_cuda:
-            dq, dk, dv = _backward_op(*args, ctx.length, ctx.scale)
+            dqkv = _backward_op(*args, ctx.length, ctx.scale)
         else:
-            dq, dk, dv = launch_backward(decode_kernels.launch_direct, *args, ctx.length, ctx.scale)
-        return dq, dk, dv, None, None
+            dqkv = launch_backward(decode_kernels.launch_direct, *args, None, ctx.length, ctx.scale)
+        return *split_heads(dqkv, q.shape[1], k.shape[1]), None, None
 
 
 class _PackedSegmentAttention(torch.autograd.Function):
+    """qkv as the projection wrote it, rotated inside the kernels; one gradient buffer for it."""
+
     @staticmethod
     def forward(ctx, qkv, freqs, heads, kv_heads, length, scale):
-        o, lse = _forward(*split_heads(qkv, heads, kv_heads), freqs, length, scale)
+        if qkv.is_cuda:
+            o, lse = _forward_packed_op(qkv, freqs, heads, kv_heads, length, scale)
+        else:
+            o, lse = launch_forward(decode_kernels.launch_direct, *split_heads(qkv, heads, kv_heads), freqs, length,
+                                    scale)
         ctx.save_for_backward(qkv, freqs, o, lse)
         ctx.shape = heads, kv_heads, length, scale
         return o
@@ -287,8 +256,12 @@ class _PackedSegmentAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         qkv, freqs, o, lse = ctx.saved_tensors
-        args = (qkv, o, do.contiguous(), lse, freqs, *ctx.shape)
-        dqkv = _backward_packed_op(*args) if qkv.is_cuda else launch_backward_packed(decode_kernels.launch_direct, *args)
+        heads, kv_heads, length, scale = ctx.shape
+        if qkv.is_cuda:
+            dqkv = _backward_packed_op(qkv, o, do.contiguous(), lse, freqs, heads, kv_heads, length, scale)
+        else:
+            dqkv = launch_backward(decode_kernels.launch_direct, *split_heads(qkv, heads, kv_heads), o, do.contiguous(),
+                                   lse, freqs, length, scale)
         return dqkv, None, None, None, None, None
 
 
@@ -302,10 +275,9 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length:
 
 def packed_segment_attention(qkv: torch.Tensor, freqs_cis: torch.Tensor, heads: int, kv_heads: int,
                              length: int) -> torch.Tensor:
-    """segment_attention of the rotated q and k of a qkv projection output (rows, (heads + 2 kv_heads) * D):
+    """segment_attention of the rotated q and k of a qkv projection output (rows, (heads + 2 kv heads) * D):
     apply_rotary_emb(q, freqs_cis) and the same for k done inside the kernels, freqs_cis (length, D/2, 2)
     as the wheel keeps it; (rows, heads, D) out, and one (rows, qkv width) gradient for qkv. The
     caller checked `applies` on split_heads(qkv, ...)."""
-    q, k, _ = split_heads(qkv, heads, kv_heads)
     return _PackedSegmentAttention.apply(qkv.contiguous(), freqs_cis.contiguous(), heads, kv_heads, length,
-                                         q.shape[-1] ** -0.5)
+                                         (qkv.shape[1] // (heads + 2 * kv_heads)) ** -0.5)

@@ -40,9 +40,7 @@ torch.testing.assert_close(sa.segment_attention(q, k, v, 10), sa.segment_attenti
                                                                                     v.contiguous(), 10))
 # packed: the qkv projection output in, the rotary embedding inside the kernels, one gradient for qkv
 from fish_speech.models.text2semantic.llama import apply_rotary_emb, precompute_freqs_cis
-for mode, (segments, length, heads, kv_heads, D) in [(m, c) for m in (1, 2) for c in [(25, 10, 4, 2, 16), (3, 10, 2, 1, 32),
-                                                                                      (14, 9, 2, 2, 64)]]:
-    sa.ROPE_MODE = mode  # both ways of rotating inside the kernels
+for segments, length, heads, kv_heads, D in [(25, 10, 4, 2, 16), (3, 10, 2, 1, 32), (14, 9, 2, 2, 64)]:
     N = segments * length
     freqs = precompute_freqs_cis(length, D, base=100)  # (length, D/2, 2) in bf16, as the wheel keeps it
     qkv = torch.randn(N, (heads + 2 * kv_heads) * D, requires_grad=True)
@@ -120,9 +118,9 @@ def test_kernels_compile_for_sm90():
     from triton.compiler import ASTSource
 
     kernels = [("forward", segment_attention._segment_attention_fwd), ("backward", segment_attention._segment_attention_bwd)]
-    for (name, kernel), rope in [(k, rope) for k in kernels for rope in (0, 1, 2)]:
-        sig = {n: "*bf16" if n.endswith("_ptr") else "i32" if n == "N" or n.startswith("stride") or n.endswith("_col")
-               else "constexpr" for n in kernel.arg_names}
+    for (name, kernel), rope in [(k, rope) for k in kernels for rope in (False, True)]:
+        sig = {n: "*bf16" if n.endswith("_ptr") else "i32" if n == "N" or n.startswith("stride") else "constexpr"
+               for n in kernel.arg_names}
         sig["lse_ptr"] = "*fp32"
         consts = {"LENGTH": 10, "GROUP": 2, "D": 64, "TILE_": segment_attention.TILE, "scale": 0.125, "ROPE": rope}
         triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
