@@ -393,7 +393,7 @@ def _positions(host: torch.Tensor, copied, device: torch.device, n: int, vocab: 
     tokens = (host[:, 0] != IGNORE).flatten().nonzero().squeeze(1)
     frames = (host[:, 1] != IGNORE).flatten().nonzero().squeeze(1)
     if n > 1 and frames.numel():
-        residual = host[:, 2:].transpose(1, 2).reshape(-1, n - 1)[frames]
+        residual = host[:, 2:].masked_fill((host[:, 1] == IGNORE)[:, None], 0)  # codebooks 1.. of the frames
         if int(residual.max()) >= vocab:
             raise ValueError(f"A residual code is >= {vocab}; these codes do not belong to this model's codec.")
     rows, all_rows = frames, compile_blocks and not frames_only
