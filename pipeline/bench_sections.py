@@ -317,10 +317,13 @@ def bench_train(config, shapes, device, tiny, steps=None, variants=None, profile
             if ref:
                 result.setdefault("speedup", {})[mode] = round(ref["step_s"] / best["step_s"], 2)
         project = ok.get(f"project-{mode}")
-        for row in ok.values():  # same weights and batch: every variant's first-step loss must agree
+        for row in ok.values():  # same weights and batch: every variant's first-step loss must agree, and
+            # its last (after warm-up and timed steps) too, up to dropout masks drawn differently: a wrong
+            # gradient shows there (a kernel that lost dq of the fast attention: 7e-3 after 8 steps, run 7)
             if project and row is not project and row["mode"] == mode and row["impl"] != "reference":
-                diff = abs(row["loss_first"] - project["loss_first"]) / abs(project["loss_first"])
-                result.setdefault("check", {})[f"{row['name']}_loss_rel_diff"] = diff
+                for key in ("loss_first", "loss_last"):
+                    diff = abs(row[key] - project[key]) / abs(project[key])
+                    result.setdefault("check", {})[f"{row['name']}_{key.replace('loss_', '')}_loss_rel_diff"] = diff
         for row in ok.values():  # memory-planned variants: did the plan hold on the real card?
             if row["mode"] == mode and "@" in row["name"]:
                 budget = float(row["name"].split("@")[1].split(":")[0])
