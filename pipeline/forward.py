@@ -128,8 +128,10 @@ def _linear(module, x: torch.Tensor, fused: bool) -> torch.Tensor:
 def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False) -> torch.Tensor:
     """The wheel's Attention.forward with is_causal=True and native grouped-query attention.
 
-    With a block_mask (fast transformer: x is (frames, 10, dim)) every frame's sequence is one
-    segment of a single packed sequence for flex attention instead of its own tiny SDPA call."""
+    With a block_mask (fast transformer: x is (frames, 10, dim)) every frame is its own causal
+    segment of one packed sequence: through pipeline.segment_attention's kernels where they apply
+    (given the qkv projection output itself, rotation inside, when there is no qk-norm), else
+    through flex attention with the mask, instead of a tiny SDPA call per frame."""
     bsz, seqlen, _ = x.shape
     q_size = attn.n_head * attn.head_dim
     kv_size = attn.n_local_heads * attn.head_dim
@@ -335,13 +337,14 @@ def _token_loss_sum(model, hidden, targets, chunk_rows: int, fused: bool, compil
 
 
 def _normed(norm, x: torch.Tensor) -> torch.Tensor:
-    """A final norm (the wheel's RMSNorm: fp32 statistics). Compiled it is one kernel each way;
-    eagerly it is seven passes over fp32 copies of x (the fast head's is 122k rows x 1024)."""
+    """The token head's final norm (the wheel's RMSNorm: fp32 statistics). Compiled it is one
+    kernel each way; eagerly it is seven passes over fp32 copies of x."""
     return norm(x)
 
 
 def _frame_features(norm, out: torch.Tensor, frames: int) -> torch.Tensor:
-    """fast_norm of outputs 1.. (those predicting codebooks 1..N-1) of the first `frames` frames, as rows."""
+    """fast_norm of outputs 1.. (those predicting codebooks 1..N-1) of the first `frames` frames, as
+    rows (122k x 1024 for the bench batch: eagerly, seven fp32 passes each way)."""
     return norm(out[:frames, 1:]).reshape(-1, out.shape[-1])
 
 
@@ -378,7 +381,7 @@ def _labels_to_host(labels: torch.Tensor):
     host = torch.empty(labels.shape, dtype=labels.dtype, pin_memory=True)
     host.copy_(labels, non_blocking=True)
     copied = torch.cuda.Event()
-    copied.record()
+    copied.record(torch.cuda.current_stream(labels.device))  # the copy's stream, whatever the current device
     return host, copied
 
 
@@ -396,19 +399,22 @@ def _positions(host: torch.Tensor, copied, device: torch.device, n: int, vocab: 
         residual = host[:, 2:].masked_fill((host[:, 1] == IGNORE)[:, None], 0)  # codebooks 1.. of the frames
         if int(residual.max()) >= vocab:
             raise ValueError(f"A residual code is >= {vocab}; these codes do not belong to this model's codec.")
-    rows, all_rows = frames, compile_blocks and not frames_only
-    if all_rows:
-        rows = torch.arange(host.shape[0] * host.shape[2])
-    elif compile_blocks:  # padded to FRAME_BUCKET rows so that graphs are reused; extra rows repeat position 0
-        padded = min(-(-frames.numel() // FRAME_BUCKET) * FRAME_BUCKET, host.shape[0] * host.shape[2])
-        rows = F.pad(frames, (0, padded - frames.numel()))
+
     def to_device(t):  # pinned: the copy is queued without waiting for the GPU
         return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
-    return _Positions(to_device(tokens), to_device(frames), to_device(rows), all_rows, tokens.numel(), frames.numel())
+    frames_on_device, all_rows = to_device(frames), compile_blocks and not frames_only
+    rows = frames_on_device
+    if all_rows:
+        rows = torch.arange(host.shape[0] * host.shape[2], device=device)
+    elif compile_blocks:  # padded to FRAME_BUCKET rows so that graphs are reused; extra rows repeat position 0
+        padded = min(-(-frames.numel() // FRAME_BUCKET) * FRAME_BUCKET, host.shape[0] * host.shape[2])
+        rows = to_device(F.pad(frames, (0, padded - frames.numel())))
+    return _Positions(to_device(tokens), frames_on_device, rows, all_rows, tokens.numel(), frames.numel())
 
 
-def _codebook_loss(base, hidden, labels, where: _Positions, gradient_checkpointing, compile_blocks, options):
+def _codebook_loss(base, hidden, labels, where: _Positions, vocab: int, gradient_checkpointing, compile_blocks,
+                   options):
     """Summed residual-codebook CE, hits and the number of targets (codebooks 1..N-1 of each frame)."""
     n = base.config.num_codebooks
     codes = labels[:, 1:].transpose(1, 2).reshape(-1, n)  # (B*L, N): the next column's codes
@@ -419,7 +425,6 @@ def _codebook_loss(base, hidden, labels, where: _Positions, gradient_checkpointi
     if where.all_rows:  # every position went through: keep the frames'
         out, frame_codes = out.index_select(0, where.frames), codes.index_select(0, where.frames)
     targets = frame_codes[:real, 1:].reshape(-1)
-    vocab = min(RESIDUAL_VOCAB, base.fast_output.out_features)
     features = _maybe_compiled(_frame_features, compile_blocks)(base.fast_norm, out, real)
     if options.fused_ce:
         loss, h1, h5 = linear_cross_entropy(base.fast_output, features, targets, rows=vocab, chunk_rows=1 << 15,
@@ -456,7 +461,7 @@ def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk
     total = n_tokens
 
     if where.n_frames and n > 1:
-        loss_sum, h1, h5, count = _codebook_loss(base, hidden, labels, where, gradient_checkpointing,
+        loss_sum, h1, h5, count = _codebook_loss(base, hidden, labels, where, vocab, gradient_checkpointing,
                                                  compile_blocks, options)
         codebook_loss = loss_sum / count
         hits1, hits5, total = hits1 + h1, hits5 + h5, total + count

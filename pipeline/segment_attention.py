@@ -250,13 +250,13 @@ class _PackedSegmentAttention(torch.autograd.Function):
             o, lse = launch_forward(decode_kernels.launch_direct, *split_heads(qkv, heads, kv_heads), freqs, length,
                                     scale)
         ctx.save_for_backward(qkv, freqs, o, lse)
-        ctx.shape = heads, kv_heads, length, scale
+        ctx.args = heads, kv_heads, length, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
         qkv, freqs, o, lse = ctx.saved_tensors
-        heads, kv_heads, length, scale = ctx.shape
+        heads, kv_heads, length, scale = ctx.args
         if qkv.is_cuda:
             dqkv = _backward_packed_op(qkv, o, do.contiguous(), lse, freqs, heads, kv_heads, length, scale)
         else:
@@ -279,5 +279,8 @@ def packed_segment_attention(qkv: torch.Tensor, freqs_cis: torch.Tensor, heads: 
     apply_rotary_emb(q, freqs_cis) and the same for k done inside the kernels, freqs_cis (length, D/2, 2)
     as the wheel keeps it; (rows, heads, D) out, and one (rows, qkv width) gradient for qkv. The
     caller checked `applies` on split_heads(qkv, ...)."""
+    head_dim = qkv.shape[1] // (heads + 2 * kv_heads)
+    if freqs_cis.shape[0] < length or tuple(freqs_cis.shape[1:]) != (head_dim // 2, 2):  # the kernels read it unmasked
+        raise ValueError(f"freqs_cis must be (>= {length}, {head_dim // 2}, 2), got {tuple(freqs_cis.shape)}.")
     return _PackedSegmentAttention.apply(qkv.contiguous(), freqs_cis.contiguous(), heads, kv_heads, length,
-                                         (qkv.shape[1] // (heads + 2 * kv_heads)) ** -0.5)
+                                         head_dim**-0.5)

@@ -233,6 +233,12 @@ def test_residual_code_of_another_codec_is_a_clear_error(ckpt):
     seq = _sequence(model, tokenizer, seed=8)
     labels = to_labels(seq)
     frame = int((labels[1] != -100).nonzero()[0])
+    original = int(labels[3, frame])
     labels[3, frame] = 1024  # codebook 2 of the first frame: outside the residual vocabulary
     with pytest.raises(ValueError, match="do not belong to this model's codec"):
         compute_loss(model, {"tokens": seq.tokens[None], "labels": labels[None]})
+    # only frames' codes are checked: the same value where no frame follows is not a target
+    labels[3, frame] = original
+    no_frame = int((labels[1] == -100).nonzero()[0])
+    labels[3, no_frame] = 1024
+    assert compute_loss(model, {"tokens": seq.tokens[None], "labels": labels[None]}).loss.isfinite()

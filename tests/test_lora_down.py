@@ -219,9 +219,12 @@ def test_kernels_compile_for_sm90():
     from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", 90, 32)
-    def tiles(name):  # "<kernel>_glu": the SiLU variant's own tile where there is one
-        tile = lora_down.TILES.get(name, lora_down.TILES[name.removesuffix("_glu")])
-        return {"ROWS": tile["ROWS"], "COLS": tile["COLS"], "RANK_PAD": 16, "RANK": 8}, tile
+    def tiles(name):  # the launchers' own choice: "<kernel>_glu" for the SiLU variant
+        _, _, consts, options = lora_down._settings(name.removesuffix("_glu"), 8, name.endswith("_glu"))
+        return consts | {"RANK": 8}, options
+
+    assert tiles("grad_input_glu")[0]["ROWS"] == lora_down.TILES["grad_input_glu"]["ROWS"] != \
+        tiles("grad_input")[0]["ROWS"]  # the SiLU variant really gets its own tile
 
     scalars = {"seed_ptr": "*i32", "scale_ptr": "*fp32", "M": "i32", "K": "i32", "threshold": "i32"}
     variants = [("down_glu" if glu else "down", lora_down._down_kernel, {"x_ptr": "*bf16", "a_ptr": "*bf16", "out_ptr": "*bf16",
@@ -238,5 +241,4 @@ def test_kernels_compile_for_sm90():
         consts, tile = tiles(name)
         consts |= extra
         sig = {n: (pointers | scalars).get(n, "constexpr") for n in kernel.arg_names}
-        triton.compile(ASTSource(kernel, sig, consts), target=target,
-                       options={"num_warps": tile["num_warps"], "num_stages": tile["num_stages"]})
+        triton.compile(ASTSource(kernel, sig, consts), target=target, options=tile)
