@@ -2,7 +2,7 @@
 
 peft swaps the targeted `nn.Linear`/`nn.Embedding` modules of the DualARTransformer IN PLACE, so
 the model object the caller holds keeps working: `forward_generate`, `setup_caches` and
-`pipeline.forward.compute_loss` all run through the adapted modules. A fresh adapter has
+`pipeline.loss.compute_loss` all run through the adapted modules. A fresh adapter has
 lora_B = 0 and leaves every output exactly unchanged.
 
 Adapters are saved in peft's format (adapter_config.json + adapter_model.safetensors).

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
-import json
-import re
-import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +21,7 @@ from pipeline.bench import (
     time_calls,
     train_flops,
 )
+from pipeline.bench_profile import profiled
 
 # project: the step train.py runs, with the memory plan train.py makes for this card ("fast" is
 # the same with the blocks compiled whatever the configuration says); reference: upstream-style (pipeline.bench_reference).
@@ -83,7 +80,7 @@ def _forward_options(toggles: set[str], compile_blocks: bool):
 def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, grad_clip, device, compile_blocks,
                   options=None):
     """pipeline.train._Trainer._train_step without its logging."""
-    from pipeline.forward import compute_loss
+    from pipeline.loss import compute_loss
 
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
@@ -122,73 +119,6 @@ def _parse_variant(name: str):
         raise ValueError(f"Unknown training variant {name!r}: use (reference|project|fast)-(lora|full)[@GB][:ckpt|:nockpt].")
     return (impl, mode, {"": None, "ckpt": True, "nockpt": False}[force], float(card_gb) if card_gb else None,
             set(toggles))
-
-
-# kernel name patterns -> what the GPU time went to (first match wins)
-KERNEL_GROUPS = [
-    ("LoRA down-projections (lora_down)", r"_down_kernel|_grad_input_kernel|_grad_weight_kernel"),
-    ("attention", r"flash|fmha|cudnn|attention|flex"),
-    ("matmul", r"gemm|nvjet|cutlass|sm90_xmma|ampere_|matmul|_mm_|splitk"),
-    ("random (dropout masks)", r"philox|rand|dropout|bernoulli"),
-    ("reduction (norms, softmax, loss)", r"triton_(red|per)_|reduce|softmax|norm"),
-    ("element-wise", r"triton_poi_|elementwise|vectorized|copy|cat|fill"),
-]
-
-
-def kernel_groups(prof) -> dict:
-    """GPU milliseconds per KERNEL_GROUPS category (plus "other") of a torch.profiler run."""
-    groups: dict[str, float] = {}
-    for event in prof.key_averages():
-        if event.device_type.name != "CUDA" or not event.self_device_time_total:
-            continue
-        name = event.key.lower()
-        group = next((g for g, pattern in KERNEL_GROUPS if re.search(pattern, name)), "other")
-        groups[group] = groups.get(group, 0.0) + event.self_device_time_total / 1e3
-    return {g: round(ms, 2) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])}
-
-
-def gpu_idle(prof, top: int = 12) -> dict:
-    """Where the GPU waited during a profiled run: the span from the first kernel's start to the
-    last one's end, the time no kernel ran, and the longest gaps with the kernels around them."""
-    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-                   if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start)
-    if not spans:
-        return {}
-    gaps, busy_until, before = [], spans[0][0], spans[0][2]
-    for start, end, name in spans:
-        if start > busy_until:
-            gaps.append((start - busy_until, before, name))
-        if end > busy_until:
-            busy_until, before = end, name
-    idle = sum(g for g, *_ in gaps)
-    gaps.sort(key=lambda g: -g[0])
-    return {"span_ms": round((busy_until - spans[0][0]) / 1e3, 2), "idle_ms": round(idle / 1e3, 2),
-            "gaps_over_50us": sum(g > 50 for g, *_ in gaps),
-            "longest": [{"ms": round(g / 1e3, 3), "after": a[:80], "before": b[:80]} for g, a, b in gaps[:top]]}
-
-
-def _profiled(run, path, rows: int = 250):
-    """`run()` under torch.profiler, twice: GPU kernels only (the kernel table by GPU time and the
-    idle gaps, gpu_idle, written to `path`: recording every CPU op would slow the CPU side and
-    inflate the gaps), then with the CPU ops too, for a gzipped Chrome trace next to it.
-    Returns the first run's profiler and its summary ({gpu_ms_by_kind, gpu_idle})."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run()
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=110)
-    summary = {"gpu_ms_by_kind": kernel_groups(prof), "gpu_idle": gpu_idle(prof)}
-    path.write_text(json.dumps(summary, indent=1) + "\n" + table)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as traced:
-        run()
-        torch.cuda.synchronize()
-    trace = path.with_suffix(".trace.json")  # for chrome://tracing or ui.perfetto.dev
-    traced.export_chrome_trace(str(trace))
-    with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    trace.unlink()
-    return prof, summary
 
 
 def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir=None) -> dict:
@@ -259,7 +189,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         timing = time_calls(step, warmup, repeat, device)
         last_loss = float(losses[-1])  # before the profiled steps: loss_last must not depend on --profile
         if profile_dir and cuda:
-            _, summary = _profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
+            _, summary = profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
             row.update(summary)
     flops = train_flops(args, batch, mode, lora_params)
     peak = _peak_gb(device)
@@ -368,7 +298,7 @@ def bench_extract(shapes, device, tiny) -> dict:
 # -- generation ---------------------------------------------------------------------------------
 def _profile_generation(gen, prompt, path, frames: int = 20) -> dict:
     """Kernels of `frames` decode steps (CUDA-graph replays) by GPU time, as a table; kernels per frame."""
-    prof, _ = _profiled(lambda: gen.generate([prompt], frames, stop_at_end=False), path, rows=40)
+    prof, _ = profiled(lambda: gen.generate([prompt], frames, stop_at_end=False), path, rows=40)
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     return {"kernels_per_frame": round(len(kernels) / frames, 1),
             "kernel_ms_per_frame": round(sum(e.device_time for e in kernels) / 1e3 / frames, 3)}

@@ -30,7 +30,8 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.adapters import attach_lora, load_trainable_adapter, save_adapter
 from pipeline.checkpoints import load_lm
-from pipeline.forward import compute_loss, unwrap
+from pipeline.forward import unwrap
+from pipeline.loss import compute_loss
 from pipeline.memory_plan import plan_for_device
 from pipeline.merge import save_full_model
 from pipeline.samples import make_training_data

@@ -16,7 +16,8 @@ from pipeline.adapters import (
     save_adapter,
 )
 from pipeline.checkpoints import load_lm
-from pipeline.forward import compute_loss, fast_logits, slow_forward, token_logits
+from pipeline.forward import fast_logits, slow_forward, token_logits
+from pipeline.loss import compute_loss
 from pipeline.tokens import Utterance, build_sequence, to_labels
 
 

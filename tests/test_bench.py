@@ -9,7 +9,8 @@ import torch
 
 from pipeline.bench import bench_shapes, result_path, run_bench, synthetic_batch, train_flops
 from pipeline.config import load_config
-from pipeline.forward import IGNORE, compute_loss
+from pipeline.forward import IGNORE
+from pipeline.loss import compute_loss
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_real_shape_needs_a_gpu_and_unknown_variants_are_refused(tmp_path):
 def test_gpu_idle_merges_overlapping_kernels_and_reports_the_gaps():
     from types import SimpleNamespace
 
-    from pipeline.bench_sections import gpu_idle
+    from pipeline.bench_profile import gpu_idle
 
     def kernel(name, start, end, device="CUDA"):
         return SimpleNamespace(name=name, device_type=SimpleNamespace(name=device),

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import DualARTransformer
 
 from pipeline.checkpoints import load_lm
-from pipeline.forward import compute_loss, fast_logits, slow_forward, token_logits
+from pipeline.forward import fast_logits, slow_forward, token_logits
+from pipeline.loss import compute_loss
 from pipeline.tokens import Utterance, build_sequence, to_labels
 
 
@@ -210,21 +211,21 @@ def test_chunked_token_loss_matches_unchunked(ckpt):
 def test_positions_are_read_once_and_padded_for_the_compiled_path(ckpt):
     """compute_loss's host-side indices: token and frame positions, frames padded to FRAME_BUCKET
     rows when compiled (extra rows repeat position 0), every position for the "allpos" layout."""
-    from pipeline import forward as fw
+    from pipeline import loss
 
     model, tokenizer = load_lm(ckpt)
     seq = _sequence(model, tokenizer, seed=7)
     labels = to_labels(seq)[None]
     n = model.config.num_codebooks
-    plain = fw._positions(labels, None, labels.device, n, 1024, compile_blocks=False, frames_only=True)
+    plain = loss._positions(labels, None, labels.device, n, 1024, compile_blocks=False, frames_only=True)
     assert plain.tokens.tolist() == (labels[0, 0] != -100).nonzero().flatten().tolist()
     assert plain.frames.tolist() == (labels[0, 1] != -100).nonzero().flatten().tolist() == plain.rows.tolist()
     assert plain.n_tokens == plain.tokens.numel() and plain.n_frames == plain.frames.numel() > 0
-    padded = fw._positions(labels, None, labels.device, n, 1024, compile_blocks=True, frames_only=True)
-    assert padded.rows.numel() == min(fw.FRAME_BUCKET, labels.shape[-1])
+    padded = loss._positions(labels, None, labels.device, n, 1024, compile_blocks=True, frames_only=True)
+    assert padded.rows.numel() == min(loss.FRAME_BUCKET, labels.shape[-1])
     assert padded.rows[: plain.n_frames].tolist() == plain.frames.tolist()
     assert not padded.rows[plain.n_frames :].any()
-    every = fw._positions(labels, None, labels.device, n, 1024, compile_blocks=True, frames_only=False)
+    every = loss._positions(labels, None, labels.device, n, 1024, compile_blocks=True, frames_only=False)
     assert every.all_rows and every.rows.tolist() == list(range(labels.shape[-1]))
 
 

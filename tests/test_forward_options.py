@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import pipeline.forward as fw
+import pipeline.loss as loss_module
 from pipeline.adapters import attach_lora
 from pipeline.bench import synthetic_batch
 from pipeline.checkpoints import load_lm
@@ -29,7 +30,7 @@ def lora_model(tiny_checkpoint):
 
 def _loss_and_grads(model, batch, **kwargs):
     model.zero_grad(set_to_none=True)
-    out = fw.compute_loss(model, batch, **kwargs)
+    out = loss_module.compute_loss(model, batch, **kwargs)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return out, grads
@@ -70,8 +71,9 @@ def test_compiled_path_layout_equals_the_plain_path(lora_model, monkeypatch, fra
     model, batch = lora_model
     straight = _loss_and_grads(model, batch, options=fw.ForwardOptions(fused_ce=False, fused_linears=False))
     monkeypatch.setattr(fw, "compiled_block", lambda stack: fw._block)
-    monkeypatch.setattr(fw, "_maybe_compiled", lambda fn, compiled: fn)  # the norms and fast inputs too
-    monkeypatch.setattr(fw, "FRAME_BUCKET", 24)  # the real 1024 would pad this small batch to every position
+    for module in (fw, loss_module):  # the norms and fast inputs eagerly too
+        monkeypatch.setattr(module, "maybe_compiled", lambda fn, compiled: fn)
+    monkeypatch.setattr(loss_module, "FRAME_BUCKET", 24)  # the real 1024 would pad this small batch to every position
     frames = int((batch["labels"][:, 1] != fw.IGNORE).sum())
     assert frames % 24 and frames < batch["labels"][:, 1].numel() - 24  # padding really happens
     options = fw.ForwardOptions(fused_ce=True, flex_fast_attention=True, frames_only=frames_only)

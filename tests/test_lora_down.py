@@ -155,6 +155,7 @@ print("ok")
 CHECKPOINTING = """
 import dataclasses, sys, torch
 import pipeline.forward as fw
+from pipeline.loss import compute_loss
 from pipeline.adapters import attach_lora
 from pipeline.bench import synthetic_batch
 from pipeline.checkpoints import load_lm
@@ -173,7 +174,7 @@ batch = synthetic_batch(tokenizer, base.config, 2, 96, device=torch.device("cpu"
 def loss_and_grads(checkpointing, seed=3):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    out = fw.compute_loss(model, batch, gradient_checkpointing=checkpointing)
+    out = compute_loss(model, batch, gradient_checkpointing=checkpointing)
     out.loss.backward()
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 

@@ -68,6 +68,7 @@ print("ok")
 FORWARD = """
 import dataclasses, sys, torch
 import pipeline.forward as fw
+from pipeline.loss import compute_loss
 from pipeline.adapters import attach_lora
 from pipeline.bench import synthetic_batch
 from pipeline.checkpoints import load_lm
@@ -90,7 +91,7 @@ fw.segment_attention.packed_segment_attention = lambda *a: calls.append("packed"
 
 def loss_and_grads(packed):
     model.zero_grad(set_to_none=True)
-    out = fw.compute_loss(model, batch, options=fw.ForwardOptions(flex_fast_attention=packed))
+    out = compute_loss(model, batch, options=fw.ForwardOptions(flex_fast_attention=packed))
     out.loss.backward()
     return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
