@@ -10,16 +10,19 @@ state is reported as failed with the last lines of its log.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline import training_lock
 from pipeline.config import PROJECT_ROOT, Config
-from pipeline.workflow import create_run, read_json, read_run, update_run, write_json
+from pipeline.workflow import RunError, create_run, read_json, read_run, run_dir_for, update_run, write_json
 
 
 class JobError(ValueError):
@@ -57,17 +60,52 @@ def log_tail(run_dir: Path, lines: int = 30) -> str:
 
 
 def current_job(config: Config) -> dict | None:
-    """The job recorded for this machine if its process is still alive, else None."""
+    """The training job on this machine, or None: the one the studio started (job.json) while its
+    process lives, else whoever holds the training lock (e.g. `python -m pipeline run` in a shell)."""
     job = read_json(_job_file(config))
-    return job if job and _alive(job.get("pid")) else None
+    if job and _alive(job.get("pid")):
+        return job
+    holder = training_lock.holder(config.workspace)
+    if holder and holder.get("pid") and holder.get("run_id"):
+        return {"run_id": holder["run_id"], "run_dir": holder.get("run_dir") or str(config.runs_dir / holder["run_id"]),
+                "pid": holder["pid"], "started": holder.get("started")}
+    return None
+
+
+@contextmanager
+def _starting(config: Config):
+    """Serialise start requests (two clicks at the same instant, the studio and a script): the
+    check that nothing runs and the record of the new job happen under one lock."""
+    path = config.workspace / "job-start.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _checked_run_id(config: Config, run_id: str | None) -> str | None:
+    if run_id is None:
+        return None
+    try:
+        return run_dir_for(config, run_id).name
+    except RunError as exc:
+        raise JobError(str(exc)) from None
 
 
 def start_job(config: Config, run_id: str | None = None, model_dir: str | None = None) -> dict:
     """Start (or resume, for an existing run id) the configured workflow in its own process."""
+    run_id = _checked_run_id(config, run_id)
+    with _starting(config):
+        return _start_job(config, run_id, model_dir)
+
+
+def _start_job(config: Config, run_id: str | None, model_dir: str | None) -> dict:
     running = current_job(config)
     if running:
         raise JobError(f"A training job is already running: run '{running['run_id']}' (pid {running['pid']}). "
                        "Cancel it or wait for it to finish before starting another.")
+    if run_id and not (config.runs_dir / run_id / "run.json").is_file():
+        raise JobError(f"There is no run '{run_id}' to resume under {config.runs_dir.name}/; start a new run instead.")
     run_dir = create_run(config, run_id)
     state = read_run(run_dir)
     if state.get("status") == "finished":
@@ -76,7 +114,8 @@ def start_job(config: Config, run_id: str | None = None, model_dir: str | None =
                "--run-id", run_dir.name]
     if model_dir:
         command += ["--model", str(model_dir)]
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "STUDIO_WORKSPACE": str(config.workspace)}
+    # the log is a file: progress bars there would be fragments of carriage-return redraws
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "STUDIO_WORKSPACE": str(config.workspace), "TQDM_DISABLE": "1"}
     with open(run_dir / "log.txt", "ab") as log:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -105,7 +144,7 @@ def cancel_job(config: Config, timeout: float = 60.0) -> dict:
 
 def job_status(config: Config, run_id: str) -> dict:
     """run.json of a run, corrected by reality: a dead process cannot still be running."""
-    run_dir = config.runs_dir / run_id
+    run_dir = config.runs_dir / _checked_run_id(config, run_id)
     state = read_run(run_dir)
     if not state:
         raise JobError(f"There is no run '{run_id}' under {config.runs_dir}.")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline import checkpoint_integrity
 from pipeline.adapters import attach_lora, load_trainable_adapter, save_adapter
 from pipeline.checkpoints import load_lm
 from pipeline.forward import unwrap
@@ -89,6 +90,7 @@ class _Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         self.step = self.position = self.bad_evals = 0
+        self.pending_eval = False  # the checkpoint at this step still owes its evaluation
         self.best = self.latest = self.best_val_loss = None
         self.prior_elapsed, self.started = 0.0, time.time()
         self._setup(manifest)
@@ -157,48 +159,99 @@ class _Trainer:
         return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
 
     def _resume(self) -> None:
+        """Continue from the newest whole checkpoint with resume state; a damaged one is skipped
+        (named in the log and the state message), and none at all is an error naming the files."""
         resumable = [p for p in self._checkpoints() if (p / OPTIMIZER_FILE).is_file() and (p / TRAINER_FILE).is_file()]
-        if not resumable:
+        self.resume_notes: list[str] = []
+        for ckpt in reversed(resumable):
+            issue = checkpoint_integrity.problem(ckpt)
+            if issue is None:
+                try:
+                    loaded = self._read_checkpoint(ckpt)
+                except TrainError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any unreadable file means: try the older one
+                    issue = f"{getattr(exc, 'filename', None) or 'a file'} could not be read ({type(exc).__name__}: {exc})"
+            if issue is not None:
+                note = f"checkpoint {ckpt.name} is damaged: {issue}"
+                self.resume_notes.append(note)
+                print(f"{note}; trying an older one", flush=True)
+                continue
+            self._apply_checkpoint(ckpt, *loaded)
             return
-        ckpt = resumable[-1]
-        info = json.loads((ckpt / TRAINER_FILE).read_text())
+        if resumable:
+            raise TrainError(f"{self.run_dir}: no checkpoint can be resumed: " + "; ".join(self.resume_notes)
+                             + ". Start a new run, or restore the named files.")
+
+    def _read_checkpoint(self, ckpt: Path):
+        """Everything a resume needs from `ckpt`, read before anything is changed."""
+        try:
+            info = json.loads((ckpt / TRAINER_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{TRAINER_FILE} is not valid JSON ({exc})") from None
         if info.get("mode") != self.settings.mode:
             raise TrainError(f"{self.run_dir} holds a {info.get('mode')} run; start a new run for mode {self.settings.mode}.")
         if self.settings.mode == "lora":
+            weights_file = ckpt / "adapter_model.safetensors"
+        else:
+            weights_file = ckpt / MASTER_FILE if (ckpt / MASTER_FILE).is_file() else ckpt / "model.safetensors"
+        try:
+            weights = load_file(weights_file, device=str(self.device) if self.settings.mode == "full" else "cpu")
+        except Exception as exc:  # safetensors raises its own error types, without the file name
+            raise ValueError(f"{weights_file.name} is unreadable ({exc})") from None
+        # our own file; CPU first: RNG states must stay CPU tensors, the optimizer moves its state itself
+        try:
+            saved = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - pickle/zip errors of a truncated file
+            raise ValueError(f"{OPTIMIZER_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
+        if saved["param_names"] != [n for n, _ in self.params]:
+            raise TrainError(f"{ckpt}: trainable parameters differ from this run's; start a new run.")
+        return info, weights, saved
+
+    def _apply_checkpoint(self, ckpt: Path, info: dict, weights: dict, saved: dict) -> None:
+        if self.settings.mode == "lora":
             from peft import set_peft_model_state_dict
 
-            result = set_peft_model_state_dict(self.model, load_file(ckpt / "adapter_model.safetensors"))
+            result = set_peft_model_state_dict(self.model, weights)
             if getattr(result, "unexpected_keys", None):
                 raise TrainError(f"{ckpt}: adapter does not match the configured LoRA ({result.unexpected_keys[:3]}).")
         else:
-            weights = ckpt / MASTER_FILE if (ckpt / MASTER_FILE).is_file() else ckpt / "model.safetensors"
-            unwrap(self.model).load_state_dict(load_file(weights, device=str(self.device)), strict=False)
-        # our own file; CPU first: RNG states must stay CPU tensors, the optimizer moves its state itself
-        saved = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
-        if saved["param_names"] != [n for n, _ in self.params]:
-            raise TrainError(f"{ckpt}: trainable parameters differ from this run's; start a new run.")
+            unwrap(self.model).load_state_dict(weights, strict=False)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"])
         self.step, self.position, self.bad_evals = info["step"], info["position"], info["bad_evals"]
+        self.pending_eval = bool(info.get("pending_eval"))
         self.best, self.best_val_loss, self.prior_elapsed = info["best"], info["best_val_loss"], info["elapsed_s"]
+        if self.best and checkpoint_integrity.problem(self.run_dir / self.best):
+            self.best = self.best_val_loss = None  # a damaged best is no candidate: the next evaluation picks one
         self.latest = str(ckpt.relative_to(self.run_dir))
         self._truncate_metrics(self.step)
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop rows written after the checkpoint we resume from: the resumed run writes them again."""
+        """Drop rows written after the checkpoint we resume from (the resumed run writes them
+        again) and a half-written line a killed process left behind."""
         path = self.run_dir / METRICS_FILE
-        if path.is_file():
-            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(r + "\n" for r in rows))
-            os.replace(tmp, path)
+        if not path.is_file():
+            return
+        rows = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                rows.append(line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        os.replace(tmp, path)
 
     def _save(self) -> None:
         name = f"step_{self.step:06d}"
         final, tmp = self.run_dir / "checkpoints" / name, self.run_dir / "checkpoints" / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        meta = {"step": self.step, "mode": self.settings.mode, "base_checkpoint": str(self.ckpt_dir)}
+        meta = {"step": self.step, "mode": self.settings.mode, "base_checkpoint": str(self.ckpt_dir),
+                "pending_eval": self.pending_eval}
         if self.settings.mode == "lora":
             save_adapter(self.model, tmp, metadata=meta)
         else:
@@ -212,6 +265,7 @@ class _Trainer:
         _write_json(tmp / TRAINER_FILE, meta | {
             "position": self.position, "bad_evals": self.bad_evals, "best": self.best,
             "best_val_loss": self.best_val_loss, "elapsed_s": self._elapsed(), "settings": asdict(self.settings)})
+        checkpoint_integrity.write_integrity(tmp)  # last: its presence means every file above is complete
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         self.latest = str(final.relative_to(self.run_dir))
@@ -220,15 +274,16 @@ class _Trainer:
         self._prune()
 
     def _prune(self) -> None:
-        """Keep the last `keep_last` checkpoints and the best; only the latest keeps resume state."""
+        """Keep the last `keep_last` checkpoints and the best; the last two keep their resume state,
+        so a damaged newest one still leaves one to resume from."""
         checkpoints = self._checkpoints()
         keep = set(checkpoints[-self.settings.keep_last:]) | ({self.run_dir / self.best} if self.best else set())
         for path in checkpoints:
             if path not in keep:
                 shutil.rmtree(path, ignore_errors=True)
-            elif path != checkpoints[-1]:
+            elif path not in checkpoints[-2:]:
                 for big in (OPTIMIZER_FILE, MASTER_FILE):
-                    (path / big).unlink(missing_ok=True)
+                    checkpoint_integrity.forget(path, big)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _elapsed(self) -> float:
@@ -306,6 +361,9 @@ class _Trainer:
         self.model.eval()
         totals, weight = dict(loss=0.0, token_loss=0.0, codebook_loss=0.0, top1=0.0, top5=0.0), 0
         for batch in self.data.val:
+            if self._stop_requested():  # a cancel must not wait for the whole held-out set
+                self.model.train()
+                return None
             with self._autocast():
                 out = compute_loss(self.model, self._to_device(batch), compile_blocks=self.compile)
             for key in totals:
@@ -333,6 +391,8 @@ class _Trainer:
             with torch.random.fork_rng(devices=cuda):
                 synth = Synthesizer.from_model(unwrap(self.model), self.tokenizer, self.ckpt_dir, self.device)
                 for i, text in enumerate(s.eval_texts, 1):
+                    if self._stop_requested():
+                        break
                     result = synth.speak(text, seed=s.seed, max_new_tokens=s.eval_max_frames)
                     save_wav(result, out_dir / f"sentence_{i}.wav")
         except Exception as exc:  # noqa: BLE001 - evaluation audio is a nice-to-have, training is not
@@ -340,15 +400,40 @@ class _Trainer:
         finally:
             self.model.train()
 
+    def _evaluate(self) -> bool:
+        """Held-out loss, example audio and the best checkpoint at this step. False when a stop
+        request interrupted it: the step is then saved as pending and evaluated on resume."""
+        val = self._validate()
+        if val is None:
+            self.pending_eval = True
+            return False
+        self.pending_eval = False
+        self._log(val)
+        self._speak_examples()
+        if self.best_val_loss is None or val["val_loss"] < self.best_val_loss:
+            self.best_val_loss, self.bad_evals = val["val_loss"], 0
+            self.best = f"checkpoints/step_{self.step:06d}"  # the caller saves it: the best is always on disk
+        else:
+            self.bad_evals += 1
+        return True
+
     def run(self) -> TrainResult:
         s = self.settings
         if self.step == 0:
             self._truncate_metrics(0)
             if self.data.val is not None:
-                self._log(self._validate())  # the starting point of the held-out curve (not a "best")
-        self.write_state("running", f"resumed at step {self.step}" if self.step else "")
-        status, message = "finished", ""
-        while self.step < self.total:
+                start = self._validate()  # the starting point of the held-out curve (not a "best")
+                if start is not None:
+                    self._log(start)
+        notes = "; ".join(getattr(self, "resume_notes", []))
+        resumed = f"resumed at step {self.step}" + (f" ({notes})" if notes else "") if self.step else notes
+        self.write_state("running", resumed)
+        status, message, interrupted = "finished", "", False
+        if self.pending_eval and not self._stop_requested():  # the evaluation a cancel interrupted
+            interrupted = not self._evaluate()
+            if not interrupted:
+                self._save()  # clears the pending mark, and keeps this step if it is the new best
+        while self.step < self.total and not interrupted:
             if self._stop_requested():
                 break
             row = self._train_step()
@@ -356,14 +441,11 @@ class _Trainer:
             self._log(row)
             save = self.step % s.save_every == 0 or self.step == self.total
             if self.data.val is not None and (self.step % s.val_every == 0 or self.step == self.total):
-                val = self._validate()
-                self._log(val)
-                self._speak_examples()
-                if self.best_val_loss is None or val["val_loss"] < self.best_val_loss:
-                    self.best_val_loss, self.bad_evals = val["val_loss"], 0
-                    self.best, save = f"checkpoints/step_{self.step:06d}", True  # the best is always on disk
-                else:
-                    self.bad_evals += 1
+                if not self._evaluate():
+                    interrupted = True
+                    self._save()
+                    break
+                save = save or self.best.endswith(f"{self.step:06d}")
             early = bool(s.patience) and self.data.val is not None and self.bad_evals >= s.patience
             if save or early or self._stop_requested():
                 self._save()
@@ -374,7 +456,10 @@ class _Trainer:
                            f"evaluations (best {self.best_val_loss:.4f} at {self.best})")
                 break
             self.write_state("running")
-        if self.step < self.total and not message:
+        if interrupted:
+            status, message = "cancelled", (f"stopped during the evaluation at step {self.step} of {self.total}; "
+                                            "resume to evaluate and continue")
+        elif self.step < self.total and not message:
             if not self.latest or not self.latest.endswith(f"{self.step:06d}"):
                 self._save()
             status, message = "cancelled", f"stopped at step {self.step} of {self.total}; resume to continue"
@@ -406,9 +491,13 @@ def train(run_dir, ckpt_dir, manifest_with_codes, settings: TrainSettings,
     def fail(message: str) -> None:
         if trainer is not None:
             trainer.write_state("failed", message)
-        else:
+        else:  # keep the progress already recorded: a failed resume must not read as step 0
             run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(run_dir / STATE_FILE, {"status": "failed", "step": 0, "message": message})
+            try:
+                previous = json.loads((run_dir / STATE_FILE).read_text())
+            except (OSError, json.JSONDecodeError):
+                previous = {"step": 0}
+            _write_json(run_dir / STATE_FILE, previous | {"status": "failed", "message": message})
 
     try:
         trainer = _Trainer(run_dir, ckpt_dir, manifest_with_codes, settings, stop_event, progress)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Config, load_config
+from pipeline.training_lock import TrainingLock
+from pipeline import checkpoint_integrity
 from pipeline.text import example_sentences
 
 Progress = Callable[[float, str], None]
@@ -77,16 +80,71 @@ def update_run(run_dir: Path, **changes) -> dict:
     return state
 
 
-def create_run(config: Config, run_id: str | None = None) -> Path:
-    """A new run directory with the configuration snapshot; an existing one is left as it is."""
-    mode = config.training_mode.selected
+RUN_ID = re.compile(r"^[\w.-]+$")
+
+
+def run_dir_for(config: Config, run_id: str) -> Path:
+    """The folder of run `run_id`, refusing ids that are not plain names inside `runs/`."""
+    run_id = str(run_id or "")
+    runs = config.runs_dir.resolve()
+    run_dir = (runs / run_id).resolve()
+    if not RUN_ID.match(run_id) or run_id in (".", "..") or run_dir.parent != runs:
+        raise RunError(f"'{run_id[:80]}' is not a run id: use letters, digits, '_', '.' and '-' only "
+                       "(a folder name under the workspace's runs/).")
+    return config.runs_dir / run_id
+
+
+def create_run(config: Config, run_id: str | None = None, mode: str | None = None) -> Path:
+    """A new run directory with the configuration snapshot; an existing one is left as it is.
+
+    `mode` is what the run really does when it is not the configured workflow (a single phase
+    started by `python -m pipeline train`)."""
+    mode = mode or config.training_mode.selected
     run_id = run_id or new_run_id(mode)
-    run_dir = config.runs_dir / run_id
+    run_dir = run_dir_for(config, run_id)
     if not (run_dir / "config.yaml").exists():
         config.save(run_dir / "config.yaml")
-        update_run(run_dir, id=run_id, mode=mode, phases=PHASES[mode], phase=None, status="created",
+        update_run(run_dir, id=run_id, mode=mode, phases=PHASES.get(mode, [mode]), phase=None, status="created",
                    created=datetime.now(timezone.utc).isoformat())
     return run_dir
+
+
+# what a resumed run must not change: the data, the model and the recipe
+_RUN_DEFINING = ("training_mode.selected", "base_model", "dataset", "speaker", "training")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_differences(saved: Config, requested: Config) -> dict[str, tuple]:
+    """{dotted key: (the run's value, the requested value)} for the settings that define a run."""
+    a, b = _flatten(saved.model_dump()), _flatten(requested.model_dump())
+    return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys())
+            if key.startswith(_RUN_DEFINING) and a.get(key) != b.get(key)}
+
+
+def resume_config(run_dir: Path, requested: Config, overrides: dict | None = None) -> tuple[Config, list[str]]:
+    """The settings a (possibly resumed) run uses: always its own snapshot.
+
+    A setting given explicitly (`overrides`, the command line's --set) that differs from the run's
+    is refused, since it would apply only partly (a new step count but the old learning rate
+    inside the optimizer state); other differences (an edited launchable.yaml) are listed."""
+    saved = load_config(Path(run_dir) / "config.yaml")
+    differences = settings_differences(saved, requested)
+    asked = {key for key in differences if any(key == o or key.startswith(o + ".") for o in overrides or {})}
+    if asked:
+        listed = "; ".join(f"{key}: the run has {differences[key][0]!r}, you asked {differences[key][1]!r}" for key in sorted(asked))
+        raise RunError(f"Run '{Path(run_dir).name}' continues with its own settings, so these cannot change: {listed}. "
+                       "Drop those --set options to resume it, or start a new run (another --run-id).")
+    notes = [f"{key}: using the run's {old!r}, not {new!r}" for key, (old, new) in differences.items()]
+    return saved, notes
 
 
 def list_runs(config: Config) -> list[dict]:
@@ -104,7 +162,7 @@ def choose_speaker(config: Config, dataset) -> tuple[str, str]:
         if picked not in set(dataset.accepted()["speaker"]):
             raise RunError(f"speaker.name '{picked}' has no accepted clips in dataset {dataset.id}; "
                            f"pick one of: {', '.join(sorted(set(dataset.accepted()['speaker'])))}.")
-        return picked, "picked by the user in the Dataset tab (speaker.policy: manual)"
+        return picked, "picked by the user (speaker.policy: manual, speaker.name)"
     return dataset.recommendation.speaker, f"recommended: {dataset.recommendation.reason}"
 
 
@@ -119,7 +177,11 @@ def _best_checkpoint(run_dir: Path, phase: str) -> Path:
     if not best:
         raise RunError(f"phase '{phase}' of {run_dir.name} has no checkpoint; resume the run to finish it.")
     best = Path(best)
-    return best if best.is_absolute() else run_dir / "phases" / phase / best
+    best = best if best.is_absolute() else run_dir / "phases" / phase / best
+    damage = checkpoint_integrity.problem(best) if best.is_dir() else "the folder is missing"
+    if damage:
+        raise RunError(f"The chosen checkpoint {best.relative_to(run_dir)} of run {run_dir.name} is damaged: {damage}.")
+    return best
 
 
 def _prepare(config: Config, base_dir: Path, progress: Progress, stage: Callable[..., None] = lambda **_: None):
@@ -155,15 +217,35 @@ def render_examples(model_dir: Path, out_dir: Path, count: int = 3, seed: int = 
     return paths
 
 
+def _open_run(config: Config, run_id: str | None, overrides: dict | None, progress: Progress,
+              mode: str | None = None) -> tuple[Path, Config]:
+    """The run folder (created when new) and the settings it runs with; call it holding the lock."""
+    existed = run_id is not None and (run_dir_for(config, run_id) / "config.yaml").exists()
+    run_dir = create_run(config, run_id, mode)
+    config, notes = resume_config(run_dir, config, overrides)
+    if existed and notes:
+        progress(0.0, f"resuming {run_dir.name} with its own settings; " + "; ".join(notes))
+    return run_dir, config
+
+
 def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | None = None,
-                 progress: Progress | None = None, stop_event: threading.Event | None = None) -> dict:
-    """Run (or resume) the configured mode end to end; returns the final run.json."""
+                 progress: Progress | None = None, stop_event: threading.Event | None = None,
+                 overrides: dict | None = None) -> dict:
+    """Run (or resume) the configured mode end to end; returns the final run.json.
+
+    Holds the machine's training lock for its whole life (pipeline.training_lock): a second
+    training, however it was started, is refused before it writes anything."""
+    run_id = run_id or new_run_id(config.training_mode.selected)
+    with TrainingLock(config.workspace, run_dir_for(config, run_id)):
+        return _run_workflow(config, model_dir, run_id, progress, stop_event, overrides)
+
+
+def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides) -> dict:
     from pipeline.checkpoints import ensure_base_model
     from pipeline.merge import export_adapter, merge_lora
 
     progress = progress or (lambda fraction, message: None)
-    run_dir = create_run(config, run_id)
-    config = load_config(run_dir / "config.yaml")  # a resumed run keeps its own settings
+    run_dir, config = _open_run(config, run_id, overrides, progress)  # a resumed run keeps its own settings
     started = time.time()
     before = float(read_run(run_dir).get("elapsed_s") or 0.0)  # earlier attempts of a resumed run
 
@@ -250,19 +332,39 @@ def _install_sigterm(stop_event: threading.Event, training: dict):
 
 
 def train_only(config: Config, mode: str = "lora", model_dir: Path | None = None, run_id: str | None = None,
-               speaker: str | None = None, progress: Progress | None = None) -> dict:
-    """One training phase on the prepared dataset (the CLI's `train`); merge is left to `merge`."""
+               speaker: str | None = None, progress: Progress | None = None, overrides: dict | None = None) -> dict:
+    """One training phase on the prepared dataset (the CLI's `train`); merge is left to `merge`.
+
+    The run is recorded as what it is: mode `lora`, `full` or `speaker_lora`, and for a speaker
+    phase where the speaker came from."""
+    run_id = run_id or new_run_id(mode)
+    with TrainingLock(config.workspace, run_dir_for(config, run_id)):
+        return _train_only(config, mode, model_dir, run_id, speaker, progress, overrides)
+
+
+def _train_only(config, mode, model_dir, run_id, speaker, progress, overrides) -> dict:
     from pipeline.checkpoints import ensure_base_model
 
     progress = progress or (lambda fraction, message: None)
-    run_dir = create_run(config, run_id or new_run_id(mode))
+    if speaker:
+        config = config.with_overrides({"speaker.policy": "manual", "speaker.name": speaker})
+        overrides = (overrides or {}) | {"speaker.name": speaker}
+    run_dir, config = _open_run(config, run_id, overrides, progress, mode=mode)
+    if read_run(run_dir).get("mode") not in (mode, None):
+        raise RunError(f"Run '{run_dir.name}' is a {read_run(run_dir)['mode']} run; start a new run for {mode}.")
     base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
-    dataset, manifest = _prepare(config, base_dir, progress, lambda **info: update_run(run_dir, **info))
-    if mode == "speaker_lora":
-        if speaker:
-            config = config.with_overrides({"speaker.policy": "manual", "speaker.name": speaker})
-        speaker, reason = choose_speaker(config, dataset)
-        update_run(run_dir, speaker=speaker, speaker_reason=reason)
-        manifest = manifest[manifest["speaker"] == speaker]
-    result = _train_phase(config, run_dir, mode, base_dir, manifest, None, progress)
-    return update_run(run_dir, status=getattr(result, "status", "finished"), phase=mode)
+    update_run(run_dir, status="running", pid=os.getpid(), error=None, base_model=str(base_dir))
+    try:
+        dataset, manifest = _prepare(config, base_dir, progress, lambda **info: update_run(run_dir, **info))
+        if mode == "speaker_lora":
+            picked, reason = choose_speaker(config, dataset)
+            if speaker:
+                reason = "given on the command line (--speaker)"
+            update_run(run_dir, speaker=picked, speaker_reason=reason)
+            manifest = manifest[manifest["speaker"] == picked]
+        result = _train_phase(config, run_dir, mode, base_dir, manifest, None, progress)
+    except Exception as exc:
+        update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    return update_run(run_dir, status=getattr(result, "status", "finished"), phase=mode,
+                      message=getattr(result, "message", "") or None)
