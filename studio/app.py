@@ -18,6 +18,7 @@ from pipeline.config import PROJECT_ROOT, Config
 from . import dataset_tab
 from . import modes_tab, training_tab
 from . import playground_tab
+from .login_gate import gate_middleware
 from .theme import CSS, make_theme
 
 TITLE = "Finnish TTS Studio"
@@ -43,6 +44,10 @@ TABS: list[tuple[str, TabBuilder, str]] = [
     ("Playground", playground_tab.build, "tab-playground"),
 ]
 
+# Gradio copies every file it serves (each synthesized wav, each upload) into its temp cache:
+# every hour, delete the copies older than a day, so the cache does not grow without bound.
+DELETE_CACHE = (3600, 86400)
+
 
 def _header() -> None:
     gr.HTML(
@@ -55,7 +60,7 @@ def _header() -> None:
 
 def build_app(config: Config, tabs: list[tuple[str, TabBuilder, str]] | None = None) -> gr.Blocks:
     """The whole studio as a `gr.Blocks` (not launched; see `launch_options` for theme and paths)."""
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         _header()
         ctx = StudioContext(config=config, demo=demo, selection=gr.State({}))
         with gr.Tabs(elem_id="studio-tabs"):
@@ -72,5 +77,7 @@ def allowed_paths(config: Config) -> list[str]:
 
 def launch_options(config: Config) -> dict:
     """Keyword arguments for `demo.launch` that every way of starting the studio shares."""
+    # The login gate relies on this server rendering the page itself (no Node server-side rendering).
     return dict(theme=make_theme(), css=CSS, allowed_paths=allowed_paths(config),
-                show_error=False, footer_links=["api", "settings"])
+                show_error=False, footer_links=["api", "settings"], ssr_mode=False,
+                app_kwargs={"middleware": gate_middleware()})

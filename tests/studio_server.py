@@ -1,13 +1,12 @@
 """Start a real `python -m studio` in a subprocess on a free port, for the server and browser tests.
 
 The server writes into the given workspace (STUDIO_WORKSPACE) and its output goes to a log
-file, read back for the generated password and for failure messages.
+file, read back for failure messages; a generated password is read from its private file.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -47,8 +46,9 @@ class StudioServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def generated_password(self) -> str | None:
-        match = re.search(r"with password: (\S+)", self.output())
-        return match.group(1) if match else None
+        """The generated password, from the private file the studio writes (never its log)."""
+        path = self.workspace / "studio-password.txt"
+        return path.read_text().strip() if path.exists() else None
 
     def stop(self) -> None:
         if self.process.poll() is None:
