@@ -3,7 +3,11 @@
 Each sub-command loads `launchable.yaml` (or `--config`), applies `--set key.path=value`
 overrides, and calls one pipeline stage. Expected failures (bad input, missing files, the Hub
 unreachable) print one readable message and exit with status 2; no traceback
-(set PIPELINE_DEBUG=1 to see one).
+(set PIPELINE_DEBUG=1 to see one). Temporary files a killed run left in the workspace are
+removed at start (`pipeline.cleanup`).
+
+Local parquet (a Hugging Face export on disk, e.g. `<dir>/fi/train-00000-of-00001.parquet`) is a
+folder source: `prepare --set dataset.source=folder --set dataset.path=<dir>`.
 """
 
 from __future__ import annotations
@@ -20,19 +24,22 @@ from pipeline.config import Config, load_config, parse_override
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: paths stay copyable in logs
 
 
+def _overrides(args) -> dict:
+    return dict(parse_override(item) for item in args.set or [])
+
+
 def _config(args) -> Config:
-    overrides = dict(parse_override(item) for item in args.set or [])
-    return load_config(args.config, overrides or None)
+    return load_config(args.config, _overrides(args) or None)
 
 
 def _progress(fraction: float, message: str) -> None:
     console.print(f"[dim]{fraction:6.1%}[/dim] {message}", highlight=False)
 
 
-def _dataset(config: Config):
+def _dataset(config: Config, force: bool = False):
     from pipeline.dataset import load_configured_dataset
 
-    return load_configured_dataset(config, progress=_progress)
+    return load_configured_dataset(config, progress=_progress, force=force)
 
 
 def _model_dir(config: Config, args) -> Path:
@@ -71,12 +78,15 @@ def cmd_download(args) -> int:
 
 def cmd_prepare(args) -> int:
     config = _config(args)
-    data = _dataset(config)
+    data = _dataset(config, force=args.force)
     summary = data.summary
     console.print(
         f"[bold]{data.id}[/bold]: {summary['accepted']} of {summary['total']} clips accepted, "
         f"{summary['accepted_minutes']:.1f} usable minutes, {len(data.speakers)} speakers"
     )
+    for line in [summary.get("selection"), *(summary.get("source_notes") or [])]:
+        if line:
+            console.print(f"  {line}")
     for reason, count in (summary.get("reasons") or {}).items():
         console.print(f"  rejected {count:4d}: {reason}")
     console.print(f"recommended speaker: [bold]{data.recommendation.speaker}[/bold] ({data.recommendation.reason})")
@@ -90,15 +100,27 @@ def cmd_extract(args) -> int:
     config = _config(args)
     data = _dataset(config)
     report = extract_codes(data.manifest, _model_dir(config, args), config.workspace / "codes", progress=_progress)
-    console.print(str(report))
+    console.print(extract_summary(report))
     return 0
+
+
+def extract_summary(report, shown: int = 5) -> str:
+    """The report in a few lines: counts, seconds, cache hits and the first failures."""
+    lines = [report.summary()]
+    failed = list(report.failed.items())
+    for clip_id, reason in failed[:shown]:
+        lines.append(f"  failed {clip_id}: {reason}")
+    if len(failed) > shown:
+        lines.append(f"  … and {len(failed) - shown} more failures")
+    return "\n".join(lines)
 
 
 def cmd_run(args) -> int:
     from pipeline.workflow import run_workflow
 
     config = _config(args)
-    result = run_workflow(config, model_dir=Path(args.model) if args.model else None, run_id=args.run_id, progress=_progress)
+    result = run_workflow(config, model_dir=Path(args.model) if args.model else None, run_id=args.run_id,
+                          progress=_progress, overrides=_overrides(args), mode=args.mode)
     _print_run(config, result)
     return 0 if result.get("status") == "finished" else 1
 
@@ -121,7 +143,7 @@ def cmd_train(args) -> int:
 
     config = _config(args)
     result = train_only(config, mode=args.mode, model_dir=Path(args.model) if args.model else None,
-                        run_id=args.run_id, speaker=args.speaker, progress=_progress)
+                        run_id=args.run_id, speaker=args.speaker, progress=_progress, overrides=_overrides(args))
     _print_run(config, result)
     return 0 if result.get("status") == "finished" else 1
 
@@ -192,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("prepare", parents=[common], help="load the configured dataset into a validated manifest")
+    p.add_argument("--force", action="store_true", help="rebuild the manifest even when the cached one is current")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("extract", parents=[common, model], help="encode accepted clips into VQ codes (cached)")
@@ -221,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_say)
 
     p = sub.add_parser("run", parents=[common, model], help="the whole launchable.yaml workflow, headless")
-    p.add_argument("--run-id", help="run folder name (resumes when it exists)")
+    p.add_argument("--run-id", help="run folder name (resumes when it exists, with its own settings)")
+    p.add_argument("--mode", choices=["speaker_lora"],
+                   help="speaker_lora: a new speaker on a finished full fine-tune's language-adapted model "
+                        "(--model runs/<id>/phases/full/checkpoints/step_N); default: training_mode.selected")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tiny-model", help="write a tiny random-weights model (offline demos of the whole flow)")
@@ -235,8 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _remove_stale_temp(args) -> None:
+    """Clear what a killed run left in the workspace; never a reason to stop the command."""
+    from pipeline.cleanup import remove_stale_temp
+
+    try:
+        workspace = _config(args).workspace if hasattr(args, "config") else None
+    except ValueError:
+        return  # the command itself reports the bad configuration
+    if workspace is not None:
+        try:
+            remove_stale_temp(workspace)
+        except OSError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _remove_stale_temp(args)
     try:
         return args.func(args)
     except KeyboardInterrupt:

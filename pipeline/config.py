@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "launchable.yaml"
@@ -27,6 +27,15 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads `true` as 1 for numbers; `batch_size: true` is a mistake, not a size
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
 
 
 class TrainingModeConfig(_Section):
@@ -65,9 +74,17 @@ class DatasetConfig(_Section):
     max_clipping_ratio: float = Field(0.001, ge=0, le=1)
     min_snr_db: float = 5.0
 
+    @model_validator(mode="after")
+    def _durations_ordered(self) -> "DatasetConfig":
+        if self.min_duration_s > self.max_duration_s:
+            raise ValueError(f"dataset.min_duration_s ({self.min_duration_s}) is above dataset.max_duration_s "
+                             f"({self.max_duration_s}), so no clip could pass; lower the first or raise the second")
+        return self
+
 
 class SpeakerConfig(_Section):
-    policy: Literal["recommended", "manual"] = "recommended"
+    # recommended: most usable minutes (SNR breaks ties); most_clips: the reference project's rule
+    policy: Literal["recommended", "most_clips", "manual"] = "recommended"
     name: str | None = None
 
 
@@ -199,6 +216,11 @@ def _describe_error(err: dict) -> str:
     if kind in ("literal_error", "enum"):
         expected = err.get("ctx", {}).get("expected", "")
         return f"'{key}': {err.get('input')!r} is not allowed; choose one of {expected}."
+    if kind == "value_error":
+        message = str(err.get("ctx", {}).get("error") or err["msg"].removeprefix("Value error, "))
+        if isinstance(err.get("input"), dict):  # a check across fields: the section is the place
+            return f"'{key}': {message}."
+        return f"'{key}': {message} (got {err.get('input')!r})."
     return f"'{key}': {err['msg']} (got {err.get('input')!r})."
 
 
@@ -221,6 +243,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(f"Configuration file {path} does not exist.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-save it as UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"Configuration file {path} cannot be read ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     config = _validate(data, source=str(path))

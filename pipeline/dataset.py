@@ -2,7 +2,8 @@
 
 A dataset lives in `workspace/datasets/<id>/` (manifest.parquet, speakers.parquet, meta.json,
 audio/, extracted/). `load_dataset` rebuilds it only when the source's fingerprint or the
-quality limits changed, so a second load is a cache hit.
+quality limits changed (or the cached files cannot be read), so a second load is a cache hit.
+`list_prepared_datasets` describes every dataset built in the workspace, whoever built it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .speakers import Recommendation, recommend_speaker, speaker_stats
 Progress = Callable[[float, str], None] | None
 META_NAME = "meta.json"
 SPEAKERS_NAME = "speakers.parquet"
-FORMAT_VERSION = 1  # bump when the manifest's meaning changes, to invalidate old caches
+FORMAT_VERSION = 2  # bump when the manifest's meaning changes, to invalidate old caches
 
 
 class DatasetError(ValueError):
@@ -91,7 +92,8 @@ def load_dataset(spec: SourceSpec, config, progress: Progress = None, force: boo
     """Read, validate and describe the dataset of `spec`, reusing the cached build when unchanged.
 
     Raises SourceError for a source that cannot be read at all. When the Hub is unreachable but
-    this dataset was built before, the cached build is used.
+    this dataset was built before, the cached build is used. A cached build that cannot be read
+    is rebuilt; `force` rebuilds in any case.
     """
     dataset_id = spec.dataset_id()
     directory = datasets_root(config) / dataset_id
@@ -101,14 +103,21 @@ def load_dataset(spec: SourceSpec, config, progress: Progress = None, force: boo
         key = _cache_key(spec, config, source_fingerprint(spec))
     except SourceError:
         if cached and not force and spec.kind == "huggingface" and not spec.path:  # Hub offline
+            dataset = open_dataset(config, dataset_id)
             if progress:
                 progress(1.0, "Source unreachable; using the dataset built earlier.")
-            return open_dataset(config, dataset_id)
+            return dataset
         raise
     if cached and not force and meta.get("cache_key") == key:
-        if progress:
-            progress(1.0, "Dataset unchanged; loaded from the workspace.")
-        return open_dataset(config, dataset_id)
+        try:
+            dataset = open_dataset(config, dataset_id)
+        except DatasetError as exc:  # a damaged cache is a miss, not a dead end
+            if progress:
+                progress(0.0, f"{exc} Rebuilding it.")
+        else:
+            if progress:
+                progress(1.0, "Dataset unchanged; loaded from the workspace.")
+            return dataset
 
     directory.mkdir(parents=True, exist_ok=True)
     clips = read_source(spec, directory, progress=_scaled(progress, 0.0, 0.3))
@@ -119,7 +128,7 @@ def load_dataset(spec: SourceSpec, config, progress: Progress = None, force: boo
         progress(0.9, "Measuring speakers (pitch on a few clips each)...")
     speakers = speaker_stats(manifest, cache_dir=directory)
     recommendation = recommend_speaker(speakers)
-    summary = summarize(manifest)
+    summary = summarize(manifest) | selection_summary(clips)
     tmp = directory / f".{SPEAKERS_NAME}.{uuid.uuid4().hex[:8]}.tmp"
     speakers.to_parquet(tmp, index=False)
     os.replace(tmp, directory / SPEAKERS_NAME)
@@ -130,13 +139,21 @@ def load_dataset(spec: SourceSpec, config, progress: Progress = None, force: boo
     })
     if progress:
         progress(1.0, f"{summary['accepted']} of {summary['total']} clips accepted "
-                      f"({summary['accepted_minutes']:.1f} min, {summary['accepted_speakers']} speakers).")
+                      f"({summary['accepted_minutes']:.1f} min, {summary['accepted_speakers']} speakers)"
+                      + (f"; {summary['selection']}." if summary["selection"] else "."))
     return Dataset(dataset_id, directory, spec, manifest, speakers, recommendation, summary)
 
 
-def load_configured_dataset(config, progress: Progress = None) -> Dataset:
+def selection_summary(clips) -> dict:
+    """The summary's account of what the source held and what was used or skipped."""
+    available = getattr(clips, "available", len(clips))
+    return {"source_clips": int(available), "selection": getattr(clips, "selection", ""),
+            "source_notes": list(getattr(clips, "notes", []))}
+
+
+def load_configured_dataset(config, progress: Progress = None, force: bool = False) -> Dataset:
     """`load_dataset` for the source `config.dataset` names (what the CLI and the workflow train on)."""
-    return load_dataset(SourceSpec.from_config(config), config, progress=progress)
+    return load_dataset(SourceSpec.from_config(config), config, progress=progress, force=force)
 
 
 def open_dataset(config, dataset_id: str) -> Dataset:
@@ -147,14 +164,33 @@ def open_dataset(config, dataset_id: str) -> Dataset:
         known = ", ".join(list_datasets(config)) or "none yet"
         raise DatasetError(f"Dataset '{dataset_id}' is not in {datasets_root(config)} (known: {known}); "
                            "load it from its source first.")
-    manifest = load_manifest(directory / MANIFEST_NAME)
-    speakers_path = directory / SPEAKERS_NAME
-    speakers = pd.read_parquet(speakers_path) if speakers_path.is_file() else speaker_stats(manifest, directory)
-    rec = meta.get("recommendation")
-    recommendation = Recommendation(**rec) if rec else recommend_speaker(speakers)
-    spec = SourceSpec(**meta["spec"])
+    manifest = _read_table(directory / MANIFEST_NAME, ("id", "speaker", "status", "duration_s"))
+    if manifest is None:
+        raise DatasetError(f"The saved manifest of dataset '{dataset_id}' cannot be read; "
+                           "load the dataset from its source again to rebuild it.")
+    speakers = _read_table(directory / SPEAKERS_NAME, ("speaker", "accepted"))
+    if speakers is None:  # derived data: recompute rather than fail
+        speakers = speaker_stats(manifest, directory)
+    try:
+        rec = meta.get("recommendation")
+        recommendation = Recommendation(**rec) if rec else recommend_speaker(speakers)
+        spec = SourceSpec(**meta["spec"])
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"The saved description (meta.json) of dataset '{dataset_id}' is incomplete ({exc}); "
+                           "load the dataset from its source again to rebuild it.") from None
     return Dataset(dataset_id, directory, spec, manifest, speakers, recommendation,
                    meta.get("summary") or summarize(manifest))
+
+
+def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """A parquet file of ours, or None when it is missing, damaged or lacks `columns`."""
+    import pyarrow
+
+    try:
+        table = load_manifest(path)
+    except (OSError, ValueError, pyarrow.ArrowException):
+        return None
+    return table if set(columns) <= set(table.columns) else None
 
 
 def list_datasets(config) -> list[str]:
@@ -163,3 +199,19 @@ def list_datasets(config) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(d.name for d in root.iterdir() if (d / MANIFEST_NAME).is_file() and (d / META_NAME).is_file())
+
+
+def list_prepared_datasets(config) -> list[dict]:
+    """Every dataset built in this workspace (by the studio or the CLI), newest first.
+
+    Each item: `id`, `spec` (the source, as `SourceSpec` fields), `summary` (counts, minutes,
+    speakers, selection) and `created` (ISO time, '' when unknown). Unreadable entries are left out.
+    """
+    items = []
+    for dataset_id in list_datasets(config):
+        meta = _read_meta(datasets_root(config) / dataset_id)
+        if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
+            continue
+        items.append({"id": dataset_id, "spec": meta["spec"], "summary": meta.get("summary") or {},
+                      "created": str(meta.get("created") or "")})
+    return sorted(items, key=lambda item: (item["created"], item["id"]), reverse=True)

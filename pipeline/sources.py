@@ -3,11 +3,25 @@
 Every source ends as the same list of `RawClip`s (audio path, speaker, transcript). Problems
 that belong to one clip (missing transcript, undecodable text) travel on the clip as
 `problem`; problems with the whole source raise `SourceError`. The user's files are only read.
+
+Local parquet (a Hugging Face export on disk) needs no source kind of its own: a `folder`
+source whose path is a `.parquet` file, a folder of parquet files, or a Hub-layout folder
+(`<dir>/<config>/<split>-*.parquet`, `<dir>/<config>/<split>/*.parquet`) holding no audio files
+is read by `hf_source` with the same column mapping (`dataset.columns`) as the Hub. From the
+command line: `--set dataset.source=folder --set dataset.path=<dir>` (`dataset.hf_config` /
+`dataset.hf_split` pick among several configs or splits). The `huggingface` source with
+`dataset.path` reads the same layouts.
+
+When a source holds more than `max_clips` clips, the clips kept are spread evenly over the
+speakers (`balanced_indices`), never the first ones by path, and the result says so
+(`Clips.selection`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -23,12 +37,28 @@ from .config import PROJECT_ROOT
 Progress = Callable[[float, str], None] | None
 SAMPLE_DIR = PROJECT_ROOT / "assets" / "sample"
 MISSING_TRANSCRIPT = "missing transcript (.lab/.txt)"
-MAX_ZIP_BYTES = 20 * 1024**3   # uncompressed total
+GIB = 1024**3
+MAX_ZIP_BYTES = 20 * GIB        # uncompressed total of the files kept
 MAX_ZIP_FILES = 200_000
+MAX_COMPRESSION_RATIO = 100     # audio hardly compresses; far above this is a zip bomb
+RATIO_MIN_BYTES = 1024**2       # tiny files (a transcript of spaces) may compress well: not judged alone
+DISK_MARGIN_BYTES = GIB // 2    # free space left after unpacking, for the converted copies and the system
+EXTRACT_PREFIX = ".extract-"    # `.extract-<pid>-<hex>`: the pid tells a live extraction from a dead one
+SKIPPED_NAME = ".skipped.json"  # inside an extraction: the entries not unpacked
+# what the folder reader uses: audio, transcripts (.lab/.txt) and metadata.csv
+KEPT_SUFFIXES = (*AUDIO_EXTENSIONS, ".lab", ".txt", ".csv")
 
 
 class SourceError(ValueError):
     """A source that cannot be read at all; the message names the path or field and what to do."""
+
+
+def format_bytes(n: float) -> str:
+    """Sizes in messages, always in binary units (KiB, MiB, GiB)."""
+    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def _default_columns() -> dict:
@@ -65,8 +95,14 @@ class SourceSpec:
         return path.resolve()
 
     def _path_noun(self) -> str:
-        return {"folder": "folder of clips", "zip": "zip file",
+        return {"folder": "folder of clips or of parquet files", "zip": "zip file",
                 "huggingface": "local folder of parquet files"}.get(self.kind, "path")
+
+    def __post_init__(self):
+        # a local export typed where a repo id goes: read it from disk instead of asking the Hub
+        if self.kind == "huggingface" and not self.path and _looks_local(self.hf_repo):
+            object.__setattr__(self, "path", self.hf_repo)
+            object.__setattr__(self, "hf_repo", None)
 
     def dataset_id(self) -> str:
         """Stable, filesystem-safe name of the dataset this source produces."""
@@ -96,8 +132,73 @@ class RawClip:
     problem: str | None = None  # early rejection reason (e.g. missing transcript)
 
 
+class Clips(list):
+    """The clips `read_source` returns, plus how many the source held (`available`, when known)."""
+
+    def __init__(self, clips=(), available: int | None = None, notes: list[str] | None = None):
+        super().__init__(clips)
+        self.available = len(self) if available is None else available
+        self.notes = list(notes or [])
+
+    @property
+    def selection(self) -> str:
+        """'using 3,000 of 10,000 clips (…)' when clips were left out, else ''."""
+        if self.available <= len(self):
+            return ""
+        speakers = len({c.speaker for c in self})
+        return (f"using {len(self):,} of {self.available:,} clips (spread evenly over {speakers:,} "
+                f"speaker{'s' if speakers != 1 else ''}; raise dataset.max_clips to use more)")
+
+
+def balanced_indices(speakers: list[str], limit: int) -> list[int]:
+    """At most `limit` positions of `speakers`, spread evenly over the speakers (deterministic).
+
+    Every speaker gets an equal share (a speaker with fewer clips keeps them all and its unused
+    share goes to the others); within a speaker, the picks are evenly spaced through its clips.
+    """
+    if len(speakers) <= limit:
+        return list(range(len(speakers)))
+    groups: dict[str, list[int]] = {}
+    for index, speaker in enumerate(speakers):
+        groups.setdefault(speaker, []).append(index)
+    shares = _fair_shares({s: len(v) for s, v in groups.items()}, limit)
+    chosen = []
+    for speaker, indices in groups.items():
+        count, share = len(indices), shares[speaker]
+        chosen += [indices[j * count // share] for j in range(share)]
+    return sorted(chosen)
+
+
+def _fair_shares(counts: dict[str, int], limit: int) -> dict[str, int]:
+    shares = dict.fromkeys(counts, 0)
+    pending = sorted(counts, key=lambda s: (counts[s], s))
+    remaining = limit
+    while pending and counts[pending[0]] <= remaining // len(pending):
+        speaker = pending.pop(0)
+        shares[speaker] = counts[speaker]
+        remaining -= counts[speaker]
+    if pending:
+        share, extra = divmod(remaining, len(pending))
+        for n, speaker in enumerate(sorted(pending)):  # the remainder goes to the first names
+            shares[speaker] = share + (1 if n < extra else 0)
+    return shares
+
+
+def _limit(clips: list[RawClip], max_clips: int, notes: list[str] | None = None) -> Clips:
+    keep = balanced_indices([c.speaker for c in clips], max_clips)
+    return Clips([clips[i] for i in keep], available=len(clips), notes=notes)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.").lower()[:120] or "dataset"
+
+
+def _looks_local(repo: str | None) -> bool:
+    if not repo:
+        return False
+    if repo.startswith(("/", "./", "../", "~")) or repo.endswith(".parquet"):
+        return True
+    return repo.count("/") != 1 and Path(repo).expanduser().exists()
 
 
 def _hash8(text: str) -> str:
@@ -110,30 +211,59 @@ def _report(progress: Progress, fraction: float, message: str) -> None:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def read_source(spec: SourceSpec, work_dir: Path, progress: Progress = None) -> list[RawClip]:
-    """All clips of `spec` (at most `spec.max_clips`); zip/HF audio is unpacked under `work_dir`."""
+def read_source(spec: SourceSpec, work_dir: Path, progress: Progress = None) -> Clips:
+    """The clips of `spec` (at most `spec.max_clips`, spread over the speakers); zip/HF audio is
+    unpacked under `work_dir`. `.available` counts the source's clips, `.notes` says what was skipped."""
     work_dir = Path(work_dir)
+    notes: list[str] = []
     if spec.kind == "sample":
         if not SAMPLE_DIR.is_dir():
             raise SourceError(f"The bundled sample {SAMPLE_DIR} is missing; reinstall the project "
                               "or choose another source.")
         clips = read_folder(SAMPLE_DIR)
+    elif spec.kind == "folder" and is_parquet_source(spec.resolved_path()):
+        from .hf_source import read_huggingface
+
+        clips = read_huggingface(spec, work_dir, progress=progress)
     elif spec.kind == "folder":
         clips = read_folder(spec.resolved_path())
     elif spec.kind == "zip":
         zip_path = spec.resolved_path()
         root = extract_zip(zip_path, work_dir / "extracted", progress=progress)
-        clips = read_folder(root, default_speaker=zip_path.stem)
+        notes = extraction_notes(root)
+        try:
+            clips = read_folder(root, default_speaker=zip_path.stem)
+        except SourceError as exc:  # speak of the user's zip, not of the workspace folder it went to
+            raise SourceError(str(exc).replace(str(root), f"the zip {zip_path.name}")) from None
     elif spec.kind == "huggingface":
         from .hf_source import read_huggingface
 
         clips = read_huggingface(spec, work_dir, progress=progress)
     else:
         raise SourceError(f"dataset.source '{spec.kind}' is unknown; use sample, folder, zip or huggingface.")
-    if len(clips) > spec.max_clips:
-        clips = clips[: spec.max_clips]
-    _report(progress, 1.0, f"Found {len(clips)} clips.")
+    if not isinstance(clips, Clips) or len(clips) > spec.max_clips:
+        clips = _limit(clips, spec.max_clips, notes)
+    message = f"Found {clips.available:,} clips" + (f"; {clips.selection}." if clips.selection else ".")
+    _report(progress, 1.0, message)
     return clips
+
+
+def is_parquet_source(path: Path) -> bool:
+    """True for a `.parquet` file, or a folder with parquet files and no audio or metadata.csv."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() == ".parquet"
+    if not path.is_dir():
+        return False
+    parquet = False
+    for item in path.rglob("*"):
+        if _is_junk(item.relative_to(path)):
+            continue
+        suffix = item.suffix.lower()
+        if suffix in AUDIO_EXTENSIONS or item.name == "metadata.csv":
+            return False  # audio files win: the folder reader's layouts
+        parquet = parquet or suffix == ".parquet"
+    return parquet
 
 
 def read_folder(root: Path, default_speaker: str | None = None) -> list[RawClip]:
@@ -266,13 +396,18 @@ def _resolve_listed_audio(base: Path, name: str) -> Path | None:
 
 
 # -- zip ---------------------------------------------------------------------------------------
-def extract_zip(zip_path: Path, dest: Path, progress: Progress = None,
-                max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES) -> Path:
-    """Unpack `zip_path` into `dest` (reused when the same zip was unpacked before).
+def extract_zip(zip_path: Path, dest: Path, progress: Progress = None, max_bytes: int = MAX_ZIP_BYTES,
+                max_files: int = MAX_ZIP_FILES, max_ratio: float = MAX_COMPRESSION_RATIO) -> Path:
+    """Unpack the audio, transcripts and metadata of `zip_path` into `dest` (reused when the same
+    zip was unpacked before); the other entries are listed in `extraction_notes(dest)`.
 
-    Refuses absolute paths, `..` entries, symlinks, and archives beyond the size/count limits.
+    Refuses absolute paths, `..` entries, symlinks, names the file system cannot hold,
+    compression ratios above `max_ratio` (zip bombs), and archives beyond the size/count limits
+    or the free disk space. Messages name the zip by its file name only: an upload's server path
+    means nothing to the user.
     """
     zip_path, dest = Path(zip_path), Path(dest)
+    name = zip_path.name
     if not zip_path.is_file():
         raise SourceError(f"Zip file {zip_path} does not exist; check dataset.path.")
     stat = zip_path.stat()
@@ -283,56 +418,151 @@ def extract_zip(zip_path: Path, dest: Path, progress: Progress = None,
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise SourceError(f"{zip_path} is not a readable zip file ({exc}).") from None
+        raise SourceError(f"{name} is not a readable zip file ({_reason(exc)}).") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".extract-{uuid.uuid4().hex[:8]}"
+    tmp = dest.parent / f"{EXTRACT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with archive:
-            members = _checked_members(zip_path, archive.infolist(), max_bytes, max_files)
+            members, skipped = _checked_members(name, archive.infolist(), max_bytes, max_files)
+            _check_sizes(name, members, stat.st_size, max_ratio)
+            _check_names(name, members, tmp)
+            _check_disk(name, sum(info.file_size for info in members), dest.parent)
             written = 0
             for n, info in enumerate(members):
-                target = tmp / info.filename
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as dst:
-                    while block := src.read(1 << 20):
-                        written += len(block)
-                        if written > max_bytes:  # headers can lie about sizes (zip bombs)
-                            raise SourceError(f"{zip_path} unpacks to more than {max_bytes / 1e9:.0f} GB; "
-                                              "split it or use a folder source.")
-                        dst.write(block)
+                written = _unpack(archive, info, tmp, name, written, max_bytes)
                 if n % 50 == 0:
-                    _report(progress, 0.9 * n / max(len(members), 1),
-                            f"Unpacking {zip_path.name}: {n}/{len(members)}")
+                    _report(progress, 0.9 * n / max(len(members), 1), f"Unpacking {name}: {n}/{len(members)}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / SKIPPED_NAME).write_text(json.dumps(skipped, ensure_ascii=False))
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
         marker.write_text(stamp)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
-        raise SourceError(f"{zip_path} is damaged or uses an unsupported format ({exc}).") from None
+        raise SourceError(f"{name} is damaged or uses an unsupported format ({_reason(exc)}).") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
-def _checked_members(zip_path: Path, infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int):
-    files = []
+def extraction_notes(dest: Path) -> list[str]:
+    """What an extraction left out, in words (empty when everything was kept)."""
+    try:
+        skipped = json.loads((Path(dest) / SKIPPED_NAME).read_text())
+    except (OSError, ValueError):
+        return []
+    if not skipped:
+        return []
+    shown = ", ".join(_short(n, 60) for n in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+    return [f"skipped {len(skipped):,} file{'s' if len(skipped) != 1 else ''} of the zip that "
+            f"{'are' if len(skipped) != 1 else 'is'} not audio, transcripts or metadata: {shown}"]
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's text without the file path some of them carry."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).split(": '/")[0][:200] or type(exc).__name__
+
+
+def _short(entry: str, limit: int = 80) -> str:
+    return entry if len(entry) <= limit else entry[: limit - 1] + "…"
+
+
+def _unpack(archive: zipfile.ZipFile, info: zipfile.ZipInfo, tmp: Path, name: str,
+            written: int, max_bytes: int) -> int:
+    target = tmp / info.filename
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src, open(target, "wb") as dst:
+            while block := src.read(1 << 20):
+                written += len(block)
+                if written > max_bytes:  # headers can lie about sizes (zip bombs)
+                    raise SourceError(f"{name} unpacks to more than {format_bytes(max_bytes)} (the limit); "
+                                      "split it or use a folder source.")
+                dst.write(block)
+    except OSError as exc:
+        entry = _short(info.filename)
+        if exc.errno == errno.ENOSPC:
+            raise SourceError(f"The disk filled up while unpacking '{entry}' from {name}; free some space "
+                              "or use a folder source.") from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise SourceError(f"{name}: entry '{entry}' has a name or path too long for the file system; "
+                              "shorten it and re-create the zip.") from None
+        raise SourceError(f"{name}: entry '{entry}' cannot be unpacked ({_reason(exc)}); "
+                          "re-create the zip or use a folder source.") from None
+    return written
+
+
+def _checked_members(name: str, infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int):
+    """(entries to unpack, names skipped); raises for entries that must never be unpacked."""
+    files, skipped = [], []
     for info in infos:
-        name = info.filename
-        parts = re.split(r"[\\/]", name)
-        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-            raise SourceError(f"{zip_path}: entry '{name}' points outside the archive; refusing to unpack it. "
-                              "Re-create the zip from the dataset folder itself.")
+        entry = info.filename
+        parts = re.split(r"[\\/]", entry)
+        if entry.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", entry) or ".." in parts:
+            raise SourceError(f"{name}: entry '{_short(entry)}' points outside the archive; refusing to unpack "
+                              "it. Re-create the zip from the dataset folder itself.")
         if (info.external_attr >> 16) & 0o170000 == 0o120000:
-            raise SourceError(f"{zip_path}: entry '{name}' is a symbolic link; refusing to unpack it. "
+            raise SourceError(f"{name}: entry '{_short(entry)}' is a symbolic link; refusing to unpack it. "
                               "Zip the real files instead.")
-        if not info.is_dir() and not _is_junk(Path(name)):
+        if info.is_dir() or _is_junk(Path(entry)):
+            continue
+        if Path(entry).suffix.lower() in KEPT_SUFFIXES:
             files.append(info)
+        else:
+            skipped.append(entry)
     if len(files) > max_files:
-        raise SourceError(f"{zip_path} holds {len(files)} files (limit {max_files}); use a folder source.")
+        raise SourceError(f"{name} holds {len(files)} files (limit {max_files}); use a folder source.")
     total = sum(info.file_size for info in files)
     if total > max_bytes:
-        raise SourceError(f"{zip_path} unpacks to {total / 1e9:.1f} GB (limit {max_bytes / 1e9:.0f} GB); "
+        raise SourceError(f"{name} unpacks to {format_bytes(total)} (limit {format_bytes(max_bytes)}); "
                           "split it or use a folder source.")
-    return files
+    return files, skipped
+
+
+def _check_sizes(name: str, files: list[zipfile.ZipInfo], zip_size: int, max_ratio: float) -> None:
+    """Refuse compression ratios no audio dataset has, per entry and over the whole archive."""
+    for info in files:
+        if info.file_size >= RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+            raise SourceError(f"{name}: entry '{_short(info.filename)}' expands {info.file_size / max(info.compress_size, 1):,.0f} "
+                              f"times ({format_bytes(info.compress_size)} to {format_bytes(info.file_size)}; "
+                              f"limit {max_ratio:.0f}:1), which audio never does; refusing a likely zip bomb.")
+    total = sum(info.file_size for info in files)
+    if total >= RATIO_MIN_BYTES and total > max_ratio * max(zip_size, 1):
+        raise SourceError(f"{name} expands {total / max(zip_size, 1):,.0f} times ({format_bytes(zip_size)} to "
+                          f"{format_bytes(total)}; limit {max_ratio:.0f}:1), which audio never does; "
+                          "refusing a likely zip bomb.")
+
+
+def _name_limits(folder: Path) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes on the file system of `folder`."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255, 4096
+
+
+def _check_names(name: str, files: list[zipfile.ZipInfo], tmp: Path) -> None:
+    """Refuse, before writing anything, entries whose names the file system cannot hold."""
+    name_max, path_max = _name_limits(tmp.parent)
+    base = len(os.fsencode(str(tmp))) + 1
+    for info in files:
+        parts = [p for p in re.split(r"[\\/]", info.filename) if p]
+        if any(len(os.fsencode(p)) > name_max for p in parts):
+            raise SourceError(f"{name}: entry '{_short(info.filename)}' has a file or folder name longer than "
+                              f"{name_max} bytes; shorten it and re-create the zip.")
+        if base + len(os.fsencode(info.filename)) >= path_max:
+            raise SourceError(f"{name}: entry '{_short(info.filename)}' is nested too deep "
+                              f"({len(parts)} levels, {len(info.filename):,} characters) to unpack; "
+                              "flatten the folders and re-create the zip.")
+
+
+def _check_disk(name: str, total: int, folder: Path) -> None:
+    free = shutil.disk_usage(folder).free
+    if total + DISK_MARGIN_BYTES > free:
+        raise SourceError(f"{name} unpacks to {format_bytes(total)}, but the workspace disk has only "
+                          f"{format_bytes(free)} free (keeping {format_bytes(DISK_MARGIN_BYTES)} spare); "
+                          "free some space or use a folder source.")
 
 
 # -- fingerprints (dataset cache validity) ----------------------------------------------------
@@ -356,8 +586,10 @@ def source_fingerprint(spec: SourceSpec) -> str:
 
 
 def _spec_items(spec: SourceSpec) -> list[tuple[str, str]]:
-    """The spec fields that matter for this kind (a folder ignores the hf_* settings)."""
+    """The spec fields that matter for this kind (a folder of clips ignores the hf_* settings)."""
     relevant = ["kind", "path", "max_clips"]
-    if spec.kind == "huggingface":
+    if spec.kind == "folder" and spec.path and is_parquet_source(spec.resolved_path()):
+        relevant += ["hf_config", "hf_split", "columns"]
+    elif spec.kind == "huggingface":
         relevant += ["hf_repo", "hf_config", "hf_split", "hf_revision", "columns"]
     return [(k, repr(getattr(spec, k))) for k in relevant]

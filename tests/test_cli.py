@@ -73,3 +73,44 @@ def test_run_on_the_sample_and_the_tiny_model_end_to_end(tmp_path):
                        "--seed", "1", workspace=workspace)
     assert out.returncode == 0, out.stderr[-3000:]
     assert sf.info(wav).frames > 0 and "viisi kissaa" in out.stderr
+
+
+def test_prepare_local_parquet_force_selection_and_start_cleanup(tmp_path):
+    import pyarrow.parquet as pq
+    from test_sources import voxpopuli_table
+
+    hub = tmp_path / "voxpopuli"
+    (hub / "fi").mkdir(parents=True)
+    pq.write_table(voxpopuli_table(0, 6), hub / "fi" / "train-00000-of-00001.parquet")
+    workspace = tmp_path / "ws"
+    leftover = workspace / "datasets" / "zip-old" / ".extract-999999999-0a1b2c3d"   # no such pid
+    (leftover / "v").mkdir(parents=True)
+    settings = ["--set", "dataset.source=folder", "--set", f"dataset.path={hub}", "--set", "dataset.max_clips=3"]
+    out = pipeline_cli("prepare", *settings, workspace=workspace)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "using 3 of 6 clips" in out.stderr and "3 speakers" in out.stderr
+    assert not leftover.exists()
+    again = pipeline_cli("prepare", *settings, workspace=workspace)
+    assert "Dataset unchanged" in again.stderr and "Checked" not in again.stderr
+    forced = pipeline_cli("prepare", *settings, "--force", workspace=workspace)
+    assert forced.returncode == 0 and "Checked 3/3 clips" in forced.stderr
+
+
+def test_extract_prints_a_short_summary(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from pipeline import cli, codes
+    from pipeline.codes import ExtractReport
+
+    failed = {f"spk/clip{i:04d}": "unreadable audio: truncated file" for i in range(40)}
+    paths = {f"spk/ok{i:04d}": f"/ws/codes/ab/{'0' * 64}.npy" for i in range(2000)}
+    report = ExtractReport(total=2040, hits=1500, computed=500, failed=failed, audio_seconds=9000.0,
+                           computed_seconds=2000.0, wall_seconds=40.0, codes_paths=paths, manifest=pd.DataFrame())
+    monkeypatch.setattr(cli, "_dataset", lambda config, force=False: type("D", (), {"manifest": pd.DataFrame()})())
+    monkeypatch.setattr(codes, "extract_codes", lambda *a, **k: report)
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path))
+    assert cli.main(["extract", "--model", str(tmp_path)]) == 0
+    printed = capsys.readouterr().err
+    assert "2040 clips: 1500 cached, 500 encoded, 40 failed" in printed and "40.0 s" in printed
+    assert "spk/clip0000" in printed and "spk/clip0004" in printed and "spk/clip0005" not in printed
+    assert "35 more failures" in printed and "/ws/codes" not in printed and len(printed) < 1000

@@ -1,5 +1,6 @@
 """The run configuration: defaults, validation messages, overrides, persistence."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,37 @@ def test_workspace_env_override(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path))
     config = Config()
     assert config.workspace == tmp_path and config.runs_dir == tmp_path / "runs"
+
+
+def test_min_duration_above_max_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"min_duration_s \(30.0\) is above dataset.max_duration_s \(25.0\)"):
+        load_config(write(tmp_path, "dataset:\n  min_duration_s: 30\n"))
+    with pytest.raises(ConfigError, match="max_duration_s"):
+        Config().with_overrides({"dataset.max_duration_s": 0.5})
+    assert Config().with_overrides({"dataset.min_duration_s": 2, "dataset.max_duration_s": 2}).dataset.min_duration_s == 2
+
+
+@pytest.mark.parametrize("key,value", [("training.batch_size", "true"), ("gpu.price_per_hour", "false"),
+                                       ("training.full_finetune.epochs", "yes"), ("dataset.min_snr_db", "on")])
+def test_booleans_are_not_numbers(tmp_path, key, value):
+    section, field = key.rsplit(".", 1)
+    text = "".join(f"{'  ' * i}{part}:\n" for i, part in enumerate(section.split(".")))
+    text += f"{'  ' * (section.count('.') + 1)}{field}: {value}\n"
+    with pytest.raises(ConfigError, match=rf"'{re.escape(key)}': must be a number"):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        Config().with_overrides({key: True})
+    # whole numbers given as floats (number inputs in the studio) still work
+    assert Config().with_overrides({"training.batch_size": 8.0}).training.batch_size == 8
+    assert Config().with_overrides({"training.lora.train_embeddings": True}).training.lora.train_embeddings
+
+
+def test_non_utf8_or_unreadable_config_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: Hyvää päivää\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))} is not UTF-8 text.*re-save it as UTF-8"):
+        load_config(path)
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=re.escape(str(folder))):
+        load_config(folder)

@@ -129,3 +129,71 @@ def test_bundled_sample_end_to_end(tmp_path):
     again = load_dataset(spec, config)                                  # cache hit
     assert (ds.dir / "manifest.parquet").stat().st_mtime_ns == mtime
     assert again.summary == ds.summary
+
+
+def test_damaged_cache_is_rebuilt_and_force_rebuilds(tmp_path):
+    config = test_config(tmp_path)
+    spec = SourceSpec("folder", path=str(make_folder(tmp_path / "v", {"anna": 2})))
+    ds = load_dataset(spec, config)
+    manifest_path = ds.dir / "manifest.parquet"
+    manifest_path.write_bytes(manifest_path.read_bytes()[:100])            # truncated by a crash
+    messages = []
+    again = load_dataset(spec, config, progress=lambda f, m: messages.append(m))
+    assert again.manifest.equals(ds.manifest) and any("cannot be read" in m for m in messages)
+    assert open_dataset(config, ds.id).manifest.equals(ds.manifest)        # the file is whole again
+    (ds.dir / "speakers.parquet").write_text("garbage")                      # derived data: recomputed
+    assert open_dataset(config, ds.id).speaker_names() == ["anna"]
+    manifest_path.write_text("not parquet")
+    with pytest.raises(DatasetError, match="cannot be read.*load the dataset from its source again"):
+        open_dataset(config, ds.id)
+    mtime = manifest_path.stat().st_mtime_ns
+    load_dataset(spec, config, force=True)
+    assert manifest_path.stat().st_mtime_ns != mtime and len(open_dataset(config, ds.id).manifest) == 2
+
+
+def test_summary_says_how_many_clips_were_used(tmp_path):
+    config = test_config(tmp_path)
+    src = make_folder(tmp_path / "v", {"anna": 4, "bert": 4, "cecilia": 4})
+    messages = []
+    ds = load_dataset(SourceSpec("folder", path=str(src), max_clips=6), config,
+                      progress=lambda f, m: messages.append(m))
+    assert ds.summary["total"] == 6 and ds.summary["source_clips"] == 12
+    assert ds.summary["selection"].startswith("using 6 of 12 clips")
+    assert ds.manifest.groupby("speaker").size().to_dict() == {"anna": 2, "bert": 2, "cecilia": 2}
+    assert "using 6 of 12 clips" in messages[-1]
+    assert open_dataset(config, ds.id).summary["selection"] == ds.summary["selection"]
+    whole = load_dataset(SourceSpec("folder", path=str(src)), config)
+    assert whole.summary["selection"] == "" and whole.summary["source_clips"] == 12
+
+
+def test_list_prepared_datasets_describes_every_build(tmp_path):
+    from pipeline.dataset import list_prepared_datasets
+
+    config = test_config(tmp_path)
+    assert list_prepared_datasets(config) == []
+    first = load_dataset(SourceSpec("folder", path=str(make_folder(tmp_path / "a", {"anna": 2}))), config)
+    second = load_dataset(SourceSpec("folder", path=str(make_folder(tmp_path / "b", {"bert": 2}))), config)
+    meta = json.loads((first.dir / "meta.json").read_text())
+    meta["created"] = "2000-01-01T00:00:00+0000"                      # built long ago
+    (first.dir / "meta.json").write_text(json.dumps(meta))
+    (config.workspace / "datasets" / "half-built").mkdir()           # no manifest: not offered
+    items = list_prepared_datasets(config)
+    assert [item["id"] for item in items] == [second.id, first.id]
+    assert set(items[0]) == {"id", "spec", "summary", "created"}
+    assert items[1]["spec"]["kind"] == "folder" and items[1]["spec"]["path"] == first.spec.path
+    assert items[1]["summary"]["accepted"] == 2 and items[1]["created"].startswith("2000")
+    assert SourceSpec(**items[0]["spec"]) == second.spec              # a picked item reloads its source
+
+
+def test_local_parquet_folder_loads_end_to_end(tmp_path):
+    import pyarrow.parquet as pq
+    from test_sources import voxpopuli_table
+
+    hub = tmp_path / "voxpopuli"
+    (hub / "fi").mkdir(parents=True)
+    pq.write_table(voxpopuli_table(0, 4), hub / "fi" / "train-00000-of-00001.parquet")
+    config = test_config(tmp_path)
+    ds = load_dataset(SourceSpec("folder", path=str(hub)), config)
+    assert ds.summary["total"] == 4 and set(ds.manifest["speaker"]) == {"1001", "1002", "1003"}
+    assert (ds.manifest["status"] == "ok").sum() >= 3
+    assert load_dataset(SourceSpec("folder", path=str(hub)), config).manifest.equals(ds.manifest)  # cached
