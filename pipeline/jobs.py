@@ -66,7 +66,8 @@ def current_job(config: Config) -> dict | None:
     if job and _alive(job.get("pid")):
         return job
     holder = training_lock.holder(config.workspace)
-    if holder and holder.get("pid") and holder.get("run_id"):
+    # a holder that is already a zombie still holds the lock until its last thread has exited
+    if holder and _alive(holder.get("pid")) and holder.get("run_id"):
         return {"run_id": holder["run_id"], "run_dir": holder.get("run_dir") or str(config.runs_dir / holder["run_id"]),
                 "pid": holder["pid"], "started": holder.get("started")}
     return None
@@ -92,21 +93,26 @@ def _checked_run_id(config: Config, run_id: str | None) -> str | None:
         raise JobError(str(exc)) from None
 
 
-def start_job(config: Config, run_id: str | None = None, model_dir: str | None = None) -> dict:
-    """Start (or resume, for an existing run id) the configured workflow in its own process."""
+def start_job(config: Config, run_id: str | None = None, model_dir: str | None = None, mode: str | None = None) -> dict:
+    """Start (or resume, for an existing run id) the configured workflow in its own process.
+
+    `mode="speaker_lora"` with `model_dir` = a finished full fine-tune's language-adapted model
+    (pipeline.workflow.language_models) trains a new speaker on it."""
     run_id = _checked_run_id(config, run_id)
+    if mode == "speaker_lora" and not run_id and not model_dir:
+        raise JobError("A new speaker run needs the language-adapted model of a finished full fine-tune; pick one.")
     with _starting(config):
-        return _start_job(config, run_id, model_dir)
+        return _start_job(config, run_id, model_dir, mode)
 
 
-def _start_job(config: Config, run_id: str | None, model_dir: str | None) -> dict:
+def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: str | None) -> dict:
     running = current_job(config)
     if running:
         raise JobError(f"A training job is already running: run '{running['run_id']}' (pid {running['pid']}). "
                        "Cancel it or wait for it to finish before starting another.")
     if run_id and not (config.runs_dir / run_id / "run.json").is_file():
         raise JobError(f"There is no run '{run_id}' to resume under {config.runs_dir.name}/; start a new run instead.")
-    run_dir = create_run(config, run_id)
+    run_dir = create_run(config, run_id, mode)
     state = read_run(run_dir)
     if state.get("status") == "finished":
         raise JobError(f"Run '{run_dir.name}' has already finished; start a new run instead.")
@@ -114,8 +120,11 @@ def _start_job(config: Config, run_id: str | None, model_dir: str | None) -> dic
                "--run-id", run_dir.name]
     if model_dir:
         command += ["--model", str(model_dir)]
+    if state.get("mode") == "speaker_lora":
+        command += ["--mode", "speaker_lora"]
     # the log is a file: progress bars there would be fragments of carriage-return redraws
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "STUDIO_WORKSPACE": str(config.workspace), "TQDM_DISABLE": "1"}
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "STUDIO_WORKSPACE": str(config.workspace), "TQDM_DISABLE": "1",
+                        "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     with open(run_dir / "log.txt", "ab") as log:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from pipeline import checkpoint_integrity
 from pipeline.adapters import attach_lora, load_trainable_adapter, save_adapter
 from pipeline.checkpoints import load_lm
+from pipeline.cpu_memory import cpu_oom, cpu_oom_message
 from pipeline.forward import unwrap
 from pipeline.loss import compute_loss
 from pipeline.memory_plan import plan_for_device
@@ -509,6 +510,15 @@ def train(run_dir, ckpt_dir, manifest_with_codes, settings: TrainSettings,
         if trainer is not None:
             trainer.model = trainer.optimizer = None
         torch.cuda.empty_cache()
+        fail(message)
+        return trainer.result("failed", message) if trainer else TrainResult("failed", 0, 0, None, None, None, message)
+    except (RuntimeError, MemoryError) as exc:
+        if not cpu_oom(exc):
+            fail(f"{type(exc).__name__}: {exc}")
+            raise
+        message = cpu_oom_message(settings.batch_size, settings.max_length, trainer.step + 1 if trainer else 0)
+        if trainer is not None:
+            trainer.model = trainer.optimizer = None
         fail(message)
         return trainer.result("failed", message) if trainer else TrainResult("failed", 0, 0, None, None, None, message)
     except BaseException as exc:

@@ -32,10 +32,12 @@ from typing import Callable
 from pipeline.config import Config, load_config
 from pipeline.training_lock import TrainingLock
 from pipeline import checkpoint_integrity
+from pipeline.speakers import recommend_by_policy
 from pipeline.text import example_sentences
 
 Progress = Callable[[float, str], None]
-PHASES = {"quick_lora": ["lora"], "full_finetune": ["full", "speaker_lora"]}
+# speaker_lora: a new speaker on the language-adapted model of a finished full_finetune run
+PHASES = {"quick_lora": ["lora"], "full_finetune": ["full", "speaker_lora"], "speaker_lora": ["speaker_lora"]}
 
 
 class RunError(ValueError):
@@ -75,7 +77,11 @@ def read_run(run_dir: Path) -> dict:
 
 
 def update_run(run_dir: Path, **changes) -> dict:
-    state = read_run(run_dir) | changes | {"updated": datetime.now(timezone.utc).isoformat()}
+    previous = read_run(run_dir)
+    if "phase" in changes and changes["phase"] != previous.get("phase"):
+        # a new stage: the Training view measures its progress and ETA from here
+        changes = {"stage_started_at": time.time(), "stage_progress": None, "stage_message": None} | changes
+    state = previous | changes | {"updated": datetime.now(timezone.utc).isoformat()}
     write_json(Path(run_dir) / "run.json", state)
     return state
 
@@ -163,6 +169,9 @@ def choose_speaker(config: Config, dataset) -> tuple[str, str]:
             raise RunError(f"speaker.name '{picked}' has no accepted clips in dataset {dataset.id}; "
                            f"pick one of: {', '.join(sorted(set(dataset.accepted()['speaker'])))}.")
         return picked, "picked by the user (speaker.policy: manual, speaker.name)"
+    if config.speaker.policy == "most_clips":  # the reference project's rule
+        pick = recommend_by_policy(dataset.speakers, "most_clips")
+        return pick.speaker, f"most accepted clips (speaker.policy: most_clips): {pick.reason}"
     return dataset.recommendation.speaker, f"recommended: {dataset.recommendation.reason}"
 
 
@@ -204,7 +213,8 @@ def _train_phase(config: Config, run_dir: Path, phase: str, base_dir: Path, mani
     return train(run_dir / "phases" / phase, base_dir, manifest, settings, stop_event=stop_event, progress=progress)
 
 
-def render_examples(model_dir: Path, out_dir: Path, count: int = 3, seed: int = 1234) -> list[str]:
+def render_examples(model_dir: Path, out_dir: Path, count: int = 3, seed: int = 1234,
+                    progress: Progress | None = None) -> list[str]:
     """Speak the first evaluation sentences with a model; returns the written wav paths."""
     from pipeline.synth import Synthesizer, save_wav
 
@@ -212,6 +222,8 @@ def render_examples(model_dir: Path, out_dir: Path, count: int = 3, seed: int = 
     synth = Synthesizer(model_dir)
     paths = []
     for i, sentence in enumerate(sentences):
+        if progress:
+            progress(i / len(sentences), f"evaluation audio: {i}/{len(sentences)} sentences")
         result = synth.speak(sentence, seed=seed, max_new_tokens=400)
         paths.append(str(save_wav(result, out_dir / f"example_{i + 1}.wav")))
     return paths
@@ -228,24 +240,69 @@ def _open_run(config: Config, run_id: str | None, overrides: dict | None, progre
     return run_dir, config
 
 
+def _recording_progress(run_dir: Path, progress: Progress | None, every_s: float = 2.0) -> Progress:
+    """`progress`, also written to run.json (stage_progress, stage_message) at most every
+    `every_s` seconds and at the end of a stage, so the Training view can show it."""
+    last = [0.0]
+
+    def report(fraction: float, message: str) -> None:
+        if progress:
+            progress(fraction, message)
+        now = time.monotonic()
+        if now - last[0] >= every_s or fraction >= 1:
+            last[0] = now
+            update_run(run_dir, stage_progress=round(float(fraction), 4), stage_message=message)
+
+    return report
+
+
+def language_models(config: Config) -> list[dict]:
+    """The language-adapted (phase-1) models of finished full_finetune runs, newest first: the
+    bases a new speaker run (mode speaker_lora) can start from."""
+    found = []
+    for run in list_runs(config):
+        path = (run.get("artifacts") or {}).get("phase1_model")
+        if run.get("mode") == "full_finetune" and run.get("status") == "finished" and path and Path(path).is_dir():
+            found.append({"run_id": run["id"], "path": path, "speaker": run.get("speaker"), "created": run.get("created")})
+    return found
+
+
 def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | None = None,
                  progress: Progress | None = None, stop_event: threading.Event | None = None,
-                 overrides: dict | None = None) -> dict:
+                 overrides: dict | None = None, mode: str | None = None) -> dict:
     """Run (or resume) the configured mode end to end; returns the final run.json.
 
+    `mode` speaker_lora trains one speaker on `model_dir`, the language-adapted model of a
+    finished full fine-tune (see `language_models`); otherwise the configured mode runs.
     Holds the machine's training lock for its whole life (pipeline.training_lock): a second
     training, however it was started, is refused before it writes anything."""
-    run_id = run_id or new_run_id(config.training_mode.selected)
+    if mode not in (None, *PHASES):
+        raise RunError(f"Unknown mode '{mode}'; choose one of {', '.join(PHASES)}.")
+    run_id = run_id or new_run_id(mode or config.training_mode.selected)
     with TrainingLock(config.workspace, run_dir_for(config, run_id)):
-        return _run_workflow(config, model_dir, run_id, progress, stop_event, overrides)
+        return _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode)
 
 
-def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides) -> dict:
+def _speaker_run_base(run_dir: Path, model_dir: Path | None) -> Path:
+    """The language-adapted model a speaker_lora run trains on: given when it starts, recorded for resumes."""
+    model_dir = model_dir or read_run(run_dir).get("base_model")
+    if not model_dir or not (Path(model_dir) / "config.json").is_file():
+        raise RunError("A speaker_lora run trains on a language-adapted model: give the phase-1 model folder of a "
+                       f"finished full_finetune run (--model), e.g. one of runs/*/artifacts; got {model_dir!r}.")
+    update_run(run_dir, base_model=str(model_dir))
+    return Path(model_dir)
+
+
+def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode) -> dict:
     from pipeline.checkpoints import ensure_base_model
     from pipeline.merge import export_adapter, merge_lora
+    from pipeline.model_card import run_card_facts
 
-    progress = progress or (lambda fraction, message: None)
-    run_dir, config = _open_run(config, run_id, overrides, progress)  # a resumed run keeps its own settings
+    run_dir, config = _open_run(config, run_id, overrides, progress or (lambda f, m: None), mode=mode)
+    progress = _recording_progress(run_dir, progress)  # a resumed run keeps its settings (above)
+    mode = read_run(run_dir).get("mode") or config.training_mode.selected
+    if mode == "speaker_lora":
+        model_dir = _speaker_run_base(run_dir, model_dir)
     started = time.time()
     before = float(read_run(run_dir).get("elapsed_s") or 0.0)  # earlier attempts of a resumed run
 
@@ -273,7 +330,7 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides) ->
 
         dataset, manifest = _prepare(config, base_dir, progress, stage)
         check_stop()
-        phases = PHASES[config.training_mode.selected]
+        phases = PHASES[mode]
         trained_base = base_dir
         for phase in phases:
             phase_manifest = manifest
@@ -297,13 +354,15 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides) ->
         update_run(run_dir, phase="merge")
         adapter = _best_checkpoint(run_dir, phases[-1])
         artifacts = run_dir / "artifacts"
-        merged = merge_lora(trained_base, adapter, artifacts / "merged")
-        adapter_zip = export_adapter(adapter, artifacts / "adapter.zip")
+        card = run_card_facts(run_dir)  # every download says what it is, its licence and how to load it
+        merged = merge_lora(trained_base, adapter, artifacts / "merged", card=card)
+        adapter_zip = export_adapter(adapter, artifacts / "adapter.zip", card=card)
         update_run(run_dir, phase="evaluate", artifacts={"merged": str(merged), "adapter": str(adapter),
                                                           "adapter_zip": str(adapter_zip),
-                                                          "phase1_model": str(trained_base) if trained_base != base_dir else None})
+                                                          "phase1_model": str(trained_base) if "full" in phases else None,
+                                                          "language_model": str(trained_base) if mode == "speaker_lora" else None})
         check_stop()
-        audio = render_examples(merged, run_dir / "audio")
+        audio = render_examples(merged, run_dir / "audio", progress=progress)
         return update_run(run_dir, phase="done", status="finished", audio=audio, elapsed_s=elapsed())
     except RunCancelled:
         stage = read_run(run_dir).get("phase") or "start"

@@ -154,3 +154,15 @@ def test_a_stop_during_evaluation_stops_there_and_the_resume_evaluates_that_step
     resumed = train(run, tiny_checkpoint, manifest, _settings(**SETTINGS))
     assert resumed.status == "finished"
     _same_curve(reference, run)
+
+
+def test_running_out_of_cpu_memory_fails_with_advice(tmp_path, tiny_checkpoint, straight, monkeypatch):
+    def too_big(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 94371840000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(train_module, "compute_loss", too_big)
+    result = train(tmp_path / "run", tiny_checkpoint, straight[1], _settings(**SETTINGS))
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert result.status == "failed" and state["status"] == "failed"
+    assert "CPU" in state["message"] and "training.batch_size" in state["message"]

@@ -73,7 +73,7 @@ def test_full_finetune_hands_phase_one_to_the_speaker_phase(workspace, tiny_chec
     full, speaker = _state(run_dir / "phases" / "full"), _state(run_dir / "phases" / "speaker_lora")
     assert full["status"] == speaker["status"] == "finished"
     assert full["mode"] == "full" and speaker["mode"] == "lora"
-    assert full["data"]["speakers"] == 3 and speaker["data"]["speakers"] == 1
+    assert full["data"]["speakers"] == 6 and speaker["data"]["speakers"] == 1
     # phase 3 trains on phase 1's best checkpoint, and the merge uses it as the base
     phase1_best = run_dir / "phases" / "full" / full["best"]
     assert speaker["base_checkpoint"] == str(phase1_best)
@@ -130,3 +130,17 @@ def test_choose_speaker_prefers_the_users_pick_and_checks_it(tiny_checkpoint):
     unknown = config.with_overrides({"speaker.policy": "manual", "speaker.name": "cia"})
     with pytest.raises(RunError, match="cia"):
         choose_speaker(unknown, dataset)
+
+
+def test_the_most_clips_policy_follows_the_reference_rule(tiny_checkpoint):
+    from pipeline.speakers import speaker_stats
+
+    manifest = pd.DataFrame({"speaker": ["anna"] * 2 + ["bert"] * 3, "status": ["ok"] * 5,
+                             "duration_s": [30.0, 30.0, 2.0, 2.0, 2.0], "snr_db": [30.0] * 5,
+                             "loudness_db": [-20.0] * 5, "speaking_rate": [12.0] * 5})
+    stats = speaker_stats(manifest, pitch=False)
+    dataset = SimpleNamespace(id="d", accepted=lambda: manifest, speakers=stats,
+                              recommendation=SimpleNamespace(speaker="anna", reason="most usable minutes"))
+    config = run_config(tiny_checkpoint, **{"speaker.policy": "most_clips"})
+    speaker, reason = choose_speaker(config, dataset)
+    assert speaker == "bert" and "most_clips" in reason
