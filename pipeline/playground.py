@@ -5,7 +5,7 @@ full models (`run.json` artifacts, `runs/<id>/artifacts/merged`, model dirs unde
 `runs/<id>/phases/*/checkpoints/`). Adapters are the peft dirs under `runs/<id>/artifacts/` and
 `runs/<id>/phases/*/checkpoints/`; any number stack on a model, each with a weight, unmerged.
 A/B votes are JSON lines in `runs/<id>/preferences.jsonl` of each run compared (else
-`workspace/preferences.jsonl`)."""
+`workspace/preferences.jsonl`). Downloads carry a model card (`pipeline.model_card`)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,19 @@ from typing import Callable, Iterator
 
 from pipeline.checkpoints import LM_FILES, describe_checkpoint, is_random_weights
 from pipeline.config import PROJECT_ROOT
-from pipeline.synth import SpeechResult, Synthesizer, save_wav
+from pipeline.model_card import CARD_NAME, is_model_card, run_card_facts, write_model_card
+from pipeline.synth import SpeechResult, SpeechStep, Synthesizer, save_wav
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # as pipeline.adapters
 MODEL_FILES = (*LM_FILES, "codec.pth")
 PREFERENCES_NAME = "preferences.jsonl"
 OUTPUT_DIR_NAME = "playground"  # workspace/playground/*.wav: generated speech, newest kept
 KEEP_OUTPUTS = 60
+MAX_TEXT_CHARS = 1000  # ~1 min of speech, ~20 chunks: longer texts belong in a batch job, not a web request
+LOCAL_MODELS_DIR = PROJECT_ROOT / "checkpoints"  # other model folders offered beside the base (e.g. tiny-random)
+TINY_MODEL_DIR = LOCAL_MODELS_DIR / "tiny-random"  # `python -m pipeline tiny-model`'s default output
+MERGED_ZIP_SUFFIX = "-merged.zip"  # runs/<id>/artifacts/<id>-merged.zip
+PHASE1_ZIP_SUFFIX = "-phase1.zip"  # the language-adapted model of a full fine-tune
 Adapters = list[tuple[str, float]]
 
 
@@ -42,7 +48,7 @@ class PlaygroundError(ValueError):
 @dataclass(frozen=True)
 class ModelOption:
     path: str  # checkpoint directory: the UI's value
-    kind: str  # base | merged | phase1
+    kind: str  # base | local | merged | phase1
     title: str  # "Run <id> · merged"
     label: str  # title + describe_checkpoint ("…random weights: produces noise" for tiny models)
     run_id: str | None = None
@@ -54,6 +60,7 @@ class AdapterOption:
     path: str
     label: str
     run_id: str | None = None
+    where: str = ""  # inside its run: "lora step 200", "artifacts/adapter"
 
 
 def _has_files(path: Path, names) -> bool:
@@ -101,7 +108,10 @@ def list_models(config) -> list[ModelOption]:
             options[path.resolve()] = ModelOption(str(path), kind, title, f"{title} · {describe_checkpoint(path)}",
                                                   run_id, is_random_weights(path))
 
-    add(config.base_model_dir, "base", "Base model")
+    add(config.base_model_dir, "base", f"Base model {config.base_model.repo}")
+    for path in sorted(LOCAL_MODELS_DIR.glob("*")) if LOCAL_MODELS_DIR.is_dir() else []:
+        random_weights = is_random_weights(path)
+        add(path, "local", "Tiny offline model" if random_weights else f"Local model {path.name}")
     for run_dir in _run_dirs(config):
         recorded = _run_state(run_dir).get("artifacts") or {}
         for path in (recorded.get("merged"), run_dir / "artifacts" / "merged"):
@@ -118,23 +128,45 @@ def list_adapters(config) -> list[AdapterOption]:
     """Every LoRA adapter (peft format) of every run, newest run first."""
     options: dict[Path, AdapterOption] = {}
 
-    def add(path: Path, title: str, run_id: str) -> None:
+    def add(run_dir: Path, path: Path, final: str = "") -> None:
         if _has_files(path, ADAPTER_FILES) and path.resolve() not in options:
-            options[path.resolve()] = AdapterOption(str(path), title, run_id)
+            where = _where(run_dir, path)
+            options[path.resolve()] = AdapterOption(str(path), f"{run_dir.name} · {where}{final}", run_dir.name, where)
 
     for run_dir in _run_dirs(config):
         final = (_run_state(run_dir).get("artifacts") or {}).get("adapter")
         if final:
-            add(Path(final), f"{run_dir.name} · {_where(run_dir, Path(final))} · final", run_dir.name)
+            add(run_dir, Path(final), " · final")
         for path in [*sorted((run_dir / "artifacts").glob("*")), *reversed(_checkpoint_dirs(run_dir))]:
-            add(path, f"{run_dir.name} · {_where(run_dir, path)}", run_dir.name)
+            add(run_dir, path)
     return list(options.values())
 
 
 def no_model_help(config) -> str:
     return (f"No model yet. Download the base model with ./setup.sh (set HF_TOKEN to a Hugging Face "
             f"token whose account accepted the licence at https://huggingface.co/{config.base_model.repo}; "
-            f"it goes to {config.base_model_dir}), or train a run in the Training tab.")
+            f"it goes to {config.base_model_dir}), or train a run in the Training tab. To try the studio "
+            f"offline, create the tiny offline model (random weights: it produces noise, not speech) with "
+            f"`python -m pipeline tiny-model` or the button below.")
+
+
+def create_tiny_model() -> ModelOption:
+    """Write the tiny random-weights model to TINY_MODEL_DIR (kept when already there)."""
+    from pipeline.tiny_checkpoint import write_tiny_checkpoint
+
+    if not _has_files(TINY_MODEL_DIR, MODEL_FILES):
+        write_tiny_checkpoint(TINY_MODEL_DIR)
+    return ModelOption(str(TINY_MODEL_DIR), "local", "Tiny offline model",
+                       f"Tiny offline model · {describe_checkpoint(TINY_MODEL_DIR)}", None, True)
+
+
+def check_text(text: str | None) -> str:
+    """The text to speak, refused with the limit named when it is too long for one request."""
+    text = text or ""
+    if len(text) > MAX_TEXT_CHARS:
+        raise PlaygroundError(f"The text has {len(text):,} characters; the Playground speaks at most "
+                              f"{MAX_TEXT_CHARS:,} at a time. Shorten it or split it into several generations.")
+    return text
 
 
 def resolve_model(config, path: str | None) -> ModelOption:
@@ -237,20 +269,53 @@ class SynthCache:
                 torch.cuda.empty_cache()
 
 
+def _slug(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+
+
+def output_name(model: ModelOption, adapters: list[tuple[AdapterOption, float]]) -> str:
+    """A short file-name part naming the model and each stacked adapter with its strength:
+    'base__20250101-120000-quick-lora-lora-step-4-x0.8' (URL-safe: it ends up in download links)."""
+    name = _slug(model.run_id or model.kind, 40)
+    for adapter, weight in adapters:
+        where = _slug(adapter.where or Path(adapter.path).name, 20)
+        name += f"__{_slug(adapter.run_id or '', 30)}-{where}" + (f"-x{weight:g}" if weight != 1 else "")
+    return name[:150]
+
+
+def speak_stream(config, cache: SynthCache, model_path: str, adapters: Adapters, text: str,
+                 file_name: str | None = None, **options) -> Iterator[tuple[SpeechStep, Path | None]]:
+    """Speak `text` with a listed model (+ adapters) chunk by chunk: yields (step, None) before each
+    chunk and (step with result, wav path) at the end, into workspace/playground/<time>-<name>-<id>.wav
+    (name: `file_name`, else the model and adapters; blind tests pass a neutral one). A caller that
+    stops iterating stops the work before the next chunk."""
+    text = check_text(text)
+    model = resolve_model(config, model_path)
+    resolved = resolve_adapters(config, adapters)
+    chosen = [(a.path, w) for a, w in resolved]
+    with cache.use(model.path, chosen) as synth:
+        for step in synth.stream(text, **options):
+            if step.result is None:
+                yield step, None
+                continue
+            out_dir = Path(config.workspace) / OUTPUT_DIR_NAME
+            slug = _slug(file_name, 40) if file_name else output_name(model, resolved)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = save_wav(step.result, out_dir / f"{stamp}-{slug}-{uuid.uuid4().hex[:6]}.wav")
+            for old in sorted(out_dir.glob("*.wav"))[:-KEEP_OUTPUTS]:  # names start with the time
+                old.unlink(missing_ok=True)
+            yield step, path
+
+
 def speak_to_file(config, cache: SynthCache, model_path: str, adapters: Adapters, text: str,
                   progress=None, file_name: str | None = None, **options) -> tuple[SpeechResult, Path]:
-    """Speak `text` with a listed model (+ adapters) into workspace/playground/<time>-<name>-<id>.wav
-    (name: `file_name`, else the model's run; blind tests pass a neutral one)."""
-    model = resolve_model(config, model_path)
-    chosen = [(a.path, w) for a, w in resolve_adapters(config, adapters)]
-    with cache.use(model.path, chosen) as synth:
-        result = synth.speak(text, progress=progress, **options)
-    out_dir = Path(config.workspace) / OUTPUT_DIR_NAME
-    slug = re.sub(r"[^a-z0-9]+", "-", (file_name or model.run_id or model.kind).lower()).strip("-")
-    path = save_wav(result, out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{uuid.uuid4().hex[:6]}.wav")
-    for old in sorted(out_dir.glob("*.wav"))[:-KEEP_OUTPUTS]:  # names start with the time
-        old.unlink(missing_ok=True)
-    return result, path
+    """`speak_stream` to the end: (result, wav path)."""
+    for step, path in speak_stream(config, cache, model_path, adapters, text, file_name=file_name, **options):
+        if path is not None:
+            return step.result, path
+        if progress:
+            progress(step.index / step.total, step.message)
+    raise AssertionError("speak_stream ended without a file")  # Synthesizer.stream always ends with a result
 
 
 # -- reference clips from the picked dataset speaker --------------------------------------------
@@ -405,6 +470,10 @@ class RunArtifacts:
     mode: str
     status: str
     adapter_zip: Path | None
+    merged_dir: Path | None
+    merged_zip: Path | None  # made on request (GBs): present once asked for and still newer than merged/
+    phase1_dir: Path | None  # full_finetune: the language-adapted model, the base for new speakers
+    phase1_zip: Path | None
     merged_files: list[Path]
     audio_files: list[Path]
     size_bytes: int
@@ -418,13 +487,87 @@ def list_run_artifacts(config) -> list[RunArtifacts]:
         state = _run_state(run_dir)
         recorded = state.get("artifacts") or {}
         merged = _first_existing(recorded.get("merged"), run_dir / "artifacts" / "merged")
+        merged = merged if merged and merged.is_dir() else None
         size, shared = disk_usage(run_dir)
+        zips = [p for p in sorted((run_dir / "artifacts").glob("*.zip"))
+                if not p.name.endswith((MERGED_ZIP_SUFFIX, PHASE1_ZIP_SUFFIX))]
+        phase1 = _first_existing(recorded.get("phase1_model"))
+        phase1 = phase1 if phase1 and phase1.is_dir() else None
         runs.append(RunArtifacts(
             run_id=run_dir.name, dir=run_dir, mode=str(state.get("mode", "")), status=str(state.get("status", "")),
-            adapter_zip=_first_existing(recorded.get("adapter_zip"), *sorted((run_dir / "artifacts").glob("*.zip"))),
-            merged_files=sorted(p for p in merged.glob("*") if p.is_file()) if merged and merged.is_dir() else [],
+            adapter_zip=_first_existing(recorded.get("adapter_zip"), *zips),
+            merged_dir=merged, merged_zip=_fresh_zip(run_dir, merged, MERGED_ZIP_SUFFIX),
+            phase1_dir=phase1, phase1_zip=_fresh_zip(run_dir, phase1, PHASE1_ZIP_SUFFIX),
+            merged_files=sorted(p for p in merged.glob("*") if p.is_file()) if merged else [],
             audio_files=sorted((run_dir / "audio").glob("*.wav")), size_bytes=size, shared_bytes=shared))
     return runs
+
+
+def _fresh_zip(run_dir: Path, model: Path | None, suffix: str) -> Path | None:
+    path = run_dir / "artifacts" / f"{run_dir.name}{suffix}"
+    if model is None or not path.is_file():
+        return None
+    newest = max((p.stat().st_mtime for p in model.iterdir() if p.is_file()), default=0)
+    return path if path.stat().st_mtime >= newest else None
+
+
+def _adapter_zip_has_card(zip_path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return is_model_card(zf.read(CARD_NAME).decode("utf-8", "replace"))
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
+
+
+def run_artifacts(config, run_id: str) -> RunArtifacts:
+    found = next((r for r in list_run_artifacts(config) if r.run_id == run_id), None)
+    if found is None:
+        raise PlaygroundError(f"Run {run_id} is not there any more (deleted?); refresh the list.")
+    return found
+
+
+def prepare_downloads(config, run_id: str) -> RunArtifacts:
+    """Make sure the run's downloads carry its model card: the merged folder's README.md, and the
+    adapter zip's (re-zipped from the run's adapter when it holds none, e.g. peft's template)."""
+    from pipeline.merge import export_adapter
+
+    run = run_artifacts(config, run_id)
+    facts = None
+    if run.merged_dir is not None and not is_model_card(_read_text(run.merged_dir / CARD_NAME)):
+        facts = run_card_facts(run.dir)
+        write_model_card(run.merged_dir, facts, "merged")
+    adapter = (_run_state(run.dir).get("artifacts") or {}).get("adapter")
+    if run.adapter_zip is not None and not _adapter_zip_has_card(run.adapter_zip) and adapter \
+            and _has_files(Path(adapter), ADAPTER_FILES):
+        export_adapter(adapter, run.adapter_zip, card=facts or run_card_facts(run.dir))
+    return run_artifacts(config, run_id)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def merged_zip(config, run_id: str, which: str = "merged") -> Path:
+    """One zip of the run's merged model (`which="merged"`) or of its language-adapted phase-1
+    model (`"phase1"`, full fine-tunes) with its model card, under runs/<id>/artifacts/; made once
+    and again only when the folder changed. Files kept only to resume training are left out."""
+    from pipeline.merge import export_model_zip
+
+    run = prepare_downloads(config, run_id)
+    folder, existing, suffix, kind = ((run.merged_dir, run.merged_zip, MERGED_ZIP_SUFFIX, "merged") if which == "merged"
+                                      else (run.phase1_dir, run.phase1_zip, PHASE1_ZIP_SUFFIX, "full"))
+    if folder is None:
+        what = "merged model" if which == "merged" else "language-adapted (phase-1) model"
+        raise PlaygroundError(f"Run {run_id} has no {what}: it is written when a run finishes"
+                              + ("" if which == "merged" else " (full_finetune runs only)") + ".")
+    if existing is not None:
+        return existing
+    return export_model_zip(folder, run.dir / "artifacts" / f"{run_id}{suffix}", card=run_card_facts(run.dir), kind=kind)
 
 
 def total_disk_usage(config) -> tuple[int, int]:

@@ -9,6 +9,9 @@ short pause.
 Voice prompt: a reference clip + its transcript are encoded by the codec and put in front of
 every chunk. Without one, the first chunk's own output becomes the prompt of the later chunks,
 so a long text keeps one voice (as fish-speech's older iterative prompting did).
+
+`stream` yields before each chunk, so a caller that stops iterating (a web request whose client
+went away) stops the work between chunks; `speak` runs it to the end.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from pipeline.checkpoints import load_codec, load_lm
 from pipeline.codes import encode_audio, load_for_codec
-from pipeline.text import normalize, split_sentences
+from pipeline.text import normalize, normalize_report, split_sentences
 from pipeline.tokens import Utterance, build_sequence
 
 Progress = Callable[[float, str], None] | None
@@ -46,6 +49,20 @@ class SpeechResult:
     seconds: float
     chunks: list[str] = field(default_factory=list)
     codes: list[np.ndarray] = field(default_factory=list, repr=False)  # per chunk, (num_codebooks, frames)
+    notes: list[str] = field(default_factory=list)  # what the normalizer removed or could not read
+
+
+@dataclass
+class SpeechStep:
+    """One step of `Synthesizer.stream`: chunk `index` of `total` is next, or `result` is ready."""
+    index: int
+    total: int
+    chunk: str = ""
+    result: SpeechResult | None = None
+
+    @property
+    def message(self) -> str:
+        return f"chunk {self.index + 1}/{self.total}: {self.chunk[:60]}" if self.result is None else "done"
 
 
 def _default_device() -> str:
@@ -227,7 +244,28 @@ class Synthesizer:
 
     # -- the call -------------------------------------------------------------------------------
 
-    def speak(
+    def speak(self, text: str, progress: Progress = None, **options) -> SpeechResult:
+        """Speak `text` (Finnish); same seed and inputs give the same audio. Options as `stream`."""
+        started = time.perf_counter()
+        for step in self.stream(text, **options):
+            if step.result is not None:
+                if progress:
+                    progress(1.0, f"{step.result.frames} frames in {time.perf_counter() - started:.1f} s")
+                return step.result
+            if progress:
+                progress(step.index / step.total, step.message)
+        raise AssertionError("stream ended without a result")  # stream always yields one
+
+    def _chunks(self, text: str) -> tuple[list[str], list[str]]:
+        """Sentence-sized chunks of the normalized text, and notes on what was removed or kept."""
+        report = normalize_report(text or "")
+        if not report.speakable:
+            if report.removed:
+                raise SynthError(f"Nothing to say: {report.notes()[0]} Write a sentence in Finnish.")
+            raise SynthError("There is no text to speak: write a sentence.")
+        return split_sentences(report.text, max_chars=MAX_CHUNK_CHARS), report.notes()
+
+    def stream(
         self,
         text: str,
         reference_audio: str | Path | None = None,
@@ -237,9 +275,12 @@ class Synthesizer:
         repetition_penalty: float = 1.1,
         max_new_tokens: int = 1024,
         seed: int | None = None,
-        progress: Progress = None,
-    ) -> SpeechResult:
-        """Speak `text` (Finnish); same seed and inputs give the same audio."""
+    ) -> Iterator[SpeechStep]:
+        """Speak `text` chunk by chunk: yields before each chunk, then once with the result.
+
+        The random state is kept per call across yields, so whatever runs between two chunks
+        does not change the audio of a seeded call.
+        """
         if not 0 < temperature < 2:
             raise SynthError(f"temperature must be in (0, 2), got {temperature}.")
         if not 0 < top_p <= 1:
@@ -248,10 +289,7 @@ class Synthesizer:
             raise SynthError(f"repetition_penalty must be in (0, 2), got {repetition_penalty}.")
         if max_new_tokens < 1:
             raise SynthError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        normalized = normalize(text or "")
-        chunks = split_sentences(normalized, max_chars=MAX_CHUNK_CHARS) if normalized.strip() else []
-        if not chunks:
-            raise SynthError("There is no text to speak: write a sentence.")
+        chunks, notes = self._chunks(text)
 
         prompt: list[Utterance] = []
         if reference_audio is not None:
@@ -261,7 +299,6 @@ class Synthesizer:
             self._check_codes_fit(ref_codes, f"reference {reference_audio}")
             prompt = [Utterance(normalize(reference_text), ref_codes)]
 
-        started = time.perf_counter()
         pieces, all_codes, frames = [], [], 0
         pause = np.zeros(int(PAUSE_SECONDS * self.sample_rate), dtype=np.float32)
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -269,8 +306,10 @@ class Synthesizer:
             if seed is not None:
                 torch.manual_seed(seed)
             for i, chunk in enumerate(chunks):
-                if progress:
-                    progress(i / len(chunks), f"chunk {i + 1}/{len(chunks)}: {chunk[:60]}")
+                state = _rng_state(cuda) if seed is not None else None
+                yield SpeechStep(i, len(chunks), chunk)
+                if state is not None:
+                    _set_rng_state(cuda, state)
                 codes = self.generate_codes(chunk, prompt, temperature, top_p, repetition_penalty, max_new_tokens)
                 if not prompt and codes.shape[1] > 0:
                     prompt = [Utterance(chunk, codes)]  # later chunks continue in this voice
@@ -281,9 +320,7 @@ class Synthesizer:
                 pieces.append(self.decode(codes))
         audio = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
         audio = np.clip(np.nan_to_num(audio), -1.0, 1.0)
-        if progress:
-            progress(1.0, f"{frames} frames in {time.perf_counter() - started:.1f} s")
-        return SpeechResult(
+        yield SpeechStep(len(chunks), len(chunks), result=SpeechResult(
             sample_rate=self.sample_rate,
             audio=audio,
             normalized_text=" ".join(chunks),
@@ -291,7 +328,18 @@ class Synthesizer:
             seconds=len(audio) / self.sample_rate,
             chunks=chunks,
             codes=all_codes,
-        )
+            notes=notes,
+        ))
+
+
+def _rng_state(cuda: list[int]) -> tuple:
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
+
+
+def _set_rng_state(cuda: list[int], state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    for device, cuda_state in zip(cuda, state[1]):
+        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def save_wav(result: SpeechResult, path: str | Path) -> Path:

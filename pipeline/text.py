@@ -18,6 +18,9 @@ Choices (why):
 - Dates: "24.12.2025" -> "kahdeskymmenesneljäs joulukuuta kaksituhatta kaksikymmentäviisi";
   "14.30" is a time (Finnish decimals use a comma); "1 200" and "1.200" are thousands.
 - Fancy quotes become ASCII quotes, dashes between words " - ", the ellipsis "...".
+- Emoji, pictographs and other symbols with no spoken form are removed (the model has no reading
+  for them); letters of other scripts are kept. `normalize_report` says what was removed and
+  which other scripts remain, for a warning beside the result.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from __future__ import annotations
 import re
 import textwrap
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 from num2words import num2words
 
-__all__ = ["normalize", "split_sentences", "check_transcript"]
+__all__ = ["normalize", "normalize_report", "split_sentences", "check_transcript"]
 
 _MONTHS = ["tammikuuta", "helmikuuta", "maaliskuuta", "huhtikuuta", "toukokuuta", "kesäkuuta",
            "heinäkuuta", "elokuuta", "syyskuuta", "lokakuuta", "marraskuuta", "joulukuuta"]
@@ -315,21 +319,83 @@ _SYMBOLS = {"&": "ja", "+": "plus", "=": "on", "§": "pykälä", "%": "prosentti
             "$": "dollaria", "°": "astetta"}
 
 
-def normalize(text: str) -> str:
-    """Spoken-form Finnish: numbers, dates, times, money, units and abbreviations as words.
+# Unicode categories with no spoken form: other/modifier symbols (emoji, pictographs, ©),
+# combining and enclosing marks left after NFC (emoji modifiers, keycaps), private use,
+# unassigned, surrogates, format and control characters.
+_UNSPOKEN_CATEGORIES = {"So", "Sk", "Mn", "Me", "Co", "Cn", "Cs", "Cf", "Cc"}
 
-    >>> normalize("Hinta on 5,50 € ja alennus 12 %.")
-    'Hinta on viisi euroa ja viisikymmentä senttiä ja alennus kaksitoista prosenttia.'
-    """
+
+@dataclass(frozen=True)
+class Normalization:
+    """`normalize`'s text and what it could not read: removed symbols and letters of other scripts."""
+    text: str
+    removed: str = ""  # each removed character once, in order of appearance
+    scripts: tuple[str, ...] = ()  # non-Latin scripts whose letters were kept ("Hiragana", "Cjk")
+    foreign_letters: int = 0  # how many letters are not Latin
+
+    @property
+    def speakable(self) -> bool:
+        """False when nothing is left a voice could read (only punctuation, or nothing)."""
+        return any(c.isalnum() for c in self.text)
+
+    def notes(self) -> list[str]:
+        """Warnings for the user (empty for plain Finnish)."""
+        notes = []
+        if self.removed:
+            notes.append(f"Removed {_shown(self.removed)}: symbols and emoji have no spoken form.")
+        if self.foreign_letters:
+            notes.append(f"The model was trained on Finnish; {self.foreign_letters} letter"
+                         f"{'s' if self.foreign_letters != 1 else ''} in other scripts ({', '.join(self.scripts)}) "
+                         "were kept but will be read wrongly or not at all.")
+        return notes
+
+
+def _shown(chars: str, limit: int = 12) -> str:
+    visible = lambda c: unicodedata.category(c) in ("So", "Sk")  # noqa: E731 - marks and controls show as codes
+    shown = " ".join(c if visible(c) else f"U+{ord(c):04X}" for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+
+
+def _script(char: str) -> str:
+    """The script of a letter from its Unicode name ("HIRAGANA LETTER A" -> "Hiragana")."""
+    script = unicodedata.name(char, "unknown").split()[0].split("-")[0]
+    return script if script == "CJK" else script.title()
+
+
+def _drop_unspoken(text: str) -> tuple[str, str]:
+    kept, removed = [], {}
+    for char in text:
+        if unicodedata.category(char) in _UNSPOKEN_CATEGORIES:
+            removed.setdefault(char, None)
+            kept.append(" ")
+        else:
+            kept.append(char)
+    return "".join(kept), "".join(removed)
+
+
+def normalize_report(text: str) -> Normalization:
+    """`normalize`, and what it removed or kept unread (for a warning beside the result)."""
     if not isinstance(text, str):
         raise TypeError(f"normalize expects str, got {type(text).__name__}")
     text = _clean(text)
     for rewrite in (_dates_and_times, _ranges, _money, _percent_and_units, _numbers, _abbreviations):
         text = rewrite(text)
     text = re.sub(_alternation(_SYMBOLS), lambda m: f" {_SYMBOLS[m.group(0)]} ", text)
+    text, removed = _drop_unspoken(text)
     text = re.sub(r"\s+", " ", text)
     text = re.sub(r"\s+([,.;:!?)])", r"\1", text)
-    return re.sub(r"\(\s+", "(", text).strip()
+    text = re.sub(r"\(\s+", "(", text).strip()
+    foreign = [c for c in text if c.isalpha() and not unicodedata.name(c, "").startswith("LATIN")]
+    return Normalization(text, removed, tuple(dict.fromkeys(_script(c) for c in foreign)), len(foreign))
+
+
+def normalize(text: str) -> str:
+    """Spoken-form Finnish: numbers, dates, times, money, units and abbreviations as words.
+
+    >>> normalize("Hinta on 5,50 € ja alennus 12 %.")
+    'Hinta on viisi euroa ja viisikymmentä senttiä ja alennus kaksitoista prosenttia.'
+    """
+    return normalize_report(text).text
 
 
 _SENTENCE_END = re.compile(r"([.!?]+[\"')\]]*)\s+(?=[\"'(\[-]?[A-ZÅÄÖ0-9\u2013])")

@@ -3,7 +3,10 @@
 UI wiring only: models, warm synthesizers, votes and artifact listings come from
 `pipeline.playground`. API names of the events (for gradio_client): refresh_models,
 normalize_text, reference_clips, reference_clip, speak, compare, vote_1, vote_2, vote_tie,
-artifacts, run_files.
+artifacts, run_files, merged_zip, tiny_model.
+
+Speech handlers are generators that yield between sentence chunks: when the browser goes away,
+Gradio closes the generator and the work stops before the next chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline import playground as pg
-from pipeline.text import example_sentences, normalize
+from pipeline.text import example_sentences, normalize_report
 from pipeline.warmup import WarmUp, warm_up_wanted
 
 from .dataset_view import esc, note
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 MAX_ADAPTERS = 3
 NONE = "none"  # the adapter dropdowns' "no adapter" value
 RUN_COLUMNS = ["run", "mode", "status", "adapter zip", "merged model", "evaluation audio", "disk used"]
+SPOKEN_PREVIEW = 80  # characters of the normalized text shown before it is expanded
 VOTES = (("◀ Sample 1 is better", 1), ("No preference", None), ("Sample 2 is better ▶", 2))
 
 
@@ -108,8 +112,10 @@ def build(ctx) -> None:
             gr.Markdown("### Text", elem_classes="section-title")
             first_text = (example_sentences() or [""])[0]
             text = gr.Textbox(value=first_text, lines=3, max_lines=8, show_label=False,
-                              placeholder="Kirjoita suomenkielinen lause…", elem_id="pg-text")
-            normalized = gr.Markdown(_spoken(first_text), elem_classes="section-hint", elem_id="pg-normalized")
+                              placeholder=f"Kirjoita suomenkielinen lause… (at most {pg.MAX_TEXT_CHARS:,} "
+                                          "characters)",
+                              elem_id="pg-text")
+            normalized = gr.HTML(_spoken(first_text), elem_classes="section-hint", elem_id="pg-normalized")
             gr.Examples([[s] for s in example_sentences()], inputs=[text], label="Example sentences",
                         examples_per_page=5)
             with gr.Accordion("Reference clip: an optional voice prompt", open=False, elem_id="pg-reference"):
@@ -147,6 +153,8 @@ def build(ctx) -> None:
                 with gr.Column(scale=1, min_width=340):
                     listen = _picker(config, "pg", "Model", first)
                     refresh = gr.Button("↻ Refresh models", size="sm", elem_id="pg-refresh")
+                    tiny = gr.Button("Create the tiny offline model (random weights: noise, not speech)", size="sm",
+                                     visible=not pg.list_models(config), elem_id="pg-tiny-model")
                     warm_note = gr.Markdown(elem_classes="section-hint", elem_id="pg-warm-up")
                 with gr.Column(scale=1, min_width=340):
                     generate = gr.Button("Generate speech", variant="primary", elem_id="pg-generate")
@@ -187,6 +195,13 @@ def build(ctx) -> None:
             run_choice = gr.Dropdown([], label="Files of run", interactive=True, elem_id="pg-run")
             with gr.Row(equal_height=False):
                 adapter_zip = gr.DownloadButton("Adapter zip", visible=False, variant="primary", elem_id="pg-adapter-zip")
+                with gr.Column(scale=0, min_width=220):
+                    zip_merged = gr.Button("Zip the merged model", visible=False, elem_id="pg-zip-merged")
+                    merged_zip = gr.DownloadButton("Merged model zip", visible=False, variant="primary",
+                                                   elem_id="pg-merged-zip")
+                    zip_phase1 = gr.Button("Zip the language-adapted model", visible=False, elem_id="pg-zip-phase1")
+                    phase1_zip = gr.DownloadButton("Language-adapted model zip", visible=False, variant="primary",
+                                                   elem_id="pg-phase1-zip")
                 merged_files = gr.File(label="Merged model files", file_count="multiple", interactive=False,
                                        elem_id="pg-merged-files")
                 audio_files = gr.File(label="Evaluation audio", file_count="multiple", interactive=False,
@@ -222,29 +237,39 @@ def build(ctx) -> None:
         clip = next((c for c in pg.reference_clips(config, speaker).clips if c["path"] == path), None)
         return (clip["path"], clip["text"]) if clip else (gr.skip(), gr.skip())
 
-    def speak(values, shared_values, progress, file_name=None):
+    def speak_steps(values, shared_values, file_name=None):
+        """pg.speak_stream's steps for one picker's model and the shared text and settings."""
         text_value, ref, ref_words, temp, p, rep, frames, seed_value = shared_values
         if seed_value is None:
             raise ValueError("Enter a seed (a whole number) or press “New seed”.")
         model, adapters = Picker.parse(values)
-        started = time.perf_counter()
-        result, path = pg.speak_to_file(
+        return pg.speak_stream(
             config, cache, model, adapters, text_value, reference_audio=ref or None, reference_text=ref_words,
             temperature=float(temp), top_p=float(p), repetition_penalty=float(rep),
-            max_new_tokens=int(frames), seed=int(seed_value), progress=progress, file_name=file_name)
-        return result, path, time.perf_counter() - started
+            max_new_tokens=int(frames), seed=int(seed_value), file_name=file_name)
 
     def on_generate(*values, progress=gr.Progress()):
         shared_values, picked = values[:len(shared)], values[len(shared):]
+        started = time.perf_counter()
         try:
-            result, path, took = speak(picked, shared_values, lambda f, m: progress(f, desc=m))
+            for step, path in speak_steps(picked, shared_values):
+                if path is None:
+                    progress(step.index / step.total, desc=step.message)
+                    yield {message: note(f"Generating {step.message}", "info")}  # Gradio stops here if the page closed
+                else:
+                    result = step.result
         except Exception as exc:  # noqa: BLE001 - shown to the user, never as a traceback
             gr.Warning(_failure(exc))
-            return {message: note(_failure(exc), "error")}
+            # the previous audio would read as this request's result: take it away with the error
+            yield {audio: None, download: gr.update(value=None, visible=False), message: note(_failure(exc), "error")}
+            return
         voice = " with the reference clip as voice prompt" if values[1] else ""
-        done = (f"{result.seconds:.1f} s of speech · {result.frames} frames · generated in {took:.1f} s{voice} · "
-                f"“{result.normalized_text}”")
-        return {audio: str(path), download: gr.update(value=str(path), visible=True), message: note(done, "ok")}
+        done = (f"{result.seconds:.1f} s of speech · {result.frames} frames · generated in "
+                f"{time.perf_counter() - started:.1f} s{voice}")
+        for warning in result.notes:
+            gr.Warning(warning)
+        yield {audio: str(path), download: gr.update(value=str(path), visible=True),
+               message: note(done, "ok") + "".join(note(f"⚠ {w}", "info") for w in result.notes)}
 
     def tally_html(current: dict) -> str:
         counts = pg.preference_tally(config, current)
@@ -265,6 +290,7 @@ def build(ctx) -> None:
         shared_values, blind_value = values[:n], values[n]
         a_values, b_values = values[n + 1:n + 1 + k], values[n + 1 + k:]
         try:
+            pg.check_text(shared_values[0])
             if shared_values[-1] is None:
                 raise ValueError("Enter a seed (a whole number) or press “New seed”.")
             sides = {}
@@ -273,21 +299,29 @@ def build(ctx) -> None:
                 sides[side] = pg.model_identity(config, pg.resolve_model(config, model),
                                                 pg.resolve_adapters(config, adapters))
             current = pg.new_trial(shared_values[0], int(shared_values[-1]), sides["A"], sides["B"], bool(blind_value))
-            paths = {}
+            paths, notes = {}, []
             for done, side in enumerate(("A", "B")):
-                report = lambda f, m, done=done, side=side: progress((done + f) / 2, desc=f"model {side}: {m}")  # noqa: E731
                 # neutral file names: a blind test must not show the model in a download's name
-                paths[side] = speak(a_values if side == "A" else b_values, shared_values, report, "sample")[1]
+                for step, path in speak_steps(a_values if side == "A" else b_values, shared_values, "sample"):
+                    if path is None:
+                        progress((done + step.index / step.total) / 2, desc=f"model {side}: {step.message}")
+                        yield {ab_message: note(f"Generating model {side}: {step.message}", "info")}
+                    else:
+                        paths[side], notes = path, step.result.notes
         except Exception as exc:  # noqa: BLE001
             gr.Warning(_failure(exc))
-            return {ab_message: note(_failure(exc), "error")}
+            # an earlier pair beside this error would read as its result: clear the players and the vote
+            yield {ab_message: note(_failure(exc), "error"), players[0]: None, players[1]: None,
+                   captions[0]: "", captions[1]: "", trial: None,
+                   **{button: gr.update(interactive=False) for button in votes}}
+            return
         first_caption, second_caption = captions_for(current, not current["blind"])
         hint = ("Listen to both, then vote: the models are revealed after your vote." if current["blind"]
                 else "Vote for the better sample; votes are recorded with the models' runs.")
-        return {players[0]: str(paths[current["order"][0]]), players[1]: str(paths[current["order"][1]]),
-                captions[0]: first_caption, captions[1]: second_caption, trial: current,
-                ab_message: note(hint, "info"), tally: tally_html(current),
-                **{button: gr.update(interactive=True) for button in votes}}
+        yield {players[0]: str(paths[current["order"][0]]), players[1]: str(paths[current["order"][1]]),
+               captions[0]: first_caption, captions[1]: second_caption, trial: current,
+               ab_message: note(hint, "info") + "".join(note(f"⚠ {w}", "info") for w in notes),
+               tally: tally_html(current), **{button: gr.update(interactive=True) for button in votes}}
 
     def on_vote(current, sample):
         if not current:
@@ -323,18 +357,48 @@ def build(ctx) -> None:
         return html, table, gr.update(choices=ids, value=shown)
 
     def on_run_files(run_id):
-        run = next((r for r in pg.list_run_artifacts(config) if r.run_id == run_id), None)
+        hidden = gr.update(visible=False)
+        try:
+            run = pg.prepare_downloads(config, run_id) if run_id else None  # downloads carry the model card
+        except Exception as exc:  # noqa: BLE001
+            gr.Warning(_failure(exc))
+            run = None
         if run is None:
-            return gr.update(visible=False), None, None
+            return hidden, None, None, hidden, hidden, hidden, hidden
         zip_update = (gr.update(value=str(run.adapter_zip), visible=True,
                                 label=f"Download adapter zip ({pg.format_bytes(run.adapter_zip.stat().st_size)})")
-                      if run.adapter_zip else gr.update(visible=False))
-        return zip_update, [str(p) for p in run.merged_files] or None, [str(p) for p in run.audio_files] or None
+                      if run.adapter_zip else hidden)
+        return (zip_update, [str(p) for p in run.merged_files] or None, [str(p) for p in run.audio_files] or None,
+                *_merged_zip_updates(run), *_merged_zip_updates(run, "phase1"))
+
+    def on_zip(run_id, which, progress):
+        progress(0.1, desc="Zipping the model (weights are stored, not compressed)")
+        try:
+            pg.merged_zip(config, run_id, which)
+            return _merged_zip_updates(pg.run_artifacts(config, run_id), which)
+        except Exception as exc:  # noqa: BLE001
+            gr.Warning(_failure(exc))
+            return gr.skip(), gr.update(visible=False)
+
+    def on_merged_zip(run_id, progress=gr.Progress()):
+        return on_zip(run_id, "merged", progress)
+
+    def on_phase1_zip(run_id, progress=gr.Progress()):
+        return on_zip(run_id, "phase1", progress)
+
+    def on_tiny_model(*current):
+        try:
+            pg.create_tiny_model()
+        except Exception as exc:  # noqa: BLE001
+            gr.Warning(_failure(exc))
+        return [*on_refresh(*current), gr.update(visible=not pg.list_models(config))]
 
     # -- wiring --------------------------------------------------------------------------------------
     picker_inputs = [c for p in pickers for c in [p.model, *p.adapters]]
     picker_outputs = [c for p in pickers for c in [p.model, p.info, *p.adapters]]
     refresh.click(on_refresh, inputs=picker_inputs, outputs=picker_outputs, api_name="refresh_models")
+    tiny.click(on_tiny_model, inputs=picker_inputs, outputs=[*picker_outputs, tiny], api_name="tiny_model",
+               show_progress_on=[tiny])
     ctx.demo.load(on_refresh, inputs=picker_inputs, outputs=picker_outputs, api_visibility="private")
     ctx.demo.load(warm.describe, outputs=[warm_note], api_visibility="private")
     for picker in pickers:
@@ -359,15 +423,47 @@ def build(ctx) -> None:
     for button, (_, value) in zip(votes, VOTES):
         button.click(lambda current, value=value: on_vote(current, value), inputs=trial,
                      outputs=[ab_message, tally, trial, *captions, *votes], api_name=f"vote_{value or 'tie'}")
-    file_outputs = [adapter_zip, merged_files, audio_files]
+    file_outputs = [adapter_zip, merged_files, audio_files, zip_merged, merged_zip, zip_phase1, phase1_zip]
     gr.on([artifacts_tab.select, refresh_artifacts.click], on_artifacts, outputs=[usage, runs_table, run_choice],
           api_name="artifacts").then(on_run_files, inputs=run_choice, outputs=file_outputs, api_visibility="private")
     run_choice.input(on_run_files, inputs=run_choice, outputs=file_outputs, api_name="run_files")
+    zip_merged.click(on_merged_zip, inputs=run_choice, outputs=[zip_merged, merged_zip], api_name="merged_zip",
+                     show_progress_on=[zip_merged])
+    zip_phase1.click(on_phase1_zip, inputs=run_choice, outputs=[zip_phase1, phase1_zip], api_name="phase1_zip",
+                     show_progress_on=[zip_phase1])
 
 
 def _spoken(text: str | None) -> str:
-    """The normalized text, as the model will read it."""
-    return f"**Spoken as:** {esc(normalize(text))}" if (text or "").strip() else ""
+    """The normalized text as the model will read it, collapsed to a preview; the length limit and
+    what normalization removed or cannot read, as warnings."""
+    if not (text or "").strip():
+        return ""
+    report = normalize_report(text)
+    warnings = list(report.notes())
+    if len(text) > pg.MAX_TEXT_CHARS:
+        warnings.insert(0, f"{len(text):,} characters: at most {pg.MAX_TEXT_CHARS:,} are spoken at a time.")
+    elif report.removed and not report.speakable:
+        warnings.insert(0, "Nothing to say: write a sentence in Finnish.")
+    spoken = report.text
+    preview = spoken if len(spoken) <= SPOKEN_PREVIEW else spoken[:SPOKEN_PREVIEW].rsplit(" ", 1)[0] + " …"
+    body = (f"<details><summary><b>Spoken as:</b> {esc(preview)} <i>({len(spoken):,} characters)</i></summary>"
+            f"<div>{esc(spoken)}</div></details>" if spoken != preview else f"<b>Spoken as:</b> {esc(spoken)}")
+    return body + "".join(f"<div class='pg-text-warning' style='color:#92400e'>⚠ {esc(w)}</div>" for w in warnings)
+
+
+def _merged_zip_updates(run: pg.RunArtifacts, which: str = "merged") -> tuple:
+    """(zip button, download button) of the merged or the phase-1 model: the download once the zip
+    exists, else the button making it."""
+    folder, made = (run.merged_dir, run.merged_zip) if which == "merged" else (run.phase1_dir, run.phase1_zip)
+    what = "merged model" if which == "merged" else "language-adapted model (phase 1)"
+    if folder is None:
+        return gr.update(visible=False), gr.update(visible=False)
+    if made is not None:
+        size = pg.format_bytes(made.stat().st_size)
+        return (gr.update(visible=False),
+                gr.update(value=str(made), visible=True, label=f"Download {what} zip ({size})"))
+    size = pg.format_bytes(pg.disk_usage(folder)[0])
+    return gr.update(visible=True, value=f"Zip the {what} ({size})"), gr.update(visible=False)
 
 
 def _clip_choices(refs: pg.ReferenceClips) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,7 @@ def test_playground_speaks_with_adapter_and_merged_model(server, page, tmp_path)
     page.locator("#pg-generate").click()
     first = wait_for_new_audio(page, "pg-audio", None)
     assert wav_ok(page, first)
+    assert "base__20250101-120000-quick-lora-lora-step-4" in first  # the file names the stacked adapter
     page.locator("#pg-message .note.ok").get_by_text("reference clip as voice prompt").wait_for()
     listen_shot = tmp_path / "playground-listen.png"
     page.screenshot(path=str(listen_shot), full_page=True)
@@ -128,6 +130,22 @@ def test_playground_speaks_with_adapter_and_merged_model(server, page, tmp_path)
     page.locator("#pg-generate").click()
     page.locator("#pg-message .note.error").get_by_text("no text to speak").wait_for()
     assert "Traceback" not in page.content()
+    # the earlier speech and its download go with the error: they are not this request's result
+    assert page.locator(f"#pg-audio {AUDIO_LINK}").count() == 0
+    assert not page.locator("#pg-download").is_visible()
+
+    page.locator("#pg-text textarea").fill("😀🎉")
+    page.locator("#pg-normalized").get_by_text("Nothing to say").wait_for()
+    page.locator("#pg-generate").click()
+    page.locator("#pg-message .note.error").get_by_text("Nothing to say").wait_for()
+
+    # long text: the spoken form is collapsed, the limit is named before and on generating
+    page.locator("#pg-text textarea").fill("Tämä on pitkä lause. " * 60)
+    page.locator("#pg-normalized details").wait_for()
+    assert "at most 1,000" in page.locator("#pg-normalized").inner_text()
+    assert not page.locator("#pg-normalized details > div").is_visible()
+    page.locator("#pg-generate").click()
+    page.locator("#pg-message .note.error").get_by_text("at most 1,000").wait_for()
     assert not page.errors, page.errors
 
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
@@ -175,5 +193,17 @@ def test_artifacts_list_downloads_and_disk_usage(server, page, tmp_path):
     with page.expect_download() as download:
         page.locator("#pg-adapter-zip").click()
     assert Path(download.value.path()).read_bytes()[:2] == b"PK" and download.value.suggested_filename == "adapter.zip"
+    with zipfile.ZipFile(download.value.path()) as zf:  # a real model card, not peft's template
+        assert "CC-BY-NC-SA-4.0" in zf.read("README.md").decode()
+
+    # the merged model as one zip, made on request
+    page.locator("#pg-zip-merged").click()
+    page.locator("#pg-merged-zip").wait_for()
+    with page.expect_download() as download:
+        page.locator("#pg-merged-zip").click()
+    assert download.value.suggested_filename == f"{RUN}-merged.zip"
+    with zipfile.ZipFile(download.value.path()) as zf:
+        assert {f"{RUN}-merged/model.pth", f"{RUN}-merged/README.md"} <= set(zf.namelist())
+        assert "CC-BY-NC-SA-4.0" in zf.read(f"{RUN}-merged/README.md").decode()
     page.screenshot(path=str(tmp_path / "playground-artifacts.png"), full_page=True)
     assert not page.errors, page.errors

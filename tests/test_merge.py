@@ -90,3 +90,71 @@ def test_unmerged_model_and_bad_targets_are_refused(tiny_checkpoint, tmp_path):
         save_full_model(model, tiny_checkpoint, tmp_path / "x")
     with pytest.raises(MergeError, match="overwrite"):
         save_full_model(load_lm(tiny_checkpoint)[0], tiny_checkpoint, tiny_checkpoint)
+
+
+def _fake_run(run_dir, adapter):
+    """run.json, config.yaml and a phase's state.json as a finished quick_lora run leaves them."""
+    import json
+
+    import yaml
+
+    (run_dir / "phases" / "lora").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({
+        "id": run_dir.name, "mode": "quick_lora", "phases": ["lora"], "dataset": "voices-1234",
+        "speaker": "anna", "speaker_reason": "most usable minutes (12.5 min)", "base_model": "/ckpt/s1-mini"}))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({
+        "base_model": {"repo": "fishaudio/openaudio-s1-mini", "revision": "main"},
+        "dataset": {"source": "huggingface", "hf_repo": "facebook/voxpopuli", "hf_config": "fi"}}))
+    (run_dir / "phases" / "lora" / "state.json").write_text(json.dumps({
+        "status": "finished", "step": 120, "total_steps": 120, "best_val_loss": 3.21875, "best": str(adapter)}))
+    (adapter / "trainer_state.json").write_text(json.dumps({"step": 100, "settings": {
+        "steps": 120, "lr": 0.0001, "lora_rank": 8, "lora_alpha": 16, "batch_size": 4}}))
+
+
+def test_downloads_carry_a_model_card(tiny_checkpoint, tmp_path):
+    import zipfile
+
+    from pipeline.merge import export_adapter, export_model_zip
+    from pipeline.model_card import is_model_card, run_card_facts
+
+    adapter = _trained_adapter(tiny_checkpoint, tmp_path / "run" / "adapter", train_embeddings=False)
+    assert not is_model_card((adapter / "README.md").read_text())  # peft's empty template
+    _fake_run(tmp_path / "run", adapter)
+    card = run_card_facts(tmp_path / "run")
+
+    zip_path = export_adapter(adapter, tmp_path / "adapter.zip", card=card)
+    with zipfile.ZipFile(zip_path) as zf:
+        readme = zf.read("README.md").decode()
+        assert set(zf.namelist()) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    for fact in ("license: cc-by-nc-sa-4.0", "CC-BY-NC-SA-4.0", "fishaudio/openaudio-s1-mini", "voices-1234",
+                 "facebook/voxpopuli", "| Speaker | anna |", "120 of 120", "3.219", "lora_rank 8",
+                 "PeftModel.from_pretrained", "init_model"):
+        assert fact in readme, fact
+    assert "More Information Needed" not in readme and is_model_card(readme)
+
+    merged = merge_lora(tiny_checkpoint, adapter, tmp_path / "merged", card=card)
+    card_text = (merged / "README.md").read_text()
+    assert "merged model" in card_text and "--checkpoint-path merged" in card_text and "CC-BY-NC-SA-4.0" in card_text
+
+    whole = export_model_zip(merged, tmp_path / "run-merged.zip")  # the folder's own card goes along
+    with zipfile.ZipFile(whole) as zf:
+        names = set(zf.namelist())
+        assert {"run-merged/model.pth", "run-merged/codec.pth", "run-merged/config.json",
+                "run-merged/README.md"} <= names
+        assert zf.read("run-merged/README.md").decode() == card_text
+        assert zf.getinfo("run-merged/model.pth").compress_type == zipfile.ZIP_STORED
+        assert zf.read("run-merged/model.pth") == (merged / "model.pth").read_bytes()
+
+
+def test_downloads_without_run_facts_still_have_a_card(tiny_checkpoint, tmp_path):
+    import zipfile
+
+    from pipeline.merge import export_adapter
+
+    adapter = _trained_adapter(tiny_checkpoint, tmp_path / "adapter", train_embeddings=False)
+    (adapter / "studio_adapter.json").write_text('{"step": 40, "mode": "lora"}')
+    with zipfile.ZipFile(export_adapter(adapter, tmp_path / "a.zip")) as zf:
+        readme = zf.read("README.md").decode()
+    assert "CC-BY-NC-SA-4.0" in readme and "| Phase `lora`: steps | 40 |" in readme
+    merged = merge_lora(tiny_checkpoint, adapter, tmp_path / "merged")
+    assert "random weights" in (merged / "README.md").read_text()  # the tiny base is said to be noise

@@ -76,6 +76,8 @@ def cache():
 @pytest.fixture(autouse=True)
 def workspace_env(world, monkeypatch):
     monkeypatch.setenv("STUDIO_WORKSPACE", str(world[0].studio.workspace))
+    # the project's checkpoints/ (a downloaded base model) must not show up in these listings
+    monkeypatch.setattr(pg, "LOCAL_MODELS_DIR", Path(world[0].studio.workspace) / "no-local-models")
 
 
 def test_lists_base_merged_phase1_and_adapters(world, tiny_checkpoint):
@@ -305,3 +307,83 @@ def test_the_studio_has_the_playground_tab(world):
             "pg-runs", "pg-merged-files", "pg-ref-clip", "pg-seed"} <= ids
     assert {"speak", "compare", "vote_1", "vote_2", "vote_tie", "artifacts", "run_files",
             "refresh_models"} <= {fn.api_name for fn in demo.fns.values()}
+
+
+def test_text_over_the_limit_is_refused_naming_it(world, cache, tiny_checkpoint):
+    config, _ = world
+    with pytest.raises(pg.PlaygroundError, match=r"1,001 characters.*at most 1,000"):
+        pg.speak_to_file(config, cache, str(tiny_checkpoint), [], "a" * 1001, **SPEAK)
+    assert pg.check_text("a" * 1000) == "a" * 1000
+
+
+def test_stream_stops_when_the_caller_goes_away(world, cache, tiny_checkpoint):
+    config, _ = world
+    before = set((Path(config.workspace) / pg.OUTPUT_DIR_NAME).glob("*.wav"))
+    steps = pg.speak_stream(config, cache, str(tiny_checkpoint), [], "Yksi. Kaksi. Kolme.", **SPEAK)
+    step, path = next(steps)
+    assert (step.index, step.total, path) == (0, 3, None)
+    steps.close()  # Gradio closes the handler's generator when the browser leaves
+    assert set((Path(config.workspace) / pg.OUTPUT_DIR_NAME).glob("*.wav")) == before  # nothing written
+    with cache.use(str(tiny_checkpoint)):  # the model is free again for the next request
+        pass
+
+
+def test_files_of_stacked_adapters_name_them(world, cache, tiny_checkpoint):
+    config, paths = world
+    _, plain = pg.speak_to_file(config, cache, str(tiny_checkpoint), [], "Hei.", **SPEAK)
+    _, stacked = pg.speak_to_file(config, cache, str(tiny_checkpoint),
+                                  [(str(paths["adapter"]), 0.8), (str(paths["second"]), 1.0)], "Hei.", **SPEAK)
+    assert "-base-" in plain.name
+    assert "base__20250101-120000-quick-lora-lora-step-4-x0.8__20250102-090000-full-finetune-artifacts-adapter" \
+        in stacked.name
+    assert len(stacked.name) < 200 and " " not in stacked.name
+
+
+def test_tiny_offline_model_is_offered_and_created(tmp_path, monkeypatch, tiny_checkpoint):
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    config = Config().with_overrides({"base_model.local_dir": str(tmp_path / "no-base")})
+    monkeypatch.setattr(pg, "LOCAL_MODELS_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(pg, "TINY_MODEL_DIR", tmp_path / "checkpoints" / "tiny-random")
+    assert pg.list_models(config) == [] and "tiny-model" in pg.no_model_help(config)
+    created = pg.create_tiny_model()
+    [option] = pg.list_models(config)
+    assert option.path == created.path and option.kind == "local" and option.random_weights
+    assert option.title == "Tiny offline model" and "random weights: produces noise" in option.label
+
+
+def test_downloads_carry_the_model_card_and_the_merged_model_zips(world):
+    import zipfile
+
+    from pipeline.model_card import is_model_card
+
+    config, paths = world
+    with zipfile.ZipFile(paths["zip"]) as zf:  # as written by peft: its empty template
+        assert not is_model_card(zf.read("README.md").decode())
+    run = pg.prepare_downloads(config, RUN)
+    with zipfile.ZipFile(run.adapter_zip) as zf:
+        readme = zf.read("README.md").decode()
+    assert is_model_card(readme) and "CC-BY-NC-SA-4.0" in readme and "| Run | " + RUN in readme
+    assert is_model_card((run.merged_dir / "README.md").read_text())
+    assert run.merged_zip is None
+
+    zip_path = pg.merged_zip(config, RUN)
+    assert zip_path.name == f"{RUN}-merged.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        assert {f"{RUN}-merged/model.pth", f"{RUN}-merged/README.md"} <= set(zf.namelist())
+    again = pg.run_artifacts(config, RUN)
+    assert again.merged_zip == zip_path and again.adapter_zip == paths["zip"]  # the zip is not an adapter
+    assert pg.merged_zip(config, RUN).stat().st_mtime == zip_path.stat().st_mtime  # made once
+    with pytest.raises(pg.PlaygroundError, match="no merged model"):
+        pg.merged_zip(config, RUN2)
+
+
+def test_spoken_text_is_collapsed_and_warns():
+    from studio.playground_tab import _spoken
+
+    short = _spoken("Hei maailma.")
+    assert short.startswith("<b>Spoken as:</b> Hei maailma.") and "<details>" not in short
+    long = _spoken("Tämä on pitkä lause. " * 60)
+    assert long.startswith("<details><summary><b>Spoken as:</b>") and "1,259 characters" in long
+    assert "at most 1,000" in long
+    assert "Nothing to say" in _spoken("😀") and "😀" in _spoken("😀")
+    assert "trained on Finnish" in _spoken("こんにちは")

@@ -133,3 +133,36 @@ def test_adapters_are_applied(synth, tiny_checkpoint, tmp_path):
     # Weight 0 switches the adapter off again.
     off = Synthesizer(tiny_checkpoint, device="cpu", adapters=[(str(trained_dir), 0.0)])
     assert np.array_equal(off.speak("Moi maailma.", max_new_tokens=8, seed=5).audio, base.audio)
+
+
+def test_emoji_only_is_nothing_to_say_and_other_input_is_noted(synth):
+    with pytest.raises(SynthError, match="Nothing to say.*😀"):
+        synth.speak("😀 🎉", max_new_tokens=4, seed=1)
+    with_emoji = synth.speak("Hei 😀", max_new_tokens=4, seed=1)
+    assert with_emoji.normalized_text == "Hei" and "😀" in with_emoji.notes[0]
+    japanese = synth.speak("こんにちは", max_new_tokens=4, seed=1)
+    assert any("trained on Finnish" in n for n in japanese.notes)
+    assert synth.speak("Hei.", max_new_tokens=4, seed=1).notes == []
+
+
+def test_stream_yields_before_each_chunk_and_stops_when_closed(synth, monkeypatch):
+    text = "Ensimmäinen lause. Toinen lause. Kolmas lause."
+    calls = []
+    real = synth.generate_codes
+    monkeypatch.setattr(synth, "generate_codes", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    steps = synth.stream(text, max_new_tokens=4, seed=5)
+    first = next(steps)
+    assert (first.index, first.total, first.result) == (0, 3, None) and calls == []
+    next(steps)  # chunk 1 generated, chunk 2 announced
+    steps.close()  # the client went away
+    assert calls == ["Ensimmäinen lause."]
+
+    calls.clear()
+    whole = list(synth.stream(text, max_new_tokens=4, seed=5))
+    assert [s.index for s in whole] == [0, 1, 2, 3] and whole[-1].result is not None and len(calls) == 3
+    # whatever runs between two chunks leaves a seeded result unchanged
+    noisy = []
+    for step in synth.stream(text, max_new_tokens=4, seed=5):
+        torch.rand(100)
+        noisy.append(step)
+    assert all(np.array_equal(a, b) for a, b in zip(noisy[-1].result.codes, whole[-1].result.codes))

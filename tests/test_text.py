@@ -173,3 +173,23 @@ def test_check_transcript_rejects(text, reason_part):
                                   "Hinta on 5 €.".encode("utf-8")])
 def test_check_transcript_accepts(text):
     assert check_transcript(text) is None
+
+
+def test_normalize_report_removes_emoji_and_names_other_scripts():
+    from pipeline.text import normalize_report
+
+    only_emoji = normalize_report("😀🎉")
+    assert only_emoji.text == "" and not only_emoji.speakable and only_emoji.removed == "😀🎉"
+    assert "😀" in only_emoji.notes()[0]
+
+    mixed = normalize_report("Hei 👋 maailma! 1️⃣")
+    assert mixed.text == "Hei maailma! yksi" and mixed.speakable
+    assert "👋" in mixed.notes()[0] and "U+FE0F" in mixed.notes()[0]
+
+    japanese = normalize_report("こんにちは世界")
+    assert japanese.text == "こんにちは世界" and japanese.foreign_letters == 7
+    assert japanese.scripts == ("Hiragana", "CJK")
+    assert "trained on Finnish" in japanese.notes()[0] and "Hiragana" in japanese.notes()[0]
+
+    assert normalize_report("Hyvää päivää, Åsa!").notes() == []  # Finnish (and Swedish letters): no warning
+    assert normalize("Hinta 5 € 😀") == "Hinta viisi euroa"  # symbols with a reading are read, not removed
