@@ -171,7 +171,8 @@ def rejection_reasons(manifest: pd.DataFrame) -> go.Figure:
         marker_color=STATUS_COLORS["rejected"], customdata=counts.index,
         hovertemplate="%{customdata}<br>%{x} clips<extra></extra>",
     ))
-    fig.update_xaxes(title_text="clips")
+    # counts are whole clips: no 0.5 ticks on a small dataset
+    fig.update_xaxes(title_text="clips", rangemode="tozero", tickformat="d", dtick=1 if counts.max() <= 10 else None)
     fig.update_yaxes(automargin=True)
     return _layout(fig, title, height=max(240, 120 + 36 * len(counts)))
 

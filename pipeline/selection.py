@@ -1,7 +1,9 @@
 """The studio's choices (dataset, speaker, settings) that survive a reload and feed the run config.
 
-Stored as `workspace/selection.json`. Keys: `dataset_id`, `speaker`, and free entries; entries
-whose key is a dotted config path ("training.quick_lora.steps") are applied as config overrides.
+Stored as `workspace/selection.json`. Keys: `dataset_id`, `speakers` (dataset id → picked speaker,
+so a pick survives switching datasets), `speaker` (the pick for `dataset_id`, kept in step with
+`speakers` for readers that only know the current dataset), and free entries; entries whose key is
+a dotted config path ("training.quick_lora.steps") are applied as config overrides.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import uuid
 from pathlib import Path
 
 SELECTION_NAME = "selection.json"
+SPEAKERS_KEY = "speakers"
 # config.dataset fields that a dataset's source spec sets when a dataset is selected
 _SPEC_FIELDS = {"kind": "source", "path": "path", "hf_repo": "hf_repo", "hf_config": "hf_config",
                 "hf_split": "hf_split", "hf_revision": "hf_revision", "columns": "columns",
@@ -22,23 +25,73 @@ def selection_path(config) -> Path:
     return Path(config.workspace) / SELECTION_NAME
 
 
+def _speaker_map(selection: dict) -> dict:
+    picks = selection.get(SPEAKERS_KEY)
+    return {str(k): str(v) for k, v in picks.items() if v} if isinstance(picks, dict) else {}
+
+
+def _sync_speaker(selection: dict) -> dict:
+    """`speaker` mirrors the pick for `dataset_id`; a file without the map gains it."""
+    picks = _speaker_map(selection)
+    dataset_id = selection.get("dataset_id")
+    if not dataset_id:
+        return selection  # a pick with no dataset has nothing to be remembered under
+    if selection.get("speaker") and SPEAKERS_KEY not in selection:
+        picks[str(dataset_id)] = str(selection["speaker"])
+    selection[SPEAKERS_KEY] = picks
+    if picks.get(str(dataset_id)):
+        selection["speaker"] = picks[str(dataset_id)]
+    else:
+        selection.pop("speaker", None)
+    if not picks:
+        selection.pop(SPEAKERS_KEY)
+    return selection
+
+
 def load_selection(config) -> dict:
     """The saved selection, or {} when none was saved (or the file is unreadable)."""
     try:
         data = json.loads(selection_path(config).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return _sync_speaker(data) if isinstance(data, dict) else {}
+
+
+def picked_speaker(selection: dict, dataset_id: str | None) -> str | None:
+    """The speaker picked for `dataset_id` (None when none was picked for it)."""
+    if not dataset_id:
+        return None
+    return _speaker_map(_sync_speaker(dict(selection))).get(str(dataset_id))
 
 
 def save_selection(config, **changes) -> dict:
-    """Merge `changes` into the saved selection (a value of None removes the key); returns it."""
+    """Merge `changes` into the saved selection (a value of None removes the key); returns it.
+
+    `speaker` sets (None: clears) the pick of the selection's dataset, after a `dataset_id` in the
+    same call is applied; changing `dataset_id` alone brings back that dataset's earlier pick.
+    """
     selection = load_selection(config)
+    speaker_given = "speaker" in changes
+    speaker = changes.pop("speaker", None)
     for key, value in changes.items():
         if value is None:
             selection.pop(key, None)
         else:
             selection[key] = value
+    dataset_id = selection.get("dataset_id")
+    if speaker_given and dataset_id:
+        picks = _speaker_map(selection)
+        if speaker is None:
+            picks.pop(str(dataset_id), None)
+        else:
+            picks[str(dataset_id)] = str(speaker)
+        selection[SPEAKERS_KEY] = picks
+    elif speaker_given:
+        if speaker is None:
+            selection.pop("speaker", None)
+        else:
+            selection["speaker"] = speaker
+    selection = _sync_speaker(selection)
     path = selection_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

@@ -142,3 +142,69 @@ def recommend_speaker(stats: pd.DataFrame) -> Recommendation:
         why = f"{name} has the most usable audio"
     return Recommendation(name, f"{why}: {facts}. Next: {runner['speaker']} with "
                                 f"{runner['usable_minutes']:.1f} minutes, median SNR {runner['snr_db']:.0f} dB.")
+
+
+# -- policies and rankings ---------------------------------------------------------------------
+# speaker.policy values that choose a speaker from the statistics ("manual" takes speaker.name)
+RANKING_POLICIES = ("recommended", "most_clips")
+RANKING_COLUMNS = ["speaker", "usable_minutes", "accepted", "snr_db", "rank_minutes", "rank_clips"]
+
+
+def _minutes_order(usable: pd.DataFrame) -> list[str]:
+    """Speakers in the order `recommend_speaker` would pick them, one after another: the most
+    minutes, and among those within TIE_MARGIN of that, better SNR, then fewer rejections."""
+    left = [(str(r.speaker), float(r.usable_minutes), float(r.snr_db) if np.isfinite(r.snr_db) else -math.inf,
+             float(r.rejected_share) if np.isfinite(r.rejected_share) else 1.0)
+            for r in usable.itertuples()]
+    order = []
+    while left:
+        top = max(minutes for _, minutes, _, _ in left)
+        tied = [row for row in left if row[1] >= top * (1 - TIE_MARGIN)]
+        best = min(tied, key=lambda row: (-row[2], row[3], -row[1], row[0]))
+        order.append(best[0])
+        left.remove(best)
+    return order
+
+
+def _clips_order(usable: pd.DataFrame) -> list[str]:
+    """The reference rule: most accepted clips; equal counts go to more usable minutes."""
+    ranked = usable.sort_values(["accepted", "usable_minutes", "speaker"], ascending=[False, False, True])
+    return [str(s) for s in ranked["speaker"]]
+
+
+def speaker_rankings(stats: pd.DataFrame) -> pd.DataFrame:
+    """Both rankings side by side (columns RANKING_COLUMNS), in the order of the minutes ranking.
+
+    `rank_minutes` follows `recommend_speaker` (rank 1 is its pick), `rank_clips` the `most_clips`
+    policy; speakers without accepted clips get no rank and come last.
+    """
+    frame = stats.assign(speaker=stats["speaker"].astype(str))
+    usable = frame[frame["accepted"] > 0]
+    by_minutes = {name: i + 1 for i, name in enumerate(_minutes_order(usable))}
+    by_clips = {name: i + 1 for i, name in enumerate(_clips_order(usable))}
+    table = frame[["speaker", "usable_minutes", "accepted", "snr_db"]].copy()
+    table["rank_minutes"] = table["speaker"].map(by_minutes).astype("Int64")
+    table["rank_clips"] = table["speaker"].map(by_clips).astype("Int64")
+    return table.sort_values(["rank_minutes", "speaker"], na_position="last", ignore_index=True)[RANKING_COLUMNS]
+
+
+def recommend_by_policy(stats: pd.DataFrame, policy: str = "recommended") -> Recommendation:
+    """The speaker `policy` chooses: `recommended` (usable minutes, then quality) or `most_clips`."""
+    if policy == "recommended":
+        return recommend_speaker(stats)
+    if policy != "most_clips":
+        raise ValueError(f"speaker.policy '{policy}' does not rank speakers; use one of: "
+                         f"{', '.join(RANKING_POLICIES)} (or manual with speaker.name).")
+    usable = stats[stats["accepted"] > 0]
+    if usable.empty:
+        return recommend_speaker(stats)  # the same "no accepted clips" answer
+    order = _clips_order(usable)
+    best = usable[usable["speaker"].astype(str) == order[0]].iloc[0]
+    facts = (f"{int(best['accepted'])} accepted clips, {best['usable_minutes']:.1f} usable minutes, "
+             f"median SNR {best['snr_db']:.0f} dB")
+    if len(order) == 1:
+        return Recommendation(order[0], f"{order[0]} is the only speaker with accepted clips: {facts}.")
+    runner = usable[usable["speaker"].astype(str) == order[1]].iloc[0]
+    return Recommendation(order[0], f"{order[0]} has the most accepted clips: {facts}. Next: "
+                                    f"{order[1]} with {int(runner['accepted'])} clips "
+                                    f"({runner['usable_minutes']:.1f} minutes).")

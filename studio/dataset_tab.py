@@ -3,7 +3,9 @@
 UI wiring only: loading, statistics and the recommendation come from `pipeline.dataset`, the
 charts from `pipeline.charts`, the formatting from `studio.dataset_view`. API names of the events
 (for gradio_client): load_dataset, open_selection, filter_clips, snr_chart, speaker_details,
-reshuffle_clips, use_speaker, plus the JSON endpoints dataset_summary and speaker_stats.
+reshuffle_clips, use_speaker, plus the JSON endpoints dataset_summary and speaker_stats. The
+"Prepared dataset" source lists `pipeline.dataset.list_prepared_datasets` (datasets built earlier,
+e.g. by `python -m pipeline prepare`) and opens the chosen one from the workspace.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import random
 import gradio as gr
 
 from pipeline import charts
+from pipeline import dataset as datasets
 from pipeline.dataset import list_datasets, load_dataset, open_dataset
-from pipeline.selection import load_selection, save_selection
+from pipeline.selection import load_selection, picked_speaker, save_selection
 
 from . import dataset_view as view
 
 log = logging.getLogger(__name__)
 SOURCE_CHOICES = [("Bundled sample", "sample"), ("Folder on the server", "folder"),
-                  ("Upload a zip", "zip"), ("Hugging Face", "huggingface")]
+                  ("Upload a zip", "zip"), ("Hugging Face", "huggingface"),
+                  ("Prepared dataset", "prepared")]
 GALLERY_SIZE = 3
 
 
@@ -44,9 +48,15 @@ def _records(frame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))  # plain JSON types (no numpy, NaN → null)
 
 
+def _prepared(config) -> list[dict]:
+    """Datasets already built in the workspace (attribute looked up per call: tests replace it)."""
+    return datasets.list_prepared_datasets(config)
+
+
 def build(ctx) -> None:
     config, ds_cfg = ctx.config, ctx.config.dataset
     configured_speaker = ctx.config.speaker.name if ctx.config.speaker.policy == "manual" else None
+    policy = view.ranking_policy(ctx.config.speaker.policy)
 
     # -- source form and summary ---------------------------------------------------------------
     with gr.Row(equal_height=False):
@@ -58,8 +68,7 @@ def build(ctx) -> None:
             with gr.Group(visible=ds_cfg.source == "folder") as folder_group:
                 folder = gr.Textbox(label="Folder on the server", placeholder="/data/my_voice",
                                     value=ds_cfg.path if ds_cfg.source == "folder" else None,
-                                    info="<speaker>/<clip>.wav with .lab/.txt beside it, or an "
-                                         "LJSpeech metadata.csv", elem_id="source-folder")
+                                    info=view.FOLDER_INFO, elem_id="source-folder")
             with gr.Group(visible=ds_cfg.source == "zip") as zip_group:
                 zip_file = gr.File(label="Zip of clips", file_types=[".zip"], type="filepath",
                                    elem_id="source-zip")
@@ -74,6 +83,13 @@ def build(ctx) -> None:
                     col_audio = gr.Textbox(label="Audio column", value=ds_cfg.columns.audio)
                     col_text = gr.Textbox(label="Text column", value=ds_cfg.columns.text)
                     col_speaker = gr.Textbox(label="Speaker column", value=ds_cfg.columns.speaker)
+            with gr.Group(visible=False) as prepared_group:
+                with gr.Row(equal_height=True):
+                    prepared = gr.Dropdown(label="Prepared dataset", choices=[], scale=5,
+                                           info="Built earlier in this workspace, e.g. by "
+                                                "python -m pipeline prepare; opened as it was built",
+                                           elem_id="prepared-dataset")
+                    refresh_btn = gr.Button("Refresh list", scale=1, min_width=80, elem_id="prepared-refresh")
             with gr.Row(equal_height=True):
                 max_clips = gr.Number(label="Max clips", value=ds_cfg.max_clips, precision=0,
                                       minimum=1, scale=1, elem_id="max-clips")
@@ -100,6 +116,9 @@ def build(ctx) -> None:
 
         gr.Markdown("### Choose the voice", elem_classes="section-title")
         recommendation = gr.Markdown(elem_id="recommendation")
+        rankings = gr.Dataframe(interactive=False, max_height=240, elem_id="speaker-ranking",
+                                label="Speaker rankings: by usable minutes (recommended) and by clips "
+                                      "(most_clips)")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
                 # allow_custom_value: API clients in a fresh session pass names the empty initial
@@ -159,19 +178,27 @@ def build(ctx) -> None:
                          col_text: columns.get("text"), col_speaker: columns.get("speaker")})
         return form
 
+    def prepared_update(value=None):
+        """The picker's entries now; listing problems become the picker's message, not an error."""
+        try:
+            return gr.update(choices=view.prepared_choices(_prepared(config)), value=value)
+        except Exception as exc:  # noqa: BLE001 - a broken meta.json must not break the tab
+            return gr.update(choices=[], value=None, info=_failure(exc))
+
     def dataset_view(ds, selection: dict) -> dict:
-        saved = selection.get("speaker") if selection.get("dataset_id") == ds.id else None
-        chosen = view.initial_speaker(ds, saved, configured_speaker)
+        saved = picked_speaker(selection, ds.id)
+        chosen = view.initial_speaker(ds, saved, configured_speaker, policy)
         speakers = sorted(ds.manifest["speaker"].astype(str).unique())
         picked = (view.note(f"Current pick: {saved}.", "ok") if saved else
-                  view.note("No speaker picked yet: training uses the recommended one.", "info"))
+                  view.note(f"No speaker picked yet: training uses the one ranked first by "
+                            f"{view.POLICY_LABELS[policy]}.", "info"))
         return {
             dataset_id: ds.id, summary: view.summary_html(ds), results: gr.update(visible=True),
             overview_plot: charts.speaker_overview(ds.manifest),
             duration_plot: charts.duration_histogram(ds.manifest),
             snr_plot: charts.snr_scatter(ds.manifest, "status"), color_by: "status",
             reasons_plot: _reasons_chart(ds.manifest),
-            recommendation: view.recommendation_md(ds),
+            recommendation: view.recommendation_md(ds, policy), rankings: view.ranking_table(ds),
             speaker: gr.update(choices=view.speaker_choices(ds), value=chosen),
             speaker_card: view.speaker_card_html(ds, chosen), confirmation: picked,
             **gallery_updates(ds, chosen, 0),
@@ -179,25 +206,36 @@ def build(ctx) -> None:
             filter_status: "all", filter_text: "",
             clips_table: view.clip_table(ds.manifest), rejected_table: view.rejected_table(ds.manifest),
             speakers_table: view.speaker_table(ds), ctx.selection: selection, **source_form(ds.spec),
+            prepared: prepared_update(ds.id),
         }
 
+    def open_prepared(choice, progress):
+        known = [str(entry["id"]) for entry in _prepared(config)]
+        dataset_id = view.check_prepared(choice, known)
+        progress(0.0, desc=f"Opening {dataset_id}…")
+        return open_dataset(config, dataset_id)
+
     def on_load(kind_value, folder_value, zip_value, repo, hf_conf, split, revision, c_audio, c_text,
-                c_speaker, max_value, force_value, progress=gr.Progress()):
+                c_speaker, max_value, force_value, prepared_value=None, progress=gr.Progress()):
         try:
-            spec = view.make_spec(kind_value, folder_value, zip_value, repo, hf_conf, split, revision,
-                                  c_audio, c_text, c_speaker, max_value)
-            progress(0.0, desc="Reading the source…")
-            ds = load_dataset(spec, config, progress=lambda f, msg: progress(f, desc=msg),
-                              force=bool(force_value))
-            previous = load_selection(config)
-            keep = previous.get("speaker") if previous.get("dataset_id") == ds.id else None
-            selection = save_selection(config, dataset_id=ds.id, speaker=keep)
+            if kind_value == "prepared":
+                ds = open_prepared(prepared_value, progress)
+            else:
+                spec = view.make_spec(kind_value, folder_value, zip_value, repo, hf_conf, split, revision,
+                                      c_audio, c_text, c_speaker, max_value)
+                progress(0.0, desc="Reading the source…")
+                ds = load_dataset(spec, config, progress=lambda f, msg: progress(f, desc=msg),
+                                  force=bool(force_value))
+            selection = save_selection(config, dataset_id=ds.id)  # brings back this dataset's pick
         except Exception as exc:  # noqa: BLE001 - shown to the user, never as a traceback
             text = _failure(exc)
             gr.Warning(text)
             return {message: view.note(text, "error")}
         done = view.note(f"Loaded {len(ds.manifest)} clips into dataset “{ds.id}”.", "ok")
-        return {**dataset_view(ds, selection), message: done}
+        shown = dataset_view(ds, selection)
+        if kind_value == "prepared":
+            shown[kind] = "prepared"  # stay on the picker; the other fields still show its source
+        return {**shown, message: done}
 
     def on_open_selection():
         selection = load_selection(config)
@@ -228,8 +266,7 @@ def build(ctx) -> None:
         return {speaker_card: view.speaker_card_html(ds, name), **gallery_updates(ds, name, seed)}
 
     def on_speaker(ds_id, name):
-        selection = load_selection(config)
-        saved = selection.get("speaker") if selection.get("dataset_id") == ds_id else None
+        saved = picked_speaker(load_selection(config), ds_id)
         status = (view.note(f"Current pick: {saved}.", "ok") if saved == name else
                   view.note(f"Listening to {name}: press “Use this speaker” to pick this voice.", "info"))
         return {**speaker_view(ds_id, name, 0), confirmation: status}
@@ -269,16 +306,19 @@ def build(ctx) -> None:
                 "recommendation": {"speaker": getattr(rec, "speaker", None), "reason": getattr(rec, "reason", "")}}
 
     # -- wiring --------------------------------------------------------------------------------------
-    groups = [sample_group, folder_group, zip_group, hf_group]
+    groups = [sample_group, folder_group, zip_group, hf_group, prepared_group]
     kind.change(lambda k: [gr.update(visible=k == value) for _, value in SOURCE_CHOICES],
                 inputs=kind, outputs=groups, api_visibility="private", queue=False)
+    kind.input(lambda k, current: prepared_update(current) if k == "prepared" else gr.skip(),
+               inputs=[kind, prepared], outputs=prepared, api_visibility="private")
+    refresh_btn.click(prepared_update, inputs=prepared, outputs=prepared, api_name="prepared_datasets")
     view_outputs = [dataset_id, summary, results, overview_plot, duration_plot, snr_plot, color_by,
-                    reasons_plot, recommendation, speaker, speaker_card, confirmation, *players, *captions,
+                    reasons_plot, recommendation, rankings, speaker, speaker_card, confirmation, *players, *captions,
                     filter_speaker, filter_status, filter_text, clips_table, rejected_table,
                     speakers_table, ctx.selection, message, kind, folder, max_clips, hf_repo, hf_config,
-                    hf_split, hf_revision, col_audio, col_text, col_speaker]
+                    hf_split, hf_revision, col_audio, col_text, col_speaker, prepared]
     load_btn.click(on_load, inputs=[kind, folder, zip_file, hf_repo, hf_config, hf_split, hf_revision,
-                                    col_audio, col_text, col_speaker, max_clips, force],
+                                    col_audio, col_text, col_speaker, max_clips, force, prepared],
                    outputs=view_outputs, api_name="load_dataset", concurrency_limit=1,
                    show_progress_on=summary)
     ctx.demo.load(on_open_selection, outputs=view_outputs, api_name="open_selection", show_progress="hidden")

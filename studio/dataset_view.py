@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline.charts import per_speaker_table
 from pipeline.sources import SAMPLE_DIR, SourceError, SourceSpec
+from pipeline.speakers import RANKING_POLICIES, recommend_by_policy, speaker_rankings
 
 ALL_SPEAKERS = "All speakers"
 STATUS_FILTERS = [("All", "all"), ("Accepted", "ok"), ("Rejected", "rejected")]
@@ -26,8 +27,13 @@ HEADERS = {
     "speaking_rate": "chars/s", "clipping_ratio": "clipping", "source_path": "file",
     "usable_minutes": "usable min", "rejected_share": "rejected", "duration_mean": "mean (s)",
     "duration_median": "median (s)", "duration_min": "min (s)", "duration_max": "max (s)",
-    "pitch_hz": "pitch (Hz)",
+    "pitch_hz": "pitch (Hz)", "accepted": "accepted clips", "rank_minutes": "rank by minutes",
+    "rank_clips": "rank by clips",
 }
+FOLDER_INFO = ("<speaker>/<clip>.wav with .lab/.txt beside it, an LJSpeech metadata.csv, or parquet: "
+               "one .parquet file, a folder of them, or a Hugging Face layout (<folder>/<config>/"
+               "train-00000-of-00001.parquet), read with the Hugging Face column mapping")
+POLICY_LABELS = {"recommended": "most usable minutes, then quality", "most_clips": "most accepted clips"}
 # Friendly names for the speaker statistics the pipeline computes; unknown columns keep their name.
 STAT_LABELS = {
     "clips": "Clips", "accepted": "Accepted clips", "usable_minutes": "Usable minutes",
@@ -91,6 +97,51 @@ def sample_description() -> str:
             f"{clips} clips. Good for a first look and for trying the workflow.")
 
 
+# -- prepared datasets --------------------------------------------------------------------------
+def describe_source(source: dict | None) -> str:
+    """Where a prepared dataset came from, in a few words (from its source spec dict)."""
+    source = source or {}
+    kind = source.get("kind")
+    if kind == "sample":
+        return "bundled sample"
+    if kind == "huggingface" and not source.get("path"):
+        repo = "/".join(p for p in (source.get("hf_repo"), source.get("hf_config")) if p)
+        return f"Hugging Face {repo} ({source.get('hf_split') or 'train'})"
+    if source.get("path"):
+        return f"{kind} {source['path']}" if kind else str(source["path"])
+    return kind or "unknown source"
+
+
+def prepared_choices(entries: list[dict]) -> list[tuple[str, str]]:
+    """Dropdown entries `(label, dataset id)` for datasets already prepared in the workspace."""
+    choices = []
+    for entry in entries:
+        summary = entry.get("summary") or {}
+        counts = []
+        if summary.get("accepted") is not None and summary.get("total") is not None:
+            counts.append(f"{summary['accepted']}/{summary['total']} clips accepted")
+        if summary.get("accepted_minutes") is not None:
+            counts.append(f"{float(summary['accepted_minutes']):.1f} min")
+        created = str(entry.get("created") or "")[:16].replace("T", " ")
+        source = entry.get("source") or entry.get("spec")  # both names of the source spec occur
+        parts = [str(entry["id"]), describe_source(source), ", ".join(counts), created]
+        choices.append((" · ".join(p for p in parts if p), str(entry["id"])))
+    return choices
+
+
+def check_prepared(choice: str | None, known: list[str]) -> str:
+    """The picked prepared dataset id; a missing or unknown pick raises `SourceError`."""
+    if not choice:
+        if not known:
+            raise SourceError("No prepared datasets in this workspace yet: prepare one from the CLI "
+                              "(python -m pipeline prepare) or load a source with the other forms.")
+        raise SourceError("Choose a prepared dataset from the list first.")
+    if choice not in known:
+        raise SourceError(f"Prepared dataset '{choice}' is not in this workspace any more; "
+                          "refresh the list and choose another.")
+    return choice
+
+
 # -- summary -----------------------------------------------------------------------------------
 def summary_numbers(dataset) -> dict:
     """Totals from the pipeline's summary, filled in from the manifest where a key is missing."""
@@ -124,6 +175,10 @@ def summary_html(dataset) -> str:
         parts.append(f"<div class='stat-card {kind}'><div class='value'>{value}</div>"
                      f"<div class='label'>{label}</div></div>")
     parts.append("</div>")
+    given = getattr(dataset, "summary", None) or {}
+    for note in [given.get("selection"), *(given.get("source_notes") or [])]:  # clips left out, files skipped
+        if note:
+            parts.append(f"<div class='summary-meta source-note'>ℹ️ {esc(note)}</div>")
     if numbers["reasons"]:
         items = "".join(f"<li><b>{count}</b> × {esc(reason)}</li>"
                         for reason, count in numbers["reasons"].items())
@@ -140,30 +195,65 @@ def empty_summary_html() -> str:
             "<b>Load dataset</b>.</div>")
 
 
-# -- speakers ----------------------------------------------------------------------------------
-def recommendation_md(dataset) -> str:
-    rec = dataset.recommendation
+# -- speakers ---------------------------------------------------------------------------------
+def ranking_policy(policy: str | None) -> str:
+    """The ranking behind the preselected speaker: the configured one, else usable minutes."""
+    return policy if policy in RANKING_POLICIES else "recommended"
+
+
+def recommendation_for(dataset, policy: str = "recommended"):
+    """The dataset's pick under `policy` (the stored recommendation for `recommended`)."""
+    if ranking_policy(policy) == "recommended" and dataset.recommendation is not None:
+        return dataset.recommendation
+    return recommend_by_policy(dataset.speakers, ranking_policy(policy))
+
+
+def recommendation_md(dataset, policy: str = "recommended") -> str:
+    """The pick of the active policy, with the other policy's pick beside it."""
+    policy = ranking_policy(policy)
+    rec = recommendation_for(dataset, policy)
     if rec is None or not getattr(rec, "speaker", None):
         return "**No speaker can be recommended:** no speaker has accepted clips."
-    return f"**Recommended speaker: {rec.speaker}.** {rec.reason}"
+    text = f"**Recommended speaker: {rec.speaker}.** {rec.reason}"
+    other = next(p for p in RANKING_POLICIES if p != policy)
+    alt = recommendation_for(dataset, other)
+    if alt.speaker and alt.speaker != rec.speaker:
+        text += (f"\n\nBy {POLICY_LABELS[other]} (speaker.policy `{other}`) it would be "
+                 f"**{alt.speaker}**; both rankings are in the table below.")
+    elif alt.speaker:
+        text += f"\n\n{rec.speaker} also ranks first by {POLICY_LABELS[other]} (speaker.policy `{other}`)."
+    return text
+
+
+def ranking_table(dataset) -> pd.DataFrame:
+    """Speaker, usable minutes, accepted clips and the rank under each policy, minutes order."""
+    table = speaker_rankings(dataset.speakers).drop(columns=["snr_db"])
+    table["usable_minutes"] = table["usable_minutes"].round(1)
+    for column in ("rank_minutes", "rank_clips"):
+        table[column] = table[column].astype(object).where(table[column].notna(), "–")
+    return table.rename(columns=HEADERS)
 
 
 def speaker_choices(dataset) -> list[tuple[str, str]]:
-    """Dropdown entries `(label, speaker)`, most usable minutes first, the recommendation marked."""
+    """Dropdown entries `(label, speaker)`, most usable minutes first, each policy's pick marked."""
     recommended = getattr(dataset.recommendation, "speaker", None)
+    most_clips = recommendation_for(dataset, "most_clips").speaker
     choices = []
     for row in per_speaker_table(dataset.manifest).itertuples():
         label = f"{row.speaker} · {row.usable_minutes:.1f} min, {row.accepted} clips"
         if row.speaker == recommended:
             label += " · ★ recommended"
+        if row.speaker == most_clips:
+            label += " · most clips"
         choices.append((label, row.speaker))
     return choices
 
 
-def initial_speaker(dataset, saved: str | None = None, configured: str | None = None) -> str | None:
-    """The saved pick if it belongs to this dataset, else the configured one, else the recommendation."""
+def initial_speaker(dataset, saved: str | None = None, configured: str | None = None,
+                    policy: str = "recommended") -> str | None:
+    """The saved pick if it belongs to this dataset, else the configured one, else the policy's pick."""
     speakers = set(dataset.manifest["speaker"].astype(str))
-    for candidate in (saved, configured, getattr(dataset.recommendation, "speaker", None)):
+    for candidate in (saved, configured, getattr(recommendation_for(dataset, policy), "speaker", None)):
         if candidate and str(candidate) in speakers:
             return str(candidate)
     choices = speaker_choices(dataset)

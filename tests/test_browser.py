@@ -48,6 +48,31 @@ def _wait_for_gallery(page, speaker: str) -> None:
         })""", arg=speaker)
 
 
+def _choose_other_speaker(page, recommended: str) -> str:
+    """Open the speaker dropdown, choose one that is not `recommended`; returns its name."""
+    page.locator("#speaker-choice input").click()
+    options = page.get_by_role("option")
+    labels = [text.replace("✓", "").strip() for text in options.all_inner_texts()]  # ✓ marks the current
+    assert len(labels) >= 2 and any(label.startswith(recommended) for label in labels), labels
+    other = next(label for label in labels if not label.startswith(recommended))
+    other_name = other.split(" · ")[0].strip()
+    options.filter(has_text=other).first.click()
+    _wait_for_gallery(page, other_name)
+    return other_name
+
+
+def _load_and_wait(page, dataset_id: str) -> None:
+    page.locator("#load-dataset").click()
+    page.locator("#dataset-message").get_by_text(re.compile(f"into dataset .{re.escape(dataset_id)}.")).wait_for(
+        timeout=120_000)
+
+
+def _settle(page, server) -> None:
+    if (server.workspace / "selection.json").exists():
+        # The page first re-opens the saved dataset (resetting the form); let that finish.
+        page.locator("#dataset-message").get_by_text("Re-opened").wait_for()
+
+
 def _save(page, tmp_path: Path, name: str) -> Path:
     page.mouse.move(0, 0)  # no hover toolbars or tooltips in the picture
     page.wait_for_timeout(300)
@@ -79,14 +104,7 @@ def test_dataset_tab_loads_the_sample_and_picks_a_voice(server, page, tmp_path):
     overview = _save(page, tmp_path, "dataset-loaded")
 
     # Pick another speaker by ear: open the dropdown and choose a different option.
-    page.locator("#speaker-choice input").click()
-    options = page.get_by_role("option")
-    labels = [text.replace("✓", "").strip() for text in options.all_inner_texts()]  # ✓ marks the current
-    assert len(labels) >= 2 and any(label.startswith(recommended) for label in labels), labels
-    other = next(label for label in labels if not label.startswith(recommended))
-    other_name = other.split(" · ")[0].strip()
-    options.filter(has_text=other).first.click()
-    _wait_for_gallery(page, other_name)
+    other_name = _choose_other_speaker(page, recommended)
     page.locator("#reshuffle").click()
     page.wait_for_timeout(1500)
     assert all(other_name in label for label in _player_labels(page))
@@ -123,11 +141,51 @@ def test_dataset_tab_loads_the_sample_and_picks_a_voice(server, page, tmp_path):
         shutil.copyfile(overview, SCREENSHOT)
 
 
+def test_dataset_tab_keeps_each_datasets_pick_and_opens_prepared_datasets(server, page, tmp_path):
+    from audio_fixtures import write_clip
+
+    second = tmp_path / "second"
+    for s, speaker in enumerate(("toinen", "kolmas")):
+        for i in range(2):
+            write_clip(second, speaker, f"{speaker}{i}", f"Tämä on lause {i}.", seed=10 * s + i)
+    page.goto(server.url)
+    _settle(page, server)
+    page.locator("#source-kind input[value='sample']").check()
+    _load_and_wait(page, "sample")
+    assert "rank by clips" in page.locator("#speaker-ranking").inner_text()
+    recommended = re.search(r"Recommended speaker: (.+?)\.", page.locator("#recommendation").inner_text()).group(1)
+    picked = _choose_other_speaker(page, recommended)
+    page.locator("#use-speaker").click()
+    page.locator("#speaker-confirmation").get_by_text(f"Saved: {picked}").wait_for()
+
+    # Another dataset has no pick of its own...
+    page.locator("#source-kind input[value='folder']").check()
+    assert "parquet" in page.locator("#source-folder").inner_text()
+    page.locator("#source-folder textarea, #source-folder input").first.fill(str(second))
+    page.locator("#load-dataset").click()
+    page.locator("#dataset-message").get_by_text("into dataset “folder-second").wait_for(timeout=120_000)
+    page.locator("#speaker-confirmation").get_by_text("No speaker picked yet").wait_for()
+
+    # ...and the sample, opened again from the picker of prepared datasets, still has its pick.
+    page.locator("#source-kind input[value='prepared']").check()
+    page.locator("#prepared-dataset input").wait_for()
+    page.wait_for_timeout(1000)  # the list is refreshed when the source changes; let that land
+    page.locator("#prepared-dataset input").click()
+    options = page.get_by_role("option")
+    options.first.wait_for()
+    texts = [text.replace("✓", "").strip() for text in options.all_inner_texts()]
+    assert any(text.startswith("sample · ") for text in texts), texts
+    options.filter(has_text="sample · ").first.click()
+    _load_and_wait(page, "sample")
+    page.locator("#speaker-confirmation").get_by_text(f"Current pick: {picked}").wait_for()
+    assert page.locator("#speaker-choice input").input_value().startswith(picked)
+    assert page.locator("#source-kind input[value='prepared']").is_checked()
+    assert not page.errors, page.errors
+
+
 def test_dataset_tab_shows_a_bad_folder_as_a_message(server, page):
     page.goto(server.url)
-    if (server.workspace / "selection.json").exists():
-        # The page first re-opens the saved dataset (resetting the form); let that finish.
-        page.locator("#dataset-message").get_by_text("Re-opened").wait_for()
+    _settle(page, server)
     page.locator("#source-kind input[value='folder']").check()
     page.locator("#source-folder textarea, #source-folder input").first.fill("/no/such/folder")
     page.locator("#load-dataset").click()

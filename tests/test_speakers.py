@@ -9,7 +9,8 @@ from audio_fixtures import speech_like, test_config, write_clip
 from pipeline import speakers as speakers_module
 from pipeline.manifest import build_manifest
 from pipeline.sources import read_folder
-from pipeline.speakers import STAT_COLUMNS, Recommendation, recommend_speaker, speaker_stats
+from pipeline.speakers import (STAT_COLUMNS, Recommendation, recommend_by_policy, recommend_speaker,
+                               speaker_rankings, speaker_stats)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +84,30 @@ def test_pitch_only_for_the_speakers_with_most_audio(manifest, monkeypatch):
     stats = speaker_stats(frame).set_index("speaker")
     assert measured == [{"low"}]
     assert stats.loc["low", "pitch_hz"] == 100.0 and math.isnan(stats.loc["high", "pitch_hz"])
+
+
+def test_most_clips_policy_picks_the_speaker_with_most_accepted_clips():
+    # "a" has the most minutes (long clips), "b" the most clips (short ones)
+    stats = stats_frame([("a", 10.0, 40, 30.0, 0.0), ("b", 6.0, 90, 30.0, 0.0), ("c", 1.0, 10, 30.0, 0.0)])
+    assert recommend_by_policy(stats, "recommended") == recommend_speaker(stats)
+    rec = recommend_by_policy(stats, "most_clips")
+    assert rec.speaker == "b" and "90 accepted clips" in rec.reason and "a with 40 clips" in rec.reason
+    # equal clip counts: more usable minutes first
+    tie = stats_frame([("x", 2.0, 50, 30.0, 0.0), ("y", 3.0, 50, 30.0, 0.0)])
+    assert recommend_by_policy(tie, "most_clips").speaker == "y"
+    nobody = stats_frame([("x", 0.0, 0, math.nan, 1.0)])
+    assert recommend_by_policy(nobody, "most_clips").speaker == ""
+    with pytest.raises(ValueError, match="speaker.policy 'manual'"):
+        recommend_by_policy(stats, "manual")
+
+
+def test_rankings_show_both_policies_and_match_the_recommendation():
+    stats = stats_frame([("a", 10.0, 40, 20.0, 0.1), ("b", 9.8, 90, 35.0, 0.0), ("c", 6.0, 95, 30.0, 0.0),
+                         ("d", 0.0, 0, math.nan, 1.0)])
+    table = speaker_rankings(stats).set_index("speaker")
+    # within 5 % of the top, better SNR first: b before a, as recommend_speaker picks
+    assert recommend_speaker(stats).speaker == "b"
+    assert table.loc[["b", "a", "c"], "rank_minutes"].tolist() == [1, 2, 3]
+    assert table.loc[["c", "b", "a"], "rank_clips"].tolist() == [1, 2, 3]
+    assert pd.isna(table.loc["d", "rank_minutes"]) and pd.isna(table.loc["d", "rank_clips"])
+    assert list(table.index) == ["b", "a", "c", "d"]  # minutes order, unranked last

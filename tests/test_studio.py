@@ -3,9 +3,11 @@ server driven through gradio_client (the bundled sample loaded end to end)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -72,6 +74,7 @@ def test_snr_scatter_colours_by_status_or_speaker():
 def test_rejection_reasons_groups_by_category():
     fig = charts.rejection_reasons(small_manifest())
     assert dict(zip(fig.data[0].y, fig.data[0].x)) == {"too short": 1, "low SNR": 1, "unreadable audio": 1}
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d"  # whole clips only
     clean = small_manifest().query("status == 'ok'")
     assert charts.rejection_reasons(clean).data == ()  # a message instead of bars
 
@@ -99,9 +102,9 @@ def test_public_bind_generates_password_when_env_missing():
 
 
 def test_public_bind_uses_password_from_env():
-    creds = resolve_credentials("0.0.0.0", env={"STUDIO_PASSWORD": "s3cret"})
-    assert creds.password == "s3cret" and not creds.generated
-    assert creds.as_gradio_auth() == [("studio", "s3cret")]
+    creds = resolve_credentials("0.0.0.0", env={"STUDIO_PASSWORD": "s3cret-s3cret"})
+    assert creds.password == "s3cret-s3cret" and not creds.generated
+    assert creds.as_gradio_auth() == [("studio", "s3cret-s3cret")]
 
 
 def test_main_reports_a_bad_config_without_traceback(tmp_path, capsys):
@@ -152,6 +155,20 @@ def test_build_app_has_the_dataset_tab_and_its_elements(tmp_path, monkeypatch):
             "speaker_stats", "dataset_summary"} <= api_names
 
 
+def test_gradio_temp_cache_is_bounded_and_the_login_gate_installed(tmp_path, monkeypatch):
+    from studio.app import DELETE_CACHE, build_app, launch_options
+    from studio.login_gate import LoginGate
+
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path))
+    config = test_config(tmp_path)
+    frequency, age = DELETE_CACHE
+    assert 0 < frequency <= age <= 7 * 86400
+    assert build_app(config, tabs=[]).delete_cache == DELETE_CACHE  # a Blocks setting in gradio 6
+    options = launch_options(config)
+    assert [m.cls for m in options["app_kwargs"]["middleware"]] == [LoginGate]
+    assert options["ssr_mode"] is False
+
+
 def test_make_spec_checks_required_fields():
     from studio.dataset_view import make_spec
 
@@ -173,6 +190,8 @@ def test_views_of_a_loaded_dataset(voice_dataset):
     numbers = view.summary_numbers(ds)
     assert (numbers["total"], numbers["accepted"], numbers["rejected"]) == (13, 12, 1)
     assert "12" in view.summary_html(ds) and "Rejection reasons" in view.summary_html(ds)
+    limited = dataclasses.replace(ds, summary={**ds.summary, "selection": "using 3,000 of 10,000 clips"})
+    assert "using 3,000 of 10,000 clips" in view.summary_html(limited)  # clips left out are said, never silent
     assert len(view.clip_table(ds.manifest)) == 13
     assert set(view.clip_table(ds.manifest, "eero")["speaker"]) == {"eero"}
     assert len(view.clip_table(ds.manifest, status="rejected")) == 1
@@ -244,7 +263,7 @@ def test_server_loads_the_sample_and_reports_statistics(server, client):
     confirmation = client.predict(dataset_id, one, api_name="/use_speaker")
     assert one in confirmation and "error" not in confirmation
     saved = json.loads((server.workspace / "selection.json").read_text())
-    assert saved == {"dataset_id": "sample", "speaker": one}
+    assert saved == {"dataset_id": "sample", "speaker": one, "speakers": {"sample": one}}
     reopened = client.predict(api_name="/open_selection")  # what a browser reload does
     assert reopened[0] == "sample"
 
@@ -267,22 +286,90 @@ def test_server_shows_source_errors_as_messages(client):
     assert "/definitely/not/here" in message and "Traceback" not in message
 
 
-def test_public_server_requires_the_password(tmp_path):
+CANARY_RUN = "run-canary-4711"
+ENDPOINT_NAMES = ("load_dataset", "speaker_stats", "dataset_summary", "open_selection", "show_run")
+
+
+@pytest.fixture(scope="module")
+def public_server(tmp_path_factory):
+    """A studio bound to 0.0.0.0 (generated password) whose workspace holds one run."""
+    workspace = tmp_path_factory.mktemp("public-ws")
+    run_dir = workspace / "runs" / CANARY_RUN
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"id": CANARY_RUN, "status": "finished", "mode": "quick_lora"}))
+    studio = start_studio(workspace, host="0.0.0.0")
+    yield studio
+    studio.stop()
+
+
+def _password(studio) -> str:
+    return (studio.workspace / "studio-password.txt").read_text().strip()
+
+
+def test_public_server_writes_the_generated_password_to_a_private_file(public_server):
+    path = public_server.workspace / "studio-password.txt"
+    assert path.stat().st_mode & 0o777 == 0o600
+    password = _password(public_server)
+    assert len(password) >= 12
+    assert str(path) in public_server.output() and password not in public_server.output()  # stdout is no TTY
+
+
+def test_public_server_requires_the_password(public_server):
     from gradio_client import Client
     from gradio_client.exceptions import AuthenticationError
 
-    studio = start_studio(tmp_path / "ws", host="0.0.0.0")
-    try:
-        password = studio.generated_password()
-        assert password, studio.output()
-        with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(studio.url + "config", timeout=10)
-        assert denied.value.code == 401
-        with pytest.raises(AuthenticationError):
-            Client(studio.url, verbose=False)
-        with pytest.raises(ValueError, match="login"):
-            Client(studio.url, auth=("studio", "wrong"), verbose=False)
-        authed = Client(studio.url, auth=("studio", password), verbose=False)
-        assert "/load_dataset" in authed.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    finally:
-        studio.stop()
+    password = _password(public_server)
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(public_server.url + "config", timeout=10)
+    assert denied.value.code == 401
+    with pytest.raises(AuthenticationError):
+        Client(public_server.url, verbose=False)
+    with pytest.raises(ValueError, match="login"):
+        Client(public_server.url, auth=("studio", "wrong"), verbose=False)
+    authed = Client(public_server.url, auth=("studio", password), verbose=False)
+    assert "/load_dataset" in authed.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+def test_login_page_shows_nothing_but_the_login_form(public_server):
+    import httpx
+
+    anonymous = httpx.Client(base_url=public_server.url, timeout=30)
+    page = anonymous.get("/")
+    assert page.status_code == 200 and '"auth_required":true' in page.text
+    responses = {path: anonymous.get(path) for path in
+                 ("/", "/config", "/gradio_api/info", "/gradio_api/openapi.json", "/openapi.json",
+                  "/gradio_api/runs", "/gradio_api/app_id", "/?view=api", "/gradio_api/info?all_endpoints=true")}
+    for path, response in responses.items():
+        text = response.text
+        leaked = [word for word in (str(public_server.workspace), CANARY_RUN, *ENDPOINT_NAMES) if word in text]
+        assert not leaked, f"{path} shows {leaked} before login"
+        assert path.startswith("/?") or path == "/" or response.status_code == 401, path
+
+    member = httpx.Client(base_url=public_server.url, timeout=30)
+    login = member.post("/login", data={"username": "studio", "password": _password(public_server)})
+    assert login.status_code == 200, login.text
+    config = member.get("/config")
+    assert config.status_code == 200 and CANARY_RUN in config.text  # the canary is really there
+    assert "load_dataset" in member.get("/gradio_api/info").text and "load_dataset" in member.get("/").text
+
+
+def test_failed_logins_are_logged_and_slowed_down(public_server):
+    import httpx
+
+    logged = lambda: public_server.output().count("failed login from 127.0.0.1")  # noqa: E731
+    before = logged()
+    guesser = httpx.Client(base_url=public_server.url, timeout=30)
+    codes = [guesser.post("/login", data={"username": "studio", "password": f"guess-{i}-xyz"}).status_code
+             for i in range(10)]
+    assert codes[:5] == [400] * 5 and 429 in codes, codes
+    refused = guesser.post("/login", data={"username": "studio", "password": _password(public_server)})
+    if refused.status_code == 429:  # while refused, even the right password is refused
+        assert int(refused.headers["Retry-After"]) >= 1 and "try again" in refused.json()["detail"]
+        time.sleep(int(refused.headers["Retry-After"]) + 0.5)
+    assert guesser.post("/login", data={"username": "studio",
+                                        "password": _password(public_server)}).status_code == 200
+    deadline = time.monotonic() + 10
+    while logged() < before + codes.count(400) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert logged() == before + codes.count(400), public_server.output()[-3000:]  # one line per failure
+    assert "guess-" not in public_server.output()
