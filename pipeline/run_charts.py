@@ -39,6 +39,11 @@ def _message(title: str, text: str, height: int) -> go.Figure:
     return _style(fig, title, height)
 
 
+def message_figure(title: str, text: str) -> go.Figure:
+    """An empty training-curves figure that says why there is nothing to plot."""
+    return _message(title, text, 560)
+
+
 # -- Modes & cost ---------------------------------------------------------------------------------
 def cost_comparison(table: pd.DataFrame, selected_gpu: str | None = None,
                     selected_mode: str | None = None) -> go.Figure:

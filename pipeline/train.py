@@ -292,7 +292,8 @@ class _Trainer:
 
     def write_state(self, status: str, message: str = "") -> None:
         _write_json(self.run_dir / STATE_FILE, {
-            "status": status, "mode": self.settings.mode, "step": self.step, "total_steps": self.total,
+            "status": status, "mode": self.settings.mode, "device": str(self.device), "step": self.step,
+            "total_steps": self.total,
             "epoch": round(self.data.train.epoch_progress(self.position), 4), "best": self.best,
             "best_val_loss": self.best_val_loss, "latest": self.latest, "message": message,
             "base_checkpoint": str(self.ckpt_dir), "data": self.data.summary(), "memory_plan": self.memory_plan,

@@ -24,7 +24,7 @@ from pipeline import run_charts
 from pipeline.config import Config, ConfigError
 from pipeline.cost import CPU_CHARGE, CPU_NAME, REFERENCE_QUOTE, describe_workload, estimate, load_price_table
 from pipeline.dataset import list_datasets, open_dataset
-from pipeline.runs_view import (MODE_LABELS, format_duration, format_money, priced_table,
+from pipeline.runs_view import (MODE_LABELS, format_duration, format_money, money_range, priced_table, time_range,
                                 short_source)
 from pipeline.recipe import OVERFIT_EPOCHS, REFERENCE_RECIPE, TARGET_EPOCHS, check_recipe, format_epochs
 from pipeline.selection import apply_selection, load_selection, save_selection
@@ -303,32 +303,6 @@ class EstimateView:
 
 
 TABLE_COLUMNS = ["GPU", "Mode", "Time", "Cost", "Memory", "Figures"]
-
-
-def time_range(low: float, high: float) -> str:
-    """Minutes as `12–40 min`, `1 h 05 min – 3 h 10 min`, or one value when both ends agree."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "not measured"
-    if abs(high - low) <= 0.02 * max(high, 1e-9):
-        return _approx_time(high)
-    a, b = _approx_time(low), _approx_time(high)
-    if a.endswith(" min") and b.endswith(" min") and "h" not in a + b:
-        return f"{a[:-4]}–{b}"
-    return f"{a} – {b}"
-
-
-def money_range(low: float, high: float) -> str:
-    if abs(high - low) <= 0.02 * max(high, 1e-9):
-        return _money(high)
-    return f"{_money(low)}–{_money(high)}"
-
-
-def _money(usd: float) -> str:
-    return "< $0.01" if 0 < usd < 0.01 else format_money(usd)
-
-
-def _approx_time(minutes: float) -> str:
-    return "< 1 min" if minutes < 1 else format_duration(minutes * 60)
 
 
 def short_figures(row) -> str:

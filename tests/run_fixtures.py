@@ -1,5 +1,5 @@
 """Shared set-up of the run tests (workflow, jobs, Training tab, browser): a workspace holding the
-bundled sample (first 40 clips, 3 speakers) already analysed and VQ-encoded with the tiny
+bundled sample (40 clips, spread over all 6 speakers) already analysed and VQ-encoded with the tiny
 checkpoint, built once per test session and copied for each test, plus very short training
 settings so a whole run takes seconds on CPU.
 """

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import load_config
 from pipeline.cost import load_price_table
 from run_fixtures import fresh_workspace
+from studio.modes_tab import machine_has_gpu
 from studio_server import CHROMIUM, PROJECT_ROOT, start_studio
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
@@ -64,13 +66,16 @@ def test_estimate_settings_and_a_short_run(server, page, tmp_path):
     page.goto(server.url)
     page.get_by_role("tab", name="Modes & cost").click()
     page.locator("#chart-cost svg.main-svg").first.wait_for()
-    expected_rows = 2 * len(load_price_table()["gpus"])                   # every GPU × mode
+    # every GPU × mode, and a row per mode for this machine's CPU when it has no GPU
+    expected_rows = 2 * len(load_price_table()["gpus"]) + (0 if machine_has_gpu() else 2)
     page.wait_for_function(f"() => document.querySelectorAll('#estimate-table .virtual-row').length "
                            f"== {expected_rows}")
     rows = page.locator("#estimate-table .virtual-row").all_inner_texts()
     assert any("★ A100-80GB" in row for row in rows)
+    assert machine_has_gpu() or any("CPU: no charge" in row for row in rows)
     headline = page.locator("#estimate-headline").inner_text()
-    assert "A100-80GB" in headline and "$1.32/h" in headline and "Throughput estimated" in headline
+    assert "A100-80GB" in headline and "$1.32/h" in headline and "Quick LoRA: ≈" in headline
+    assert "scaled from" in headline and "reference project's quote" in headline   # no A100 bench: scaled
     assert "sample" in page.locator("#estimate-message").inner_text()
     page.locator("#chart-cost").scroll_into_view_if_needed()
     _save(page, tmp_path, "modes")
@@ -79,7 +84,11 @@ def test_estimate_settings_and_a_short_run(server, page, tmp_path):
     _set_number(page, "quick-steps", "40")
     page.locator("#settings-message").get_by_text("Saved").wait_for()
     _set_number(page, "batch-size", "2")
-    page.wait_for_function("() => document.querySelector('#estimate-headline').innerText.includes('< 1 min')")
+    # the estimate follows: its workload counts the tokens of a step of 2 sequences
+    training = load_config().training
+    step_tokens = f"{2 * training.grad_accumulation * training.max_length:,}"
+    page.wait_for_function(f"() => document.querySelector('#estimate-workload').innerText.includes('{step_tokens}')")
+    assert "Quick LoRA: ≈" in page.locator("#estimate-headline").inner_text()
     selection = json.loads((server.workspace / "selection.json").read_text())
     assert selection["training.quick_lora.steps"] == 40 and selection["training.batch_size"] == 2
     # test-only: shorter sequences and frequent evaluation, which the tab does not expose
@@ -91,9 +100,16 @@ def test_estimate_settings_and_a_short_run(server, page, tmp_path):
     page.locator("#refresh-runs").click()
     page.locator("#training-plan").get_by_text("40 steps").wait_for()
     assert "random weights" in page.locator("#training-plan").inner_text()
+    # no finished full fine-tune yet: the speaker-run picker says where a language-adapted model comes from
+    assert "None yet" in page.locator("#language-model").inner_text()
+    assert page.locator("#start-training").inner_text().strip() == "Start training"
     page.locator("#start-training").click()
     page.locator("#training-message .note.ok").wait_for()
     run_id = re.search(r"Started run (\S+) ", page.locator("#training-message").inner_text()).group(1)
+    # the Run panel follows the new run at once, with Cancel usable
+    page.wait_for_function(f"() => document.querySelector('#run-choice input').value.includes('{run_id}')",
+                           timeout=10_000)
+    page.wait_for_function("() => !document.querySelector('#cancel-training').disabled", timeout=10_000)
 
     # A second start while it runs is refused with a message, not a traceback.
     page.locator("#start-training").click()
@@ -106,6 +122,11 @@ def test_estimate_settings_and_a_short_run(server, page, tmp_path):
     first = page.evaluate(POINTS_JS)
     page.wait_for_function(f"() => ({POINTS_JS})() > {first}", timeout=60_000)
     assert re.search(r"\d+ / 40", page.locator("#run-progress").inner_text())
+    assert "Unexpected error" not in page.locator("#run-progress").inner_text()
+    # the log: progress as lines, each warning once
+    log_lines = page.locator("#run-log textarea").input_value().splitlines()
+    warnings = [line for line in log_lines if "Warning:" in line]
+    assert len(warnings) == len(set(warnings)) and not any("%|" in line for line in log_lines)
 
     # A reload re-attaches to the running job.
     page.reload()

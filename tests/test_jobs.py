@@ -122,3 +122,37 @@ def test_cancel_right_after_start_is_a_cancel_not_a_failure(config):
         if _alive(job["pid"]):
             os.kill(job["pid"], signal.SIGKILL)
     assert state["status"] == "cancelled", state
+
+
+def _train_rows(run_dir: Path) -> dict[int, dict]:
+    rows = {}
+    for line in (run_dir / "phases" / "lora" / "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line a killed process was writing
+        if row.get("kind") == "train":
+            rows[row["step"]] = row
+    return rows
+
+
+def test_kill_9_mid_training_redoes_the_lost_steps_identically(config):
+    config = config.with_overrides({"training.save_every": 4, "training.quick_lora.steps": 16})
+    job = start_job(config)
+    run_dir = Path(job["run_dir"])
+    try:
+        _wait(lambda: len(_train_steps(run_dir)) >= 7, "steps past the first checkpoint")
+    finally:
+        os.kill(job["pid"], signal.SIGKILL)  # no handler runs: nothing is saved on the way out
+    _wait(lambda: not _alive(job["pid"]), "the killed process to die")
+    before = _train_rows(run_dir)
+    assert job_status(config, job["run_id"])["status"] == "failed"
+
+    resumed = start_job(config, run_id=job["run_id"])
+    _wait(lambda: not _alive(resumed["pid"]), "the resumed job to end", timeout=300)
+    assert job_status(config, job["run_id"])["status"] == "finished"
+    after = _train_rows(run_dir)
+    assert sorted(after) == list(range(1, 17))
+    for step, row in before.items():  # steps after the last checkpoint were lost and trained again
+        assert after[step]["loss"] == pytest.approx(row["loss"], abs=1e-6), step
+        assert after[step]["grad_norm"] == pytest.approx(row["grad_norm"], abs=1e-6), step

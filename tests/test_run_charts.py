@@ -106,3 +106,12 @@ def test_training_curves_grow_with_the_metrics_and_handle_no_data():
     assert empty.data == () and "No training steps yet" in empty.layout.annotations[0].text
     only_train = run_charts.training_curves(train, None)
     assert "held-out loss" not in [t.name for t in only_train.data]
+
+
+def test_training_curves_with_only_the_first_validation_row():
+    _, val = _metrics()
+    fig = run_charts.training_curves(pd.DataFrame(columns=["step"]), val.head(1))
+    assert [t.name for t in fig.data] == ["held-out loss", "held-out top-1", "held-out top-5"]
+    assert list(fig.data[0].x) == [0]
+    note = run_charts.message_figure("LoRA", "The curves cannot be shown now.")
+    assert note.data == () and note.layout.annotations[0].text == "The curves cannot be shown now."
