@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from pipeline.hub import HubUnreachable, require_hub
+
 log = logging.getLogger(__name__)
 
 HUB_FILES = ("config.json", "model.pth", "tokenizer.tiktoken", "special_tokens.json", "codec.pth")
@@ -64,6 +66,10 @@ def download_base_model(
     from huggingface_hub import errors as hf_errors
 
     token = token or os.environ.get("HF_TOKEN") or None
+    try:
+        require_hub()
+    except HubUnreachable as exc:
+        raise CheckpointError(_unreachable(repo, exc)) from None
     local_dir.mkdir(parents=True, exist_ok=True)
     missing = [n for n in HUB_FILES if not _present(local_dir / n)]
     for i, name in enumerate(missing):

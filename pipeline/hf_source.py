@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS
+from .hub import HubUnreachable, require_hub
 from .sources import (Clips, Progress, RawClip, SourceError, SourceSpec, _is_junk, _report, _slug,
                       balanced_indices, decode_text)
 
@@ -49,6 +50,8 @@ def _hub_errors(spec: SourceSpec):
     except hfe.RevisionNotFoundError:
         raise SourceError(f"Revision '{spec.hf_revision}' of '{repo}' does not exist: check dataset.hf_revision "
                           "(refs/convert/parquet holds the Hub's parquet export).") from None
+    except HubUnreachable as exc:
+        raise SourceError(offline.replace("(offline?)", f"({exc})")) from None
     except (hfe.OfflineModeIsEnabled, hfe.LocalEntryNotFoundError, ConnectionError, TimeoutError):
         raise SourceError(offline) from None
     except hfe.EntryNotFoundError as exc:
@@ -94,6 +97,7 @@ def list_shards(spec: SourceSpec) -> list[str]:
         from huggingface_hub import HfApi
 
         with _hub_errors(spec):
+            require_hub()
             files = HfApi().list_repo_files(spec.hf_repo, repo_type="dataset", revision=spec.hf_revision)
     parquet = sorted(f for f in files if f.endswith(".parquet"))
     cfg, split = spec.hf_config, spec.hf_split

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,3 +168,17 @@ def job_status(config: Config, run_id: str) -> dict:
     state["log_tail"] = state.get("log_tail") or log_tail(run_dir, 20)
     state["alive"] = _alive(state.get("pid"))
     return state
+
+
+def delete_run(config: Config, run_id: str) -> Path:
+    """Delete a run folder and everything in it (checkpoints, artifacts, audio); refused for the
+    run that is training now. Returns the deleted folder."""
+    run_dir = config.runs_dir / _checked_run_id(config, run_id)
+    if not (run_dir / "run.json").is_file():
+        raise JobError(f"There is no run '{run_id}' under {config.runs_dir.name}/ (deleted already?).")
+    with _starting(config):  # no start or resume of this run can slip in while it goes
+        running = current_job(config)
+        if running and running.get("run_id") == run_dir.name:
+            raise JobError(f"Run '{run_dir.name}' is training now (pid {running['pid']}): cancel it first.")
+        shutil.rmtree(run_dir)
+    return run_dir

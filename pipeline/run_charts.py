@@ -141,4 +141,8 @@ def training_curves(train: pd.DataFrame, val: pd.DataFrame, title: str = "Traini
     fig.update_yaxes(rangemode="tozero", row=2, col=2)
     for annotation in fig.layout.annotations:  # subplot titles: left-aligned, quieter
         annotation.update(font=dict(size=13, color="#374151"))
-    return _style(fig, title, 580)
+    fig = _style(fig, title, 620)
+    # the legend goes under the grid: above it, it ran into the subplot titles
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.1, xanchor="left", x=0.0),
+                      margin=dict(b=96))
+    return fig

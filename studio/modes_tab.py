@@ -37,7 +37,7 @@ SETTING_KEYS = {
     "quick_steps": "training.quick_lora.steps", "quick_lr": "training.quick_lora.learning_rate",
     "full_epochs": "training.full_finetune.epochs", "full_lr": "training.full_finetune.learning_rate",
     "speaker_steps": "training.full_finetune.speaker_max_steps", "rank": "training.lora.rank",
-    "batch_size": "training.batch_size",
+    "batch_size": "training.batch_size", "val_every": "training.val_every", "save_every": "training.save_every",
 }
 CSS = """
 .mode-cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 14px; }
@@ -164,21 +164,23 @@ def current_settings(config: Config) -> dict:
             "quick_steps": t.quick_lora.steps, "quick_lr": t.quick_lora.learning_rate,
             "full_epochs": t.full_finetune.epochs, "full_lr": t.full_finetune.learning_rate,
             "speaker_steps": t.full_finetune.speaker_max_steps, "rank": t.lora.rank,
-            "batch_size": t.batch_size}
+            "batch_size": t.batch_size, "val_every": t.val_every, "save_every": t.save_every}
 
 
 FIELD_LABELS = {
     "mode": "Training mode", "gpu": "GPU", "price": "Price per hour (USD)", "quick_steps": "Quick LoRA: steps",
     "quick_lr": "Learning rate", "full_epochs": "Phase 1: epochs", "full_lr": "Phase 1: learning rate",
     "speaker_steps": "Speaker LoRA: max steps", "rank": "LoRA rank", "batch_size": "Batch size",
+    "val_every": "Evaluate every (steps)", "save_every": "Save a checkpoint every (steps)",
 }
 FIELD_INFO = {
     "mode": None, "gpu": "from assets/gpu_prices.yaml", "price": "list price; edit for yours",
     "quick_steps": "reference recipe: 2800", "quick_lr": "upstream: 1e-4", "full_epochs": "reference: 3",
     "full_lr": "full fine-tune: 1e-5", "speaker_steps": "stops early on held-out loss",
     "rank": "alpha follows: 2 × rank", "batch_size": "sequences per step (both modes)",
+    "val_every": "held-out loss, example audio, best checkpoint", "save_every": "resume point; the best is always kept",
 }
-WHOLE = ("quick_steps", "speaker_steps", "rank", "batch_size")
+WHOLE = ("quick_steps", "speaker_steps", "rank", "batch_size", "val_every", "save_every")
 REAL = ("price", "quick_lr", "full_lr", "full_epochs")
 
 
@@ -505,6 +507,11 @@ def build(ctx) -> None:
                                        elem_id="batch-size", info=FIELD_INFO["batch_size"])
                 rank = gr.Number(start["rank"], label=FIELD_LABELS["rank"], precision=0, elem_id="lora-rank",
                                  info=FIELD_INFO["rank"])
+            with gr.Row():
+                val_every = gr.Number(start["val_every"], label=FIELD_LABELS["val_every"], precision=0,
+                                      elem_id="val-every", info=FIELD_INFO["val_every"])
+                save_every = gr.Number(start["save_every"], label=FIELD_LABELS["save_every"], precision=0,
+                                       elem_id="save-every", info=FIELD_INFO["save_every"])
             saved = gr.HTML(elem_id="settings-message")
 
     gr.Markdown("### Is the recipe right for this dataset?", elem_classes="section-title")
@@ -520,9 +527,10 @@ def build(ctx) -> None:
     table = gr.Dataframe(interactive=False, wrap=True, max_height=900, show_label=False, elem_id="estimate-table",
                          column_widths=["21%", "17%", "15%", "12%", "15%", "20%"])
 
-    controls = [mode, gpu, price, quick_steps, quick_lr, full_epochs, full_lr, speaker_steps, rank, batch_size]
+    controls = [mode, gpu, price, quick_steps, quick_lr, full_epochs, full_lr, speaker_steps, rank, batch_size,
+                val_every, save_every]
     names = ["mode", "gpu", "price", "quick_steps", "quick_lr", "full_epochs", "full_lr", "speaker_steps",
-             "rank", "batch_size"]
+             "rank", "batch_size", "val_every", "save_every"]
     estimate_outputs = [message, headline, workload, table, chart, cards, recipe]
 
     def show_estimate():

@@ -186,7 +186,7 @@ def test_download_skips_network_when_files_present(tiny_checkpoint, monkeypatch)
     assert download_base_model(REPO, tiny_checkpoint) == tiny_checkpoint
 
 
-def test_download_fetches_each_missing_file(tmp_path, monkeypatch):
+def test_download_fetches_each_missing_file(tmp_path, monkeypatch, hub_reachable):
     calls = []
 
     def fake(repo_id, filename, revision, local_dir, token):
@@ -216,14 +216,14 @@ def test_download_fetches_each_missing_file(tmp_path, monkeypatch):
         (ConnectionError("Name or service not known"), r"bundled sample data"),
     ],
 )
-def test_download_errors_are_clear(tmp_path, monkeypatch, error, expected):
+def test_download_errors_are_clear(tmp_path, monkeypatch, error, expected, hub_reachable):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raise(error))
     with pytest.raises(CheckpointError, match=expected):
         download_base_model(REPO, tmp_path / "dl")
 
 
-def test_repo_not_found_with_token_says_not_found(tmp_path, monkeypatch):
+def test_repo_not_found_with_token_says_not_found(tmp_path, monkeypatch, hub_reachable):
     error = hf_errors.RepositoryNotFoundError("404", response=_fake_response(404))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raise(error))
     with pytest.raises(CheckpointError, match="not found on the Hugging Face Hub"):

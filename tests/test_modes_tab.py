@@ -204,3 +204,15 @@ def test_the_app_has_the_tab_and_its_api(config):
             "estimate-table", "estimate-headline", "estimate-workload"} <= ids
     assert {"save_settings", "cost_estimate", "apply_scaled_recipe"} <= {fn.api_name for fn in demo.fns.values()}
     assert "apply-scaled-recipe" in ids and "recipe-check" in ids
+
+
+def test_evaluation_and_checkpoint_intervals_are_settings_of_the_next_run(config, selected):
+    from pipeline.selection import apply_selection
+
+    values = modes_tab.current_settings(config) | {"val_every": 50, "save_every": 150}
+    selection, errors = modes_tab.save_valid_settings(config, **values)
+    assert not errors and selection["training.val_every"] == 50 and selection["training.save_every"] == 150
+    applied = apply_selection(config, selection)
+    assert (applied.training.val_every, applied.training.save_every) == (50, 150)
+    _, errors = modes_tab.save_valid_settings(config, **(values | {"save_every": 0}))
+    assert "training.save_every" in errors["save_every"]

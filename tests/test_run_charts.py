@@ -95,6 +95,8 @@ def test_training_curves_plot_every_metric_over_steps():
     # a constant learning rate gets a real axis, not plotly's ±1 around it
     assert tuple(fig.layout.yaxis3.range) == pytest.approx((0, 1.15e-4))
     assert isinstance(traces["train loss"].x, tuple)  # plain arrays, not base64 numpy, in the page
+    titles = [a.y for a in fig.layout.annotations]  # subplot titles sit at the top of their panels
+    assert fig.layout.legend.y < 0 < min(titles)  # the legend under the grid, clear of every title
 
 
 def test_training_curves_grow_with_the_metrics_and_handle_no_data():

@@ -156,7 +156,7 @@ def write_shards(root, rows_per_shard=(4, 4, 4), fmt="WAV", config="fi", split="
     return root
 
 
-def test_hf_hub_fetches_only_needed_shards_and_local_picks_across_speakers(tmp_path, monkeypatch):
+def test_hf_hub_fetches_only_needed_shards_and_local_picks_across_speakers(tmp_path, monkeypatch, hub_reachable):
     from huggingface_hub import HfApi
 
     root = write_shards(tmp_path / "hub", fmt="FLAC")
@@ -209,7 +209,7 @@ def test_hf_unknown_split_names_what_exists(tmp_path):
         read_source(SourceSpec("huggingface", path=str(root), hf_config="fi", hf_split="test"), tmp_path / "w")
 
 
-def test_hf_repo_layout_and_hub_errors(tmp_path, monkeypatch):
+def test_hf_repo_layout_and_hub_errors(tmp_path, monkeypatch, hub_reachable):
     import httpx
     from huggingface_hub import HfApi, errors
 

@@ -162,3 +162,21 @@ def test_a_single_phase_run_records_what_it_really_is(config, tiny_checkpoint):
     state = read_run(config.runs_dir / "one-speaker")
     assert result["status"] == "finished" and state["mode"] == "speaker_lora"
     assert state["speaker"] == "espeak_m1" and state["speaker_reason"] == "given on the command line (--speaker)"
+
+
+def test_a_run_can_be_deleted_unless_it_is_training(config, other_process):
+    create_run(config, "old-run")
+    (config.runs_dir / "old-run" / "artifacts").mkdir()
+    (config.runs_dir / "old-run" / "artifacts" / "adapter.zip").write_bytes(b"x" * 100)
+    from pipeline.jobs import delete_run
+
+    assert delete_run(config, "old-run") == config.runs_dir / "old-run"
+    assert not (config.runs_dir / "old-run").exists()
+    create_run(config, "cli-run")
+    with pytest.raises(JobError, match="training now.*cancel it first"):
+        delete_run(config, "cli-run")  # the other process trains it
+    assert (config.runs_dir / "cli-run" / "run.json").exists()
+    with pytest.raises(JobError, match="not a run id"):
+        delete_run(config, "../..")
+    with pytest.raises(JobError, match="no run 'gone'"):
+        delete_run(config, "gone")
