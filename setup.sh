@@ -51,6 +51,13 @@ if ! "$VENV/bin/python" -m pip show -q fish-speech >/dev/null 2>&1; then
   "${PIP[@]}" --no-deps "fish-speech==0.1.0"
 fi
 
+# resemblyzer declares the `typing` backport (breaks Python 3) and `webrtcvad` (a C build);
+# install it alone: its real needs (webrtcvad-wheels, librosa, scipy, torch) are in pyproject.toml.
+if ! "$VENV/bin/python" -m pip show -q resemblyzer >/dev/null 2>&1; then
+  say "installing resemblyzer==0.1.4 (speaker similarity; without its outdated pins)"
+  "${PIP[@]}" --no-deps "resemblyzer==0.1.4"
+fi
+
 say "installing the studio and its dependencies"
 if [ "$TESTS" = 1 ]; then
   "${PIP[@]}" -e ".[test]"
@@ -74,6 +81,19 @@ else
   [ "$NO_MODEL" = 1 ] && flags+=(--no-model)
   # Never fails set-up: it says what it could not fetch and why.
   "$VENV/bin/python" -m pipeline download "${flags[@]}" || say "some downloads failed (see above); the bundled sample still works"
+fi
+
+# Prove the machine and the model match the code's assumptions (a minute); never fails set-up.
+MODEL_DIR=$("$VENV/bin/python" -c "from pipeline.config import load_config; print(load_config().base_model_dir)" 2>/dev/null || true)
+if [ -n "$MODEL_DIR" ] && [ -d "$MODEL_DIR" ]; then
+  say "checking this machine and the model in $MODEL_DIR (python -m pipeline doctor --quick)"
+  doctor_env=()
+  [ "$OFFLINE" = 1 ] && doctor_env=(HF_HUB_OFFLINE=1)
+  if env ${doctor_env[@]+"${doctor_env[@]}"} "$VENV/bin/python" -m pipeline doctor --quick; then
+    say "doctor: no ✗ rows"
+  else
+    say "doctor found problems: see the ✗ rows above and their advice (the set-up itself is done)"
+  fi
 fi
 
 say "done. Start the studio with: $VENV/bin/python -m studio"

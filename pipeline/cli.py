@@ -258,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common], help="GPU benchmark on the real model shape (random weights)")
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
+
+    # these two bring their own --model (base | a folder; they never download)
+    from pipeline.doctor.command import add_doctor_command
+
+    add_doctor_command(sub, [common])
+    from pipeline.quality.command import add_evaluate_command  # its own --model: base | a folder
+
+    add_evaluate_command(sub, [common])
     return parser
 
 

@@ -110,6 +110,7 @@ class LoraConfig(_Section):
 
 class TrainingConfig(_Section):
     seed: int = 1234
+    select_by: Literal["loss", "score"] = "loss"  # the checkpoint to merge: best held-out loss or best scorecard
     batch_size: int = Field(4, gt=0)
     max_length: int = Field(4096, gt=0)
     grad_accumulation: int = Field(1, gt=0)
@@ -129,6 +130,16 @@ class TrainingConfig(_Section):
     quick_lora: QuickLoraConfig = Field(default_factory=QuickLoraConfig)
     full_finetune: FullFinetuneConfig = Field(default_factory=FullFinetuneConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class EvaluationConfig(_Section):
+    asr_model: str | None = "openai/whisper-large-v3-turbo"  # Hub repo or local folder; null: no CER/WER
+    language: str = "fi"
+    speaker_model: Literal["resemblyzer"] = "resemblyzer"
+    sentences: int = Field(20, gt=0)      # the first N of assets/examples_fi.txt
+    references: int = Field(10, ge=0)     # clips of the chosen speaker the similarity is measured against
+    seed: int = 1234
+    max_new_tokens: int = Field(1024, gt=0)
 
 
 class GpuConfig(_Section):
@@ -151,6 +162,7 @@ class Config(_Section):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     speaker: SpeakerConfig = Field(default_factory=SpeakerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     studio: StudioConfig = Field(default_factory=StudioConfig)
 

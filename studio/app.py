@@ -17,7 +17,7 @@ from pipeline.config import PROJECT_ROOT, Config
 
 from . import dataset_tab
 from . import modes_tab, training_tab
-from . import playground_tab
+from . import machine_tab, playground_tab
 from .login_gate import gate_middleware
 from .theme import CSS, make_theme
 
@@ -42,6 +42,7 @@ TABS: list[tuple[str, TabBuilder, str]] = [
     ("Dataset", dataset_tab.build, "tab-dataset"),
     ("Modes & cost", modes_tab.build, "tab-modes"), ("Training", training_tab.build, "tab-training"),
     ("Playground", playground_tab.build, "tab-playground"),
+    ("Machine", machine_tab.build, "tab-machine"),
 ]
 
 # Gradio copies every file it serves (each synthesized wav, each upload) into its temp cache:

@@ -24,7 +24,8 @@ def pipeline_cli(*args, workspace: Path, timeout: float = 600) -> subprocess.Com
 def test_help_lists_every_command(tmp_path):
     out = pipeline_cli("--help", workspace=tmp_path)
     assert out.returncode == 0
-    for command in ("download", "prepare", "extract", "train", "merge", "say", "run", "bench", "tiny-model"):
+    for command in ("download", "prepare", "extract", "train", "merge", "say", "run", "bench", "tiny-model", "doctor",
+                    "evaluate"):
         assert command in out.stdout
 
 

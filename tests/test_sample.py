@@ -80,7 +80,7 @@ def test_sentence_files_are_clean_and_separate():
         normalize(sentence).encode("latin-1")  # Festival needs ISO-8859-1
     examples = [line.strip() for line in (ASSETS / "examples_fi.txt").read_text(encoding="utf-8").splitlines()
                 if line.strip()]
-    assert 8 <= len(examples) <= 15
+    assert 20 <= len(examples) <= 40
     assert not set(examples) & set(sentences), "playground examples must not be training sentences"
 
 

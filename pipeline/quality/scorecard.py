@@ -1,0 +1,484 @@
+"""One model's scorecard over the evaluation sentences: speak, score, summarize, cache.
+
+A model is the base, a merged/full model folder, or a model + LoRA adapters with strengths
+(`ModelSpec`). Each sentence is spoken once per (model hash, sentence, seed, generation options)
+and kept in the workspace's `eval/cache/` (wav + facts); its scores are kept there too, per
+scorer set (ASR model, speaker encoder and references, DNSMOS). Re-evaluating the same model
+therefore loads no model at all. Results go to `<out>/scores.parquet` (one row per sentence),
+`<out>/summary.json` (means with 95 % bootstrap intervals) and `<out>/audio/NN.wav`; out is
+`runs/<id>/eval/<model or step>/` for a run's models, `eval/<label>/` for others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.checkpoints import CODEC_CONFIG_NAME, LM_FILES, describe_checkpoint, is_random_weights
+from pipeline.quality.asr import ASRError, Transcriber, error_rates
+from pipeline.quality.naturalness import dnsmos
+from pipeline.quality.signal_checks import check_signal, reached_end
+from pipeline.quality.speaker import SPEAKER_MODEL, SpeakerEncoder, centroid, similarity
+from pipeline.text import normalize
+
+Progress = Callable[[float, str], None] | None
+EVAL_DIR_NAME, CACHE_DIR_NAME = "eval", "cache"
+SCORES_NAME, SUMMARY_NAME, AUDIO_DIR_NAME = "scores.parquet", "summary.json", "audio"
+MODEL_FILES = (*LM_FILES, "codec.pth", CODEC_CONFIG_NAME)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # peft's, as pipeline.adapters writes
+# summary metrics; True where higher is better
+METRICS = {"cer": False, "wer": False, "similarity": True, "ovrl": True, "sig": True, "bak": True,
+           "duration_ratio": True, "silence_share": False}
+CACHE_VERSION = 1  # bump when a cached row's meaning changes
+
+
+class EvaluationError(ValueError):
+    """A model or sentence set that cannot be evaluated; the message says what to do."""
+
+
+# -- the model ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    model_dir: str
+    adapters: tuple[tuple[str, float], ...] = ()
+    label: str = ""  # "base", "lora-step_000200", "merged"
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        return Path(self.model_dir).name + "".join(f"+{Path(p).name}x{w:g}" for p, w in self.adapters)
+
+    @property
+    def random_weights(self) -> bool:
+        return is_random_weights(self.model_dir)
+
+    def description(self) -> str:
+        """For labels: the checkpoint's description ("... random weights: produces noise") and adapters."""
+        return describe_checkpoint(self.model_dir) + "".join(f" + {Path(p).name} x{w:g}" for p, w in self.adapters)
+
+
+def parse_adapter(text: str) -> tuple[str, float]:
+    """`PATH[:WEIGHT]` from the command line (weight 1 when left out)."""
+    path, sep, weight = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as handle:
+            _DIGESTS[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return _DIGESTS[key]
+
+
+def _folder_digest(folder: Path, names, what: str) -> dict[str, str]:
+    present = {name: _file_digest(folder / name) for name in names if (folder / name).is_file()}
+    if not present:
+        raise EvaluationError(f"{what} {folder} holds none of {', '.join(names)}; choose a model or adapter folder.")
+    return present
+
+
+def model_hash(spec: ModelSpec) -> str:
+    """Content hash of the weights that speak: model files, adapter files and strengths."""
+    parts = {"model": _folder_digest(Path(spec.model_dir), MODEL_FILES, "Model folder"),
+             "adapters": [[_folder_digest(Path(p), ADAPTER_FILES, "Adapter folder"), float(w)] for p, w in spec.adapters]}
+    return _digest(parts)
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+# -- generation options -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpeakOptions:
+    temperature: float = 0.7
+    top_p: float = 0.8
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 1024
+    reference_audio: str | None = None  # a voice prompt (its content hash enters the cache key)
+    reference_text: str | None = None
+
+    def identity(self) -> dict:
+        data = asdict(self)
+        if self.reference_audio:
+            data["reference_audio"] = _file_digest(Path(self.reference_audio))
+        return data
+
+    def speak_kwargs(self) -> dict:
+        return asdict(self)
+
+
+# -- the scorers --------------------------------------------------------------------------------
+class Scorers:
+    """ASR (CER/WER), speaker similarity against reference clips, DNSMOS; each loaded on first use.
+
+    `asr`: a model name/folder for `Transcriber.from_pretrained`, a ready `Transcriber`, or None
+    (no CER). When the ASR cannot be loaded the scorecard goes on without CER and says why in
+    `notes` (those rows are not cached, so a later run with the ASR fills them in).
+    """
+
+    def __init__(self, asr: str | Transcriber | None = None, language: str = "fi", speaker: bool = True,
+                 references: list[str | Path] = (), naturalness: bool = True, device: str | None = None,
+                 asr_loader: Callable[..., Transcriber] = Transcriber.from_pretrained):
+        self._asr, self.language, self.speaker, self.naturalness = asr, language, speaker, naturalness
+        self.references = [Path(p) for p in references]
+        self.device, self._asr_loader = device, asr_loader
+        self._encoder: SpeakerEncoder | None = None
+        self._centroid: np.ndarray | None = None
+        self._centroid_done = False
+        self.asr_failed = False
+        self.notes: list[str] = []
+        self.loads = 0  # models loaded (ASR, speaker encoder): tests check that a cached run loads none
+
+    @property
+    def asr_name(self) -> str | None:
+        return self._asr.name if isinstance(self._asr, Transcriber) else self._asr
+
+    def identity(self) -> dict:
+        return {"asr": self.asr_name, "language": self.language,
+                "speaker": SpeakerEncoder.identity if self.speaker else None,
+                "references": [_file_digest(p) for p in self.references] if self.speaker else [],
+                "dnsmos": "speechmos-0.0.1.1-dnsmos" if self.naturalness else None}
+
+    def transcriber(self) -> Transcriber | None:
+        if isinstance(self._asr, str) and not self.asr_failed:
+            try:
+                self._asr = self._asr_loader(self._asr, language=self.language, device=self.device)
+                self.loads += 1
+            except ASRError as exc:
+                self.asr_failed = True
+                self.notes.append(str(exc))
+        return self._asr if isinstance(self._asr, Transcriber) else None
+
+    def reference(self) -> np.ndarray | None:
+        if not self._centroid_done:
+            self._centroid_done = True
+            embeddings = [self.encoder().embed_file(p) for p in self.references]
+            self._centroid = centroid(embeddings)
+            if self.references and self._centroid is None:
+                self.notes.append("No reference clip holds speech; speaker similarity is left out.")
+        return self._centroid
+
+    def encoder(self) -> SpeakerEncoder:
+        if self._encoder is None:
+            self._encoder = SpeakerEncoder(self.device)
+            self.loads += 1
+        return self._encoder
+
+    def score(self, clips: list[tuple[np.ndarray, int, str]], progress: Progress = None) -> list[dict]:
+        """Scores of (audio, sample rate, sentence) clips: cer, wer, hypothesis, similarity, sig, bak, ovrl."""
+        nan = float("nan")
+        rows = [{"hypothesis": "", "cer": nan, "wer": nan, "similarity": nan, "sig": nan, "bak": nan,
+                 "ovrl": nan, "p808": nan} for _ in clips]
+        asr = self.transcriber() if self.asr_name else None
+        if asr is not None and clips:
+            if progress:
+                progress(0.0, f"transcribing {len(clips)} clips with {asr.name}")
+            for row, text, (_, _, sentence) in zip(rows, asr.transcribe([(a, r) for a, r, _ in clips]), clips):
+                rates = error_rates(sentence, text)
+                row.update(hypothesis=text, cer=rates.cer, wer=rates.wer)
+        reference = self.reference() if self.speaker and self.references else None
+        for i, (row, (audio, rate, _)) in enumerate(zip(rows, clips)):
+            if progress:
+                progress((i + 1) / (len(clips) + 1), f"speaker similarity and DNSMOS: clip {i + 1}/{len(clips)}")
+            if reference is not None:
+                row["similarity"] = similarity(self.encoder().embed(audio, rate), reference)
+            if self.naturalness:
+                mos = dnsmos(audio, rate)
+                row.update(sig=mos.sig, bak=mos.bak, ovrl=mos.ovrl, p808=mos.p808)
+        return rows
+
+    @property
+    def cacheable(self) -> bool:
+        return not self.asr_failed
+
+
+# -- files --------------------------------------------------------------------------------------
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through a hidden temporary name and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_json(path: Path, data) -> Path:
+    text = json.dumps(data, indent=1, ensure_ascii=False, default=_json_default, allow_nan=False)
+    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return str(value)
+
+
+def _clean(data):
+    """JSON has no NaN: missing scores become null."""
+    if isinstance(data, dict):
+        return {k: _clean(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_clean(v) for v in data]
+    if isinstance(data, (float, np.floating)) and not math.isfinite(float(data)):
+        return None
+    return data
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
+    import soundfile as sf
+
+    return _atomic(path, lambda tmp: sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV"))
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    audio, rate = sf.read(str(path), dtype="float32")
+    return audio, int(rate)
+
+
+def cache_dir(config) -> Path:
+    return Path(config.workspace) / EVAL_DIR_NAME / CACHE_DIR_NAME
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:80] or "model"
+
+
+def eval_dir(config, label: str, run_id: str | None = None) -> Path:
+    """runs/<id>/eval/<label> for a run's models, else the workspace's eval/<label>."""
+    root = Path(config.runs_dir) / run_id if run_id else Path(config.workspace)
+    return root / EVAL_DIR_NAME / _slug(label)
+
+
+# -- statistics ---------------------------------------------------------------------------------
+def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict | None:
+    """Mean and percentile-bootstrap interval of the finite values; None when there is none."""
+    data = np.asarray([v for v in values if v is not None and math.isfinite(float(v))], dtype=np.float64)
+    if data.size == 0:
+        return None
+    mean = float(data.mean())
+    if data.size == 1:
+        return {"mean": mean, "low": mean, "high": mean, "n": 1}
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"mean": mean, "low": float(low), "high": float(high), "n": int(data.size)}
+
+
+# -- the evaluation -----------------------------------------------------------------------------
+@dataclass
+class Scorecard:
+    out_dir: Path
+    rows: pd.DataFrame
+    summary: dict
+    spoken: int = 0  # sentences synthesized by this call (0: all from the cache)
+    scored: int = 0  # clips scored by this call
+    notes: list[str] = field(default_factory=list)
+
+
+def _speak_all(spec: ModelSpec, missing: list[tuple[int, str, str]], sentences: list[str], seed: int,
+               options: SpeakOptions, cache: Path, synth_factory, device, progress: Progress) -> None:
+    """Speak the sentences not in the cache (one model load) and store wav + facts under their keys."""
+    if not missing:
+        return
+    if progress:
+        progress(0.0, f"loading {spec.name}")
+    synth = synth_factory(spec.model_dir, device=device, adapters=[(p, w) for p, w in spec.adapters] or None)
+    for n, (index, sentence, key) in enumerate(missing):
+        if progress:
+            progress(n / len(missing), f"speaking sentence {index + 1}/{len(sentences)}: {sentence[:50]}")
+        result = synth.speak(sentence, seed=seed, **options.speak_kwargs())
+        ended = reached_end([c.shape[1] for c in result.codes], options.max_new_tokens)
+        checks = check_signal(result.audio, result.sample_rate, sentence, ended=ended)
+        _write_wav(cache / f"{key}.wav", result.audio, result.sample_rate)
+        _write_json(cache / f"{key}.json", _clean({
+            "sentence": sentence, "normalized_text": result.normalized_text, "seed": seed, "frames": result.frames,
+            "sample_rate": result.sample_rate, **asdict(checks), "flags": "; ".join(checks.flags)}))
+
+
+def evaluate(spec: ModelSpec, out_dir: str | Path, cache: str | Path, sentences: list[str], seed: int = 1234,
+             options: SpeakOptions = SpeakOptions(), scorers: Scorers | None = None, progress: Progress = None,
+             synth_factory=None, device: str | None = None) -> Scorecard:
+    """Speak and score `sentences` with `spec`; writes scores.parquet, summary.json and audio/ in out_dir."""
+    if not sentences:
+        raise EvaluationError("No evaluation sentences: assets/examples_fi.txt is missing or empty.")
+    if synth_factory is None:
+        from pipeline.synth import Synthesizer as synth_factory
+    scorers = scorers or Scorers()
+    out_dir, cache = Path(out_dir), Path(cache)
+    digest = model_hash(spec)
+    speak_id = options.identity()
+    score_id = _digest(scorers.identity())[:16]
+    keys = [_digest([CACHE_VERSION, digest, sentence, seed, speak_id])[:32] for sentence in sentences]
+    step = (lambda lo, hi: (lambda f, m: progress(lo + (hi - lo) * f, m))) if progress else (lambda lo, hi: None)
+
+    missing = [(i, s, k) for i, (s, k) in enumerate(zip(sentences, keys))
+               if not ((cache / f"{k}.wav").is_file() and _read_json(cache / f"{k}.json"))]
+    _speak_all(spec, missing, sentences, seed, options, cache, synth_factory, device, step(0.0, 0.6))
+
+    to_score = [i for i, k in enumerate(keys) if _read_json(cache / f"{k}-{score_id}.json") is None]
+    clips = {i: _read_wav(cache / f"{keys[i]}.wav") for i in to_score}
+    scores = scorers.score([(*clips[i], sentences[i]) for i in to_score], step(0.6, 0.95)) if to_score else []
+    fresh = dict(zip(to_score, scores))
+    if scorers.cacheable:
+        for i, row in fresh.items():
+            _write_json(cache / f"{keys[i]}-{score_id}.json", _clean(row))
+
+    rows = []
+    for i, (sentence, key) in enumerate(zip(sentences, keys)):
+        facts = _read_json(cache / f"{key}.json") or {}
+        score = fresh.get(i) or _read_json(cache / f"{key}-{score_id}.json") or {}
+        audio = out_dir / AUDIO_DIR_NAME / f"{i + 1:02d}.wav"
+        source = cache / f"{key}.wav"
+        if not audio.is_file() or audio.stat().st_size != source.stat().st_size:
+            _atomic(audio, lambda tmp, source=source: shutil.copyfile(source, tmp))
+        rows.append({"index": i + 1, "sentence": sentence, "normalized_text": facts.get("normalized_text") or normalize(sentence),
+                     "seed": seed, "key": key, "audio_path": str(audio), **{k: v for k, v in facts.items()
+                                                                            if k not in ("sentence", "normalized_text", "seed")},
+                     **score})
+    frame = pd.DataFrame(rows).astype({"flags": str, "hypothesis": str}, errors="ignore")
+    for column in METRICS:
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    summary = _summary(spec, digest, frame, seed, options, scorers)
+    _atomic(out_dir / SCORES_NAME, lambda tmp: frame.to_parquet(tmp, index=False))
+    _write_json(out_dir / SUMMARY_NAME, _clean(summary))
+    if progress:
+        progress(1.0, f"{spec.name}: {len(missing)} spoken, {len(to_score)} scored, {len(sentences)} sentences")
+    return Scorecard(out_dir, frame, summary, len(missing), len(to_score), list(scorers.notes))
+
+
+def _summary(spec: ModelSpec, digest: str, frame: pd.DataFrame, seed: int, options: SpeakOptions,
+             scorers: Scorers) -> dict:
+    flagged = frame["flags"].fillna("").astype(str) if "flags" in frame else pd.Series([""] * len(frame))
+    return {
+        "model": spec.name, "model_dir": str(spec.model_dir), "adapters": [list(a) for a in spec.adapters],
+        "model_hash": digest, "description": spec.description(), "random_weights": spec.random_weights,
+        "sentences": len(frame), "seed": seed, "options": asdict(options), "scorers": scorers.identity(),
+        "metrics": {m: bootstrap_interval(frame[m]) if m in frame else None for m in METRICS},
+        "higher_is_better": METRICS, "flagged": int((flagged != "").sum()),
+        "cut_at_max_length": int((~frame["ended"].astype(bool)).sum()) if "ended" in frame else 0,
+        "silent": int(flagged.str.contains("silent").sum()), "notes": list(scorers.notes),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def read_scorecard(out_dir: str | Path) -> tuple[pd.DataFrame, dict] | None:
+    """(rows, summary) written by `evaluate`, or None when there is none (yet)."""
+    out_dir = Path(out_dir)
+    summary = _read_json(out_dir / SUMMARY_NAME)
+    if summary is None or not (out_dir / SCORES_NAME).is_file():
+        return None
+    try:
+        return pd.read_parquet(out_dir / SCORES_NAME), summary
+    except (OSError, ValueError):
+        return None
+
+
+# -- entry points over the configuration (CLI, studio, workflow) --------------------------------
+def evaluation_sentences(config) -> list[str]:
+    from pipeline.text import example_sentences
+
+    return example_sentences()[: config.evaluation.sentences]
+
+
+def speaker_references(config, speaker: str | None = None) -> list[Path]:
+    """Clips of the chosen speaker of the studio's current dataset (cleanest first), none without one."""
+    from pipeline.playground import reference_clips
+
+    if config.evaluation.references == 0:
+        return []
+    return [Path(c["path"]) for c in reference_clips(config, speaker, limit=config.evaluation.references).clips]
+
+
+def config_scorers(config, references: list[str | Path] = (), asr: str | Transcriber | None = "config",
+                   device: str | None = None) -> Scorers:
+    """The scorers `evaluation:` asks for (asr "config": evaluation.asr_model)."""
+    return Scorers(config.evaluation.asr_model if asr == "config" else asr, language=config.evaluation.language,
+                   speaker=True, references=references, device=device)
+
+
+def run_models(config, run_id: str) -> list[ModelSpec]:
+    """A run's models to score: each kept checkpoint of each phase (LoRA on its base), then merged."""
+    from pipeline.workflow import read_run
+
+    run_dir = Path(config.runs_dir) / run_id
+    if not run_dir.is_dir():
+        raise EvaluationError(f"Run {run_id} does not exist under {config.runs_dir}; check the run id.")
+    run = read_run(run_dir)
+    artifacts = run.get("artifacts") or {}
+    base = run.get("base_model") or str(config.base_model_dir)
+    specs = []
+    for phase_dir in sorted(p for p in (run_dir / "phases").glob("*") if p.is_dir()):
+        for ckpt in sorted(p for p in (phase_dir / "checkpoints").glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")):
+            label = f"{phase_dir.name}-{ckpt.name}"
+            if all((ckpt / name).is_file() for name in ADAPTER_FILES):
+                # a full fine-tune's speaker LoRA sits on its language-adapted model
+                on = artifacts.get("phase1_model") if phase_dir.name == "speaker_lora" and artifacts.get("phase1_model") else base
+                specs.append(ModelSpec(str(on), ((str(ckpt), 1.0),), label))
+            elif all((ckpt / name).is_file() for name in LM_FILES):
+                specs.append(ModelSpec(str(ckpt), (), label))
+    merged = artifacts.get("merged") or run_dir / "artifacts" / "merged"
+    if all((Path(merged) / name).is_file() for name in LM_FILES):
+        specs.append(ModelSpec(str(merged), (), "merged"))
+    if not specs:
+        raise EvaluationError(f"Run {run_id} has no checkpoint or merged model yet; evaluate it after a validation step.")
+    return specs
+
+
+def evaluate_config_model(config, spec: ModelSpec, run_id: str | None = None, scorers: Scorers | None = None,
+                          progress: Progress = None, synth_factory=None, device: str | None = None) -> Scorecard:
+    """`evaluate` with the configuration's sentences, seed, token limit, output folder and cache."""
+    return evaluate(spec, eval_dir(config, spec.name, run_id), cache_dir(config), evaluation_sentences(config),
+                    seed=config.evaluation.seed, options=SpeakOptions(max_new_tokens=config.evaluation.max_new_tokens),
+                    scorers=scorers or config_scorers(config, speaker_references(config), device=device),
+                    progress=progress, synth_factory=synth_factory, device=device)
+
+
+def scorecard_table(summaries: list[dict]) -> pd.DataFrame:
+    """One row per model: CER, similarity, DNSMOS OVRL as 'mean [low, high]' (for the studio and the CLI)."""
+    def cell(summary: dict, metric: str) -> str:
+        stats = (summary.get("metrics") or {}).get(metric)
+        return "–" if not stats else f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
+
+    return pd.DataFrame([{"model": s.get("model", ""), "CER": cell(s, "cer"), "similarity": cell(s, "similarity"),
+                          "DNSMOS OVRL": cell(s, "ovrl"), "flagged": s.get("flagged", 0),
+                          "note": "random weights: produces noise" if s.get("random_weights") else ""}
+                         for s in summaries])
