@@ -20,6 +20,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline import playground as pg
+from pipeline.jobs import delete_run
 from pipeline.text import example_sentences, normalize_report
 from pipeline.warmup import WarmUp, warm_up_wanted
 
@@ -192,7 +193,10 @@ def build(ctx) -> None:
                 usage = gr.HTML(elem_id="pg-usage")
                 refresh_artifacts = gr.Button("↻ Refresh", size="sm", scale=0, elem_id="pg-refresh-artifacts")
             runs_table = gr.Dataframe(interactive=False, wrap=True, show_label=False, elem_id="pg-runs")
-            run_choice = gr.Dropdown([], label="Files of run", interactive=True, elem_id="pg-run")
+            with gr.Row(equal_height=True):
+                run_choice = gr.Dropdown([], label="Files of run", interactive=True, elem_id="pg-run", scale=4)
+                delete_button = gr.Button("🗑 Delete this run", variant="stop", size="sm", scale=0, elem_id="pg-delete-run")
+                delete_confirmed = gr.Checkbox(False, visible=False)  # set by the browser's confirm dialog
             with gr.Row(equal_height=False):
                 adapter_zip = gr.DownloadButton("Adapter zip", visible=False, variant="primary", elem_id="pg-adapter-zip")
                 with gr.Column(scale=0, min_width=220):
@@ -386,6 +390,16 @@ def build(ctx) -> None:
     def on_phase1_zip(run_id, progress=gr.Progress()):
         return on_zip(run_id, "phase1", progress)
 
+    def on_delete(run_id, confirmed):
+        if not run_id or not confirmed:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            deleted = delete_run(config, run_id)
+            gr.Info(f"Deleted run {deleted.name} and all its files.")
+        except Exception as exc:  # noqa: BLE001 - e.g. the run is training: said, not raised
+            gr.Warning(_failure(exc))
+        return on_artifacts()
+
     def on_tiny_model(*current):
         try:
             pg.create_tiny_model()
@@ -427,6 +441,11 @@ def build(ctx) -> None:
     gr.on([artifacts_tab.select, refresh_artifacts.click], on_artifacts, outputs=[usage, runs_table, run_choice],
           api_name="artifacts").then(on_run_files, inputs=run_choice, outputs=file_outputs, api_visibility="private")
     run_choice.input(on_run_files, inputs=run_choice, outputs=file_outputs, api_name="run_files")
+    # the browser asks first: deleting removes checkpoints and artifacts for good
+    delete_button.click(on_delete, inputs=[run_choice, delete_confirmed], outputs=[usage, runs_table, run_choice],
+                     api_name="delete_run",
+                     js="(run, ok) => [run, run ? confirm(`Delete run ${run} and all its files?`) : false]"
+                     ).then(on_run_files, inputs=run_choice, outputs=file_outputs, api_visibility="private")
     zip_merged.click(on_merged_zip, inputs=run_choice, outputs=[zip_merged, merged_zip], api_name="merged_zip",
                      show_progress_on=[zip_merged])
     zip_phase1.click(on_phase1_zip, inputs=run_choice, outputs=[zip_phase1, phase1_zip], api_name="phase1_zip",

@@ -54,3 +54,20 @@ def test_twenty_concurrent_synthesis_requests_are_all_served(server, tiny_checkp
     assert not any("error" in m.lower() or "failed" in m.lower() for m in messages), messages
     assert len(set(map(str, audio_paths))) == REQUESTS  # one file each, none overwritten
     assert "Traceback" not in server.output()
+
+
+def test_a_run_is_deleted_from_the_studio(server):
+    from gradio_client import Client
+
+    from pipeline.workflow import update_run
+
+    run_dir = server.workspace / "runs" / "20260101-000000-quick_lora"
+    update_run(run_dir, id=run_dir.name, mode="quick_lora", status="finished")
+    (run_dir / "artifacts").mkdir()
+    (run_dir / "artifacts" / "adapter.zip").write_bytes(b"zip")
+    client = Client(server.url, verbose=False)
+    client.predict(api_name="/artifacts")
+    client.predict(run_dir.name, False, api_name="/delete_run")  # not confirmed: nothing happens
+    assert run_dir.exists()
+    client.predict(run_dir.name, True, api_name="/delete_run")
+    assert not run_dir.exists(), server.output()[-3000:]
