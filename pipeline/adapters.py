@@ -19,9 +19,21 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
+from fish_speech.models.text2semantic.llama import DualARTransformer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from pipeline.forward import unwrap
+
+def unwrap(model) -> DualARTransformer:
+    """The DualARTransformer inside a peft wrapper (peft swaps Linear modules in place)."""
+    while not isinstance(model, DualARTransformer):
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "model"):
+            model = model.model
+        else:
+            raise TypeError(f"Expected a DualARTransformer (or a peft wrapper of one), got {type(model).__name__}.")
+    return model
+
 
 LINEAR_TARGETS = ("wqkv", "wo", "w1", "w2", "w3")
 HEAD_TARGETS = ("output", "fast_output")

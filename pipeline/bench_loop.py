@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.bench import SENTENCES, _free, _peak_gb, bench_tokenizer
+from pipeline.bench_common import SENTENCES, free_memory, peak_gb, bench_tokenizer
 
 
 def _checkpoint(folder: Path, args, device) -> Path:
@@ -68,7 +68,7 @@ def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None) -> 
         ckpt = _checkpoint(tmp / "ckpt", args, device)
         manifest = _dataset(tmp / "codes", args, 24 if tiny else 600, 20 if tiny else 172)
         for mode in ("lora", "full"):
-            _free(device)
+            free_memory(device)
             settings = TrainSettings.from_config(
                 config, mode, steps=steps, epochs=None, batch_size=batch_size, max_length=max_length,
                 val_every=10**6, save_every=10**6, patience=None, eval_texts=(), device=str(device), warmup_steps=1)
@@ -83,7 +83,7 @@ def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None) -> 
                             "step_s_mean": round(float(np.mean(seconds)), 4) if seconds else None,
                             "slow_steps": len(slow), "slow_steps_extra_s": round(sum(slow) - median * len(slow), 1),
                             "step_seconds": [round(t, 3) for t in seconds],
-                            "timed_steps": len(seconds), "peak_gb": round(_peak_gb(device), 2),
+                            "timed_steps": len(seconds), "peak_gb": round(peak_gb(device), 2),
                             "memory_plan": state.get("memory_plan")}
             print(f"loop {mode}: {result[mode]}", flush=True)
     return result

@@ -85,7 +85,7 @@ def reference_step(model, optimizer, batch: dict, grad_clip: float = 1.0) -> flo
 def reference_logits(model, prompt: torch.Tensor, frames: torch.Tensor):
     """Generation's reference: what fish-speech's decode_one_token_ar computes for given frames (checks): full-vocabulary
     token logits (F, vocab) and fast logits (F, N-1, codebook_size), KV caches, one column at a time."""
-    from pipeline.forward import unwrap
+    from pipeline.adapters import unwrap
 
     model = unwrap(model)
     n = model.config.num_codebooks

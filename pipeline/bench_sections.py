@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench import (
+from pipeline.bench_common import (
     SENTENCES,
-    _free,
-    _peak_gb,
-    _sync,
+    free_memory,
+    peak_gb,
+    sync,
     peak_tflops,
     rel_diff,
     synthetic_batch,
@@ -132,7 +132,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
     settings = TrainSettings.from_config(config, mode, batch_size=batch_size, max_length=max_length,
                                          device=str(device), **({"lora_dropout": 0.0} if "dropout0" in toggles else {}))
     cuda = device.type == "cuda"
-    _free(device)
+    free_memory(device)
     losses = []
     contexts = []  # entered around the timed steps only
     row = {"name": name, "impl": impl, "mode": mode}
@@ -192,7 +192,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
             _, summary = profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
             row.update(summary)
     flops = train_flops(args, batch, mode, lora_params)
-    peak = _peak_gb(device)
+    peak = peak_gb(device)
     step_s = timing["median_s"]
     tflops, (peak_tf, _) = flops["step"] / step_s / 1e12, peak_tflops(device)
     row.update(step_s=step_s, first_step_s=timing["first_s"], tokens_per_s=round(flops["tokens"] / step_s, 1),
@@ -204,7 +204,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         rest = peak - static_gb(mode, params_total, lora_params) - workspace_gb(args.vocab_size) - CONTEXT_GB
         row["act_mb_per_token"] = round(max(rest, 0) * 1e3 / (row["micro_batch"] * max_length), 3)
     model = optimizer = step = None  # free the GPU memory before the next variant
-    _free(device)
+    free_memory(device)
     return row
 
 
@@ -220,7 +220,7 @@ def bench_train(config, shapes, device, tiny, steps=None, variants=None, profile
             row = run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir)
         except torch.cuda.OutOfMemoryError as exc:
             row = {"name": name, "error": f"out of memory: {str(exc)[:200]}"}
-            _free(device)
+            free_memory(device)
         except Exception as exc:
             if isinstance(exc, ValueError) and "variant" in str(exc):
                 raise
@@ -228,7 +228,7 @@ def bench_train(config, shapes, device, tiny, steps=None, variants=None, profile
 
             traceback.print_exc()
             row = {"name": name, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
-            _free(device)
+            free_memory(device)
         row["wall_s"] = round(time.perf_counter() - started, 1)
         print({k: v for k, v in row.items() if k not in ("timing", "plan")}, flush=True)
         rows.append(row)
@@ -280,7 +280,7 @@ def bench_extract(shapes, device, tiny) -> dict:
     audio_s = clip_s * clips
     result = {"clips": clips, "clip_s": clip_s, "batch_audio_s": audio_s, "wall_s": timing["median_s"],
               "first_s": timing["first_s"], "realtime_factor": round(audio_s / timing["median_s"], 1),
-              "peak_gb": round(_peak_gb(device), 2), "frames": int(sum(c.shape[1] for c in codes[-1]))}
+              "peak_gb": round(peak_gb(device), 2), "frames": int(sum(c.shape[1] for c in codes[-1]))}
     if device.type == "cuda":  # bf16 autocast: faster, but do the codes stay the same?
         bf16 = []
 
@@ -375,7 +375,7 @@ def bench_generate(shapes, device, tiny, profile_dir=None) -> dict:
     result["check"] = {"head_rel_diff": round(rel_diff(head0.cpu(), ref_head[:, rows].cpu()), 5),
                        "fast_rel_diff": round(rel_diff(fast.cpu(), ref_fast[..., : gen.residual_vocab].cpu()), 5),
                        "frames": check}
-    result["peak_gb"] = round(_peak_gb(device), 2)
+    result["peak_gb"] = round(peak_gb(device), 2)
     gen = model = codec = None
-    _sync(device)
+    sync(device)
     return result

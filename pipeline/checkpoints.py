@@ -178,7 +178,7 @@ def load_tokenizer(ckpt_dir: str | Path):
     return tokenizer
 
 
-def _clean_state_dict(weights: dict) -> dict:
+def clean_state_dict(weights: dict) -> dict:
     """Same key clean-up as fish-speech's from_pretrained (Lightning prefix, audio projector)."""
     if "state_dict" in weights:
         weights = weights["state_dict"]
@@ -214,7 +214,7 @@ def load_lm(ckpt_dir: str | Path, device: str | torch.device = "cpu", dtype: tor
         weights = torch.load(ckpt_dir / "model.pth", map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:  # truncated download, wrong format
         raise CheckpointError(f"{ckpt_dir / 'model.pth'} cannot be read ({_short(exc)}); re-download it.") from None
-    weights = _clean_state_dict(weights)
+    weights = clean_state_dict(weights)
     try:
         result = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:  # shape mismatches

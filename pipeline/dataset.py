@@ -20,7 +20,8 @@ from typing import Callable
 import pandas as pd
 
 from .manifest import MANIFEST_NAME, Limits, build_manifest, load_manifest, summarize
-from .sources import SourceError, SourceSpec, read_source, source_fingerprint
+from .source_spec import SourceError, SourceSpec
+from .sources import read_source, source_fingerprint
 from .speakers import Recommendation, recommend_speaker, speaker_stats
 
 Progress = Callable[[float, str], None] | None

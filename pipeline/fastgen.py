@@ -71,7 +71,7 @@ from pipeline.fastgen_step import (
     slow_block,
 )
 from pipeline import decode_kernels
-from pipeline.forward import unwrap
+from pipeline.adapters import unwrap
 
 RESIDUAL_VOCAB = 1024  # decode_one_token_ar samples codebooks 1.. from the first 1024 fast logits
 MIN_BUCKET = 512

@@ -34,6 +34,7 @@ from fish_speech.models.text2semantic.llama import DualARTransformer, apply_rota
 from torch.utils.checkpoint import checkpoint
 
 from pipeline import segment_attention
+from pipeline.adapters import unwrap
 from pipeline.fused_linear import glu_linear, shared_input_linear
 
 # inference samples codebooks 1.. from fast_output's first 1024 logits (decode_one_token_ar)
@@ -55,18 +56,6 @@ class ForwardOptions:
     def for_run(cls, compile_blocks: bool) -> "ForwardOptions":
         # flex attention is only fast compiled; eagerly it materialises the whole score matrix
         return cls(flex_fast_attention=compile_blocks)
-
-
-def unwrap(model) -> DualARTransformer:
-    """The DualARTransformer inside a peft wrapper (peft swaps Linear modules in place)."""
-    while not isinstance(model, DualARTransformer):
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif hasattr(model, "model"):
-            model = model.model
-        else:
-            raise TypeError(f"Expected a DualARTransformer (or a peft wrapper of one), got {type(model).__name__}.")
-    return model
 
 
 def embed(model: DualARTransformer, tokens: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS
 from .hub import HubUnreachable, require_hub
-from .sources import (Clips, Progress, RawClip, SourceError, SourceSpec, _is_junk, _report, _slug,
-                      balanced_indices, decode_text)
+from .source_spec import (Clips, Progress, RawClip, SourceError, SourceSpec, balanced_indices, decode_text, is_junk,
+                          report, slug)
 
 # split names a Hub export uses: files named after another split are not this one's
 _KNOWN_SPLITS = {"train", "test", "validation", "valid", "dev", "eval", "other", "validated", "invalidated"}
@@ -84,7 +84,7 @@ def _local_files(spec: SourceSpec) -> tuple[Path, list[str]]:
     if not root.is_dir():
         raise SourceError(f"{root} is not a parquet file or a folder of parquet files; check dataset.path.")
     files = [p.relative_to(root).as_posix() for p in root.rglob("*.parquet")
-             if not _is_junk(p.relative_to(root)) and p.is_file()]
+             if not is_junk(p.relative_to(root)) and p.is_file()]
     return root, files
 
 
@@ -96,7 +96,10 @@ def list_shards(spec: SourceSpec) -> list[str]:
     else:
         from huggingface_hub import HfApi
 
+        from huggingface_hub.utils import validate_repo_id
+
         with _hub_errors(spec):
+            validate_repo_id(spec.hf_repo)  # a malformed id is the user's to fix, reachable Hub or not
             require_hub()
             files = HfApi().list_repo_files(spec.hf_repo, repo_type="dataset", revision=spec.hf_revision)
     parquet = sorted(f for f in files if f.endswith(".parquet"))
@@ -200,7 +203,7 @@ def read_huggingface(spec: SourceSpec, work_dir: Path, progress: Progress = None
     for index, shard in enumerate(shards):
         if not spec.path and len(speakers) >= spec.max_clips:
             break
-        _report(progress, 0.5 * min(len(speakers) / spec.max_clips, 1.0),
+        report(progress, 0.5 * min(len(speakers) / spec.max_clips, 1.0),
                 f"Reading shard {index + 1}/{len(shards)}: {shard}")
         local = _fetch_shard(spec, shard)
         parquet = _open_shard(spec, shard, local, wanted)
@@ -224,12 +227,12 @@ def read_huggingface(spec: SourceSpec, work_dir: Path, progress: Progress = None
                 break
             for row in batch.to_pylist():
                 if position in chosen:
-                    clip_id = f"{_slug(spec.hf_split)}-{position:06d}"
+                    clip_id = f"{slug(spec.hf_split)}-{position:06d}"
                     path, problem = _materialize_audio(row[audio_col], out_dir, clip_id, local.parent, audio_col)
                     text, text_problem = _cell_text(row[text_col], text_col)
                     clips.append(RawClip(clip_id, speakers[position], text, path, problem or text_problem))
                 position += 1
-            _report(progress, 0.5 + 0.5 * len(clips) / max(len(chosen), 1), f"Read {len(clips)}/{len(chosen)} clips")
+            report(progress, 0.5 + 0.5 * len(clips) / max(len(chosen), 1), f"Read {len(clips)}/{len(chosen)} clips")
     return clips
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import text as text_module
 from .audio import AudioError, file_hash, load_audio, measure, probe, to_training_audio
-from .sources import RawClip
+from .source_spec import RawClip
 
 Progress = Callable[[float, str], None] | None
 MANIFEST_NAME = "manifest.parquet"

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.adapters import ADAPTER_FILES, AdapterError, load_adapters
-from pipeline.checkpoints import LM_FILES, load_lm
-from pipeline.forward import unwrap
+from pipeline.checkpoints import LM_FILES, clean_state_dict, load_lm
+from pipeline.adapters import unwrap
 from pipeline.model_card import CARD_NAME, model_card
 
 COPIED_FILES = ("config.json", "tokenizer.tiktoken", "special_tokens.json", "codec_config.yaml", "RANDOM_WEIGHTS")
@@ -102,12 +102,7 @@ def _reference_weights(base_ckpt_dir: Path) -> dict[str, torch.Tensor]:
     for name in LM_FILES:
         if not (base_ckpt_dir / name).is_file():
             raise MergeError(f"Base checkpoint {base_ckpt_dir} has no {name}.")
-    weights = torch.load(base_ckpt_dir / "model.pth", map_location="cpu", mmap=True, weights_only=True)
-    if "state_dict" in weights:
-        weights = weights["state_dict"]
-    if weights and next(iter(weights)).startswith("model."):
-        weights = {k.removeprefix("model."): v for k, v in weights.items()}
-    return {k: v for k, v in weights.items() if "audio_" not in k}
+    return clean_state_dict(torch.load(base_ckpt_dir / "model.pth", map_location="cpu", mmap=True, weights_only=True))
 
 
 def _state_dict_like_base(model, base_ckpt_dir: Path, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

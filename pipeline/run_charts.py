@@ -1,7 +1,7 @@
 """Plotly figures for the Modes & cost tab (time vs cost per GPU) and the Training tab (curves).
 
 Inputs are plain DataFrames: `pipeline.cost.estimate`'s table and the train/validation rows of
-a metrics.jsonl (`pipeline.runs_view.read_metrics`). Scatter traces only (SVG, not WebGL), so
+a metrics.jsonl (`pipeline.metrics.read_metrics`). Scatter traces only (SVG, not WebGL), so
 the charts render in headless browsers too. No gradio import.
 """
 

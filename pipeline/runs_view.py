@@ -8,7 +8,6 @@ has written. No gradio import.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import re
 import time
@@ -20,6 +19,7 @@ import pandas as pd
 
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.cost import charge
+from pipeline.metrics import read_metrics
 from pipeline.text import example_sentences
 from pipeline.workflow import PHASES, read_json, read_run, render_examples
 
@@ -104,41 +104,6 @@ def short_source(text: str) -> str:
 
 
 # -- metrics ----------------------------------------------------------------------------------
-def read_metrics(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, validation rows) of a metrics.jsonl, sorted by step; empty frames when absent.
-
-    The file is appended to while we read it: a half-written last line is skipped.
-    """
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and "step" in row:
-                    rows.append(row)
-    except OSError:
-        pass
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=["step"]), pd.DataFrame(columns=["step"])
-    frame["step"] = pd.to_numeric(frame["step"], errors="coerce")
-    frame = frame.dropna(subset=["step"])
-    kinds = frame["kind"] if "kind" in frame else pd.Series("train", index=frame.index)
-    return _rows_of(frame[kinds != "val"]), _rows_of(frame[kinds == "val"])
-
-
-def _rows_of(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sorted by step, without columns empty for this kind; `step` always kept (an empty kind has
-    every column empty, and the views sort and index by step)."""
-    empty = [c for c in frame.columns if c != "step" and frame[c].isna().all()]
-    frame = frame.drop(columns=empty).sort_values("step", kind="stable").reset_index(drop=True)
-    frame["step"] = frame["step"].astype(int)
-    return frame
-
-
 def phase_dir(run_dir: str | Path, phase: str) -> Path:
     return Path(run_dir) / "phases" / phase
 

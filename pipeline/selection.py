@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SELECTION_NAME = "selection.json"
@@ -120,3 +121,36 @@ def apply_selection(config, selection: dict):
         overrides.update({"speaker.policy": "manual", "speaker.name": str(selection["speaker"])})
     overrides.update({k: v for k, v in selection.items() if "." in k})
     return config.with_overrides(overrides) if overrides else config
+
+
+# -- reference clips of the picked speaker ----------------------------------------------------
+@dataclass
+class ReferenceClips:
+    dataset_id: str | None = None
+    speaker: str | None = None
+    speakers: list[str] = field(default_factory=list)
+    clips: list[dict] = field(default_factory=list)  # id, path, text, duration_s (best first)
+
+
+def reference_clips(config, speaker: str | None = None, limit: int = 30) -> ReferenceClips:
+    """Accepted clips of a speaker of the studio's current dataset, 3-15 s and cleanest first."""
+    from pipeline.dataset import DatasetError, list_datasets, open_dataset
+
+    selection = load_selection(config)
+    dataset_id = selection.get("dataset_id")
+    if not dataset_id or dataset_id not in list_datasets(config):
+        return ReferenceClips()
+    try:
+        ds = open_dataset(config, dataset_id)
+    except DatasetError:
+        return ReferenceClips()
+    speakers = ds.speaker_names()
+    speaker = speaker if speaker in speakers else selection.get("speaker")
+    speaker = speaker if speaker in speakers else (ds.recommendation.speaker or (speakers[0] if speakers else None))
+    rows = ds.accepted()
+    rows = rows[rows["speaker"].astype(str) == str(speaker)].copy()
+    rows["fit"] = rows["duration_s"].between(3.0, 15.0)
+    rows = rows.sort_values(["fit", "snr_db"], ascending=False).head(limit)
+    clips = [{"id": str(r.id), "path": str(r.audio_path), "text": str(r.text), "duration_s": float(r.duration_s)}
+             for r in rows.itertuples()]
+    return ReferenceClips(dataset_id, speaker, speakers, clips)

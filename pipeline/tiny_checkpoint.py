@@ -29,7 +29,7 @@ _TINY_MERGES = [
 ]
 
 
-def _tiny_bpe_lines() -> list[str]:
+def tiny_bpe_lines() -> list[str]:
     ranks = [bytes([i]) for i in range(256)]
     for merge in _TINY_MERGES:
         token = merge.encode("utf-8")
@@ -125,7 +125,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
 
-    bpe = _tiny_bpe_lines()
+    bpe = tiny_bpe_lines()
     (tmp / "tokenizer.tiktoken").write_text("\n".join(bpe) + "\n")
     special = _tiny_special_tokens(len(bpe))
     (tmp / "special_tokens.json").write_text(json.dumps(special, indent=2, ensure_ascii=False))

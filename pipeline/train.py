@@ -32,7 +32,7 @@ from pipeline import checkpoint_integrity
 from pipeline.adapters import attach_lora, load_trainable_adapter, save_adapter
 from pipeline.checkpoints import load_lm
 from pipeline.cpu_memory import cpu_oom, cpu_oom_message
-from pipeline.forward import unwrap
+from pipeline.adapters import unwrap
 from pipeline.loss import compute_loss
 from pipeline.memory_plan import plan_for_device
 from pipeline.merge import save_full_model

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from pipeline.charts import per_speaker_table
-from pipeline.sources import SAMPLE_DIR, SourceError, SourceSpec
+from pipeline.source_spec import SAMPLE_DIR, SourceError, SourceSpec
 from pipeline.speakers import RANKING_POLICIES, recommend_by_policy, speaker_rankings
 
 ALL_SPEAKERS = "All speakers"

@@ -20,6 +20,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline import playground as pg
+from pipeline.selection import ReferenceClips, reference_clips
 from pipeline.jobs import delete_run
 from pipeline.text import example_sentences, normalize_report
 from pipeline.warmup import WarmUp, warm_up_wanted
@@ -105,7 +106,7 @@ def build(ctx) -> None:
     warm = WarmUp(cache)
     if first and warm_up_wanted():  # compile the decoder now, not at the first request
         warm.start(first)
-    refs = pg.reference_clips(config)
+    refs = reference_clips(config)
 
     # -- text, voice reference, sampling (shared by Listen and A/B) --------------------------------
     with gr.Row(equal_height=False):
@@ -230,7 +231,7 @@ def build(ctx) -> None:
         return updates
 
     def on_references(speaker, clip):
-        found = pg.reference_clips(config, speaker)
+        found = reference_clips(config, speaker)
         keep = clip if any(c["path"] == clip for c in found.clips) else None  # a reload keeps the pick
         return gr.update(choices=found.speakers, value=found.speaker), gr.update(choices=_clip_choices(found), value=keep)
 
@@ -238,7 +239,7 @@ def build(ctx) -> None:
         return on_references((selection or {}).get("speaker"), clip)
 
     def on_reference_clip(speaker, path):
-        clip = next((c for c in pg.reference_clips(config, speaker).clips if c["path"] == path), None)
+        clip = next((c for c in reference_clips(config, speaker).clips if c["path"] == path), None)
         return (clip["path"], clip["text"]) if clip else (gr.skip(), gr.skip())
 
     def speak_steps(values, shared_values, file_name=None):
@@ -485,5 +486,5 @@ def _merged_zip_updates(run: pg.RunArtifacts, which: str = "merged") -> tuple:
     return gr.update(visible=True, value=f"Zip the {what} ({size})"), gr.update(visible=False)
 
 
-def _clip_choices(refs: pg.ReferenceClips) -> list[tuple[str, str]]:
+def _clip_choices(refs: ReferenceClips) -> list[tuple[str, str]]:
     return [(f"{c['id']} · {c['duration_s']:.1f} s · {c['text'][:50]}", c["path"]) for c in refs.clips]

@@ -35,7 +35,7 @@ def prepared_workspace(tmp_path_factory, checkpoint: Path) -> Path:
 
         from pipeline.codes import extract_codes
         from pipeline.dataset import load_dataset
-        from pipeline.sources import SourceSpec
+        from pipeline.source_spec import SourceSpec
 
         root = tmp_path_factory.mktemp("prepared-ws")
         previous = os.environ.get("STUDIO_WORKSPACE")

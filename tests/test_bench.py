@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from pipeline.bench import bench_shapes, result_path, run_bench, synthetic_batch, train_flops
+from pipeline.bench import result_path, run_bench
+from pipeline.bench_common import bench_shapes, synthetic_batch, train_flops
 from pipeline.config import load_config
 from pipeline.forward import IGNORE
 from pipeline.loss import compute_loss

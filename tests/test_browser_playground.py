@@ -23,7 +23,7 @@ from audio_fixtures import write_clip
 from pipeline.config import Config
 from pipeline.dataset import load_dataset
 from pipeline.selection import save_selection
-from pipeline.sources import SourceSpec
+from pipeline.source_spec import SourceSpec
 from studio_server import CHROMIUM, PROJECT_ROOT, start_studio
 from test_playground import RUN, make_runs
 

@@ -12,7 +12,8 @@ import pytest
 from audio_fixtures import speech_like, wav_bytes
 from pipeline.cleanup import remove_stale_temp
 from pipeline.codes import cache_path, save_codes
-from pipeline.sources import SourceError, extract_zip
+from pipeline.sources import extract_zip
+from pipeline.source_spec import SourceError
 
 
 def dead_pid() -> int:

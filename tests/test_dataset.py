@@ -10,7 +10,7 @@ from pipeline import dataset as dataset_module
 from pipeline.config import PROJECT_ROOT
 from pipeline.dataset import DatasetError, list_datasets, load_dataset, open_dataset
 from pipeline.selection import apply_selection, load_selection, save_selection
-from pipeline.sources import SourceError, SourceSpec
+from pipeline.source_spec import SourceError, SourceSpec
 
 SAMPLE = PROJECT_ROOT / "assets" / "sample"
 

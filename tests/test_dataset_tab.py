@@ -11,7 +11,7 @@ from audio_fixtures import speech_like, test_config, write_clip
 from pipeline import dataset as datasets
 from pipeline.dataset import list_datasets, load_dataset, open_dataset
 from pipeline.selection import apply_selection, load_selection, picked_speaker, save_selection
-from pipeline.sources import SourceError, SourceSpec
+from pipeline.source_spec import SourceError, SourceSpec
 from studio import dataset_view as view
 
 

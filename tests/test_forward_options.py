@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import pipeline.forward as fw
+from pipeline.adapters import unwrap
 import pipeline.loss as loss_module
 from pipeline.adapters import attach_lora
-from pipeline.bench import synthetic_batch
+from pipeline.bench_common import synthetic_batch
 from pipeline.checkpoints import load_lm
 from fish_speech.models.text2semantic.llama import DualARTransformer
 
@@ -96,7 +97,7 @@ def test_segment_block_mask_lists_exactly_the_needed_key_blocks(segments, length
 
 def test_flex_attention_of_packed_frames_equals_per_frame_attention(lora_model):
     model, _ = lora_model
-    base = fw.unwrap(model)
+    base = unwrap(model)
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(23, base.config.dim, generator=g)
     codes = torch.randint(0, 16, (23, base.config.num_codebooks), generator=g)

@@ -157,7 +157,7 @@ import dataclasses, sys, torch
 import pipeline.forward as fw
 from pipeline.loss import compute_loss
 from pipeline.adapters import attach_lora
-from pipeline.bench import synthetic_batch
+from pipeline.bench_common import synthetic_batch
 from pipeline.checkpoints import load_lm
 from pipeline.tiny_checkpoint import write_tiny_checkpoint
 from fish_speech.models.text2semantic.llama import DualARTransformer

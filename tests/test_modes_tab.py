@@ -30,7 +30,7 @@ def config(tmp_path, monkeypatch) -> Config:
 def selected(config, voices):
     """The folder dataset loaded and selected, as the Dataset tab leaves it."""
     from pipeline.dataset import load_dataset
-    from pipeline.sources import SourceSpec
+    from pipeline.source_spec import SourceSpec
 
     dataset = load_dataset(SourceSpec(kind="folder", path=str(voices)), config)
     save_selection(config, dataset_id=dataset.id)

@@ -20,6 +20,7 @@ from pipeline.adapters import adapter_scales, attach_lora, export_adapter_zip, s
 from pipeline.checkpoints import load_lm
 from pipeline.config import Config
 from pipeline.merge import merge_lora
+from pipeline.selection import reference_clips
 from pipeline.synth import SynthError
 
 RUN = "20250101-120000-quick_lora"
@@ -269,11 +270,11 @@ def test_reference_clips_of_the_picked_speaker_prompt_the_voice(world, cache, ti
     from audio_fixtures import write_clip
     from pipeline.dataset import load_dataset
     from pipeline.selection import save_selection
-    from pipeline.sources import SourceSpec
+    from pipeline.source_spec import SourceSpec
 
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
     config = world[0]
-    assert pg.reference_clips(config).clips == []  # no dataset yet: nothing to offer, no error
+    assert reference_clips(config).clips == []  # no dataset yet: nothing to offer, no error
     for speaker, count in {"anna": 3, "bert": 2}.items():
         for i in range(count):
             write_clip(tmp_path / "voices", speaker, f"{speaker}{i}", f"{speaker.title()} sanoo {i + 1}. lauseen.",
@@ -281,10 +282,10 @@ def test_reference_clips_of_the_picked_speaker_prompt_the_voice(world, cache, ti
     ds = load_dataset(SourceSpec("folder", path=str(tmp_path / "voices")), config)
     save_selection(config, dataset_id=ds.id, speaker="bert")
 
-    refs = pg.reference_clips(config)
+    refs = reference_clips(config)
     assert refs.speaker == "bert" and set(refs.speakers) == {"anna", "bert"}
     assert sorted(c["text"] for c in refs.clips) == ["Bert sanoo 1. lauseen.", "Bert sanoo 2. lauseen."]
-    anna = pg.reference_clips(config, "anna")
+    anna = reference_clips(config, "anna")
     assert len(anna.clips) == 3 and all(Path(c["path"]).is_file() for c in anna.clips)
 
     clip = refs.clips[0]

@@ -9,8 +9,8 @@ import pytest
 
 from audio_fixtures import speech_like, wav_bytes, write_audio, write_clip
 from pipeline import hf_source
-from pipeline.sources import (MISSING_TRANSCRIPT, SourceError, SourceSpec, extract_zip, read_folder,
-                              read_source)
+from pipeline.sources import MISSING_TRANSCRIPT, extract_zip, read_folder, read_source
+from pipeline.source_spec import SourceError, SourceSpec
 
 
 def by_id(clips):
@@ -331,7 +331,7 @@ def test_zip_larger_than_free_disk_is_refused_in_binary_units(tmp_path, monkeypa
 
 # -- max_clips: spread over speakers ---------------------------------------------------------------
 def test_balanced_indices_keeps_every_speaker():
-    from pipeline.sources import balanced_indices
+    from pipeline.source_spec import balanced_indices
 
     counts = {"a": 4000, "b": 3000, "c": 2000, "d": 900, "e": 100}
     speakers = [s for s, n in sorted(counts.items()) for _ in range(n)]

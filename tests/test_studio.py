@@ -19,7 +19,7 @@ import pytest
 
 from audio_fixtures import write_clip, write_audio, test_config
 from pipeline import charts
-from pipeline.sources import SourceError
+from pipeline.source_spec import SourceError
 from studio.auth import needs_password, resolve_credentials
 from studio_server import start_studio
 
@@ -130,7 +130,7 @@ def voices(tmp_path_factory):
 @pytest.fixture(scope="module")
 def voice_dataset(voices, tmp_path_factory):
     from pipeline.dataset import load_dataset
-    from pipeline.sources import SourceSpec
+    from pipeline.source_spec import SourceSpec
 
     config = test_config(tmp_path_factory.mktemp("ws"))
     return load_dataset(SourceSpec(kind="folder", path=str(voices)), config)

@@ -37,7 +37,7 @@ def voices(tmp_path_factory):
 @pytest.fixture
 def dataset(config, voices):
     from pipeline.dataset import load_dataset
-    from pipeline.sources import SourceSpec
+    from pipeline.source_spec import SourceSpec
 
     ds = load_dataset(SourceSpec(kind="folder", path=str(voices)), config)
     save_selection(config, dataset_id=ds.id)

@@ -120,7 +120,7 @@ def _meta_model(config):
 
 
 def weights_row(model_dir: Path) -> Row:
-    from pipeline.checkpoints import CheckpointError, _clean_state_dict
+    from pipeline.checkpoints import CheckpointError, clean_state_dict
 
     path = model_dir / "model.pth"
     if not path.is_file():
@@ -130,7 +130,7 @@ def weights_row(model_dir: Path) -> Row:
     except CheckpointError as exc:
         return Row(GROUP, "weights", FAIL, f"not checked: {exc}", f"config.json: {REDOWNLOAD}")
     try:
-        weights = _clean_state_dict(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
+        weights = clean_state_dict(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
     except Exception as exc:  # truncated download, another format: torch raises many types
         return Row(GROUP, "weights", FAIL, f"model.pth cannot be read ({type(exc).__name__}: "
                    f"{str(exc).splitlines()[0][:120]}): the download is cut short or damaged", f"model.pth: {REDOWNLOAD}")

@@ -37,7 +37,7 @@ def device_for_checks() -> torch.device:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    from pipeline.bench import rel_diff
+    from pipeline.bench_common import rel_diff
 
     return rel_diff(a.float().cpu(), b.float().cpu())
 
@@ -113,7 +113,7 @@ def fast_decoder_row(model, tokenizer, random: bool) -> Row:
 
 
 def bundled_clip() -> Path:
-    from pipeline.sources import SAMPLE_DIR
+    from pipeline.source_spec import SAMPLE_DIR
 
     clips = sorted(SAMPLE_DIR.rglob("*.ogg")) + sorted(SAMPLE_DIR.rglob("*.wav"))
     if not clips:
@@ -194,7 +194,7 @@ def smoke_clips(config, progress=None):
     else of the configured one when prepared, else of the bundled sample."""
     from pipeline.dataset import DatasetError, load_dataset, open_dataset
     from pipeline.selection import load_selection
-    from pipeline.sources import SourceError, SourceSpec
+    from pipeline.source_spec import SourceError, SourceSpec
 
     candidates = [load_selection(config).get("dataset_id")]
     try:

@@ -421,7 +421,7 @@ def evaluation_sentences(config) -> list[str]:
 
 def speaker_references(config, speaker: str | None = None) -> list[Path]:
     """Clips of the chosen speaker of the studio's current dataset (cleanest first), none without one."""
-    from pipeline.playground import reference_clips
+    from pipeline.selection import reference_clips
 
     if config.evaluation.references == 0:
         return []
