@@ -5,7 +5,7 @@
 
 Each speaker is an offline Finnish synthesizer voice (Debian espeak-ng variants with their own
 pitch and speed, Festival's two suopuhe diphone voices). Every clip speaks the normalized
-sentence (`pipeline.text.normalize`) while its .lab keeps the raw sentence, as a user's dataset
+sentence (`pipeline.data.text.normalize`) while its .lab keeps the raw sentence, as a user's dataset
 would. Layout is Fish Speech's folder layout: <speaker>/<clip>.ogg + <clip>.lab (UTF-8).
 Which sentences a speaker gets is fixed by a seed, so reruns pick the same sentences (the Ogg
 container's random stream serial number still makes the bytes differ between runs).
@@ -28,7 +28,7 @@ import soundfile as sf
 
 ASSETS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ASSETS.parent))  # run as a script from anywhere
-from pipeline.text import normalize  # noqa: E402
+from pipeline.data.text import normalize  # noqa: E402
 
 SEED = 20250601
 SENTENCES = ASSETS / "sentences_fi.txt"

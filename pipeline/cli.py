@@ -4,7 +4,7 @@ Each sub-command loads `launchable.yaml` (or `--config`), applies `--set key.pat
 overrides, and calls one pipeline stage. Expected failures (bad input, missing files, the Hub
 unreachable) print one readable message and exit with status 2; no traceback
 (set PIPELINE_DEBUG=1 to see one). Temporary files a killed run left in the workspace are
-removed at start (`pipeline.cleanup`).
+removed at start (`pipeline.data.cleanup`).
 
 Local parquet (a Hugging Face export on disk, e.g. `<dir>/fi/train-00000-of-00001.parquet`) is a
 folder source: `prepare --set dataset.source=folder --set dataset.path=<dir>`.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.bench_options import add_bench_arguments
+from pipeline.bench.options import add_bench_arguments
 from pipeline.config import Config, load_config, parse_override
 
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: paths stay copyable in logs
@@ -38,7 +38,7 @@ def _progress(fraction: float, message: str) -> None:
 
 
 def _dataset(config: Config, force: bool = False):
-    from pipeline.dataset import load_configured_dataset
+    from pipeline.data.dataset import load_configured_dataset
 
     return load_configured_dataset(config, progress=_progress, force=force)
 
@@ -46,14 +46,14 @@ def _dataset(config: Config, force: bool = False):
 def _model_dir(config: Config, args) -> Path:
     if getattr(args, "model", None):
         return Path(args.model)
-    from pipeline.checkpoints import ensure_base_model
+    from pipeline.model.checkpoints import ensure_base_model
 
     return ensure_base_model(config)
 
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_download(args) -> int:
-    from pipeline.checkpoints import ensure_base_model
+    from pipeline.model.checkpoints import ensure_base_model
 
     config = _config(args)
 
@@ -96,7 +96,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from pipeline.codes import extract_codes
+    from pipeline.model.codes import extract_codes
 
     config = _config(args)
     data = _dataset(config)
@@ -117,7 +117,7 @@ def extract_summary(report, shown: int = 5) -> str:
 
 
 def cmd_run(args) -> int:
-    from pipeline.workflow import run_workflow
+    from pipeline.train.workflow import run_workflow
 
     config = _config(args)
     result = run_workflow(config, model_dir=Path(args.model) if args.model else None, run_id=args.run_id,
@@ -140,7 +140,7 @@ def _print_run(config: Config, run: dict) -> None:
 
 
 def cmd_train(args) -> int:
-    from pipeline.workflow import train_only
+    from pipeline.train.workflow import train_only
 
     config = _config(args)
     result = train_only(config, mode=args.mode, model_dir=Path(args.model) if args.model else None,
@@ -150,7 +150,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from pipeline.merge import merge_lora
+    from pipeline.model.merge import merge_lora
 
     out = merge_lora(Path(args.base), Path(args.adapter), Path(args.out))
     console.print(f"[green]merged model written[/green] to {out}")
@@ -158,7 +158,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_say(args) -> int:
-    from pipeline.synth import Synthesizer, save_wav
+    from pipeline.generate.synth import Synthesizer, save_wav
 
     config = _config(args)
     adapters = [(path, float(weight)) for path, _, weight in (a.partition(":") if ":" in a else (a, ":", "1.0") for a in args.adapter or [])]
@@ -171,7 +171,7 @@ def cmd_say(args) -> int:
 
 
 def cmd_tiny_model(args) -> int:
-    from pipeline.tiny_checkpoint import write_tiny_checkpoint
+    from pipeline.model.tiny_checkpoint import write_tiny_checkpoint
 
     out = write_tiny_checkpoint(Path(args.out), seed=args.seed)
     console.print(f"[green]tiny random-weights model written[/green] to {out} (it produces noise, not speech).\n"
@@ -179,10 +179,8 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
-
-
 def cmd_bench(args) -> int:
-    from pipeline.bench import run_from_args
+    from pipeline.bench.runner import run_from_args
 
     run_from_args(_config(args), args)
     return 0
@@ -262,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _remove_stale_temp(args) -> None:
     """Clear what a killed run left in the workspace; never a reason to stop the command."""
-    from pipeline.cleanup import remove_stale_temp
+    from pipeline.data.cleanup import remove_stale_temp
 
     try:
         workspace = _config(args).workspace if hasattr(args, "config") else None

@@ -16,10 +16,10 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.cleanup import remove_stale_temp
+from pipeline.data.cleanup import remove_stale_temp
 from pipeline.config import ConfigError, load_config
 
-from .auth import PASSWORD_ENV, Credentials, PasswordError, forget_password, resolve_credentials, save_password
+from studio.auth import PASSWORD_ENV, Credentials, PasswordError, forget_password, resolve_credentials, save_password
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     # Failed logins are reported through logging (studio.login): give them a time and a level.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from .app import build_app, launch_options  # gradio import is slow: after argument errors
+    from studio.app import build_app, launch_options  # gradio import is slow: after argument errors
 
     demo = build_app(config)
     saved = None

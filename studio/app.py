@@ -15,11 +15,13 @@ import gradio as gr
 
 from pipeline.config import PROJECT_ROOT, Config
 
-from . import dataset_tab
-from . import modes_tab, training_tab
-from . import machine_tab, playground_tab
-from .login_gate import gate_middleware
-from .theme import CSS, make_theme
+from studio.tabs import dataset as dataset_tab
+from studio.tabs import modes as modes_tab
+from studio.tabs import training as training_tab
+from studio.tabs import machine as machine_tab
+from studio.tabs import playground as playground_tab
+from studio.login_gate import gate_middleware
+from studio.theme import CSS, make_theme
 
 TITLE = "Finnish TTS Studio"
 TAGLINE = ("Teach Fish Speech (openaudio-s1-mini) Finnish and a new voice: load clips, check them, "

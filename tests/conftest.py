@@ -14,7 +14,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     Treat it as read-only (it is shared by all tests); copy it with shutil.copytree to modify.
     """
-    from pipeline.tiny_checkpoint import write_tiny_checkpoint
+    from pipeline.model.tiny_checkpoint import write_tiny_checkpoint
 
     torch.set_num_threads(1)
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-s1", seed=0)
@@ -33,6 +33,6 @@ def page(server):
 def hub_reachable(monkeypatch):
     """Tests that stand in for the Hub (its own error classes, fake downloads) need the
     reachability probe to say yes: no machine running the tests reaches the real Hub."""
-    import pipeline.hub
+    import pipeline.data.hub
 
-    monkeypatch.setattr(pipeline.hub, "unreachable_reason", lambda: None)
+    monkeypatch.setattr(pipeline.data.hub, "unreachable_reason", lambda: None)

@@ -33,9 +33,9 @@ def prepared_workspace(tmp_path_factory, checkpoint: Path) -> Path:
     if key not in _PREPARED:
         import os
 
-        from pipeline.codes import extract_codes
-        from pipeline.dataset import load_dataset
-        from pipeline.source_spec import SourceSpec
+        from pipeline.model.codes import extract_codes
+        from pipeline.data.dataset import load_dataset
+        from pipeline.data.source_spec import SourceSpec
 
         root = tmp_path_factory.mktemp("prepared-ws")
         previous = os.environ.get("STUDIO_WORKSPACE")

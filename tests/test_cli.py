@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from pipeline.tiny_checkpoint import write_tiny_checkpoint
+from pipeline.model.tiny_checkpoint import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_help_lists_every_command(tmp_path):
 
 
 def test_tiny_model_command_writes_a_loadable_labelled_checkpoint(tmp_path):
-    from pipeline.checkpoints import describe_checkpoint, load_lm
+    from pipeline.model.checkpoints import describe_checkpoint, load_lm
 
     out = pipeline_cli("tiny-model", "--out", str(tmp_path / "tiny"), workspace=tmp_path)
     assert out.returncode == 0 and "produces noise" in out.stderr
@@ -100,8 +100,10 @@ def test_prepare_local_parquet_force_selection_and_start_cleanup(tmp_path):
 def test_extract_prints_a_short_summary(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
-    from pipeline import cli, codes
-    from pipeline.codes import ExtractReport
+    from pipeline import cli
+
+    from pipeline.model import codes
+    from pipeline.model.codes import ExtractReport
 
     failed = {f"spk/clip{i:04d}": "unreadable audio: truncated file" for i in range(40)}
     paths = {f"spk/ok{i:04d}": f"/ws/codes/ab/{'0' * 64}.npy" for i in range(2000)}

@@ -30,13 +30,13 @@ REDOWNLOAD = "Delete it and run python -m pipeline download (or copy the whole f
 
 
 def _random(model_dir: Path) -> bool:
-    from pipeline.checkpoints import is_random_weights
+    from pipeline.model.checkpoints import is_random_weights
 
     return is_random_weights(model_dir)
 
 
 def files_row(model_dir: Path) -> Row:
-    from pipeline.checkpoints import HUB_FILES
+    from pipeline.model.checkpoints import HUB_FILES
 
     if not model_dir.is_dir():
         return Row(GROUP, "files", FAIL, f"{model_dir} does not exist",
@@ -66,7 +66,7 @@ def read_config(model_dir: Path):
     """DualARModelArgs of config.json (fish-speech's own parser), or a CheckpointError."""
     from fish_speech.models.text2semantic.llama import BaseModelArgs, DualARModelArgs
 
-    from pipeline.checkpoints import CheckpointError
+    from pipeline.model.checkpoints import CheckpointError
 
     path = model_dir / "config.json"
     try:
@@ -80,7 +80,7 @@ def read_config(model_dir: Path):
 
 def shape_differences(config) -> list[tuple[str, object, object]]:
     """(field, config.json's value, the real shape's value) for every differing shape field."""
-    from pipeline.checkpoints import real_shape_args
+    from pipeline.model.checkpoints import real_shape_args
 
     real = real_shape_args()
     return [(f, getattr(config, f), getattr(real, f)) for f in SHAPE_FIELDS if getattr(config, f) != getattr(real, f)]
@@ -93,7 +93,7 @@ def _shape_summary(cfg) -> str:
 
 
 def shape_row(model_dir: Path) -> Row:
-    from pipeline.checkpoints import CheckpointError, real_shape_args
+    from pipeline.model.checkpoints import CheckpointError, real_shape_args
 
     try:
         config = read_config(model_dir)
@@ -107,7 +107,7 @@ def shape_row(model_dir: Path) -> Row:
         listed = "; ".join(f"config.json says {f} {mine}; the bench shape assumes {real}" for f, mine, real in differences)
         return Row(GROUP, "shape", FAIL, listed,
                    "Use the real openaudio-s1-mini config.json, or, if this model is meant to differ, update "
-                   "pipeline's real shape (pipeline.checkpoints.real_shape_args, used by the bench).")
+                   "pipeline's real shape (pipeline.model.checkpoints.real_shape_args, used by the bench).")
     return Row(GROUP, "shape", PASS, f"config.json = the real s1-mini shape: {_shape_summary(config)}")
 
 
@@ -120,7 +120,7 @@ def _meta_model(config):
 
 
 def weights_row(model_dir: Path) -> Row:
-    from pipeline.checkpoints import CheckpointError, clean_state_dict
+    from pipeline.model.checkpoints import CheckpointError, clean_state_dict
 
     path = model_dir / "model.pth"
     if not path.is_file():
@@ -154,8 +154,8 @@ def weights_row(model_dir: Path) -> Row:
 def tokenizer_row(model_dir: Path) -> Row:
     from fish_speech.tokenizer import IM_END_TOKEN, MODALITY_INTERLEAVE_TOKEN
 
-    from pipeline.checkpoints import CheckpointError, load_tokenizer
-    from pipeline.tokens import SPEAKER_TOKEN
+    from pipeline.model.checkpoints import CheckpointError, load_tokenizer
+    from pipeline.model.tokens import SPEAKER_TOKEN
 
     try:
         tokenizer = load_tokenizer(model_dir)
@@ -191,7 +191,7 @@ def read_codec_config(model_dir: Path) -> dict:
     """Sample rate, hop and codebooks from the codec's hydra config (no weights loaded)."""
     from omegaconf import OmegaConf
 
-    from pipeline.checkpoints import codec_config_path
+    from pipeline.model.checkpoints import codec_config_path
 
     path = codec_config_path(model_dir)
     cfg = OmegaConf.to_container(OmegaConf.load(str(path)))
@@ -203,9 +203,9 @@ def read_codec_config(model_dir: Path) -> dict:
 
 
 def codec_config_row(model_dir: Path) -> Row:
-    from pipeline.audio import TARGET_SR
-    from pipeline.checkpoints import CheckpointError
-    from pipeline.cost import FRAMES_PER_SECOND
+    from pipeline.data.audio import TARGET_SR
+    from pipeline.model.checkpoints import CheckpointError
+    from pipeline.estimate.cost import FRAMES_PER_SECOND
 
     group = "codec"
     try:

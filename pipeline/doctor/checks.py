@@ -37,7 +37,7 @@ def _guarded_debug(group: str, name: str, check: Callable[[], Row]) -> Row:
 
 def model_rows(config, model_dir: Path, quick: bool, out_dir: Path, progress: Progress = None,
                smoke_steps: int | None = None) -> list[Row]:
-    from pipeline.checkpoints import is_random_weights, load_lm
+    from pipeline.model.checkpoints import is_random_weights, load_lm
     from pipeline.doctor import model_checks as mc
 
     device = mc.device_for_checks()

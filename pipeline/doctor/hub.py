@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.doctor.row import FAIL, PASS, WARN, Row
-from pipeline.hub import unreachable_reason
+from pipeline.data.hub import unreachable_reason
 
 GROUP = "hub"
 
@@ -70,7 +70,7 @@ def access_row(repo: str, needed: bool) -> Row:
 
 
 def hub_rows(repo: str, model_dir: Path) -> list[Row]:
-    from pipeline.checkpoints import HUB_FILES
+    from pipeline.model.checkpoints import HUB_FILES
 
     needed = not all((Path(model_dir) / name).is_file() for name in HUB_FILES)
     return [token_row(repo, needed), access_row(repo, needed)]

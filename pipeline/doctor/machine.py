@@ -13,7 +13,7 @@ import torch
 from pipeline.doctor.row import FAIL, PASS, WARN, Row
 
 GROUP = "machine"
-MIN_GPU_GB = 20.0  # below this the real model's LoRA training needs small batches (pipeline.memory_plan)
+MIN_GPU_GB = 20.0  # below this the real model's LoRA training needs small batches (pipeline.train.memory_plan)
 MIN_CPU_CORES = 4  # audio decoding and the data loader share the cores with the studio
 
 
@@ -81,9 +81,9 @@ def bf16_row() -> Row:
 def disk_needed_gb(config, model_dir: Path) -> float:
     """Disk a run of the configured mode writes, in GB, plus the base model when it is not here yet.
 
-    Same sizes as pipeline.cost's output estimate (bf16 model.pth, the codec copied into the merged
+    Same sizes as pipeline.estimate.cost's output estimate (bf16 model.pth, the codec copied into the merged
     model); a full fine-tune also keeps checkpoints with fp32 optimizer state (12 bytes a weight)."""
-    from pipeline.cost import CODEC_GB
+    from pipeline.estimate.cost import CODEC_GB
 
     model_file = Path(model_dir) / "model.pth"
     model_gb = model_file.stat().st_size / 1e9 if model_file.is_file() else 1.74
@@ -132,7 +132,7 @@ def cpu_row() -> Row:
 
 def kernels_row() -> Row:
     """Whether the fused Triton kernels (decode, segment attention, LoRA down-projection) will run."""
-    from pipeline.decode_kernels import AVAILABLE, ENABLED, triton_kernels_run_on
+    from pipeline.kernels.decode_layer import AVAILABLE, ENABLED, triton_kernels_run_on
 
     if not AVAILABLE:
         return Row(GROUP, "fast kernels", WARN, "not used: Triton is not installed (compiled PyTorch layers instead)",

@@ -1,7 +1,7 @@
 """Rows that run the model: training forward == generation, fast decoder == fish-speech, the codec's
 round trip, one Finnish sentence spoken and timed, and a short LoRA smoke run.
 
-The comparisons are the ones the tests and the bench make (pipeline.bench_reference.reference_logits
+The comparisons are the ones the tests and the bench make (pipeline.bench.reference.reference_logits
 is fish-speech's step-by-step generation with KV caches), here on the checkpoint's own weights.
 """
 
@@ -37,14 +37,14 @@ def device_for_checks() -> torch.device:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    from pipeline.bench_common import rel_diff
+    from pipeline.bench.common import rel_diff
 
     return rel_diff(a.float().cpu(), b.float().cpu())
 
 
 def check_inputs(tokenizer, num_codebooks: int, codebook_size: int, seed: int = 0):
     """A generation prompt (Finnish text) and CHECK_FRAMES teacher-forced frames of random codes."""
-    from pipeline.tokens import Utterance, build_sequence
+    from pipeline.model.tokens import Utterance, build_sequence
 
     g = torch.Generator().manual_seed(seed)
     n_semantic = len(tokenizer.semantic_id_to_token_id)
@@ -58,7 +58,7 @@ def check_inputs(tokenizer, num_codebooks: int, codebook_size: int, seed: int = 
 @torch.no_grad()
 def training_logits(model, prompt: torch.Tensor, frames: torch.Tensor):
     """The training forward's logits for each given frame: token (F, vocab) and residual (F, N-1, V)."""
-    from pipeline.forward import fast_logits, slow_forward, token_logits
+    from pipeline.train.forward import fast_logits, slow_forward, token_logits
 
     device = next(model.parameters()).device
     seq = torch.cat([prompt, frames], dim=1).to(device)
@@ -68,7 +68,7 @@ def training_logits(model, prompt: torch.Tensor, frames: torch.Tensor):
 
 
 def forward_row(model, tokenizer, random: bool) -> Row:
-    from pipeline.bench_reference import reference_logits
+    from pipeline.bench.reference import reference_logits
 
     cfg = model.config
     prompt, frames = check_inputs(tokenizer, cfg.num_codebooks, cfg.codebook_size)
@@ -80,16 +80,16 @@ def forward_row(model, tokenizer, random: bool) -> Row:
     if max(diffs) > FORWARD_TOLERANCE:
         return Row("model", "forward = generation", FAIL, detail,
                    "Training would optimise other logits than generation uses: report this with the JSON report "
-                   "(pipeline.forward must follow fish-speech's forward_generate for this checkpoint).")
+                   "(pipeline.train.forward must follow fish-speech's forward_generate for this checkpoint).")
     return Row("model", "forward = generation", PASS, detail)
 
 
 def fast_decoder_row(model, tokenizer, random: bool) -> Row:
-    """pipeline.fastgen (bf16, compiled or fused, CUDA) against fish-speech's forward_generate."""
+    """pipeline.generate.fastgen (bf16, compiled or fused, CUDA) against fish-speech's forward_generate."""
     if next(model.parameters()).device.type != "cuda":
         return Row("model", "fast decoder", WARN, "not checked without a GPU (the fast decoder runs on CUDA)")
-    from pipeline.bench_reference import reference_logits
-    from pipeline.fastgen import FastGenerator
+    from pipeline.bench.reference import reference_logits
+    from pipeline.generate.fastgen import FastGenerator
 
     cfg = model.config
     prompt, frames = check_inputs(tokenizer, cfg.num_codebooks, cfg.codebook_size, seed=1)
@@ -113,7 +113,7 @@ def fast_decoder_row(model, tokenizer, random: bool) -> Row:
 
 
 def bundled_clip() -> Path:
-    from pipeline.source_spec import SAMPLE_DIR
+    from pipeline.data.source_spec import SAMPLE_DIR
 
     clips = sorted(SAMPLE_DIR.rglob("*.ogg")) + sorted(SAMPLE_DIR.rglob("*.wav"))
     if not clips:
@@ -137,8 +137,8 @@ def mel_snr_db(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) ->
 
 @torch.inference_mode()
 def round_trip_row(model_dir: Path, device: torch.device, random: bool) -> Row:
-    from pipeline.checkpoints import load_codec
-    from pipeline.codes import encode_audio, frames_for, load_for_codec
+    from pipeline.model.checkpoints import load_codec
+    from pipeline.model.codes import encode_audio, frames_for, load_for_codec
 
     clip = bundled_clip()
     codec = load_codec(model_dir, device=device)
@@ -164,8 +164,8 @@ def round_trip_row(model_dir: Path, device: torch.device, random: bool) -> Row:
 
 
 def speech_row(model_dir: Path, device: torch.device, random: bool, out_dir: Path, max_frames: int = 400) -> Row:
-    from pipeline.synth import Synthesizer, save_wav
-    from pipeline.text import example_sentences
+    from pipeline.generate.synth import Synthesizer, save_wav
+    from pipeline.data.text import example_sentences
 
     sentence = (example_sentences() or ["Hyvää huomenta, tänään on aurinkoinen päivä."])[0]
     started = time.perf_counter()
@@ -192,9 +192,9 @@ def speech_row(model_dir: Path, device: torch.device, random: bool, out_dir: Pat
 def smoke_clips(config, progress=None):
     """(where they come from, up to SMOKE_CLIPS shortest accepted clips) of the selected dataset,
     else of the configured one when prepared, else of the bundled sample."""
-    from pipeline.dataset import DatasetError, load_dataset, open_dataset
-    from pipeline.selection import load_selection
-    from pipeline.source_spec import SourceError, SourceSpec
+    from pipeline.data.dataset import DatasetError, load_dataset, open_dataset
+    from pipeline.data.selection import load_selection
+    from pipeline.data.source_spec import SourceError, SourceSpec
 
     candidates = [load_selection(config).get("dataset_id")]
     try:
@@ -224,11 +224,11 @@ def _train_losses(run_dir: Path) -> list[float]:
 @torch.no_grad()
 def merged_equals_stacked(model_dir: Path, adapter: Path, merged_dir: Path, device: torch.device) -> tuple[float, float]:
     """(relative difference merged vs base+adapter, relative change the adapter makes) of token logits."""
-    from pipeline.adapters import load_adapters
-    from pipeline.checkpoints import load_lm
-    from pipeline.forward import slow_forward, token_logits
-    from pipeline.merge import merge_lora
-    from pipeline.tokens import Utterance, build_sequence
+    from pipeline.model.adapters import load_adapters
+    from pipeline.model.checkpoints import load_lm
+    from pipeline.train.forward import slow_forward, token_logits
+    from pipeline.model.merge import merge_lora
+    from pipeline.model.tokens import Utterance, build_sequence
 
     merge_lora(model_dir, adapter, merged_dir)
     stacked, tokenizer = load_lm(model_dir, device=device)
@@ -249,11 +249,11 @@ def merged_equals_stacked(model_dir: Path, adapter: Path, merged_dir: Path, devi
 
 def smoke_row(config, model_dir: Path, work_dir: Path, device: torch.device, steps: int = SMOKE_STEPS,
               progress=None) -> Row:
-    from pipeline.codes import extract_codes
-    from pipeline.train import TrainSettings, train
+    from pipeline.model.codes import extract_codes
+    from pipeline.train.loop import TrainSettings, train
 
     group, name = "training", "LoRA smoke run"
-    from pipeline.training_lock import holder
+    from pipeline.train.lock import holder
 
     busy = holder(Path(config.workspace))
     if busy:

@@ -23,7 +23,7 @@ STATUS_STYLE = {PASS: "green", WARN: "yellow", FAIL: "red"}
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    from pipeline.checkpoints import codec_config_path
+    from pipeline.model.checkpoints import codec_config_path
 
     model_dir = Path(model_dir).resolve()
     digest = hashlib.sha256(str(model_dir).encode())

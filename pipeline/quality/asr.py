@@ -1,6 +1,6 @@
 """Intelligibility: a Finnish-capable ASR's transcript against the sentence, as CER and WER.
 
-Both sides are normalized the same way (`pipeline.text.normalize`: numbers, dates and symbols
+Both sides are normalized the same way (`pipeline.data.text.normalize`: numbers, dates and symbols
 spelled out; then lower case, punctuation dropped), so "6.12.1917" and "kuudes joulukuuta ..."
 compare equal. jiwer does the alignment. The ASR is any Whisper-style (model, processor) pair of
 `transformers`; `Transcriber.from_pretrained` gets one from the Hugging Face Hub (usual cache).
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.text import normalize
+from pipeline.data.text import normalize
 
 ASR_SAMPLE_RATE = 16000
 _NOT_WORD = re.compile(r"[^\w]+")

@@ -29,7 +29,7 @@ def _specs(config, args) -> list[ModelSpec]:
             raise ValueError("--run-id evaluates the run's own checkpoints; leave out --model and --adapter.")
         return run_models(config, args.run_id)
     if not args.model or args.model == "base":
-        from pipeline.checkpoints import ensure_base_model
+        from pipeline.model.checkpoints import ensure_base_model
 
         model_dir, label = ensure_base_model(config), "base"
     else:

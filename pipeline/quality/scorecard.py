@@ -26,18 +26,18 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.checkpoints import CODEC_CONFIG_NAME, LM_FILES, describe_checkpoint, is_random_weights
+from pipeline.model.checkpoints import CODEC_CONFIG_NAME, LM_FILES, describe_checkpoint, is_random_weights
 from pipeline.quality.asr import ASRError, Transcriber, error_rates
 from pipeline.quality.naturalness import dnsmos
 from pipeline.quality.signal_checks import check_signal, reached_end
 from pipeline.quality.speaker import SPEAKER_MODEL, SpeakerEncoder, centroid, similarity
-from pipeline.text import normalize
+from pipeline.data.text import normalize
 
 Progress = Callable[[float, str], None] | None
 EVAL_DIR_NAME, CACHE_DIR_NAME = "eval", "cache"
 SCORES_NAME, SUMMARY_NAME, AUDIO_DIR_NAME = "scores.parquet", "summary.json", "audio"
 MODEL_FILES = (*LM_FILES, "codec.pth", CODEC_CONFIG_NAME)
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # peft's, as pipeline.adapters writes
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # peft's, as pipeline.model.adapters writes
 # summary metrics; True where higher is better
 METRICS = {"cer": False, "wer": False, "similarity": True, "ovrl": True, "sig": True, "bak": True,
            "duration_ratio": True, "silence_share": False}
@@ -340,7 +340,7 @@ def evaluate(spec: ModelSpec, out_dir: str | Path, cache: str | Path, sentences:
     if not sentences:
         raise EvaluationError("No evaluation sentences: assets/examples_fi.txt is missing or empty.")
     if synth_factory is None:
-        from pipeline.synth import Synthesizer as synth_factory
+        from pipeline.generate.synth import Synthesizer as synth_factory
     scorers = scorers or Scorers()
     out_dir, cache = Path(out_dir), Path(cache)
     digest = model_hash(spec)
@@ -414,14 +414,14 @@ def read_scorecard(out_dir: str | Path) -> tuple[pd.DataFrame, dict] | None:
 
 # -- entry points over the configuration (CLI, studio, workflow) --------------------------------
 def evaluation_sentences(config) -> list[str]:
-    from pipeline.text import example_sentences
+    from pipeline.data.text import example_sentences
 
     return example_sentences()[: config.evaluation.sentences]
 
 
 def speaker_references(config, speaker: str | None = None) -> list[Path]:
     """Clips of the chosen speaker of the studio's current dataset (cleanest first), none without one."""
-    from pipeline.selection import reference_clips
+    from pipeline.data.selection import reference_clips
 
     if config.evaluation.references == 0:
         return []
@@ -437,7 +437,7 @@ def config_scorers(config, references: list[str | Path] = (), asr: str | Transcr
 
 def run_models(config, run_id: str) -> list[ModelSpec]:
     """A run's models to score: each kept checkpoint of each phase (LoRA on its base), then merged."""
-    from pipeline.workflow import read_run
+    from pipeline.train.workflow import read_run
 
     run_dir = Path(config.runs_dir) / run_id
     if not run_dir.is_dir():

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.metrics import read_metrics
+from pipeline.train.metrics import read_metrics
 
 SCORE_COLUMNS = ("val_cer", "val_similarity", "val_ovrl")
 LOSS_COLUMN = "val_loss"

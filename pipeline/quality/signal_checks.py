@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.quality.naturalness import SILENT_PEAK_DB, peak_db
-from pipeline.text import normalize
+from pipeline.data.text import normalize
 
 CHARS_PER_SECOND = 14.0  # normal read Finnish: ~12-16 characters of normalized text per second
 DURATION_RATIO_RANGE = (0.5, 2.0)

@@ -1,0 +1,1 @@
+"""`python -m pipeline bench`: training, loop, extraction and generation speed, the upstream-style reference, profiles."""

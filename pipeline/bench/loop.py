@@ -1,0 +1,89 @@
+"""The `loop` section of `python -m pipeline bench`: the whole training loop, end to end.
+
+The `train` section times one optimizer step on a fixed batch. A user's run also builds batches
+on the CPU, moves them to the GPU, logs metrics and plans memory: here `pipeline.train.loop.train`
+itself runs on a random-weight checkpoint of the bench shape (written in the real file layout)
+and a synthetic dataset of same-speaker clips with random codes, and the seconds per step are
+read back from its own metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.bench.common import SENTENCES, free_memory, peak_gb, bench_tokenizer
+
+
+def _checkpoint(folder: Path, args, device) -> Path:
+    from fish_speech.models.text2semantic.llama import DualARTransformer
+
+    tokenizer = bench_tokenizer(folder, args.codebook_size)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DualARTransformer(args, tokenizer=tokenizer)
+    args.save(folder / "config.json")
+    torch.save({k: v.to("cpu", torch.bfloat16) for k, v in model.state_dict().items()}, folder / "model.pth")
+    return folder
+
+
+def _dataset(folder: Path, args, clips: int, max_frames: int) -> pd.DataFrame:
+    """`clips` clips of 4 speakers, 2-15 s (25-172 frames at 21.5 frames/s, scaled to max_frames)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(clips):
+        frames = int(rng.integers(max(4, max_frames // 7), max_frames))
+        codes = rng.integers(0, min(1024, args.codebook_size), (args.num_codebooks, frames)).astype(np.int16)
+        path = folder / f"clip{i:04d}.npy"
+        np.save(path, codes)
+        text = SENTENCES[i % len(SENTENCES)]
+        rows.append({"id": f"clip{i:04d}", "speaker": f"spk{i % 4}", "text": text, "normalized_text": text,
+                     "codes_path": str(path), "status": "ok"})
+    return pd.DataFrame(rows)
+
+
+def _step_seconds(run_dir: Path, skip: int) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    elapsed = [r["elapsed_s"] for r in rows if r.get("kind") == "train"]
+    return [b - a for a, b in zip(elapsed[skip:], elapsed[skip + 1:])]
+
+
+def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None) -> dict:
+    """Seconds per step of pipeline.train.loop.train for LoRA and full fine-tuning at the bench shape."""
+    from pipeline.train.loop import train
+    from pipeline.train.settings import TrainSettings
+
+    args, _, _, batch_size, max_length = shapes
+    steps = steps or (3 if tiny else 30)
+    skip = 1 if tiny else 4  # compilation happens in the first steps
+    result = {"steps": steps, "batch_size": batch_size, "max_length": max_length}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = _checkpoint(tmp / "ckpt", args, device)
+        manifest = _dataset(tmp / "codes", args, 24 if tiny else 600, 20 if tiny else 172)
+        for mode in ("lora", "full"):
+            free_memory(device)
+            settings = TrainSettings.from_config(
+                config, mode, steps=steps, epochs=None, batch_size=batch_size, max_length=max_length,
+                val_every=10**6, save_every=10**6, patience=None, eval_texts=(), device=str(device), warmup_steps=1)
+            run_dir = tmp / f"run-{mode}"
+            outcome = train(run_dir, ckpt, manifest, settings)
+            seconds = _step_seconds(run_dir, skip)
+            state = json.loads((run_dir / "state.json").read_text())
+            median = float(np.median(seconds)) if seconds else 0.0
+            # steps far over the median are (re)compilations for a new batch shape: what a run pays extra
+            slow = [t for t in seconds if t > 2 * median]
+            result[mode] = {"status": outcome.status, "step_s": round(median, 4) if seconds else None,
+                            "step_s_mean": round(float(np.mean(seconds)), 4) if seconds else None,
+                            "slow_steps": len(slow), "slow_steps_extra_s": round(sum(slow) - median * len(slow), 1),
+                            "step_seconds": [round(t, 3) for t in seconds],
+                            "timed_steps": len(seconds), "peak_gb": round(peak_gb(device), 2),
+                            "memory_plan": state.get("memory_plan")}
+            print(f"loop {mode}: {result[mode]}", flush=True)
+    return result

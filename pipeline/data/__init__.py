@@ -1,0 +1,1 @@
+"""Datasets: sources (folder, zip, parquet, the Hub), audio checks, transcripts, the manifest, speakers, VQ codes."""

@@ -1,0 +1,84 @@
+"""Removal of temporary files a killed process left in the workspace.
+
+Atomic writes go to a hidden temporary name (`.<name>.<hex>.tmp`, in the codes cache, the
+datasets and the workspace root) and zip extraction to a `.extract-<pid>-<hex>` folder beside its destination; a
+process killed mid-write leaves them behind. `remove_stale_temp` runs at start-up and removes
+only what no live process can still be writing: an extraction folder whose process is gone
+(or, without a pid in its name, untouched for `max_age_s`), a temporary file untouched for
+`max_age_s` (an atomic write takes well under a second).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from pipeline.data.sources import EXTRACT_PREFIX
+
+STALE_AFTER_S = 3600.0
+_TEMP_FILE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")      # `.x.npy.<hex>.tmp`, `.<stem>.<hex>.tmp.wav`
+_EXTRACT_DIR = re.compile(rf"^{re.escape(EXTRACT_PREFIX)}(?:(\d+)-)?[0-9a-f]+$")
+
+
+def remove_stale_temp(workspace: str | Path, max_age_s: float = STALE_AFTER_S, now: float | None = None) -> list[Path]:
+    """Remove stale extraction folders and temporary files under `workspace`; return what went."""
+    workspace = Path(workspace)
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    datasets, codes = workspace / "datasets", workspace / "codes"
+    for dataset in _children(datasets):
+        for entry in _children(dataset):
+            if entry.is_dir() and (match := _EXTRACT_DIR.match(entry.name)) and \
+                    _stale(entry, match.group(1), max_age_s, now):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        for folder in (dataset, dataset / "audio", dataset / "extracted"):
+            removed += _remove_temp_files(folder, max_age_s, now)
+    for folder in (workspace, *_children(codes)):  # the root: selection.json's atomic writes
+        removed += _remove_temp_files(folder, max_age_s, now)
+    return removed
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError:
+        return []
+
+
+def _remove_temp_files(folder: Path, max_age_s: float, now: float) -> list[Path]:
+    removed = []
+    for entry in _children(folder):
+        if _TEMP_FILE.match(entry.name) and entry.is_file() and _age(entry, now) > max_age_s:
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _stale(folder: Path, pid: str | None, max_age_s: float, now: float) -> bool:
+    if pid is not None:
+        return not pid_alive(int(pid))  # a live owner keeps its folder, however long it takes
+    return _age(folder, now) > max_age_s
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (another user's counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,1 @@
+"""Speech from a model: the synthesizer and the fast CUDA generator."""

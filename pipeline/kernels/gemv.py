@@ -1,0 +1,52 @@
+"""One-row matrix products for decoding (Triton), usable inside the compiled decode step.
+
+Decoding one stream multiplies a single row by each weight matrix, ~335 times per frame. cuBLAS
+runs these with 64x8 tiles at ~1 TB/s on an H200 (docs/PERFORMANCE.md, run 3): 1.9 ms of the
+3.4 ms frame for weights it could stream in 0.4 ms. Here the product kernel of the fused decoder
+(pipeline.kernels.decode_layer, without prologue or epilogue: 2 weight rows per program over the whole
+K in one load, fp32 reduction) is registered as a torch custom op (`torch.library.triton_op`), so
+inductor keeps it inside the compiled graph and the CUDA graph captures it. The compiled layers
+use it for one stream when the fused decoder is off (FASTGEN_FUSED=0). Any other case (several
+rows, a bias, a CPU tensor) uses F.linear, as does everything with FASTGEN_GEMV=0 (the bench's
+baseline).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.kernels import decode_layer as decode_kernels
+
+triton = decode_kernels.triton  # None in a torch build without Triton: F.linear everywhere
+
+if triton is not None:
+
+    def _launch(launcher, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        n, k = weight.shape
+        y = torch.empty(n, device=x.device, dtype=x.dtype)
+        grid, consts = decode_kernels.product_launch(n, k)  # (4 warps: the kernels' default)
+        launcher[grid](x, weight, y, x, x, x, 0.0, n, **consts)
+        return y
+
+    def gemv_unregistered(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The kernel launched directly (tests run it on the CPU with TRITON_INTERPRET=1)."""
+        return _launch(decode_kernels._product_kernel, x, weight)
+
+    @torch.library.triton_op("finnish_tts::gemv", mutates_args=())
+    def _gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """weight (N, K) @ x (K,) → (N,), both contiguous, same dtype."""
+        return _launch(torch.library.wrap_triton(decode_kernels._product_kernel), x, weight)
+
+
+ENABLED = triton is not None and os.environ.get("FASTGEN_GEMV", "1") != "0"
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, through the one-row kernel when x holds a single row on a CUDA device."""
+    if not ENABLED or bias is not None or not x.is_cuda or x.numel() != weight.shape[1]:
+        return F.linear(x, weight, bias)
+    y = _gemv(x.reshape(-1).to(weight.dtype).contiguous(), weight.contiguous())
+    return y.view(*x.shape[:-1], weight.shape[0])

@@ -1,0 +1,532 @@
+"""One training loop for LoRA and full fine-tuning, resumable bit for bit.
+
+`run_dir/` (one training phase):
+    state.json          status running/finished/cancelled/failed, step, best, latest, message
+    metrics.jsonl       one row per step ({"kind": "train", ...}) and per evaluation ({"kind": "val"})
+    tensorboard/        the same numbers as TensorBoard events
+    checkpoints/step_N/ LoRA: a peft adapter dir; full: a Fish Speech model dir (load_lm/init_model
+                        load it). The latest also holds optimizer.pt (+ fp32 master weights) to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from contextlib import ExitStack, nullcontext
+import dataclasses
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.train import integrity as checkpoint_integrity
+from pipeline.model.adapters import attach_lora, load_trainable_adapter, save_adapter
+from pipeline.model.checkpoints import load_lm
+from pipeline.train.cpu_memory import cpu_oom, cpu_oom_message
+from pipeline.model.adapters import unwrap
+from pipeline.train.loss import compute_loss
+from pipeline.train.memory_plan import plan_for_device
+from pipeline.model.merge import save_full_model
+from pipeline.train.samples import make_training_data
+from pipeline.train.settings import (  # noqa: F401  (TrainSettings/TrainResult are this module's API)
+    TrainError,
+    TrainResult,
+    TrainSettings,
+    lr_factor,
+    oom_message,
+    resolve_device,
+    use_bf16,
+    use_checkpointing,
+    use_compile,
+)
+
+Progress = Callable[[float, str], None] | None
+STATE_FILE, METRICS_FILE, TRAINER_FILE, OPTIMIZER_FILE = "state.json", "metrics.jsonl", "trainer_state.json", "optimizer.pt"
+MASTER_FILE = "master_weights.safetensors"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+class _Trainer:
+    def __init__(self, run_dir, ckpt_dir, manifest, settings: TrainSettings, stop_event, progress):
+        if settings.mode not in ("lora", "full"):
+            raise TrainError(f"TrainSettings.mode must be 'lora' or 'full', got {settings.mode!r}.")
+        self.run_dir, self.ckpt_dir, self.settings = Path(run_dir), Path(ckpt_dir), settings
+        self.stop_event, self.progress, self.sigterm = stop_event, progress, False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        self.step = self.position = self.bad_evals = 0
+        self.pending_eval = False  # the checkpoint at this step still owes its evaluation
+        self.best = self.latest = self.best_val_loss = None
+        self.prior_elapsed, self.started = 0.0, time.time()
+        self._setup(manifest)
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _setup(self, manifest) -> None:
+        s = self.settings
+        self.device = resolve_device(s)
+        self.bf16 = use_bf16(s, self.device)
+        self.compile = use_compile(s, self.device)
+        # On a GPU the memory planner splits the effective batch and decides recomputation for the card.
+        plan = plan_for_device("full" if s.mode == "full" else "lora", s.batch_size, s.grad_accumulation,
+                               s.max_length, self.device, s.gradient_checkpointing)
+        self.memory_plan = plan.describe() if plan else None
+        if plan:
+            s = self.settings = dataclasses.replace(s, batch_size=plan.micro_batch,
+                                                    grad_accumulation=plan.grad_accumulation)
+            self.checkpointing = plan.gradient_checkpointing
+        else:
+            self.checkpointing = use_checkpointing(s)
+        _seed_everything(s.seed)
+        # full fine-tuning keeps fp32 master weights (bf16 would round away 1e-5 updates);
+        # a frozen LoRA base can live in bf16
+        frozen_bf16 = self.bf16 and s.mode == "lora" and self.device.type == "cuda"
+        model, tokenizer = load_lm(self.ckpt_dir, self.device, torch.bfloat16 if frozen_bf16 else torch.float32)
+        self.tokenizer = tokenizer
+        reference = torch.load(self.ckpt_dir / "model.pth", map_location="cpu", mmap=True, weights_only=True)
+        self.base_is_fp32 = all(v.dtype == torch.float32 for v in reference.values() if torch.is_tensor(v))
+        max_length = min(s.max_length, model.config.max_seq_len)
+        self.data = make_training_data(manifest, tokenizer, model.config.num_codebooks, max_length=max_length,
+                                       batch_size=s.batch_size, val_fraction=s.val_fraction, seed=s.seed,
+                                       width_multiple=512 if self.compile else 1)
+        if s.mode == "lora":
+            model = (load_trainable_adapter(model, s.init_adapter) if s.init_adapter else
+                     attach_lora(model, s.lora_rank, s.lora_alpha, s.lora_dropout, s.lora_train_embeddings))
+        else:
+            model.requires_grad_(True)
+        self.model = model
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for _, p in self.params if p.ndim >= 2], "weight_decay": s.weight_decay},
+            {"params": [p for _, p in self.params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=s.lr, betas=tuple(s.betas),
+                                           eps=s.eps, fused=self.device.type == "cuda")
+        per_step = s.batch_size * s.grad_accumulation
+        if s.steps:
+            self.total = int(s.steps)
+        elif s.epochs:
+            self.total = max(1, math.ceil(s.epochs * len(self.data.train.groups_for_epoch(0)) / per_step))
+        else:
+            raise TrainError("Set either steps or epochs.")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: lr_factor(i, s.warmup_steps, self.total, s.schedule))
+        self._resume()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoints(self) -> list[Path]:
+        dirs = [p for p in (self.run_dir / "checkpoints").glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
+        return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
+
+    def _resume(self) -> None:
+        """Continue from the newest whole checkpoint with resume state; a damaged one is skipped
+        (named in the log and the state message), and none at all is an error naming the files."""
+        resumable = [p for p in self._checkpoints() if (p / OPTIMIZER_FILE).is_file() and (p / TRAINER_FILE).is_file()]
+        self.resume_notes: list[str] = []
+        for ckpt in reversed(resumable):
+            issue = checkpoint_integrity.problem(ckpt)
+            if issue is None:
+                try:
+                    loaded = self._read_checkpoint(ckpt)
+                except TrainError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any unreadable file means: try the older one
+                    issue = f"{getattr(exc, 'filename', None) or 'a file'} could not be read ({type(exc).__name__}: {exc})"
+            if issue is not None:
+                note = f"checkpoint {ckpt.name} is damaged: {issue}"
+                self.resume_notes.append(note)
+                print(f"{note}; trying an older one", flush=True)
+                continue
+            self._apply_checkpoint(ckpt, *loaded)
+            return
+        if resumable:
+            raise TrainError(f"{self.run_dir}: no checkpoint can be resumed: " + "; ".join(self.resume_notes)
+                             + ". Start a new run, or restore the named files.")
+
+    def _read_checkpoint(self, ckpt: Path):
+        """Everything a resume needs from `ckpt`, read before anything is changed."""
+        try:
+            info = json.loads((ckpt / TRAINER_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{TRAINER_FILE} is not valid JSON ({exc})") from None
+        if info.get("mode") != self.settings.mode:
+            raise TrainError(f"{self.run_dir} holds a {info.get('mode')} run; start a new run for mode {self.settings.mode}.")
+        if self.settings.mode == "lora":
+            weights_file = ckpt / "adapter_model.safetensors"
+        else:
+            weights_file = ckpt / MASTER_FILE if (ckpt / MASTER_FILE).is_file() else ckpt / "model.safetensors"
+        try:
+            weights = load_file(weights_file, device=str(self.device) if self.settings.mode == "full" else "cpu")
+        except Exception as exc:  # safetensors raises its own error types, without the file name
+            raise ValueError(f"{weights_file.name} is unreadable ({exc})") from None
+        # our own file; CPU first: RNG states must stay CPU tensors, the optimizer moves its state itself
+        try:
+            saved = torch.load(ckpt / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - pickle/zip errors of a truncated file
+            raise ValueError(f"{OPTIMIZER_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
+        if saved["param_names"] != [n for n, _ in self.params]:
+            raise TrainError(f"{ckpt}: trainable parameters differ from this run's; start a new run.")
+        return info, weights, saved
+
+    def _apply_checkpoint(self, ckpt: Path, info: dict, weights: dict, saved: dict) -> None:
+        if self.settings.mode == "lora":
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(self.model, weights)
+            if getattr(result, "unexpected_keys", None):
+                raise TrainError(f"{ckpt}: adapter does not match the configured LoRA ({result.unexpected_keys[:3]}).")
+        else:
+            unwrap(self.model).load_state_dict(weights, strict=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        self.step, self.position, self.bad_evals = info["step"], info["position"], info["bad_evals"]
+        self.pending_eval = bool(info.get("pending_eval"))
+        self.best, self.best_val_loss, self.prior_elapsed = info["best"], info["best_val_loss"], info["elapsed_s"]
+        if self.best and checkpoint_integrity.problem(self.run_dir / self.best):
+            self.best = self.best_val_loss = None  # a damaged best is no candidate: the next evaluation picks one
+        self.latest = str(ckpt.relative_to(self.run_dir))
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop rows written after the checkpoint we resume from (the resumed run writes them
+        again) and a half-written line a killed process left behind."""
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        rows = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                rows.append(line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        os.replace(tmp, path)
+
+    def _save(self) -> None:
+        name = f"step_{self.step:06d}"
+        final, tmp = self.run_dir / "checkpoints" / name, self.run_dir / "checkpoints" / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        meta = {"step": self.step, "mode": self.settings.mode, "base_checkpoint": str(self.ckpt_dir),
+                "pending_eval": self.pending_eval}
+        if self.settings.mode == "lora":
+            save_adapter(self.model, tmp, metadata=meta)
+        else:
+            save_full_model(self.model, self.ckpt_dir, tmp)
+            if not self.base_is_fp32:  # the exact fp32 weights, for resuming only
+                state = {k: v.detach().float().contiguous().cpu() for k, v in unwrap(self.model).state_dict().items()
+                         if "kv_cache" not in k}
+                save_file(state, tmp / MASTER_FILE)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "rng": _rng_state(), "param_names": [n for n, _ in self.params]}, tmp / OPTIMIZER_FILE)
+        _write_json(tmp / TRAINER_FILE, meta | {
+            "position": self.position, "bad_evals": self.bad_evals, "best": self.best,
+            "best_val_loss": self.best_val_loss, "elapsed_s": self._elapsed(), "settings": asdict(self.settings)})
+        checkpoint_integrity.write_integrity(tmp)  # last: its presence means every file above is complete
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        self.latest = str(final.relative_to(self.run_dir))
+        if self.data.val is None:
+            self.best = self.latest
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the last `keep_last` checkpoints and the best; the last two keep their resume state,
+        so a damaged newest one still leaves one to resume from."""
+        checkpoints = self._checkpoints()
+        keep = set(checkpoints[-self.settings.keep_last:]) | ({self.run_dir / self.best} if self.best else set())
+        for path in checkpoints:
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+            elif path not in checkpoints[-2:]:
+                for big in (OPTIMIZER_FILE, MASTER_FILE):
+                    checkpoint_integrity.forget(path, big)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return round(self.prior_elapsed + time.time() - self.started, 3)
+
+    def write_state(self, status: str, message: str = "") -> None:
+        _write_json(self.run_dir / STATE_FILE, {
+            "status": status, "mode": self.settings.mode, "device": str(self.device), "step": self.step,
+            "total_steps": self.total,
+            "epoch": round(self.data.train.epoch_progress(self.position), 4), "best": self.best,
+            "best_val_loss": self.best_val_loss, "latest": self.latest, "message": message,
+            "base_checkpoint": str(self.ckpt_dir), "data": self.data.summary(), "memory_plan": self.memory_plan,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def _log(self, row: dict) -> None:
+        with open(self.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is None:
+            return
+        prefix = "val" if row["kind"] == "val" else "train"
+        for key, value in row.items():
+            if key not in ("step", "kind") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{prefix}/{key.removeprefix('val_')}", value, row["step"])
+
+    def _stop_requested(self) -> bool:
+        return self.sigterm or (self.stop_event is not None and self.stop_event.is_set())
+
+    def _autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        stack = ExitStack()
+        stack.enter_context(torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
+        if self.settings.mode == "lora":  # autocast runs the fp32 adapters in bf16: peft's input upcast is only traffic
+            from peft.helpers import disable_input_dtype_casting
+
+            stack.enter_context(disable_input_dtype_casting(self.model))
+        return stack
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _train_step(self) -> dict:
+        s = self.settings
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = dict(loss=0.0, token_loss=0.0, codebook_loss=0.0, top1=0.0, top5=0.0)
+        tokens, t0 = 0, time.time()
+        for _ in range(s.grad_accumulation):
+            batch = self._to_device(self.data.train.batch(self.position))
+            self.position += 1
+            with self._autocast():
+                out = compute_loss(self.model, batch, gradient_checkpointing=self.checkpointing,
+                                   compile_blocks=self.compile)
+            (out.loss / s.grad_accumulation).backward()
+            for key in sums:
+                value = getattr(out, key)
+                sums[key] += (value.item() if torch.is_tensor(value) else value) / s.grad_accumulation
+            tokens += int(batch["lengths"].sum())
+        if not math.isfinite(sums["loss"]):
+            raise TrainError(f"The loss became {sums['loss']} at step {self.step + 1}; lower the learning rate.")
+        lr = self.optimizer.param_groups[0]["lr"]
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.params], s.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = max(time.time() - t0, 1e-9)
+        gpu_gb = torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else 0.0
+        return {"kind": "train", "step": self.step + 1, "epoch": round(self.data.train.epoch_progress(self.position), 4),
+                **{k: round(v, 6) for k, v in sums.items()}, "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                "tokens_per_s": round(tokens / seconds, 1), "elapsed_s": self._elapsed(), "gpu_mem_gb": round(gpu_gb, 3)}
+
+    @torch.no_grad()
+    def _validate(self) -> dict:
+        self.model.eval()
+        totals, weight = dict(loss=0.0, token_loss=0.0, codebook_loss=0.0, top1=0.0, top5=0.0), 0
+        for batch in self.data.val:
+            if self._stop_requested():  # a cancel must not wait for the whole held-out set
+                self.model.train()
+                return None
+            with self._autocast():
+                out = compute_loss(self.model, self._to_device(batch), compile_blocks=self.compile)
+            for key in totals:
+                value = getattr(out, key)
+                totals[key] += (value.item() if torch.is_tensor(value) else value) * out.n_tokens
+            weight += out.n_tokens
+        self.model.train()
+        return {"kind": "val", "step": self.step, **{f"val_{k}": round(v / max(weight, 1), 6) for k, v in totals.items()},
+                "elapsed_s": self._elapsed()}
+
+    @torch.no_grad()
+    def _speak_examples(self) -> None:
+        """The fixed evaluation sentences spoken by the model as it is now: progress you can hear.
+        A failure here is reported in the log and never stops training."""
+        s = self.settings
+        if not s.eval_texts:
+            return
+        from pipeline.generate.synth import Synthesizer, save_wav
+
+        out_dir = self.run_dir / "audio" / f"step_{self.step:06d}"
+        self.model.eval()
+        # building the codec initialises weights from the global RNG: keep training's RNG untouched
+        cuda = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                synth = Synthesizer.from_model(unwrap(self.model), self.tokenizer, self.ckpt_dir, self.device)
+                for i, text in enumerate(s.eval_texts, 1):
+                    if self._stop_requested():
+                        break
+                    result = synth.speak(text, seed=s.seed, max_new_tokens=s.eval_max_frames)
+                    save_wav(result, out_dir / f"sentence_{i}.wav")
+        except Exception as exc:  # noqa: BLE001 - evaluation audio is a nice-to-have, training is not
+            print(f"evaluation audio at step {self.step} failed: {type(exc).__name__}: {exc}", flush=True)
+        finally:
+            self.model.train()
+
+    def _evaluate(self) -> bool:
+        """Held-out loss, example audio and the best checkpoint at this step. False when a stop
+        request interrupted it: the step is then saved as pending and evaluated on resume."""
+        val = self._validate()
+        if val is None:
+            self.pending_eval = True
+            return False
+        self.pending_eval = False
+        self._log(val)
+        self._speak_examples()
+        if self.best_val_loss is None or val["val_loss"] < self.best_val_loss:
+            self.best_val_loss, self.bad_evals = val["val_loss"], 0
+            self.best = f"checkpoints/step_{self.step:06d}"  # the caller saves it: the best is always on disk
+        else:
+            self.bad_evals += 1
+        return True
+
+    def run(self) -> TrainResult:
+        s = self.settings
+        if self.step == 0:
+            self._truncate_metrics(0)
+            if self.data.val is not None:
+                start = self._validate()  # the starting point of the held-out curve (not a "best")
+                if start is not None:
+                    self._log(start)
+        notes = "; ".join(getattr(self, "resume_notes", []))
+        resumed = f"resumed at step {self.step}" + (f" ({notes})" if notes else "") if self.step else notes
+        self.write_state("running", resumed)
+        status, message, interrupted = "finished", "", False
+        if self.pending_eval and not self._stop_requested():  # the evaluation a cancel interrupted
+            interrupted = not self._evaluate()
+            if not interrupted:
+                self._save()  # clears the pending mark, and keeps this step if it is the new best
+        while self.step < self.total and not interrupted:
+            if self._stop_requested():
+                break
+            row = self._train_step()
+            self.step += 1
+            self._log(row)
+            save = self.step % s.save_every == 0 or self.step == self.total
+            if self.data.val is not None and (self.step % s.val_every == 0 or self.step == self.total):
+                if not self._evaluate():
+                    interrupted = True
+                    self._save()
+                    break
+                save = save or self.best.endswith(f"{self.step:06d}")
+            early = bool(s.patience) and self.data.val is not None and self.bad_evals >= s.patience
+            if save or early or self._stop_requested():
+                self._save()
+            if self.progress:
+                self.progress(self.step / self.total, f"step {self.step}/{self.total} loss {row['loss']:.3f}")
+            if early:
+                message = (f"stopped early at step {self.step}: held-out loss has not improved for {s.patience} "
+                           f"evaluations (best {self.best_val_loss:.4f} at {self.best})")
+                break
+            self.write_state("running")
+        if interrupted:
+            status, message = "cancelled", (f"stopped during the evaluation at step {self.step} of {self.total}; "
+                                            "resume to evaluate and continue")
+        elif self.step < self.total and not message:
+            if not self.latest or not self.latest.endswith(f"{self.step:06d}"):
+                self._save()
+            status, message = "cancelled", f"stopped at step {self.step} of {self.total}; resume to continue"
+        if self.data.val is None:
+            message = (message + "; " if message else "") + "no held-out clips (every speaker has < 3 clips): best = latest"
+        if self.writer is not None:
+            self.writer.flush()
+        self.write_state(status, message)
+        return self.result(status, message)
+
+    def result(self, status: str, message: str) -> TrainResult:
+        def absolute(rel):
+            return str(self.run_dir / rel) if rel else None
+
+        return TrainResult(status=status, step=self.step, total_steps=self.total, best=absolute(self.best),
+                           best_val_loss=self.best_val_loss, latest=absolute(self.latest), message=message,
+                           summary=self.data.summary() | {"rejected_clips": self.data.rejected})
+
+
+def train(run_dir, ckpt_dir, manifest_with_codes, settings: TrainSettings,
+          stop_event: threading.Event | None = None, progress: Progress = None) -> TrainResult:
+    """Train (or resume) one phase in `run_dir` on the base model in `ckpt_dir`.
+
+    Returns status finished, cancelled (stop_event or SIGTERM: a checkpoint was saved) or failed
+    (out of GPU memory: the message says what to lower). Other errors mark state.json failed and raise.
+    """
+    run_dir, trainer, previous_handler = Path(run_dir), None, None
+
+    def fail(message: str) -> None:
+        if trainer is not None:
+            trainer.write_state("failed", message)
+        else:  # keep the progress already recorded: a failed resume must not read as step 0
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                previous = json.loads((run_dir / STATE_FILE).read_text())
+            except (OSError, json.JSONDecodeError):
+                previous = {"step": 0}
+            _write_json(run_dir / STATE_FILE, previous | {"status": "failed", "message": message})
+
+    try:
+        trainer = _Trainer(run_dir, ckpt_dir, manifest_with_codes, settings, stop_event, progress)
+        if threading.current_thread() is threading.main_thread():  # signal handlers only work there
+            previous_handler = signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "sigterm", True))
+        return trainer.run()
+    except torch.cuda.OutOfMemoryError:
+        message = oom_message(settings, trainer.step + 1 if trainer else 0, trainer.checkpointing if trainer else False)
+        if trainer is not None:
+            trainer.model = trainer.optimizer = None
+        torch.cuda.empty_cache()
+        fail(message)
+        return trainer.result("failed", message) if trainer else TrainResult("failed", 0, 0, None, None, None, message)
+    except (RuntimeError, MemoryError) as exc:
+        if not cpu_oom(exc):
+            fail(f"{type(exc).__name__}: {exc}")
+            raise
+        message = cpu_oom_message(settings.batch_size, settings.max_length, trainer.step + 1 if trainer else 0)
+        if trainer is not None:
+            trainer.model = trainer.optimizer = None
+        fail(message)
+        return trainer.result("failed", message) if trainer else TrainResult("failed", 0, 0, None, None, None, message)
+    except BaseException as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        if trainer is not None and getattr(trainer, "writer", None) is not None:
+            trainer.writer.close()

@@ -1,0 +1,195 @@
+"""VQ extraction with the tiny codec: shapes, batching, the content-addressed cache, resuming."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from pipeline.model.checkpoints import load_codec
+from pipeline.model.tiny_checkpoint import write_tiny_checkpoint
+from pipeline.model.codes import (
+    CodesError,
+    cache_key,
+    cache_path,
+    codec_identity,
+    encode_audio,
+    encode_batch,
+    extract_codes,
+    load_codes,
+    load_for_codec,
+)
+
+SR = 44100
+FRAME = 2048  # samples per code frame of the (tiny and real) codec
+
+
+def _clip(seconds: float, freq: float, seed: int, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A manifest of 5 ok clips (one at 22.05 kHz, one stereo), one rejected row, one broken file."""
+    rows = []
+    specs = [("a", 0.4, 220), ("b", 1.3, 330), ("c", 0.9, 440), ("d", 0.05, 550), ("e", 1.0, 660)]
+    for i, (clip_id, seconds, freq) in enumerate(specs):
+        path = tmp_path / f"{clip_id}.wav"
+        if clip_id == "c":
+            sf.write(path, _clip(seconds, freq, i, sr=22050), 22050)
+        elif clip_id == "e":
+            mono = _clip(seconds, freq, i)
+            sf.write(path, np.stack([mono, -mono * 0.5], axis=1), SR)
+        else:
+            sf.write(path, _clip(seconds, freq, i), SR)
+        rows.append({"id": clip_id, "audio_path": str(path), "duration_s": seconds, "status": "ok", "reason": ""})
+    sf.write(tmp_path / "rej.wav", _clip(0.5, 100, 9), SR)
+    rows.append({"id": "rej", "audio_path": str(tmp_path / "rej.wav"), "duration_s": 0.5,
+                 "status": "rejected", "reason": "too quiet"})
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wav")
+    rows.append({"id": "broken", "audio_path": str(tmp_path / "broken.wav"), "duration_s": 0.7,
+                 "status": "ok", "reason": ""})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_checkpoint):
+    return load_codec(tiny_checkpoint)
+
+
+def test_first_run_encodes_every_ok_clip(dataset, tiny_checkpoint, tmp_path, codec):
+    messages = []
+    report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=3.0,
+                           progress=lambda f, m: messages.append((f, m)), codec=codec)
+    assert report.total == 6 and report.computed == 5 and report.hits == 0
+    assert set(report.failed) == {"broken"} and "broken.wav" in report.failed["broken"]
+    out = report.manifest
+    assert list(out["id"]) == list(dataset["id"]) and "codes_path" not in dataset.columns
+    assert pd.isna(out.set_index("id").loc["rej", "codes_path"])
+    assert pd.isna(out.set_index("id").loc["broken", "codes_path"])
+    for _, row in out[out["id"].isin(list("abcde"))].iterrows():
+        codes = load_codes(row["codes_path"])
+        assert codes.dtype == torch.long and codes.shape[0] == 4
+        # ceil(duration * SR / frame), also for the 22.05 kHz file (resampled to the codec's rate)
+        assert codes.shape[1] == math.ceil(round(row["duration_s"] * SR) / FRAME), row["id"]
+        assert int(codes.max()) < 64 and int(codes.min()) >= 0
+    assert report.codes_paths == out.dropna(subset=["codes_path"]).set_index("id")["codes_path"].to_dict()
+    assert messages[-1][0] == pytest.approx(1.0)
+    assert report.audio_seconds == pytest.approx(0.4 + 1.3 + 0.9 + 0.05 + 1.0, abs=1e-3)
+    assert report.throughput > 0
+
+
+def test_second_run_is_a_full_cache_hit(dataset, tiny_checkpoint, tmp_path, codec):
+    first = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", codec=codec)
+    second = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", codec=codec)
+    assert second.hits == 5 and second.computed == 0
+    assert second.codes_paths == first.codes_paths
+    # Content addressed: a renamed copy of a clip hits the same entry.
+    moved = dataset.copy()
+    moved.loc[0, "id"] = "renamed"
+    assert extract_codes(moved, tiny_checkpoint, tmp_path / "cache", codec=codec).computed == 0
+
+
+def test_edited_clip_recomputes_only_that_clip(dataset, tiny_checkpoint, tmp_path, codec):
+    first = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", codec=codec)
+    path = dataset.set_index("id").loc["b", "audio_path"]
+    data, sr = sf.read(path, dtype="float32")
+    data[1000] += 0.01
+    sf.write(path, data, sr)
+    second = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", codec=codec)
+    assert second.computed == 1 and second.hits == 4
+    assert second.codes_paths["b"] != first.codes_paths["b"]
+    assert {k: v for k, v in second.codes_paths.items() if k != "b"} == {
+        k: v for k, v in first.codes_paths.items() if k != "b"}
+
+
+def test_partial_files_from_a_killed_run_are_ignored(dataset, tiny_checkpoint, tmp_path, codec):
+    cache = tmp_path / "cache"
+    audio = load_for_codec(dataset.loc[0, "audio_path"], SR)
+    target = cache_path(cache, cache_key(audio, SR, codec_identity(tiny_checkpoint)))
+    target.parent.mkdir(parents=True)
+    # A leftover temporary file, and a truncated final file (as a non-atomic writer would leave).
+    leftover = target.with_name(f".{target.name}.deadbeef.tmp")
+    leftover.write_bytes(b"\x93NUMPY half")
+    np.save(target, np.zeros((4, 500), dtype=np.int16))
+    target.write_bytes(target.read_bytes()[:200])
+    report = extract_codes(dataset, tiny_checkpoint, cache, codec=codec)
+    assert report.computed == 5 and report.hits == 0
+    assert load_codes(target).shape == (4, math.ceil(0.4 * SR / FRAME))
+    assert not any(p.name.endswith(".tmp") and p != leftover for p in cache.rglob("*"))
+
+
+def test_interrupted_run_resumes(dataset, tiny_checkpoint, tmp_path, codec):
+    calls = []
+
+    def stop_after_first_batch(fraction, message):
+        calls.append(fraction)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=1.0,
+                      progress=stop_after_first_batch, codec=codec)
+    done_first = len(list((tmp_path / "cache").rglob("*.npy")))
+    assert 0 < done_first < 5
+    report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", codec=codec)
+    assert report.hits == done_first and report.computed == 5 - done_first
+
+
+def test_another_codec_gets_other_keys(dataset, tiny_checkpoint, tmp_path, codec):
+    extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", codec=codec)
+    other = write_tiny_checkpoint(tmp_path / "other", seed=1)
+    report = extract_codes(dataset, other, tmp_path / "cache", device="cpu")
+    assert report.computed == 5 and report.hits == 0
+
+
+def test_batched_encode_equals_single_encode(codec):
+    # The codec is causal, so zero right-padding in a batch leaves each clip's frames unchanged;
+    # lengths straddle frame boundaries (2047, 2049) on purpose.
+    clips = [_clip(n / SR, 200 + 50 * i, i) for i, n in enumerate([30000, 2047, 2049, 50000, 8192])]
+    batched = encode_batch(codec, clips)
+    for clip, codes in zip(clips, batched):
+        single = encode_audio(codec, clip)
+        assert codes.shape == single.shape == (4, math.ceil(len(clip) / FRAME))
+        assert torch.equal(codes, single)
+    assert len(torch.unique(batched[0][0])) > 3  # real content, not one repeated code
+
+
+def test_decode_reconstructs_frame_aligned_length(codec):
+    clip = _clip(1.0, 300, 0)
+    codes = encode_audio(codec, clip)
+    with torch.inference_mode():
+        audio, lengths = codec.decode(codes[None], torch.tensor([codes.shape[1]]))
+    assert audio.shape == (1, 1, codes.shape[1] * FRAME) and int(lengths[0]) == codes.shape[1] * FRAME
+    assert len(clip) <= audio.shape[-1] < len(clip) + FRAME
+    assert torch.isfinite(audio).all()
+
+
+def test_manifest_without_columns_and_bad_codes_file(tiny_checkpoint, tmp_path, codec):
+    with pytest.raises(CodesError, match="audio_path"):
+        extract_codes(pd.DataFrame({"id": ["x"]}), tiny_checkpoint, tmp_path, codec=codec)
+    (tmp_path / "bad.npy").write_bytes(b"nope")
+    with pytest.raises(CodesError, match="bad.npy"):
+        load_codes(tmp_path / "bad.npy")
+
+
+def test_clip_the_codec_cannot_encode_is_rejected_not_fatal(dataset, tiny_checkpoint, tmp_path, codec, monkeypatch):
+    import pipeline.model.codes as codes_module
+
+    real = codes_module.encode_batch
+
+    def limited(codec, audios, device=None):
+        # Like the real codec past its attention table (block_size): IndexError for long input.
+        if max(len(a) for a in audios) > 1.2 * SR:
+            raise IndexError("index 4096 is out of bounds for dimension 0 with size 4096")
+        return real(codec, audios, device)
+
+    monkeypatch.setattr(codes_module, "encode_batch", limited)
+    report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=10.0, codec=codec)
+    assert set(report.failed) == {"b", "broken"} and "cannot encode" in report.failed["b"]
+    assert report.computed == 4
