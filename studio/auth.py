@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from pipeline.atomic import replacing
+
 USER = "studio"
 PASSWORD_ENV = "STUDIO_PASSWORD"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -71,15 +73,14 @@ def save_password(password: str, workspace: Path) -> Path:
     password lives.
     """
     path = password_file(workspace)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a leftover file keeps its old mode through O_CREAT
-        os.write(fd, (password + "\n").encode())
-    finally:
-        os.close(fd)
-    os.replace(partial, path)
+    with replacing(path) as partial:
+        # created 0600, never readable by others, not even between the write and the rename
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+            os.write(fd, (password + "\n").encode())
+        finally:
+            os.close(fd)
     return path
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # lower layers first: a module may import its own folder and the folders before it
-LAYERS = ["config", "kernels", "data", "model", "generate", "train", "estimate", "quality", "bench", "doctor", "cli",
+LAYERS = ["atomic", "config", "kernels", "data", "model", "generate", "train", "estimate", "quality", "bench", "doctor", "cli",
           "studio"]
 GRADIO_ALLOWED = {"studio.app", "studio.theme", "studio.login_gate"}  # plus studio.tabs.*
 

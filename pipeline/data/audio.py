@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from pipeline.atomic import replacing
 
 TARGET_SR = 44_100
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
@@ -189,11 +189,6 @@ def to_training_audio(src: str | Path, dst_dir: str | Path, *, audio: tuple[np.n
         import librosa
 
         mono = librosa.resample(mono, orig_sr=sr, target_sr=TARGET_SR, res_type="soxr_hq")
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dst_dir / f".{dst.stem}.{uuid.uuid4().hex[:8]}.tmp.wav"
-    try:
+    with replacing(dst) as tmp:
         sf.write(str(tmp), mono.astype(np.float32), TARGET_SR, subtype="FLOAT", format="WAV")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst

@@ -1,11 +1,13 @@
 """Removal of temporary files a killed process left in the workspace.
 
-Atomic writes go to a hidden temporary name (`.<name>.<hex>.tmp`, in the codes cache, the
-datasets and the workspace root) and zip extraction to a `.extract-<pid>-<hex>` folder beside its destination; a
-process killed mid-write leaves them behind. `remove_stale_temp` runs at start-up and removes
-only what no live process can still be writing: an extraction folder whose process is gone
-(or, without a pid in its name, untouched for `max_age_s`), a temporary file untouched for
-`max_age_s` (an atomic write takes well under a second).
+Atomic writes (pipeline.atomic) go to a hidden temporary name (`.<name>.<hex>.tmp`: in the codes
+cache, the datasets, the workspace root, each run folder and its artifacts, the doctor's reports
+and the scorecard cache; a merged model folder is written as such a folder) and zip extraction to
+a `.extract-<pid>-<hex>` folder beside its destination; a process killed mid-write leaves them
+behind. `remove_stale_temp` runs at start-up and removes only what no live process can still be
+writing: an extraction folder whose process is gone (or, without a pid in its name, untouched for
+`max_age_s`), a temporary file or folder untouched for `max_age_s` (an atomic write takes
+seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline.data.sources import EXTRACT_PREFIX
 STALE_AFTER_S = 3600.0
 _TEMP_FILE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")      # `.x.npy.<hex>.tmp`, `.<stem>.<hex>.tmp.wav`
 _EXTRACT_DIR = re.compile(rf"^{re.escape(EXTRACT_PREFIX)}(?:(\d+)-)?[0-9a-f]+$")
+_TEMP_DIR = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")          # pipeline.atomic.replacing's folders
 
 
 def remove_stale_temp(workspace: str | Path, max_age_s: float = STALE_AFTER_S, now: float | None = None) -> list[Path]:
@@ -39,6 +42,12 @@ def remove_stale_temp(workspace: str | Path, max_age_s: float = STALE_AFTER_S, n
             removed += _remove_temp_files(folder, max_age_s, now)
     for folder in (workspace, *_children(codes)):  # the root: selection.json's atomic writes
         removed += _remove_temp_files(folder, max_age_s, now)
+    for run in _children(workspace / "runs"):      # run.json, artifacts (zips, the merged folder)
+        removed += _remove_temp_files(run, max_age_s, now)
+        removed += _remove_temp_files(run / "artifacts", max_age_s, now)
+        removed += _remove_temp_dirs(run / "artifacts", max_age_s, now)
+    for folder in (workspace / "doctor", workspace / "eval" / "cache"):
+        removed += _remove_temp_files(folder, max_age_s, now)
     return removed
 
 
@@ -54,6 +63,15 @@ def _remove_temp_files(folder: Path, max_age_s: float, now: float) -> list[Path]
     for entry in _children(folder):
         if _TEMP_FILE.match(entry.name) and entry.is_file() and _age(entry, now) > max_age_s:
             entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _remove_temp_dirs(folder: Path, max_age_s: float, now: float) -> list[Path]:
+    removed = []
+    for entry in _children(folder):
+        if _TEMP_DIR.match(entry.name) and entry.is_dir() and _age(entry, now) > max_age_s:
+            shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
+from pipeline.atomic import replacing, write_text
 from pipeline.data.manifest import MANIFEST_NAME, Limits, build_manifest, load_manifest, summarize
 from pipeline.data.source_spec import SourceError, SourceSpec
 from pipeline.data.sources import read_source, source_fingerprint
@@ -77,9 +76,7 @@ def _cache_key(spec: SourceSpec, config, fingerprint: str) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=str))
 
 
 def _read_meta(directory: Path) -> dict | None:
@@ -130,9 +127,8 @@ def load_dataset(spec: SourceSpec, config, progress: Progress = None, force: boo
     speakers = speaker_stats(manifest, cache_dir=directory)
     recommendation = recommend_speaker(speakers)
     summary = summarize(manifest) | selection_summary(clips)
-    tmp = directory / f".{SPEAKERS_NAME}.{uuid.uuid4().hex[:8]}.tmp"
-    speakers.to_parquet(tmp, index=False)
-    os.replace(tmp, directory / SPEAKERS_NAME)
+    with replacing(directory / SPEAKERS_NAME) as tmp:
+        speakers.to_parquet(tmp, index=False)
     _write_json(directory / META_NAME, {
         "id": dataset_id, "spec": dataclasses.asdict(spec), "cache_key": key, "summary": summary,
         "recommendation": dataclasses.asdict(recommendation),

@@ -12,12 +12,11 @@ picked rows' audio cells (the Hub's {bytes, path} struct) are written out.
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.atomic import write_bytes
 from pipeline.data.audio import AUDIO_EXTENSIONS
 from pipeline.data.hub import HubUnreachable, require_hub
 from pipeline.data.source_spec import (Clips, Progress, RawClip, SourceError, SourceSpec, balanced_indices, decode_text, is_junk,
@@ -255,9 +254,7 @@ def _materialize_audio(value, out_dir: Path, clip_id: str, shard_dir: Path, colu
         if suffix not in AUDIO_EXTENSIONS:
             suffix = next((ext for magic, ext in _MAGIC if data.startswith(magic)), ".wav")
         target = out_dir / f"{clip_id}{suffix}"
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_bytes(target, data)
         return str(target), None
     if isinstance(name, str) and name:
         candidate = Path(name) if Path(name).is_absolute() else shard_dir / name

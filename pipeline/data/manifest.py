@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from pipeline.atomic import replacing
 from pipeline.data import text as text_module
 from pipeline.data.audio import AudioError, file_hash, load_audio, measure, probe, to_training_audio
 from pipeline.data.source_spec import RawClip
@@ -182,12 +182,9 @@ def build_manifest(clips: list[RawClip], dataset_dir: Path, config, progress: Pr
 
 
 def save_manifest(manifest: pd.DataFrame, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    manifest.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    with replacing(path) as tmp:
+        manifest.to_parquet(tmp, index=False)
+    return Path(path)
 
 
 def load_manifest(path: Path) -> pd.DataFrame:

@@ -9,10 +9,10 @@ a dotted config path ("training.quick_lora.steps") are applied as config overrid
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.atomic import write_text
 
 SELECTION_NAME = "selection.json"
 SPEAKERS_KEY = "speakers"
@@ -93,11 +93,7 @@ def save_selection(config, **changes) -> dict:
         else:
             selection["speaker"] = speaker
     selection = _sync_speaker(selection)
-    path = selection_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(selection, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(selection_path(config), json.dumps(selection, indent=1, ensure_ascii=False))
     return selection
 
 

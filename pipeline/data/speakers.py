@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pipeline.atomic import write_text
 
 PITCH_CLIPS = 8          # pyin is slow (~0.2 s per clip): bound its cost per speaker...
 PITCH_SPEAKERS = 16      # ...and per dataset: only the speakers with the most accepted audio
@@ -84,10 +84,7 @@ def _pitch_by_speaker(manifest: pd.DataFrame, cache_dir: Path | None) -> dict[st
         cache[str(speaker)] = {"key": key, "pitch_hz": None if math.isnan(pitch) else pitch}
         changed = True
     if cache_path and changed:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(f".{cache_path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, cache_path)
+        write_text(cache_path, json.dumps(cache, indent=1))
     return result
 
 

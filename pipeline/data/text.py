@@ -33,6 +33,8 @@ from pathlib import Path
 
 from num2words import num2words
 
+from pipeline.config import PROJECT_ROOT
+
 __all__ = ["normalize", "normalize_report", "split_sentences", "check_transcript"]
 
 _MONTHS = ["tammikuuta", "helmikuuta", "maaliskuuta", "huhtikuuta", "toukokuuta", "kesäkuuta",
@@ -465,7 +467,7 @@ def check_transcript(text: str | bytes | None) -> str | None:
     return None
 
 
-EXAMPLES_PATH = Path(__file__).resolve().parent.parent / "assets" / "examples_fi.txt"
+EXAMPLES_PATH = PROJECT_ROOT / "assets" / "examples_fi.txt"
 
 
 def example_sentences() -> list[str]:

@@ -44,13 +44,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_inputs(tokenizer, num_codebooks: int, codebook_size: int, seed: int = 0):
     """A generation prompt (Finnish text) and CHECK_FRAMES teacher-forced frames of random codes."""
-    from pipeline.model.tokens import Utterance, build_sequence
+    from pipeline.model.tokens import RESIDUAL_VOCAB, Utterance, build_sequence
 
     g = torch.Generator().manual_seed(seed)
     n_semantic = len(tokenizer.semantic_id_to_token_id)
     prompt = build_sequence(tokenizer, num_codebooks, [Utterance("Hyvää päivää, mitä kuuluu?", None)],
                             for_generation=True).tokens
-    codes = torch.randint(0, min(1024, codebook_size), (num_codebooks, CHECK_FRAMES), generator=g)
+    codes = torch.randint(0, min(RESIDUAL_VOCAB, codebook_size), (num_codebooks, CHECK_FRAMES), generator=g)
     codes[0] = torch.randint(0, n_semantic, (CHECK_FRAMES,), generator=g)
     return prompt, torch.cat([codes[:1] + tokenizer.semantic_begin_id, codes])
 

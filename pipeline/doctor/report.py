@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import platform
 from pathlib import Path
 
+from pipeline.atomic import write_text
 from pipeline.doctor.row import FAIL, PASS, WARN, Row
 
 REPORT_DIR = "doctor"
@@ -60,12 +60,8 @@ def build_report(rows: list[Row], model_dir: str | Path, quick: bool) -> dict:
 
 
 def save_report(config, report: dict) -> Path:
-    path = report_dir(config) / f"report-{report['fingerprint']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(report_dir(config) / f"report-{report['fingerprint']}.json",
+                      json.dumps(report, indent=2, ensure_ascii=False))
 
 
 def load_report(config, model_dir: str | Path) -> dict | None:

@@ -22,6 +22,8 @@ from peft.tuners.lora import LoraLayer
 from fish_speech.models.text2semantic.llama import DualARTransformer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from pipeline.atomic import replacing
+
 
 def unwrap(model) -> DualARTransformer:
     """The DualARTransformer inside a peft wrapper (peft swaps Linear modules in place)."""
@@ -164,11 +166,8 @@ def export_adapter_zip(adapter_dir: str | Path, zip_path: str | Path) -> Path:
     load_adapters or peft's PeftModel.from_pretrained after unzipping."""
     adapter_dir = _check_adapter_dir(adapter_dir)
     zip_path = Path(zip_path)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = zip_path.with_name(zip_path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with replacing(zip_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name in ADAPTER_FILES + EXTRA_FILES:  # not a training checkpoint's optimizer state
             if (adapter_dir / name).is_file():
                 zf.write(adapter_dir / name, name)
-    tmp.replace(zip_path)
     return zip_path

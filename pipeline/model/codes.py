@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.atomic import replacing
 from pipeline.data.audio import AudioError, load_audio
 from pipeline.model.checkpoints import codec_identity, load_codec
 
@@ -91,19 +90,13 @@ def _valid_cached(path: Path, num_codebooks: int | None) -> bool:
 
 
 def save_codes(path: str | Path, codes: np.ndarray | torch.Tensor) -> Path:
-    """Atomic write: a temporary file in the same folder, then os.replace."""
+    """Atomic write (pipeline.atomic): a reader never sees half an array."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(codes, torch.Tensor):
         codes = codes.detach().cpu().numpy()
     dtype = np.int16 if codes.size == 0 or int(codes.max()) < 2**15 else np.int32
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, codes.astype(dtype, copy=False))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.save would append .npy to a name
+        np.save(fh, codes.astype(dtype, copy=False))
     return path
 
 

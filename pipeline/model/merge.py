@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from pipeline.atomic import replacing
 from pipeline.model.adapters import ADAPTER_FILES, AdapterError, load_adapters
 from pipeline.model.checkpoints import LM_FILES, clean_state_dict, load_lm
 from pipeline.model.adapters import unwrap
@@ -57,14 +58,11 @@ def export_adapter(adapter_dir: str | Path, zip_path: str | Path, card: dict | N
     if missing:
         raise AdapterError(f"{adapter_dir} is not a peft adapter (missing {', '.join(missing)}).")
     facts = card if card is not None else _minimal_facts(adapter_dir=adapter_dir)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = zip_path.with_name(zip_path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with replacing(zip_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name in ADAPTER_FILES + ADAPTER_EXTRA:
             if (adapter_dir / name).is_file():
                 zf.write(adapter_dir / name, name)
         zf.writestr(CARD_NAME, model_card(facts, "adapter"))
-    os.replace(tmp, zip_path)
     return zip_path
 
 
@@ -85,15 +83,13 @@ def export_model_zip(model_dir: str | Path, zip_path: str | Path, card: dict | N
     else:
         text = (model_dir / CARD_NAME).read_text(encoding="utf-8")
     folder = zip_path.stem
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = zip_path.with_name(zip_path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+    with replacing(zip_path) as tmp, \
+            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
         for path in sorted(p for p in model_dir.iterdir()
                            if p.is_file() and p.name != CARD_NAME and p.name not in RESUME_ONLY_FILES):
             stored = path.suffix in STORED_SUFFIXES
             zf.write(path, f"{folder}/{path.name}", compress_type=zipfile.ZIP_STORED if stored else None)
         zf.writestr(f"{folder}/{CARD_NAME}", text)
-    os.replace(tmp, zip_path)
     return zip_path
 
 
@@ -124,28 +120,25 @@ def _write_model_dir(
     out_dir = Path(out_dir)
     if out_dir.resolve() == base_ckpt_dir.resolve():
         raise MergeError(f"Refusing to overwrite the base checkpoint {base_ckpt_dir}; choose another output directory.")
-    tmp = out_dir.with_name(out_dir.name + ".writing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / "model.pth")
-    if safetensors:
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-    for name in COPIED_FILES:
-        if (base_ckpt_dir / name).is_file():
-            shutil.copy2(base_ckpt_dir / name, tmp / name)
-    for name in LINKED_FILES:
-        src = base_ckpt_dir / name
-        if src.is_file():
-            try:
-                os.link(src.resolve(), tmp / name)
-            except OSError:  # other filesystem, no hard-link support
-                shutil.copy2(src, tmp / name)
-    info = {"base_checkpoint": str(base_ckpt_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-    (tmp / "merge_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False))
-    if card is not None:
-        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with replacing(out_dir) as tmp:
+        tmp.mkdir()
+        torch.save(state, tmp / "model.pth")
+        if safetensors:
+            save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        for name in COPIED_FILES:
+            if (base_ckpt_dir / name).is_file():
+                shutil.copy2(base_ckpt_dir / name, tmp / name)
+        for name in LINKED_FILES:
+            src = base_ckpt_dir / name
+            if src.is_file():
+                try:
+                    os.link(src.resolve(), tmp / name)
+                except OSError:  # other filesystem, no hard-link support
+                    shutil.copy2(src, tmp / name)
+        info = {"base_checkpoint": str(base_ckpt_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        (tmp / "merge_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False))
+        if card is not None:
+            (tmp / CARD_NAME).write_text(card, encoding="utf-8")
     return out_dir
 
 

@@ -3,7 +3,7 @@ merged model folder, a language-adapted (phase-1) model.
 
 A card states what the weights are (base model, licence, dataset, speaker, recipe, steps,
 held-out loss) and how to load them, so a downloaded file still says where it came from and
-under which licence it may be used. `run_card_facts` gathers the facts of a run from its files;
+under which licence it may be used. `run_card_facts` gathers the facts of a run from its record and files;
 `write_model_card` writes the card into a folder.
 """
 
@@ -57,10 +57,11 @@ def _phase_facts(phase_dir: Path) -> dict:
     }
 
 
-def run_card_facts(run_dir: str | Path) -> dict:
-    """The facts of a run's model card, read from run.json, config.yaml and each phase's state.json."""
+def run_card_facts(run_dir: str | Path, run: dict) -> dict:
+    """The facts of a run's model card: `run` is its record (pipeline.train.runs.read_run), the rest
+    is read from its config.yaml and each phase's state.json."""
     run_dir = Path(run_dir)
-    run, config = _read_json(run_dir / "run.json"), _read_yaml(run_dir / "config.yaml")
+    config = _read_yaml(run_dir / "config.yaml")
     base = config.get("base_model") or {}
     dataset = config.get("dataset") or {}
     phases = run.get("phases") or sorted(p.name for p in (run_dir / "phases").glob("*") if p.is_dir())

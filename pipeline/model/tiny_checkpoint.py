@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from pipeline.atomic import replacing
 from pipeline.model.checkpoints import (CODEC_CONFIG_NAME, RANDOM_WEIGHTS_MARKER, RANDOM_WEIGHTS_TEXT, build_codec,
                                   load_tokenizer)
 
@@ -121,30 +120,26 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     from fish_speech.models.text2semantic.llama import DualARTransformer
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".writing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with replacing(out_dir) as tmp:
+        tmp.mkdir()
+        bpe = tiny_bpe_lines()
+        (tmp / "tokenizer.tiktoken").write_text("\n".join(bpe) + "\n")
+        special = _tiny_special_tokens(len(bpe))
+        (tmp / "special_tokens.json").write_text(json.dumps(special, indent=2, ensure_ascii=False))
+        tokenizer = load_tokenizer(tmp)
 
-    bpe = tiny_bpe_lines()
-    (tmp / "tokenizer.tiktoken").write_text("\n".join(bpe) + "\n")
-    special = _tiny_special_tokens(len(bpe))
-    (tmp / "special_tokens.json").write_text(json.dumps(special, indent=2, ensure_ascii=False))
-    tokenizer = load_tokenizer(tmp)
+        args = tiny_model_args(vocab_size=len(bpe) + len(special))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = DualARTransformer(args, tokenizer=tokenizer)
+            args.save(tmp / "config.json")
+            torch.save(model.state_dict(), tmp / "model.pth")
 
-    args = tiny_model_args(vocab_size=len(bpe) + len(special))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DualARTransformer(args, tokenizer=tokenizer)
-        args.save(tmp / "config.json")
-        torch.save(model.state_dict(), tmp / "model.pth")
+            (tmp / CODEC_CONFIG_NAME).write_text(tiny_codec_config())
+            codec = build_codec(tmp / CODEC_CONFIG_NAME)
+            # Masks and RoPE tables are rebuilt from the config at load time; storing them is 48 MB.
+            state = {k: v for k, v in codec.state_dict().items() if not k.endswith(_DERIVED_BUFFERS)}
+            torch.save(state, tmp / "codec.pth")
 
-        (tmp / CODEC_CONFIG_NAME).write_text(tiny_codec_config())
-        codec = build_codec(tmp / CODEC_CONFIG_NAME)
-        # Masks and RoPE tables are rebuilt from the config at load time; storing them is 48 MB.
-        state = {k: v for k, v in codec.state_dict().items() if not k.endswith(_DERIVED_BUFFERS)}
-        torch.save(state, tmp / "codec.pth")
-
-    (tmp / RANDOM_WEIGHTS_MARKER).write_text(RANDOM_WEIGHTS_TEXT)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+        (tmp / RANDOM_WEIGHTS_MARKER).write_text(RANDOM_WEIGHTS_TEXT)
     return out_dir

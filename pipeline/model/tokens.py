@@ -24,6 +24,9 @@ import torch
 from fish_speech.tokenizer import IM_END_TOKEN, MODALITY_INTERLEAVE_TOKEN, TIKTOKEN_MAX_ENCODE_CHARS, FishTokenizer
 
 SPEAKER_TOKEN = "<|speaker:0|>"
+# codebooks 1.. are sampled from the fast head's first RESIDUAL_VOCAB logits (fish-speech's
+# decode_one_token_ar): generation draws them there and training scores them there
+RESIDUAL_VOCAB = 1024
 
 
 class SequenceError(ValueError):

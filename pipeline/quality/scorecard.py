@@ -14,11 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,12 +24,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from pipeline.atomic import replacing, write_text
 from pipeline.model.checkpoints import CODEC_CONFIG_NAME, LM_FILES, describe_checkpoint, is_random_weights
 from pipeline.quality.asr import ASRError, Transcriber, error_rates
 from pipeline.quality.naturalness import dnsmos
 from pipeline.quality.signal_checks import check_signal, reached_end
 from pipeline.quality.speaker import SPEAKER_MODEL, SpeakerEncoder, centroid, similarity
 from pipeline.data.text import normalize
+from pipeline.train.runs import read_run
 
 Progress = Callable[[float, str], None] | None
 EVAL_DIR_NAME, CACHE_DIR_NAME = "eval", "cache"
@@ -217,21 +217,8 @@ class Scorers:
 
 
 # -- files --------------------------------------------------------------------------------------
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a hidden temporary name and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _write_json(path: Path, data) -> Path:
-    text = json.dumps(data, indent=1, ensure_ascii=False, default=_json_default, allow_nan=False)
-    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=_json_default, allow_nan=False))
 
 
 def _json_default(value):
@@ -262,7 +249,9 @@ def _read_json(path: Path) -> dict | None:
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
     import soundfile as sf
 
-    return _atomic(path, lambda tmp: sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV"))
+    with replacing(path) as tmp:
+        sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV")
+    return path
 
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -368,7 +357,8 @@ def evaluate(spec: ModelSpec, out_dir: str | Path, cache: str | Path, sentences:
         audio = out_dir / AUDIO_DIR_NAME / f"{i + 1:02d}.wav"
         source = cache / f"{key}.wav"
         if not audio.is_file() or audio.stat().st_size != source.stat().st_size:
-            _atomic(audio, lambda tmp, source=source: shutil.copyfile(source, tmp))
+            with replacing(audio) as tmp:
+                shutil.copyfile(source, tmp)
         rows.append({"index": i + 1, "sentence": sentence, "normalized_text": facts.get("normalized_text") or normalize(sentence),
                      "seed": seed, "key": key, "audio_path": str(audio), **{k: v for k, v in facts.items()
                                                                             if k not in ("sentence", "normalized_text", "seed")},
@@ -378,7 +368,8 @@ def evaluate(spec: ModelSpec, out_dir: str | Path, cache: str | Path, sentences:
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     summary = _summary(spec, digest, frame, seed, options, scorers)
-    _atomic(out_dir / SCORES_NAME, lambda tmp: frame.to_parquet(tmp, index=False))
+    with replacing(out_dir / SCORES_NAME) as tmp:
+        frame.to_parquet(tmp, index=False)
     _write_json(out_dir / SUMMARY_NAME, _clean(summary))
     if progress:
         progress(1.0, f"{spec.name}: {len(missing)} spoken, {len(to_score)} scored, {len(sentences)} sentences")
@@ -437,8 +428,6 @@ def config_scorers(config, references: list[str | Path] = (), asr: str | Transcr
 
 def run_models(config, run_id: str) -> list[ModelSpec]:
     """A run's models to score: each kept checkpoint of each phase (LoRA on its base), then merged."""
-    from pipeline.train.workflow import read_run
-
     run_dir = Path(config.runs_dir) / run_id
     if not run_dir.is_dir():
         raise EvaluationError(f"Run {run_id} does not exist under {config.runs_dir}; check the run id.")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from pipeline.atomic import write_text
 
 INTEGRITY_FILE = "integrity.json"
 
@@ -31,10 +32,7 @@ def write_integrity(folder: Path) -> Path:
     """Record every file of `folder` (call it after the last file is written)."""
     folder = Path(folder)
     files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
-    path, tmp = folder / INTEGRITY_FILE, folder / (INTEGRITY_FILE + ".tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_text(folder / INTEGRITY_FILE, json.dumps({"files": files}, indent=1))
 
 
 def forget(folder: Path, name: str) -> None:
@@ -47,9 +45,7 @@ def forget(folder: Path, name: str) -> None:
     except (OSError, json.JSONDecodeError):
         return
     if record.get("files", {}).pop(name, None) is not None:
-        tmp = folder / (INTEGRITY_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(record, indent=1))
 
 
 def problem(folder: Path) -> str | None:

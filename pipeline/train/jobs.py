@@ -21,9 +21,10 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.atomic import write_json
 from pipeline.train import lock as training_lock
 from pipeline.config import PROJECT_ROOT, Config
-from pipeline.train.workflow import RunError, create_run, read_json, read_run, run_dir_for, update_run, write_json
+from pipeline.train.runs import RunError, create_run, is_run, read_json, read_run, run_dir_for, update_run
 
 
 class JobError(ValueError):
@@ -111,7 +112,7 @@ def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: 
     if running:
         raise JobError(f"A training job is already running: run '{running['run_id']}' (pid {running['pid']}). "
                        "Cancel it or wait for it to finish before starting another.")
-    if run_id and not (config.runs_dir / run_id / "run.json").is_file():
+    if run_id and not is_run(config.runs_dir / run_id):
         raise JobError(f"There is no run '{run_id}' to resume under {config.runs_dir.name}/; start a new run instead.")
     run_dir = create_run(config, run_id, mode)
     state = read_run(run_dir)
@@ -174,7 +175,7 @@ def delete_run(config: Config, run_id: str) -> Path:
     """Delete a run folder and everything in it (checkpoints, artifacts, audio); refused for the
     run that is training now. Returns the deleted folder."""
     run_dir = config.runs_dir / _checked_run_id(config, run_id)
-    if not (run_dir / "run.json").is_file():
+    if not is_run(run_dir):
         raise JobError(f"There is no run '{run_id}' under {config.runs_dir.name}/ (deleted already?).")
     with _starting(config):  # no start or resume of this run can slip in while it goes
         running = current_job(config)

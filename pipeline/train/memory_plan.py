@@ -127,8 +127,10 @@ def plan_memory(mode: str, batch_size: int, grad_accumulation: int, max_length: 
 
 
 def plan_for_device(mode: str, batch_size: int, grad_accumulation: int, max_length: int, device=None,
-                    checkpointing: str | bool = "auto", **model) -> MemoryPlan | None:
-    """plan_memory for a CUDA device's total memory; None on CPU (no plan needed there)."""
+                    checkpointing: str | bool = "auto", dropout_kernel: bool = True, total_gb: float | None = None,
+                    **model) -> MemoryPlan | None:
+    """plan_memory for a CUDA device's total memory (or `total_gb`, to plan as for another card);
+    None on CPU (no plan needed there). dropout_kernel: whether LoRA dropout may run in the kernels."""
     import torch
 
     if device is None:
@@ -136,9 +138,9 @@ def plan_for_device(mode: str, batch_size: int, grad_accumulation: int, max_leng
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    total = torch.cuda.get_device_properties(device).total_memory / GB
+    total = total_gb or torch.cuda.get_device_properties(device).total_memory / GB
     from pipeline.kernels import lora_dropout as lora_down
 
-    if mode == "lora" and not lora_down.usable(device):  # dropped copies of x are kept for backward
+    if mode == "lora" and not lora_down.usable(device, dropout_kernel):  # dropped copies of x are kept for backward
         model["calibration"] = {("lora", False): TORCH_DROPOUT_LORA_MB} | (model.get("calibration") or {})
     return plan_memory(mode, batch_size, grad_accumulation, max_length, total, checkpointing, **model)

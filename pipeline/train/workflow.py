@@ -3,7 +3,7 @@
 `runs/<id>/` holds everything about a run, so the studio only has to read it:
 
     config.yaml     the configuration snapshot (launchable.yaml + overrides)
-    run.json        mode, phases, current phase, status, speaker choice, artifacts, error
+    run.json        mode, phases, current phase, status, speaker choice, artifacts (pipeline.train.runs)
     log.txt         stdout/stderr of the job process (written by pipeline.train.jobs)
     phases/<name>/  one training phase: metrics.jsonl, state.json, checkpoints/ (pipeline.train.loop)
     artifacts/      merged model, adapter zip
@@ -19,13 +19,10 @@ current phase continues from its last checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -34,14 +31,10 @@ from pipeline.train.lock import TrainingLock
 from pipeline.train import integrity as checkpoint_integrity
 from pipeline.data.speakers import recommend_by_policy
 from pipeline.data.text import example_sentences
+from pipeline.train.runs import (PHASES, RunError, create_run, list_runs, new_run_id, read_json, read_run,
+                                 run_dir_for, update_run)
 
 Progress = Callable[[float, str], None]
-# speaker_lora: a new speaker on the language-adapted model of a finished full_finetune run
-PHASES = {"quick_lora": ["lora"], "full_finetune": ["full", "speaker_lora"], "speaker_lora": ["speaker_lora"]}
-
-
-class RunError(ValueError):
-    """A run that cannot start or continue; the message says why and what to do."""
 
 
 class RunCancelled(BaseException):
@@ -50,69 +43,6 @@ class RunCancelled(BaseException):
     A BaseException, like KeyboardInterrupt, so that `except Exception` around one clip or one
     file (the dataset and codes stages) cannot swallow it.
     """
-
-
-# -- run directory ----------------------------------------------------------------------------
-def new_run_id(mode: str) -> str:
-    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{mode}"
-
-
-def read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return default
-
-
-def write_json(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def read_run(run_dir: Path) -> dict:
-    return read_json(Path(run_dir) / "run.json", default={}) or {}
-
-
-def update_run(run_dir: Path, **changes) -> dict:
-    previous = read_run(run_dir)
-    if "phase" in changes and changes["phase"] != previous.get("phase"):
-        # a new stage: the Training view measures its progress and ETA from here
-        changes = {"stage_started_at": time.time(), "stage_progress": None, "stage_message": None} | changes
-    state = previous | changes | {"updated": datetime.now(timezone.utc).isoformat()}
-    write_json(Path(run_dir) / "run.json", state)
-    return state
-
-
-RUN_ID = re.compile(r"^[\w.-]+$")
-
-
-def run_dir_for(config: Config, run_id: str) -> Path:
-    """The folder of run `run_id`, refusing ids that are not plain names inside `runs/`."""
-    run_id = str(run_id or "")
-    runs = config.runs_dir.resolve()
-    run_dir = (runs / run_id).resolve()
-    if not RUN_ID.match(run_id) or run_id in (".", "..") or run_dir.parent != runs:
-        raise RunError(f"'{run_id[:80]}' is not a run id: use letters, digits, '_', '.' and '-' only "
-                       "(a folder name under the workspace's runs/).")
-    return config.runs_dir / run_id
-
-
-def create_run(config: Config, run_id: str | None = None, mode: str | None = None) -> Path:
-    """A new run directory with the configuration snapshot; an existing one is left as it is.
-
-    `mode` is what the run really does when it is not the configured workflow (a single phase
-    started by `python -m pipeline train`)."""
-    mode = mode or config.training_mode.selected
-    run_id = run_id or new_run_id(mode)
-    run_dir = run_dir_for(config, run_id)
-    if not (run_dir / "config.yaml").exists():
-        config.save(run_dir / "config.yaml")
-        update_run(run_dir, id=run_id, mode=mode, phases=PHASES.get(mode, [mode]), phase=None, status="created",
-                   created=datetime.now(timezone.utc).isoformat())
-    return run_dir
 
 
 # what a resumed run must not change: the data, the model and the recipe
@@ -151,14 +81,6 @@ def resume_config(run_dir: Path, requested: Config, overrides: dict | None = Non
                        "Drop those --set options to resume it, or start a new run (another --run-id).")
     notes = [f"{key}: using the run's {old!r}, not {new!r}" for key, (old, new) in differences.items()]
     return saved, notes
-
-
-def list_runs(config: Config) -> list[dict]:
-    """Every run under the workspace, newest first, with its recorded status."""
-    runs = []
-    for path in sorted(config.runs_dir.glob("*/run.json"), reverse=True):
-        runs.append(read_run(path.parent) | {"dir": str(path.parent)})
-    return runs
 
 
 def choose_speaker(config: Config, dataset) -> tuple[str, str]:
@@ -354,7 +276,7 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mo
         update_run(run_dir, phase="merge")
         adapter = _best_checkpoint(run_dir, phases[-1])
         artifacts = run_dir / "artifacts"
-        card = run_card_facts(run_dir)  # every download says what it is, its licence and how to load it
+        card = run_card_facts(run_dir, read_run(run_dir))  # every download says what it is, its licence and how to load it
         merged = merge_lora(trained_base, adapter, artifacts / "merged", card=card)
         adapter_zip = export_adapter(adapter, artifacts / "adapter.zip", card=card)
         update_run(run_dir, phase="evaluate", artifacts={"merged": str(merged), "adapter": str(adapter),

@@ -26,6 +26,7 @@ from pipeline.model.checkpoints import LM_FILES, describe_checkpoint, is_random_
 from pipeline.config import PROJECT_ROOT
 from pipeline.model.model_card import CARD_NAME, is_model_card, run_card_facts, write_model_card
 from pipeline.generate.synth import SpeechResult, SpeechStep, Synthesizer, save_wav
+from pipeline.train.runs import read_run
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # as pipeline.model.adapters
 MODEL_FILES = (*LM_FILES, "codec.pth")
@@ -73,14 +74,6 @@ def _run_dirs(config) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir()), reverse=True) if root.is_dir() else []
 
 
-def _run_state(run_dir: Path) -> dict:
-    try:
-        state = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
 def _first_existing(*paths) -> Path | None:
     """run.json's recorded path, else the conventional one (a moved workspace keeps working)."""
     return next((Path(p) for p in paths if p and Path(p).exists()), None)
@@ -113,7 +106,7 @@ def list_models(config) -> list[ModelOption]:
         random_weights = is_random_weights(path)
         add(path, "local", "Tiny offline model" if random_weights else f"Local model {path.name}")
     for run_dir in _run_dirs(config):
-        recorded = _run_state(run_dir).get("artifacts") or {}
+        recorded = read_run(run_dir).get("artifacts") or {}
         for path in (recorded.get("merged"), run_dir / "artifacts" / "merged"):
             if path:
                 add(Path(path), "merged", f"Run {run_dir.name} · merged", run_dir.name)
@@ -134,7 +127,7 @@ def list_adapters(config) -> list[AdapterOption]:
             options[path.resolve()] = AdapterOption(str(path), f"{run_dir.name} · {where}{final}", run_dir.name, where)
 
     for run_dir in _run_dirs(config):
-        final = (_run_state(run_dir).get("artifacts") or {}).get("adapter")
+        final = (read_run(run_dir).get("artifacts") or {}).get("adapter")
         if final:
             add(run_dir, Path(final), " · final")
         for path in [*sorted((run_dir / "artifacts").glob("*")), *reversed(_checkpoint_dirs(run_dir))]:
@@ -450,7 +443,7 @@ def list_run_artifacts(config) -> list[RunArtifacts]:
     """Each run's downloadable files (adapter zip, merged model files, evaluation audio) and size."""
     runs = []
     for run_dir in _run_dirs(config):
-        state = _run_state(run_dir)
+        state = read_run(run_dir)
         recorded = state.get("artifacts") or {}
         merged = _first_existing(recorded.get("merged"), run_dir / "artifacts" / "merged")
         merged = merged if merged and merged.is_dir() else None
@@ -494,6 +487,10 @@ def run_artifacts(config, run_id: str) -> RunArtifacts:
     return found
 
 
+def _card_facts(run_dir: Path) -> dict:
+    return run_card_facts(run_dir, read_run(run_dir))
+
+
 def prepare_downloads(config, run_id: str) -> RunArtifacts:
     """Make sure the run's downloads carry its model card: the merged folder's README.md, and the
     adapter zip's (re-zipped from the run's adapter when it holds none, e.g. peft's template)."""
@@ -502,12 +499,12 @@ def prepare_downloads(config, run_id: str) -> RunArtifacts:
     run = run_artifacts(config, run_id)
     facts = None
     if run.merged_dir is not None and not is_model_card(_read_text(run.merged_dir / CARD_NAME)):
-        facts = run_card_facts(run.dir)
+        facts = _card_facts(run.dir)
         write_model_card(run.merged_dir, facts, "merged")
-    adapter = (_run_state(run.dir).get("artifacts") or {}).get("adapter")
+    adapter = (read_run(run.dir).get("artifacts") or {}).get("adapter")
     if run.adapter_zip is not None and not _adapter_zip_has_card(run.adapter_zip) and adapter \
             and _has_files(Path(adapter), ADAPTER_FILES):
-        export_adapter(adapter, run.adapter_zip, card=facts or run_card_facts(run.dir))
+        export_adapter(adapter, run.adapter_zip, card=facts or _card_facts(run.dir))
     return run_artifacts(config, run_id)
 
 
@@ -533,7 +530,7 @@ def merged_zip(config, run_id: str, which: str = "merged") -> Path:
                               + ("" if which == "merged" else " (full_finetune runs only)") + ".")
     if existing is not None:
         return existing
-    return export_model_zip(folder, run.dir / "artifacts" / f"{run_id}{suffix}", card=run_card_facts(run.dir), kind=kind)
+    return export_model_zip(folder, run.dir / "artifacts" / f"{run_id}{suffix}", card=_card_facts(run.dir), kind=kind)
 
 
 def total_disk_usage(config) -> tuple[int, int]:

@@ -21,7 +21,8 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.estimate.cost import charge
 from pipeline.train.metrics import read_metrics
 from pipeline.data.text import example_sentences
-from pipeline.train.workflow import PHASES, read_json, read_run, render_examples
+from pipeline.train.runs import PHASES, read_json, read_run
+from pipeline.train.workflow import render_examples
 
 TRAINING_PHASES = {"lora", "full", "speaker_lora"}
 STAGES = ("prepare", "extract", "merge", "evaluate")  # the workflow's steps around the training phases

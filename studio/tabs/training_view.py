@@ -27,7 +27,8 @@ from studio.logic.runs_view import (ACTIVE, MODE_LABELS, PHASE_LABELS, STAGES, R
                                 evaluation_audio, format_duration, format_money, phase_metrics, run_phases,
                                 run_progress, validation_audio, viewed_phase)
 from pipeline.data.selection import apply_selection, load_selection
-from pipeline.train.workflow import language_models, list_runs, run_dir_for
+from pipeline.train.runs import is_run, list_runs, run_dir_for, run_file
+from pipeline.train.workflow import language_models
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 3.0
@@ -312,7 +313,7 @@ def _signature(run_dir: Path, phase: str | None) -> tuple:
             return info.st_mtime_ns, info.st_size
         except OSError:
             return None
-    files = [run_dir / "run.json", run_dir / "log.txt"]
+    files = [run_file(run_dir), run_dir / "log.txt"]
     if phase:
         files += [run_dir / "phases" / phase / "metrics.jsonl", run_dir / "phases" / phase / "state.json"]
     return tuple(stamp(f) for f in files)
@@ -402,7 +403,7 @@ def checked_run_id(config: Config, run_id) -> str:
         run_dir = run_dir_for(config, str(run_id or "").strip())
     except ValueError as exc:
         raise JobError(f"{exc} Pick a run from the Run list.") from None
-    if not (run_dir / "run.json").is_file():
+    if not is_run(run_dir):
         raise JobError(f"There is no run '{run_dir.name}' in the workspace's runs folder: pick one from the Run list "
                        "(↻ Refresh lists new runs).")
     return run_dir.name

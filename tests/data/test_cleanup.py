@@ -82,3 +82,25 @@ def test_extraction_folders_carry_the_pid_cleanup_reads(tmp_path, monkeypatch):
     dest = tmp_path / "ws" / "datasets" / "zip-v" / "extracted"
     extract_zip(archive, dest)
     assert seen and seen[0].name.startswith(f".extract-{os.getpid()}-") and seen[0].parent == dest.parent
+
+
+def test_atomic_writes_leftovers_in_runs_and_reports_go(tmp_path):
+    """pipeline.atomic's temp names, files and folders, wherever the workspace writes them."""
+    from pipeline.atomic import temp_path
+
+    ws = tmp_path / "ws"
+    run = ws / "runs" / "20260101-000000-quick_lora"
+    stale = [age(_touch(temp_path(run / "run.json")), 7200),
+             age(_touch(temp_path(run / "artifacts" / "adapter.zip")), 7200),
+             age(_touch(temp_path(ws / "doctor" / "report-abc.json")), 7200),
+             age(_touch(temp_path(ws / "eval" / "cache" / "key.json")), 7200)]
+    merged = temp_path(run / "artifacts" / "merged")      # a merge killed mid-write
+    _touch(merged / "model.pth")
+    stale.append(age(merged, 7200))
+    writing = temp_path(run / "artifacts" / "merged")     # a merge writing now
+    _touch(writing / "model.pth")
+    keep = [_touch(run / "run.json"), _touch(run / "artifacts" / "merged" / "model.pth"), writing,
+            age(_touch(run / "artifacts" / "notes.tmp"), 7200)]
+
+    assert sorted(remove_stale_temp(ws)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)

@@ -116,11 +116,12 @@ def test_downloads_carry_a_model_card(tiny_checkpoint, tmp_path):
 
     from pipeline.model.merge import export_adapter, export_model_zip
     from pipeline.model.model_card import is_model_card, run_card_facts
+    from pipeline.train.runs import read_run
 
     adapter = _trained_adapter(tiny_checkpoint, tmp_path / "run" / "adapter", train_embeddings=False)
     assert not is_model_card((adapter / "README.md").read_text())  # peft's empty template
     _fake_run(tmp_path / "run", adapter)
-    card = run_card_facts(tmp_path / "run")
+    card = run_card_facts(tmp_path / "run", read_run(tmp_path / "run"))
 
     zip_path = export_adapter(adapter, tmp_path / "adapter.zip", card=card)
     with zipfile.ZipFile(zip_path) as zf:

@@ -8,7 +8,7 @@ import pytest
 from studio.logic import runs_view
 from pipeline.config import Config
 from pipeline.data.text import EXAMPLES_PATH
-from pipeline.train.workflow import write_json
+from pipeline.atomic import write_json
 
 
 def _config(tmp_path, price=2.0) -> Config:

@@ -59,7 +59,7 @@ def test_twenty_concurrent_synthesis_requests_are_all_served(server, tiny_checkp
 def test_a_run_is_deleted_from_the_studio(server):
     from gradio_client import Client
 
-    from pipeline.train.workflow import update_run
+    from pipeline.train.runs import update_run
 
     run_dir = server.workspace / "runs" / "20260101-000000-quick_lora"
     update_run(run_dir, id=run_dir.name, mode="quick_lora", status="finished")

@@ -14,7 +14,7 @@ from studio.logic import runs_view
 from pipeline.config import Config
 from pipeline.train.jobs import JobError
 from pipeline.data.selection import save_selection
-from pipeline.train.workflow import write_json
+from pipeline.atomic import write_json
 from studio.tabs import training_view
 from studio.tabs.training import JOB_QUEUE
 

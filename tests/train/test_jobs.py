@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.train.jobs import JobError, _alive, cancel_job, current_job, job_status, start_job
-from pipeline.train.workflow import read_run
+from pipeline.train.runs import read_run
 from run_fixtures import fresh_workspace, run_config
 from studio_server import PROJECT_ROOT
 

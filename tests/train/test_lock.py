@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.train.jobs import JobError, _alive, cancel_job, current_job, job_status, start_job
 from pipeline.train.lock import TrainingBusy, TrainingLock, holder
-from pipeline.train.workflow import RunError, create_run, read_run, resume_config, run_dir_for, run_workflow, train_only
+from pipeline.train.runs import RunError, create_run, read_run, run_dir_for
+from pipeline.train.workflow import resume_config, run_workflow, train_only
 from run_fixtures import fresh_workspace, run_config
 from studio_server import PROJECT_ROOT
 

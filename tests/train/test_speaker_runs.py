@@ -2,7 +2,8 @@
 
 import pytest
 
-from pipeline.train.workflow import RunError, language_models, read_run, run_workflow, update_run
+from pipeline.train.runs import RunError, read_run, update_run
+from pipeline.train.workflow import language_models, run_workflow
 from run_fixtures import fresh_workspace, run_config
 
 

@@ -12,7 +12,8 @@ import soundfile as sf
 from pipeline.model.checkpoints import load_lm
 from pipeline.config import load_config
 from pipeline.data.dataset import open_dataset
-from pipeline.train.workflow import RunError, choose_speaker, list_runs, read_run, run_workflow
+from pipeline.train.runs import RunError, list_runs, read_run
+from pipeline.train.workflow import choose_speaker, run_workflow
 from run_fixtures import fresh_workspace, run_config
 
 
