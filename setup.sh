@@ -32,7 +32,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip install -q)
 
-# torch and torchaudio first, pinned to a pair that exists on PyPI for CPU and GPU (DESIGN.md).
+# torch and torchaudio first, pinned to a pair that exists on PyPI for CPU and GPU (docs/FISH_SPEECH_NOTES.md, "Installing").
 # A machine that already has a working torch>=2.9 with torchaudio (e.g. a GPU image) keeps it.
 if ! "$VENV/bin/python" - <<'EOF' 2>/dev/null; then
 import torch, torchaudio

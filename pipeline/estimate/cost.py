@@ -30,11 +30,11 @@ from pipeline.train.memory_plan import plan_memory
 PRICES_PATH = PROJECT_ROOT / "assets" / "gpu_prices.yaml"
 COMMITTED_BENCH_DIR = PROJECT_ROOT / "assets" / "bench"
 # Throughput cost of what memory_plan may choose, relative to the whole batch without
-# recomputation, measured on an H200 (docs/PERFORMANCE.md, run 3): micro-batch 1 x 4 (LoRA 0.62-0.72
+# recomputation, measured on an H200 (docs/history/performance-log.md): micro-batch 1 x 4 (LoRA 0.62-0.72
 # over four runs, full 0.77) and recomputed activations at micro-batch 4 (LoRA 0.70, full 0.79).
 SMALL_MICRO_BATCH_FACTOR = {"lora": 0.68, "full": 0.77}
 CHECKPOINTING_FACTOR = {"lora": 0.70, "full": 0.79}
-FRAMES_PER_SECOND = 44100 / 2048          # codec frame rate (DESIGN.md)
+FRAMES_PER_SECOND = 44100 / 2048          # codec frame rate (docs/FISH_SPEECH_NOTES.md)
 CHARS_PER_TEXT_TOKEN = 3.0                # tiktoken BPE on Finnish text, measured roughly on the sample
 TOKENS_PER_CLIP_OVERHEAD = 3              # <|speaker:0|>, <|im_end|>, separators
 SEQUENCE_OVERHEAD = 3                     # the <|interleave|> prefix of every packed sequence
@@ -70,7 +70,7 @@ CPU_CHARGE = "CPU: no charge"
 
 @dataclass(frozen=True)
 class ModelShape:
-    """openaudio-s1-mini (DESIGN.md); enough to count parameters without building the model."""
+    """openaudio-s1-mini (docs/FISH_SPEECH_NOTES.md); enough to count parameters without building the model."""
 
     vocab: int = 155776
     dim: int = 1024

@@ -1,4 +1,4 @@
-"""LoRA adapters with peft (not the wheel's loralib `setup_lora`, DESIGN.md bug 5).
+"""LoRA adapters with peft (not the wheel's loralib `setup_lora`, docs/FISH_SPEECH_NOTES.md, wheel bug 5).
 
 peft swaps the targeted `nn.Linear`/`nn.Embedding` modules of the DualARTransformer IN PLACE, so
 the model object the caller holds keeps working: `forward_generate`, `setup_caches` and

@@ -157,7 +157,7 @@ def _require(ckpt_dir: Path, names) -> None:
 
 
 def load_tokenizer(ckpt_dir: str | Path):
-    """The checkpoint's FishTokenizer, always from its special_tokens.json (DESIGN.md bug 2)."""
+    """The checkpoint's FishTokenizer, always from its special_tokens.json (docs/FISH_SPEECH_NOTES.md, wheel bug 2)."""
     from fish_speech.tokenizer import FishTokenizer
 
     ckpt_dir = Path(ckpt_dir)
@@ -328,7 +328,7 @@ def describe_checkpoint(ckpt_dir: str | Path) -> str:
 
 
 def real_shape_args():
-    """DualARModelArgs with the s1-mini shape (DESIGN.md), for GPU benchmarks with random weights."""
+    """DualARModelArgs with the s1-mini shape (docs/FISH_SPEECH_NOTES.md), for GPU benchmarks with random weights."""
     from fish_speech.models.text2semantic.llama import DualARModelArgs
 
     return DualARModelArgs(

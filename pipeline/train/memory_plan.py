@@ -21,14 +21,14 @@ S1_MINI_PARAMS = 862_000_000  # pipeline.estimate.cost.ModelShape().parameters()
 S1_MINI_VOCAB = 155_776
 
 # MB of activations kept per training token (s1-mini shape, bf16 autocast, compiled blocks).
-# No checkpointing, measured on an H200, torch 2.11 (docs/PERFORMANCE.md, run 2): LoRA peaks at
+# No checkpointing, measured on an H200, torch 2.11 (docs/history/performance-log.md): LoRA peaks at
 # 20.8 GB with micro-batch 1 x 4096 and 68.5 GB with 4 x 4096, a slope of 3.89 MB per token over
 # ~4.9 GB; full peaks at 62.5 GB with 4 x 4096. Rounded up so that a plan made from them fits.
-# Run 3 (fused cross-entropy, flex attention, fused linears): LoRA 19.1 GB at 1 x 4096 and
+# With the fused cross-entropy, flex attention and fused linears: LoRA 19.1 GB at 1 x 4096 and
 # 63.0 GB at 4 x 4096 (3.57 MB/token), full 58.4 GB at 4 x 4096: the constants stay upper bounds.
-# With checkpointing, measured in run 3: LoRA 16.0 GB and full 22.7 GB at 4 x 4096 (0.68 and
+# With checkpointing, measured on an H200: LoRA 16.0 GB and full 22.7 GB at 4 x 4096 (0.68 and
 # 0.25 MB/token by the bench's accounting), full 17.8 GB at 1 x 4096; rounded up.
-# Run 5 (H100, LoRA dropout inside pipeline/kernels/lora_dropout.py's kernels: no dropped copies of x kept):
+# On an H100 with the LoRA dropout inside pipeline/kernels/lora_dropout.py's kernels: no dropped copies of x kept):
 # LoRA 15.5 GB at 1 x 4096 and 52.0 GB at 4 x 4096, a slope of 2.97 MB/token; 3.2 keeps ~8 % of
 # margin. Where the kernels do not run, plan_for_device plans with TORCH_DROPOUT_LORA_MB instead.
 ACTIVATION_MB_PER_TOKEN = {
@@ -37,7 +37,7 @@ ACTIVATION_MB_PER_TOKEN = {
     ("full", False): 2.7,
     ("full", True): 0.3,
 }
-TORCH_DROPOUT_LORA_MB = 3.9  # LoRA without checkpointing when torch draws the dropout (run 3: 3.57, rounded up)
+TORCH_DROPOUT_LORA_MB = 3.9  # LoRA without checkpointing when torch draws the dropout (3.57 measured on an H200, rounded up)
 CONTEXT_GB = 1.2  # CUDA context, cuBLAS workspaces, allocator fragmentation
 
 

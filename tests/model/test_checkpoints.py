@@ -59,7 +59,7 @@ def test_tokenizer_matches_special_tokens_json_and_encodes_finnish(tiny_checkpoi
     for name in ("<|interleave|>", "<|speaker:0|>", "<|im_end|>", "<|semantic:0|>"):
         assert [special[name]] == tokenizer.encode(name)
     n_semantic = sum(k.startswith("<|semantic:") for k in special)
-    # Not fish_speech.tokenizer.SEMANTIC_TOKENS' 1024 (DESIGN.md bug 2): the checkpoint's own count.
+    # Not fish_speech.tokenizer.SEMANTIC_TOKENS' 1024 (docs/FISH_SPEECH_NOTES.md, wheel bug 2): the checkpoint's own count.
     assert n_semantic == json.loads((tiny_checkpoint / "config.json").read_text())["codebook_size"]
     assert tokenizer.semantic_end_id - tokenizer.semantic_begin_id == n_semantic - 1
     text = "Hyvää päivää! Öljyä ja älyä, 123."
@@ -128,7 +128,7 @@ def test_real_shape_args_parameter_count():
     with torch.device("meta"):
         model = DualARTransformer(args, tokenizer=SimpleNamespace(semantic_id_to_token_id={0: 0}))
     n = sum(p.numel() for p in model.parameters())
-    assert 0.84e9 < n < 0.88e9  # DESIGN.md: ~860 M
+    assert 0.84e9 < n < 0.88e9  # docs/FISH_SPEECH_NOTES.md: ~860 M
 
 
 # -- loading errors -----------------------------------------------------------------------------
