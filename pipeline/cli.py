@@ -162,7 +162,10 @@ def cmd_say(args) -> int:
 
     config = _config(args)
     adapters = [(path, float(weight)) for path, _, weight in (a.partition(":") if ":" in a else (a, ":", "1.0") for a in args.adapter or [])]
-    synth = Synthesizer(_model_dir(config, args), adapters=adapters or None)
+    from pipeline.generate.fastgen import DecodeOptions
+
+    synth = Synthesizer(_model_dir(config, args), adapters=adapters or None,
+                        decode_options=DecodeOptions.from_speed(config.speed))
     result = synth.speak(args.text, reference_audio=args.reference, reference_text=args.reference_text,
                          temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     out = save_wav(result, args.out)

@@ -3,13 +3,19 @@
 Every setting has a default here, so an empty file is a valid configuration; the YAML only
 overrides. Unknown keys, wrong types and invalid choices fail with `ConfigError`, whose
 message names the key (dotted path) and what is allowed.
+
+The `speed:` section's switches can also be set by environment variables, for a one-off
+measurement without editing the file: LORA_DROPOUT_KERNEL, SEGMENT_ATTENTION_KERNEL, FASTGEN_FUSED
+and FASTGEN_GEMV (`0` switches the speed-up off, any other value on) and FASTGEN_COMPILE_MODE (a
+torch.compile mode). Where set, they win over the file and `--set`; this module is the only place
+that reads them (`SPEED_ENVIRONMENT`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -142,6 +148,42 @@ class EvaluationConfig(_Section):
     max_new_tokens: int = Field(1024, gt=0)
 
 
+SPEED_ENVIRONMENT = {  # speed.<key> ← the environment variable that overrides it
+    "lora_dropout_kernel": "LORA_DROPOUT_KERNEL",
+    "segment_attention_kernel": "SEGMENT_ATTENTION_KERNEL",
+    "fused_decoder": "FASTGEN_FUSED",
+    "gemv": "FASTGEN_GEMV",
+    "compile_mode": "FASTGEN_COMPILE_MODE",
+}
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+class SpeedConfig(_Section):
+    """How training and generation compute, never what: every switch gives the same results."""
+
+    lora_dropout_kernel: bool = True       # LoRA dropout drawn inside Triton kernels (off: torch's dropout)
+    segment_attention_kernel: bool = True  # fast-transformer attention in Triton kernels (off: flex attention)
+    fused_decoder: bool = True             # one stream decodes through fused Triton layers (off: compiled layers)
+    gemv: bool = True                      # compiled decode layers use the one-row Triton product (off: cuBLAS)
+    compile_mode: CompileMode | None = None  # torch.compile mode of the decoder (null: torch's default)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, name in SPEED_ENVIRONMENT.items():
+            value = os.environ.get(name)
+            if value is None or (key == "compile_mode" and not value):
+                continue
+            if key == "compile_mode" and value not in get_args(CompileMode):
+                raise ValueError(f"{name}={value!r} in the environment is not a torch.compile mode; choose one of "
+                                 f"{', '.join(get_args(CompileMode))}, or unset it")
+            data[key] = value if key == "compile_mode" else value != "0"
+        return data
+
+
 class GpuConfig(_Section):
     type: str = "A100-80GB"
     price_per_hour: float = Field(1.32, ge=0)
@@ -163,6 +205,7 @@ class Config(_Section):
     speaker: SpeakerConfig = Field(default_factory=SpeakerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     studio: StudioConfig = Field(default_factory=StudioConfig)
 

@@ -125,3 +125,26 @@ def test_non_utf8_or_unreadable_config_names_the_file(tmp_path):
     folder.mkdir()
     with pytest.raises(ConfigError, match=re.escape(str(folder))):
         load_config(folder)
+
+
+def test_speed_section_defaults_file_set_and_environment(monkeypatch):
+    for name in ("LORA_DROPOUT_KERNEL", "SEGMENT_ATTENTION_KERNEL", "FASTGEN_FUSED", "FASTGEN_GEMV",
+                 "FASTGEN_COMPILE_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    speed = load_config().speed
+    assert speed == Config().speed  # launchable.yaml states the defaults
+    assert (speed.lora_dropout_kernel, speed.segment_attention_kernel, speed.fused_decoder, speed.gemv,
+            speed.compile_mode) == (True, True, True, True, None)
+    changed = load_config(overrides=dict([parse_override("speed.gemv=false"),
+                                          parse_override("speed.compile_mode=max-autotune-no-cudagraphs")])).speed
+    assert changed.gemv is False and changed.compile_mode == "max-autotune-no-cudagraphs"
+    with pytest.raises(ConfigError, match=r"speed\.compile_mode"):
+        load_config(overrides={"speed.compile_mode": "fastest"})
+    # the documented environment overrides win over the file and --set
+    monkeypatch.setenv("FASTGEN_FUSED", "0")
+    monkeypatch.setenv("LORA_DROPOUT_KERNEL", "1")
+    speed = load_config(overrides={"speed.lora_dropout_kernel": False}).speed
+    assert speed.fused_decoder is False and speed.lora_dropout_kernel is True
+    monkeypatch.setenv("FASTGEN_COMPILE_MODE", "fastest")
+    with pytest.raises(ConfigError, match="FASTGEN_COMPILE_MODE='fastest' in the environment"):
+        load_config()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from pipeline.model.tokens import RESIDUAL_VOCAB
 
 SENTENCES = [
     "Hyvää huomenta, tänään on aurinkoinen ja lämmin päivä.",
@@ -67,7 +68,7 @@ def synthetic_batch(tokenizer, args, batch_size: int, max_length: int, seed: int
     from pipeline.model.tokens import Utterance, build_sequence, to_labels
 
     g = torch.Generator().manual_seed(seed)
-    n, residual = args.num_codebooks, min(1024, args.codebook_size)
+    n, residual = args.num_codebooks, min(RESIDUAL_VOCAB, args.codebook_size)
     n_semantic = len(tokenizer.semantic_id_to_token_id)
     pad = tokenizer.get_token_id("<|pad|>") if "<|pad|>" in tokenizer.all_special_tokens_with_ids else 0
     tokens = torch.zeros((batch_size, n + 1, max_length), dtype=torch.long)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from pipeline.bench.common import SENTENCES, free_memory, peak_gb, bench_tokenizer
+from pipeline.model.tokens import RESIDUAL_VOCAB
 
 
 def _checkpoint(folder: Path, args, device) -> Path:
@@ -39,7 +40,7 @@ def _dataset(folder: Path, args, clips: int, max_frames: int) -> pd.DataFrame:
     rows = []
     for i in range(clips):
         frames = int(rng.integers(max(4, max_frames // 7), max_frames))
-        codes = rng.integers(0, min(1024, args.codebook_size), (args.num_codebooks, frames)).astype(np.int16)
+        codes = rng.integers(0, min(RESIDUAL_VOCAB, args.codebook_size), (args.num_codebooks, frames)).astype(np.int16)
         path = folder / f"clip{i:04d}.npy"
         np.save(path, codes)
         text = SENTENCES[i % len(SENTENCES)]

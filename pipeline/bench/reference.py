@@ -9,7 +9,7 @@ gradient checkpointing (`use_gradient_checkpointing`, re-entrant), full-vocabula
 the fast transformer over every audio frame with its explicit mask, and torch's default (foreach,
 not fused) AdamW with upstream's settings.
 
-It is a speed reference only: upstream's embedding differs from inference's (DESIGN.md bug 3) and
+It is a speed reference only: upstream's embedding differs from inference's (docs/FISH_SPEECH_NOTES.md, wheel bug 3) and
 loralib re-initialises the wrapped weights, neither of which changes the work per step.
 """
 

@@ -92,7 +92,8 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
                 elif name == "extract":
                     result["extract"] = sections.bench_extract(shapes, device, tiny)
                 elif name == "generate":
-                    result["generate"] = sections.bench_generate(shapes, device, tiny, out_dir if profile else None)
+                    result["generate"] = sections.bench_generate(shapes, device, tiny, out_dir if profile else None,
+                                                                 config.speed)
                 else:
                     raise ValueError(f"Unknown bench section {name!r}: choose train, loop, extract or generate.")
             except ValueError:

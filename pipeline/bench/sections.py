@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -22,9 +21,12 @@ from pipeline.bench.common import (
     train_flops,
 )
 from pipeline.bench.profile import profiled
+from pipeline.train.settings import TrainSettings
+from pipeline.model.tokens import RESIDUAL_VOCAB
 
-# project: the step train.py runs, with the memory plan train.py makes for this card ("fast" is
-# the same with the blocks compiled whatever the configuration says); reference: upstream-style (pipeline.bench.reference).
+# project: pipeline.train.plan's plan_phase, trainable_model, build_optimizer and train_step, as the
+# training loop runs them, with the memory plan it makes for this card ("fast" is the same with the
+# blocks compiled whatever the configuration says); reference: upstream-style (pipeline.bench.reference).
 # ":ckpt" / ":nockpt" force checkpointing; "@40" plans memory (micro-batch, accumulation,
 # checkpointing) as for a 40 GB card instead of this one;
 # "+toggle" switches one speed-up off (TOGGLES) to measure what it brings.
@@ -43,66 +45,54 @@ TOGGLES = {
 
 
 # -- training -----------------------------------------------------------------------------------
-def _project_model(args, tokenizer, device, settings):
-    """Model + optimizer exactly as pipeline.train.loop._Trainer sets them up (random weights)."""
+# the ForwardOptions field each toggle switches off in the plan
+TOGGLE_OPTIONS = {
+    "sdpa": "flex_fast_attention",
+    "flex": "segment_attention_kernel",
+    "chunked": "fused_ce",
+    "allpos": "frames_only",
+    "peft": "fused_linears",
+    "torchdropout": "lora_dropout_kernel",
+}
+
+
+def _project_model(args, tokenizer, settings, plan):
+    """Random weights made trainable, and their optimizer, by pipeline.train.plan's functions: what
+    pipeline.train.loop runs on a loaded checkpoint."""
     from fish_speech.models.text2semantic.llama import DualARTransformer
 
-    from pipeline.model.adapters import attach_lora
+    from pipeline.train.plan import build_optimizer, trainable_model
 
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(plan.device):
         model = DualARTransformer(args, tokenizer=tokenizer)
-    cuda = device.type == "cuda"
-    if settings.mode == "lora":
-        model = model.to(torch.bfloat16 if cuda else torch.float32)
-        model = attach_lora(model, settings.lora_rank, settings.lora_alpha, settings.lora_dropout,
-                            settings.lora_train_embeddings)
-    else:
-        model.requires_grad_(True)
+    model = trainable_model(model.to(plan.weights_dtype), settings)
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": settings.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=tuple(settings.betas),
-                                  eps=settings.eps, fused=cuda)
-    return model.train(), optimizer, params
+    return model.train(), build_optimizer(params, settings, plan.device), params
 
 
-def _forward_options(toggles: set[str], compile_blocks: bool):
-    from pipeline.train.forward import ForwardOptions
-
-    base = ForwardOptions.for_run(compile_blocks)
-    return ForwardOptions(fused_ce=base.fused_ce and "chunked" not in toggles,
-                          flex_fast_attention=base.flex_fast_attention and "sdpa" not in toggles,
-                          frames_only=base.frames_only and "allpos" not in toggles,
-                          fused_linears=base.fused_linears and "peft" not in toggles)
+def _toggled(plan, toggles: set[str]):
+    """The plan with the toggles' speed-ups switched off in its forward options (nothing else changes)."""
+    off = {TOGGLE_OPTIONS[t]: False for t in toggles if t in TOGGLE_OPTIONS}
+    return dataclasses.replace(plan, options=dataclasses.replace(plan.options, **off)) if off else plan
 
 
-def _project_step(model, optimizer, params, micro_batches, checkpointing, bf16, grad_clip, device, compile_blocks,
-                  options=None):
-    """pipeline.train.loop._Trainer._train_step without its logging."""
-    from pipeline.train.loss import compute_loss
+def variant_plan(name, config, shapes, device):
+    """(settings, plan) of a project or fast variant: the loop's settings and plan_phase for this
+    card (or the `@GB` one), the variant's forcings applied to the settings, its toggles to the plan."""
+    from pipeline.train.plan import plan_phase
 
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for mb in micro_batches:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = compute_loss(model, mb, gradient_checkpointing=checkpointing, compile_blocks=compile_blocks,
-                               options=options)
-        (out.loss / len(micro_batches)).backward()
-        total = total + out.loss.detach() / len(micro_batches)
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    return total
-
-
-@contextlib.contextmanager
-def _kernels_off(module):
-    """module.ENABLED (lora_down, segment_attention) off for the duration: their callers fall back."""
-    enabled, module.ENABLED = module.ENABLED, False
-    try:
-        yield
-    finally:
-        module.ENABLED = enabled
+    impl, mode, forced, card_gb, toggles = _parse_variant(name)
+    _, _, _, batch_size, max_length = shapes
+    overrides = dict(batch_size=batch_size, grad_accumulation=1, max_length=max_length, device=str(device))
+    if "dropout0" in toggles:
+        overrides["lora_dropout"] = 0.0
+    if forced is not None:
+        overrides["gradient_checkpointing"] = "on" if forced else "off"
+    if impl == "fast" and device.type == "cuda":  # compiled whatever the configuration says
+        overrides["compile"] = "on"
+    settings = TrainSettings.from_config(config, mode, **overrides)
+    return settings, _toggled(plan_phase(settings, device, total_gb=card_gb), toggles)
 
 
 def _parse_variant(name: str):
@@ -122,21 +112,18 @@ def _parse_variant(name: str):
 
 
 def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir=None) -> dict:
-    from peft.helpers import disable_input_dtype_casting
+    from pipeline.train.memory_plan import CONTEXT_GB, static_gb, workspace_gb
 
-    from pipeline.train.memory_plan import CONTEXT_GB, plan_memory, static_gb, workspace_gb
-    from pipeline.train.settings import TrainSettings, use_checkpointing, use_compile
-
-    impl, mode, forced, card_gb, toggles = _parse_variant(name)
+    impl, mode, _, _, toggles = _parse_variant(name)
     args, tokenizer, _, batch_size, max_length = shapes
-    settings = TrainSettings.from_config(config, mode, batch_size=batch_size, max_length=max_length,
-                                         device=str(device), **({"lora_dropout": 0.0} if "dropout0" in toggles else {}))
     cuda = device.type == "cuda"
     free_memory(device)
     losses = []
-    contexts = []  # entered around the timed steps only
     row = {"name": name, "impl": impl, "mode": mode}
     if impl == "reference":
+        settings = TrainSettings.from_config(config, mode, batch_size=batch_size, max_length=max_length,
+                                             device=str(device),
+                                             **({"lora_dropout": 0.0} if "dropout0" in toggles else {}))
         from pipeline.bench.reference import (
             build_reference_model,
             reference_optimizer,
@@ -153,45 +140,28 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
 
         row.update(gradient_checkpointing=True, micro_batch=batch_size, grad_accumulation=1, weights="bf16")
     else:
-        model, optimizer, params = _project_model(args, tokenizer, device, settings)
-        if not cuda:
-            ckpt = use_checkpointing(settings) if forced is None else forced
-            micro, accumulation = batch_size, 1
-        else:  # what train.py does on a GPU: the memory plan for this card (or for @GB)
-            total_gb = card_gb or torch.cuda.get_device_properties(device).total_memory / 1e9
-            plan = plan_memory(mode, batch_size, 1, max_length, total_gb, "auto" if forced is None else forced)
-            ckpt, micro, accumulation = plan.gradient_checkpointing, plan.micro_batch, plan.grad_accumulation
-            row["plan"] = plan.as_dict()
-        micro_batches = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, batch_size, micro)]
-        bf16 = cuda and settings.precision != "fp32"
-        compile_blocks = cuda if impl == "fast" else use_compile(settings, device)
-        contexts.append(disable_input_dtype_casting(model))  # as train.py: no fp32 copies of LoRA inputs
-        from pipeline.kernels import lora_dropout as lora_down
-        from pipeline.kernels import segment_attention
+        from pipeline.train.plan import train_step
 
-        if "torchdropout" in toggles:
-            contexts.append(_kernels_off(lora_down))
-        if "flex" in toggles:
-            contexts.append(_kernels_off(segment_attention))
-        options = _forward_options(toggles, compile_blocks)
+        settings, plan = variant_plan(name, config, shapes, device)
+        model, optimizer, params = _project_model(args, tokenizer, settings, plan)
+        if plan.memory:
+            row["plan"] = plan.memory.as_dict()
+        micro = plan.micro_batch
+        micro_batches = [{k: v[i : i + micro] for k, v in batch.items()} for i in range(0, batch_size, micro)]
 
         def step():
-            losses.append(_project_step(model, optimizer, params, micro_batches, ckpt, bf16, settings.grad_clip,
-                                        device, compile_blocks, options))
+            losses.append(train_step(model, optimizer, micro_batches, plan, params, settings.grad_clip)["loss"])
 
-        row["options"] = dataclasses.asdict(options)
-
-        row.update(gradient_checkpointing=ckpt, compile_blocks=compile_blocks, micro_batch=micro, grad_accumulation=accumulation,
+        row["options"] = dataclasses.asdict(plan.options)
+        row.update(gradient_checkpointing=plan.gradient_checkpointing, compile_blocks=plan.compile, micro_batch=micro,
+                   grad_accumulation=plan.grad_accumulation,
                    weights="bf16 frozen + fp32 LoRA" if mode == "lora" else "fp32 master, bf16 autocast")
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad) if mode == "lora" else 0
-    with contextlib.ExitStack() as stack:
-        for context in contexts:
-            stack.enter_context(context)
-        timing = time_calls(step, warmup, repeat, device)
-        last_loss = float(losses[-1])  # before the profiled steps: loss_last must not depend on --profile
-        if profile_dir and cuda:
-            _, summary = profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
-            row.update(summary)
+    timing = time_calls(step, warmup, repeat, device)
+    last_loss = float(losses[-1])  # before the profiled steps: loss_last must not depend on --profile
+    if profile_dir and cuda:
+        _, summary = profiled(step, Path(profile_dir) / f"{name.replace('@', '_at').replace(':', '_').replace('+', '_')}.txt")
+        row.update(summary)
     flops = train_flops(args, batch, mode, lora_params)
     peak = peak_gb(device)
     step_s = timing["median_s"]
@@ -250,7 +220,7 @@ def bench_train(config, shapes, device, tiny, steps=None, variants=None, profile
         project = ok.get(f"project-{mode}")
         for row in ok.values():  # same weights and batch: every variant's first-step loss must agree, and
             # its last (after warm-up and timed steps) too, up to dropout masks drawn differently: a wrong
-            # gradient shows there (a kernel that lost dq of the fast attention: 7e-3 after 8 steps, run 7)
+            # gradient shows there (a kernel that lost dq of the fast attention: 7e-3 after 8 steps)
             if project and row is not project and row["mode"] == mode and row["impl"] != "reference":
                 for key in ("loss_first", "loss_last"):
                     diff = abs(row[key] - project[key]) / abs(project[key])
@@ -305,12 +275,13 @@ def _profile_generation(gen, prompt, path, frames: int = 20) -> dict:
             "kernel_ms_per_frame": round(sum(e.device_time for e in kernels) / 1e3 / frames, 3)}
 
 
-def bench_generate(shapes, device, tiny, profile_dir=None) -> dict:
+def bench_generate(shapes, device, tiny, profile_dir=None, speed=None) -> dict:
+    """Generation speed with the decode options of `speed` (config.speed; None: the defaults)."""
     from fish_speech.models.text2semantic.llama import DualARTransformer
 
     from pipeline.bench.reference import reference_logits
     from pipeline.model.checkpoints import build_codec
-    from pipeline.generate.fastgen import FastGenerator
+    from pipeline.generate.fastgen import DecodeOptions, FastGenerator
     from pipeline.data.text import example_sentences
     from pipeline.model.tokens import Utterance, build_sequence
 
@@ -325,12 +296,14 @@ def bench_generate(shapes, device, tiny, profile_dir=None) -> dict:
         return build_sequence(tokenizer, n, [Utterance(text, None)], for_generation=True).tokens
 
     # batched: the project's evaluation sentences (assets/examples_fi.txt, spoken during training),
-    # all of them as one batch, as issue 5's target reads
+    # all of them as one batch, for the batched-throughput figure
     sentences = example_sentences() or SENTENCES
     frames, max_len, streams = (12, 128, 3) if tiny else (500, 1024, len(sentences))
     result = {"frames_per_stream": frames, "max_len": max_len, "batch_streams": streams}
     started = time.perf_counter()
-    gen = FastGenerator(model, 1, max_len=max_len)
+    options = DecodeOptions.from_speed(speed)
+    result["options"] = dataclasses.asdict(options)
+    gen = FastGenerator(model, 1, max_len=max_len, options=options)
     gen.warmup()
     result["warmup_s"] = round(time.perf_counter() - started, 2)
     result["decoder"] = "fused Triton layers" if gen.fused else "compiled layers"
@@ -355,7 +328,7 @@ def bench_generate(shapes, device, tiny, profile_dir=None) -> dict:
     result["time_to_first_audio"] = {"audio_s": round(short_frames * 2048 / 44100, 2), **t}
 
     started = time.perf_counter()
-    batched = FastGenerator(model, streams, max_len=max_len)
+    batched = FastGenerator(model, streams, max_len=max_len, options=options)
     batched.warmup()
     result["batch_warmup_s"] = round(time.perf_counter() - started, 2)
     prompts = [prompt(sentences[i % len(sentences)]) for i in range(streams)]
@@ -368,7 +341,7 @@ def bench_generate(shapes, device, tiny, profile_dir=None) -> dict:
     # the fast path against fish-speech's own step-by-step computation (same weights, same frames)
     g = torch.Generator().manual_seed(1)
     check = 4 if tiny else 8
-    codes = torch.randint(0, min(1024, args.codebook_size), (n, check), generator=g)
+    codes = torch.randint(0, min(RESIDUAL_VOCAB, args.codebook_size), (n, check), generator=g)
     forced = torch.cat([codes[:1] + tokenizer.semantic_begin_id, codes])
     head0, fast = gen.teacher_forced_logits(one, forced)
     ref_head, ref_fast = reference_logits(model, one, forced)

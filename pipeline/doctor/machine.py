@@ -130,9 +130,9 @@ def cpu_row() -> Row:
     return Row(GROUP, "CPU", PASS, detail)
 
 
-def kernels_row() -> Row:
+def kernels_row(config) -> Row:
     """Whether the fused Triton kernels (decode, segment attention, LoRA down-projection) will run."""
-    from pipeline.kernels.decode_layer import AVAILABLE, ENABLED, triton_kernels_run_on
+    from pipeline.kernels.decode_layer import AVAILABLE, triton_kernels_run_on
 
     if not AVAILABLE:
         return Row(GROUP, "fast kernels", WARN, "not used: Triton is not installed (compiled PyTorch layers instead)",
@@ -142,11 +142,11 @@ def kernels_row() -> Row:
     if not triton_kernels_run_on(torch.device("cuda", 0)):
         return Row(GROUP, "fast kernels", WARN, "not used: this GPU is older than Ampere (the kernels are bf16)",
                    "Expected on this GPU: generation uses the compiled layers, training the PyTorch path.")
-    if not ENABLED:
-        return Row(GROUP, "fast kernels", WARN, "the fused decoder is switched off by FASTGEN_FUSED=0",
-                   "Unset FASTGEN_FUSED to use it.")
+    if not config.speed.fused_decoder:
+        return Row(GROUP, "fast kernels", WARN, "the fused decoder is switched off (speed.fused_decoder: false, "
+                   "or FASTGEN_FUSED=0)", "Set speed.fused_decoder: true in launchable.yaml (and unset FASTGEN_FUSED).")
     return Row(GROUP, "fast kernels", PASS, "used: fused Triton decoder, segment attention and LoRA kernels")
 
 
 def machine_rows(config, model_dir: Path) -> list[Row]:
-    return [gpu_row(), software_row(), bf16_row(), disk_row(config, model_dir), cpu_row(), kernels_row()]
+    return [gpu_row(), software_row(), bf16_row(), disk_row(config, model_dir), cpu_row(), kernels_row(config)]

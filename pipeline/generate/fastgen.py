@@ -46,14 +46,15 @@ functions and the types they take live in pipeline.generate.fastgen_step.
 
 from __future__ import annotations
 
-import os
 import time
+from dataclasses import dataclass
 
 import torch
 import torch._dynamo
 import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import apply_rotary_emb
 
+from pipeline.model.tokens import RESIDUAL_VOCAB  # decode_one_token_ar samples codebooks 1.. from the first 1024 fast logits
 from pipeline.generate.fastgen_step import (
     WINDOW,
     Block,
@@ -73,7 +74,6 @@ from pipeline.generate.fastgen_step import (
 from pipeline.kernels import decode_layer as decode_kernels
 from pipeline.model.adapters import unwrap
 
-RESIDUAL_VOCAB = 1024  # decode_one_token_ar samples codebooks 1.. from the first 1024 fast logits
 MIN_BUCKET = 512
 
 __all__ = [  # WINDOW, Block, Consts and Dims are re-exported from pipeline.generate.fastgen_step
@@ -83,10 +83,30 @@ __all__ = [  # WINDOW, Block, Consts and Dims are re-exported from pipeline.gene
     "Block",
     "Consts",
     "Dims",
+    "DecodeOptions",
     "FastGenerator",
     "block_weights",
     "effective_weight",
 ]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How FastGenerator decodes (never what: every combination samples the same codes)."""
+
+    fused: bool = True  # one stream on an Ampere+ GPU: each layer as pipeline.kernels.decode_layer's kernels
+    gemv: bool = True  # compiled layers: one-row products through pipeline.kernels.gemv (off: cuBLAS)
+    compile_mode: str | None = None  # torch.compile mode, e.g. max-autotune-no-cudagraphs (longer warm-up)
+
+    @classmethod
+    def from_speed(cls, speed=None) -> "DecodeOptions":
+        """From a pipeline.config.SpeedConfig (`config.speed`); None: the defaults with the
+        environment's overrides (pipeline.config reads them)."""
+        if speed is None:
+            from pipeline.config import SpeedConfig
+
+            speed = SpeedConfig()
+        return cls(fused=speed.fused_decoder, gemv=speed.gemv, compile_mode=speed.compile_mode)
 
 
 def effective_weight(module: torch.nn.Module) -> torch.Tensor:
@@ -126,8 +146,11 @@ class FastGenerator:
     """Batched codes generation for one DualARTransformer (bf16 on CUDA for speed; any device)."""
 
     def __init__(self, model, batch_size: int = 1, max_len: int | None = None,
-                 compile: bool | None = None, cuda_graph: bool | None = None, compile_mode: str | None = None,
-                 fused: bool | None = None):
+                 compile: bool | None = None, cuda_graph: bool | None = None, fused: bool | None = None,
+                 options: DecodeOptions | None = None):
+        """fused: force the fused decoder on or off (None: options.fused decides, on an Ampere+ GPU
+        for one stream); options: DecodeOptions.from_speed() when None."""
+        self.options = options = options or DecodeOptions.from_speed()
         self.model = unwrap(model)
         m, cfg = self.model, self.model.config
         self.device = next(m.parameters()).device
@@ -138,10 +161,11 @@ class FastGenerator:
         self.B, self.N = batch_size, cfg.num_codebooks
         # one stream on CUDA: every layer as five Triton kernels (pipeline.kernels.decode_layer); several
         # streams: the compiled layers (cuBLAS's batched products beat the kernels' per-stream
-        # reductions: 8 streams 2,192 vs 1,530 frames/s on an H100, docs/PERFORMANCE.md run 4)
+        # reductions: 8 streams 2,192 vs 1,530 frames/s on an H100, docs/history/performance-log.md)
         small = batch_size <= decode_kernels.MAX_STREAMS
         ampere = cuda and decode_kernels.triton_kernels_run_on(self.device)  # bf16 Triton kernels
-        self.fused = (decode_kernels.ENABLED and ampere and batch_size == 1) if fused is None else fused
+        self.fused = (options.fused and decode_kernels.AVAILABLE and ampere and batch_size == 1) if fused is None \
+            else fused
         if self.fused and not (small and decode_kernels.AVAILABLE):
             raise ValueError(f"The fused decoder needs Triton and at most {decode_kernels.MAX_STREAMS} streams.")
         self.S = min(int(max_len or cfg.max_seq_len), cfg.max_seq_len)
@@ -152,7 +176,8 @@ class FastGenerator:
         self.residual_vocab = min(RESIDUAL_VOCAB, m.fast_output.out_features)
         self.consts = Consts(self.im_end, self.sem_begin, self.sem_end, cfg.codebook_size, self.N,
                              bool(cfg.scale_codebook_embeddings), m.norm.eps, m.fast_norm.eps)
-        self.slow_dims, self.fast_dims = Dims.of(m.layers[0], False), Dims.of(m.fast_layers[0], True)
+        self.slow_dims = Dims.of(m.layers[0], False, options.gemv)
+        self.fast_dims = Dims.of(m.fast_layers[0], True, options.gemv)
         dev, dt, B = self.device, self.dtype, batch_size
 
         def cache(n_heads, length, head_dim):  # (B, kv_heads, positions, head_dim) like fish-speech's KVCache
@@ -196,9 +221,9 @@ class FastGenerator:
             for name in ("recompile_limit", "cache_size_limit"):  # one entry per shape, not per layer
                 if hasattr(torch._dynamo.config, name):
                     setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-            # FASTGEN_COMPILE_MODE=max-autotune-no-cudagraphs lets inductor time Triton matmuls
-            # against cuBLAS for the batch-1 products (longer warm-up; docs/PERFORMANCE.md)
-            mode = compile_mode or os.environ.get("FASTGEN_COMPILE_MODE") or None
+            # max-autotune-no-cudagraphs lets inductor time Triton matmuls against cuBLAS for the
+            # batch-1 products (longer warm-up; docs/PERFORMANCE.md)
+            mode = options.compile_mode
             # static shapes (a generator of another batch size compiles its own graphs), except the
             # attended length, marked dynamic in _step: one slow-block graph for every bucket
             self._embed, self._slow, self._head0, self._code, self._finish, self._pick0, self._pick = (

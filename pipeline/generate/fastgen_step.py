@@ -48,12 +48,13 @@ class Dims:
     eps: float  # the blocks' RMSNorm eps
     qk_eps: float | None  # q/k norm eps (nn.RMSNorm's)
     pointwise: bool  # attention as broadcast-multiply + sum: fuses for short (fast, 10-entry) caches
+    gemv: bool = True  # one-row products through pipeline.kernels.gemv (DecodeOptions.gemv)
 
     @classmethod
-    def of(cls, layer, pointwise: bool) -> Dims:
+    def of(cls, layer, pointwise: bool, gemv: bool = True) -> Dims:
         attn = layer.attention
         qk_eps = attn.q_norm.eps if attn.attention_qk_norm else None
-        return cls(attn.n_head, attn.n_local_heads, attn.head_dim, layer.attention_norm.eps, qk_eps, pointwise)
+        return cls(attn.n_head, attn.n_local_heads, attn.head_dim, layer.attention_norm.eps, qk_eps, pointwise, gemv)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def qkv(b: Block, d: Dims, x):
     """attention_norm, wqkv, heads, q/k norm (before RoPE): (B, T, heads, head_dim) each."""
     bsz, seqlen = x.shape[:2]
     q_size, kv_size = d.n_head * d.head_dim, d.n_local_heads * d.head_dim
-    q, k, v = linear(_rms(x, b.attention_norm, d.eps), b.wqkv, b.wqkv_bias).split([q_size, kv_size, kv_size], -1)
+    q, k, v = linear(_rms(x, b.attention_norm, d.eps), b.wqkv, b.wqkv_bias, d.gemv).split([q_size, kv_size, kv_size], -1)
     q = q.view(bsz, seqlen, d.n_head, d.head_dim)
     k = k.view(bsz, seqlen, d.n_local_heads, d.head_dim)
     v = v.view(bsz, seqlen, d.n_local_heads, d.head_dim)
@@ -134,14 +135,14 @@ def _attention(d: Dims, q, k_cache, v_cache, mask):
 
 def ffn(b: Block, d: Dims, h):
     """fish-speech's FeedForward, w2(silu(w1 x) * w3 x), with w1|w3 as one product."""
-    gate, up = linear(_rms(h, b.ffn_norm, d.eps), b.w13).chunk(2, dim=-1)
-    return linear(F.silu(gate) * up, b.w2)
+    gate, up = linear(_rms(h, b.ffn_norm, d.eps), b.w13, enabled=d.gemv).chunk(2, dim=-1)
+    return linear(F.silu(gate) * up, b.w2, enabled=d.gemv)
 
 
 def _block(b: Block, d: Dims, x, freqs, k_cache, v_cache, slots, pos, mask):
     """One transformer block for one new column per stream; returns (h, ffn), whose sum is its output."""
     q = _new_kv(b, d, x, freqs, k_cache, v_cache, slots, pos)
-    h = x + linear(_attention(d, q, k_cache, v_cache, mask), b.wo, b.wo_bias)
+    h = x + linear(_attention(d, q, k_cache, v_cache, mask), b.wo, b.wo_bias, d.gemv)
     return h, ffn(b, d, h)
 
 
@@ -188,7 +189,7 @@ def _beyond_top_p(logits, top_p):
     is the sum over the tokens ranked at or before it (higher probability, ties by index), one
     fused reduction over (V, V) pairs when compiled. torch.sort of 1,024 values took 22 us per
     codebook on an H100, the pairwise reduction ~2.6 us; for codebook 0's 4,097 values the sort is
-    the faster one (docs/PERFORMANCE.md, run 4)."""
+    the faster one (docs/history/performance-log.md)."""
     if logits.shape[-1] > PAIRWISE_TOP_P:
         sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True, stable=True)  # ties by index
         cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
@@ -241,9 +242,9 @@ def frame_head(c: Consts, fd: Dims, x, delta, norm, head0, proj, blocks, k_cache
     1+c = semantic c) into logits_out, the sample into frame columns 0 (token) and 1 (code), then
     the fast transformer's K/V at position 0 (its input: fast_project_in of the hidden state)."""
     x = x + delta
-    logits = linear(_rms(x[:, 0], norm, c.head_eps), head0).float()
+    logits = linear(_rms(x[:, 0], norm, c.head_eps), head0, enabled=fd.gemv).float()
     _pick_codebook0(c, logits, window, noise, sampling, force_flag, force, frame, logits_out)
-    y = x if proj is None else linear(x, *proj)
+    y = x if proj is None else linear(x, *proj, enabled=fd.gemv)
     zero = torch.zeros(1, dtype=torch.long, device=x.device)
     pos, mask, freqs = _fast_position(zero, k_caches[0].shape[1], fast_freqs)
     for b, kc, vc in zip(blocks[:-1], k_caches[:-1], v_caches[:-1]):
@@ -262,7 +263,7 @@ def codebook_step(c: Consts, fd: Dims, k, embedding, blocks, k_caches, v_caches,
     for b, kc, vc in zip(blocks, k_caches, v_caches):
         h, f = _block(b, fd, y, freqs, kc, vc, slots, pos, mask)
         y = h + f
-    logits = linear(_rms(y[:, 0], norm, c.fast_eps), head).float()
+    logits = linear(_rms(y[:, 0], norm, c.fast_eps), head, enabled=fd.gemv).float()
     _pick_code(k, logits, window, noise, sampling, force_flag, force, frame, logits_out)
 
 

@@ -89,8 +89,12 @@ class Synthesizer:
         codec_dir: str | Path | None = None,
         dtype: torch.dtype | None = None,
         fast: bool | None = None,
+        decode_options=None,
     ):
-        """fast: decode with pipeline.generate.fastgen (compiled step in a CUDA graph); default on CUDA."""
+        """fast: decode with pipeline.generate.fastgen (compiled step in a CUDA graph); default on CUDA.
+        decode_options: its pipeline.generate.fastgen.DecodeOptions (None: from the defaults and the
+        environment, DecodeOptions.from_speed)."""
+        self.decode_options = decode_options
         self.ckpt_dir = Path(ckpt_dir)
         self.device = torch.device(device or _default_device())
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -112,6 +116,7 @@ class Synthesizer:
         Eager decoding only: a compiled decoder would capture weights that training keeps changing.
         """
         self = cls.__new__(cls)
+        self.decode_options = None  # eager decoding: no fast decoder to configure
         self.ckpt_dir, self.device = Path(codec_dir), torch.device(device)
         self.model, self.tokenizer, self.adapters = model, tokenizer, []
         self.dtype = next(model.parameters()).dtype
@@ -215,7 +220,7 @@ class Synthesizer:
         while True:
             try:
                 if self._fastgen is None:
-                    self._fastgen = FastGenerator(self.model, batch_size=1, fused=fused)
+                    self._fastgen = FastGenerator(self.model, batch_size=1, fused=fused, options=self.decode_options)
                     self._fastgen.warmup(max_position=2048)  # longer contexts are captured when first needed
                 rows = self._fastgen.generate([prompt_tokens], max_new_tokens, temperature, top_p,
                                               repetition_penalty)[0]

@@ -213,7 +213,7 @@ if AVAILABLE:
 # -- launch configuration -----------------------------------------------------------------------
 # Two weight rows per program, 4 warps: the fastest or within 3 % of it for every s1-mini product
 # shape on an H100, timed one launch at a time inside a CUDA graph with the weights cycled past the
-# L2 cache (8 configurations from 1 to 16 rows; docs/PERFORMANCE.md, run 4). Fewer, larger
+# L2 cache (8 configurations from 1 to 16 rows; docs/history/performance-log.md). Fewer, larger
 # programs lose up to 2x on the 1,024-row products (too few loads in flight per SM).
 ROWS_PER_PROGRAM, PRODUCT_WARPS = 2, 4
 # attention: cache positions per loop step, warps, and the most programs one head is split over
@@ -293,5 +293,4 @@ def layer(b, dims, x, freqs, pos, k_cache, v_cache, kv_only: bool = False):
     return product(product(h, b.w13, b.ffn_norm, dims.eps, swiglu=True), b.w2, residual=h)
 
 
-ENABLED = AVAILABLE and os.environ.get("FASTGEN_FUSED", "1") != "0"
 MAX_STREAMS = 16  # the weight tile stays in registers while each stream's row is multiplied

@@ -75,9 +75,11 @@ def _stacked_weights(parts, dtype):
     return weight.to(dtype), torch.cat(blocks, 0).to(dtype), branches
 
 
-def shared_input_linear(modules, x: torch.Tensor, stacked: bool = False) -> list[torch.Tensor]:
+def shared_input_linear(modules, x: torch.Tensor, stacked: bool = False,
+                        dropout_kernel: bool = True) -> list[torch.Tensor]:
     """[m(x) for m in modules], computed as one matmul (see the module docstring); stacked: the
-    outputs side by side as one tensor, [torch.cat(outputs, -1)]."""
+    outputs side by side as one tensor, [torch.cat(outputs, -1)]. dropout_kernel: LoRA dropout
+    drawn inside pipeline.kernels.lora_dropout's kernels where they apply (False: torch's)."""
     parts = [lora_branches(m) for m in modules]
     unfused = any(p is None for p in parts) or \
         (any(p[1] for p in parts) and any(p[0].weight.requires_grad for p in parts))
@@ -91,23 +93,23 @@ def shared_input_linear(modules, x: torch.Tensor, stacked: bool = False) -> list
     else:
         dtype = lora_down.compute_dtype(x)
         weight, w_low, branches = _stacked_weights(parts, dtype)
-        if lora_down.kernel_applies(x, branches):  # dropout masks drawn inside the kernels
+        if lora_down.kernel_applies(x, branches, enabled=dropout_kernel):  # dropout masks drawn inside the kernels
             y = lora_down.dropped_linear(x, branches, dtype, weight, w_low)
         else:
-            u = lora_down.low_rank_inputs(x, branches, dtype)
+            u = lora_down.low_rank_inputs(x, branches, dtype, enabled=dropout_kernel)
             y = _FrozenBaseLinear.apply(x.to(dtype), u, weight, w_low)
     return [y] if stacked or len(sizes) == 1 else list(y.split(sizes, -1))
 
 
-def glu_linear(module, gate_up: torch.Tensor) -> torch.Tensor:
+def glu_linear(module, gate_up: torch.Tensor, dropout_kernel: bool = True) -> torch.Tensor:
     """module(silu(gate) * up) for gate_up = [gate | up] (a feed-forward's w2). With LoRA and the
     kernels, silu(gate) * up is made inside them, forward and backward: the 3,072-wide product and
     its gradient are never written to memory (two passes fewer each way)."""
     parts = lora_branches(module)
     if parts is not None and parts[1] and not parts[0].weight.requires_grad and \
-            lora_down.kernel_applies(gate_up, parts[1], glu=True):
+            lora_down.kernel_applies(gate_up, parts[1], glu=True, enabled=dropout_kernel):
         dtype = lora_down.compute_dtype(gate_up)
         weight, w_low, branches = _stacked_weights([parts], dtype)
         return lora_down.dropped_linear(gate_up, branches, dtype, weight, w_low, glu=True)
     gate, up = gate_up.chunk(2, -1)
-    return shared_input_linear([module], F.silu(gate) * up)[0]
+    return shared_input_linear([module], F.silu(gate) * up, dropout_kernel=dropout_kernel)[0]

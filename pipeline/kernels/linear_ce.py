@@ -20,19 +20,20 @@ from pipeline.kernels.fused_linear import lora_branches
 from pipeline.kernels.lora_dropout import compute_dtype, low_rank_inputs
 
 
-def head_operands(head: torch.nn.Module, x: torch.Tensor, rows: int | None = None):
+def head_operands(head: torch.nn.Module, x: torch.Tensor, rows: int | None = None, dropout_kernel: bool = True):
     """(x, weight, x_extra, w_extra) with head(x)[..., :rows] == x @ weight.T + x_extra @ w_extra.T.
 
     A peft LoRA head contributes its low-rank branches as extra columns: x_extra = the scaled
     A(dropout(x)) of every active adapter, w_extra = their B matrices (grads flow to both through
-    autograd). Returns None for heads this cannot express (bias, DoRA, other adapter types)."""
+    autograd; dropout_kernel: through pipeline.kernels.lora_dropout's kernels where they apply).
+    Returns None for heads this cannot express (bias, DoRA, other adapter types)."""
     parts = lora_branches(head)
     if parts is None:
         return None
     base, branches = parts
     if not branches:
         return x, base.weight[:rows], None, None
-    x_extra = low_rank_inputs(x, branches)
+    x_extra = low_rank_inputs(x, branches, enabled=dropout_kernel)
     w_extra = torch.cat([b.weight[:rows] for *_, b in branches], -1)
     return x, base.weight[:rows], x_extra, w_extra
 
@@ -122,12 +123,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(head: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, rows: int | None = None,
-                         chunk_rows: int = 4096, compiled: bool = False):
+                         chunk_rows: int = 4096, compiled: bool = False, dropout_kernel: bool = True):
     """Summed cross-entropy of head(x)[..., :rows] against targets (no ignored rows), with the
     top-1/top-5 hit counts (tensors). Under autocast the matmuls run in the autocast dtype with fp32
     softmax, like autocast's own linear + cross_entropy. Differentiable w.r.t. x and the head's
     trainable weights (including LoRA A/B)."""
-    operands = head_operands(head, x, rows)
+    operands = head_operands(head, x, rows, dropout_kernel)
     if operands is None:  # a head this module cannot split: the straightforward path
         logits = head(x)[..., :rows].float()
         return (F.cross_entropy(logits, targets, reduction="sum"), *_ce_loss(logits, targets)[1:])

@@ -23,15 +23,12 @@ kernels in Triton's interpreter on the CPU and compile them for sm_90; the speed
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from pipeline.kernels import decode_layer as decode_kernels
 
 triton = decode_kernels.triton
-ENABLED = triton is not None and os.environ.get("LORA_DROPOUT_KERNEL", "1") != "0"
 UNIFORM_BITS = 16  # resolution of the dropout draw: p is rounded to a multiple of 2**-16
 MAX_RANK = 64  # higher LoRA ranks use torch's path (the padded rank tiles live in registers)
 MAX_ADAPTERS = 8
@@ -236,10 +233,10 @@ def threshold_for(p: float) -> int:
     return round(p * (1 << UNIFORM_BITS))
 
 
-def usable(device) -> bool:
-    """Whether the kernels run on `device` (decode_kernels.triton_kernels_run_on) with
-    LORA_DROPOUT_KERNEL not set to 0."""
-    return ENABLED and decode_kernels.triton_kernels_run_on(device)
+def usable(device, enabled: bool = True) -> bool:
+    """Whether the kernels run on `device` (decode_kernels.triton_kernels_run_on); enabled: the
+    caller's switch (False: torch's dropout, e.g. to measure what the kernels bring)."""
+    return enabled and triton is not None and decode_kernels.triton_kernels_run_on(device)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -247,13 +244,13 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
 
-def kernel_applies(x: torch.Tensor, branches, glu: bool = False) -> bool:
+def kernel_applies(x: torch.Tensor, branches, glu: bool = False, enabled: bool = True) -> bool:
     """Whether the kernel computes these branches [(A, dropout, scale, B)] for x (glu: for
     silu(gate) * up of x = [gate | up]): training-mode nn.Dropout with one 0 < p < 1 for all, one
     rank <= MAX_RANK for all, at most MAX_ADAPTERS, no bias, a `usable` device, K % 8 == 0, and on
     a GPU a 16-bit compute dtype (fp32's tensor-core dots would be TF32)."""
     width = x.shape[-1] // 2 if glu else x.shape[-1]
-    if not branches or len(branches) > MAX_ADAPTERS or width % 8 or not usable(x.device):
+    if not branches or len(branches) > MAX_ADAPTERS or width % 8 or not usable(x.device, enabled):
         return False
     if x.is_cuda and compute_dtype(x) not in (torch.bfloat16, torch.float16):  # fp32 dots would be TF32: torch's path
         return False
@@ -343,10 +340,10 @@ def dropped_linear(x: torch.Tensor, branches, dtype: torch.dtype, w: torch.Tenso
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def low_rank_inputs(x: torch.Tensor, branches, dtype: torch.dtype | None = None) -> torch.Tensor:
+def low_rank_inputs(x: torch.Tensor, branches, dtype: torch.dtype | None = None, enabled: bool = True) -> torch.Tensor:
     """torch.cat([scale * A(dropout(x)) for (A, dropout, scale, _) in branches], -1) in `dtype`
-    (default x's), through the kernel where `kernel_applies`, else as peft computes it."""
+    (default x's), through the kernel where `kernel_applies` (with `enabled`), else as peft computes it."""
     dtype = dtype or x.dtype
-    if not kernel_applies(x, branches):
+    if not kernel_applies(x, branches, enabled=enabled):
         return torch.cat([a(dropout(x)) * scale for a, dropout, scale, _ in branches], -1).to(dtype)
     return dropped_linear(x, branches, dtype)

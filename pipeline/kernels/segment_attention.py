@@ -17,7 +17,7 @@ the products in the inputs' dtype with fp32 accumulation, as flash attention doe
 embedding inside the kernels (the wheel's apply_rotary_emb: pairs rotated in fp32, rounded to the
 input dtype), and its backward writes the gradient of qkv as one buffer. Outside, the rotation and
 its backward were two passes over q and k each way plus a concatenated copy of dq|dk|dv, and the
-compiled backward of the rotation ran at a quarter of copy speed (run 7).
+compiled backward of the rotation ran at a quarter of copy speed.
 
 Tests run the kernels in Triton's interpreter against SDPA per frame; the speed is measured by
 `python -m pipeline bench` on a GPU (docs/PERFORMANCE.md).
@@ -25,14 +25,11 @@ Tests run the kernels in Triton's interpreter against SDPA per frame; the speed 
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from pipeline.kernels import decode_layer as decode_kernels
 
 triton = decode_kernels.triton
-ENABLED = triton is not None and os.environ.get("SEGMENT_ATTENTION_KERNEL", "1") != "0"
 TILE = 128  # rows of a tile: the whole frames that fit, the rest masked
 SETTINGS = {"forward": {"num_warps": 8, "num_stages": 1}, "backward": {"num_warps": 8, "num_stages": 1}}
 
@@ -101,7 +98,7 @@ if triton is not None:
         query heads one after the other, their dk and dv summed in registers. They are written side
         by side into one (rows, (heads + 2 kv_heads) * D) buffer, dqkv: a user kernel writing into
         several views of one buffer is miscompiled (inductor's functionalization gives each view its
-        own copy, and all but one are lost, run 7). ROPE: q and k are
+        own copy, and all but one are lost). ROPE: q and k are
         rotated again here, and dq, dk rotated back (by the opposite angles) before they are stored."""
         hk = tl.program_id(1)
         kv_heads = tl.num_programs(1)
@@ -197,13 +194,14 @@ def split_heads(qkv: torch.Tensor, heads: int, kv_heads: int):
     return per_head[:, :heads], per_head[:, heads : heads + kv_heads], per_head[:, heads + kv_heads :]
 
 
-def applies(q: torch.Tensor, k: torch.Tensor, length: int) -> bool:
+def applies(q: torch.Tensor, k: torch.Tensor, length: int, enabled: bool = True) -> bool:
     """Whether the kernels take this attention: q (..., heads, D), k/v (..., kv heads, D) with a
     head dim the tensor cores take (16..128, a power of two), segments of at most TILE rows, a CUDA
     GPU of Ampere or newer with 16-bit inputs (fp32 would run its products as TF32; flex attention
-    keeps them exact), or Triton's interpreter; SEGMENT_ATTENTION_KERNEL not 0."""
+    keeps them exact), or Triton's interpreter; and `enabled` (the caller's switch: False falls back
+    to flex attention or SDPA)."""
     D = q.shape[-1]
-    if not ENABLED or D not in (16, 32, 64, 128) or length > TILE or q.shape[-2] % k.shape[-2]:
+    if not enabled or triton is None or D not in (16, 32, 64, 128) or length > TILE or q.shape[-2] % k.shape[-2]:
         return False
     if q.is_cuda and q.dtype not in (torch.bfloat16, torch.float16):
         return False

@@ -1,6 +1,6 @@
 """The training forward pass, written from the model's own submodules.
 
-fish-speech 0.1.0's `DualARTransformer.forward` is broken (DESIGN.md bug 1) and its
+fish-speech 0.1.0's `DualARTransformer.forward` is broken (docs/FISH_SPEECH_NOTES.md, wheel bug 1) and its
 `BaseTransformer.embed` does not scale audio-frame embeddings the way inference does (bug 3).
 This module computes, for a batch of packed sequences, exactly the logits that generation
 (`forward_generate` + `forward_generate_fast` with KV caches) computes step by step:
@@ -38,7 +38,6 @@ from pipeline.model.adapters import unwrap
 from pipeline.kernels.fused_linear import glu_linear, shared_input_linear
 
 # inference samples codebooks 1.. from fast_output's first 1024 logits (decode_one_token_ar)
-RESIDUAL_VOCAB = 1024
 IGNORE = -100
 FLEX_BLOCK = 128
 
@@ -51,11 +50,15 @@ class ForwardOptions:
     flex_fast_attention: bool = False  # all frames as one packed sequence, block-diagonal causal mask
     frames_only: bool = True  # compiled path: only audio frames (bucketed) through the fast transformer
     fused_linears: bool = True  # LoRA branches as extra matmul columns, w1|w3 as one matmul (fused_linear)
+    lora_dropout_kernel: bool = True  # LoRA dropout drawn inside pipeline.kernels.lora_dropout's kernels
+    segment_attention_kernel: bool = True  # packed frames through pipeline.kernels.segment_attention
 
     @classmethod
-    def for_run(cls, compile_blocks: bool) -> "ForwardOptions":
+    def for_run(cls, compile_blocks: bool, lora_dropout_kernel: bool = True,
+                segment_attention_kernel: bool = True) -> "ForwardOptions":
         # flex attention is only fast compiled; eagerly it materialises the whole score matrix
-        return cls(flex_fast_attention=compile_blocks)
+        return cls(flex_fast_attention=compile_blocks, lora_dropout_kernel=lora_dropout_kernel,
+                   segment_attention_kernel=segment_attention_kernel)
 
 
 def embed(model: DualARTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -87,26 +90,29 @@ def _rms_norm(norm: torch.nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
-def _linear(module, x: torch.Tensor, fused: bool) -> torch.Tensor:
-    return shared_input_linear([module], x)[0] if fused else module(x)
+def _linear(module, x: torch.Tensor, fused: bool, dropout_kernel: bool = True) -> torch.Tensor:
+    return shared_input_linear([module], x, dropout_kernel=dropout_kernel)[0] if fused else module(x)
 
 
-def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False) -> torch.Tensor:
+def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False,
+               dropout_kernel: bool = True, segment_kernel: bool = True) -> torch.Tensor:
     """The wheel's Attention.forward with is_causal=True and native grouped-query attention.
 
     With a block_mask (fast transformer: x is (frames, 10, dim)) every frame is its own causal
     segment of one packed sequence: through pipeline.kernels.segment_attention's kernels where they apply
     (given the qkv projection output itself, rotation inside, when there is no qk-norm), else
-    through flex attention with the mask, instead of a tiny SDPA call per frame."""
+    through flex attention with the mask, instead of a tiny SDPA call per frame. dropout_kernel and
+    segment_kernel: ForwardOptions.lora_dropout_kernel and .segment_attention_kernel."""
     bsz, seqlen, _ = x.shape
     q_size = attn.n_head * attn.head_dim
     kv_size = attn.n_local_heads * attn.head_dim
-    qkv = _linear(attn.wqkv, x, fused)
+    qkv = _linear(attn.wqkv, x, fused, dropout_kernel)
     if block_mask is not None and not attn.attention_qk_norm:  # rotary embedding inside the kernels
         rows = qkv.view(bsz * seqlen, -1)
-        if segment_attention.applies(*segment_attention.split_heads(rows, attn.n_head, attn.n_local_heads)[:2], seqlen):
+        if segment_attention.applies(*segment_attention.split_heads(rows, attn.n_head, attn.n_local_heads)[:2], seqlen,
+                                     enabled=segment_kernel):
             y = segment_attention.packed_segment_attention(rows, freqs_cis, attn.n_head, attn.n_local_heads, seqlen)
-            return _linear(attn.wo, y.view(bsz, seqlen, q_size), fused)
+            return _linear(attn.wo, y.view(bsz, seqlen, q_size), fused, dropout_kernel)
     q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
     q = q.view(bsz, seqlen, attn.n_head, attn.head_dim)
     k = k.view(bsz, seqlen, attn.n_local_heads, attn.head_dim)
@@ -117,42 +123,46 @@ def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, 
     k = apply_rotary_emb(k, freqs_cis)
     gqa = attn.n_head != attn.n_local_heads
     # a block mask here is always segment_block_mask(frames, seqlen): each frame its own causal sequence
-    if block_mask is not None and segment_attention.applies(q, k, seqlen):  # one tile of whole frames per program
+    if block_mask is not None and segment_attention.applies(q, k, seqlen, enabled=segment_kernel):  # one tile of whole frames per program
         y = segment_attention.segment_attention(*(t.reshape(bsz * seqlen, *t.shape[2:]) for t in (q, k, v)), seqlen)
-        return _linear(attn.wo, y.view(bsz, seqlen, q_size), fused)
+        return _linear(attn.wo, y.view(bsz, seqlen, q_size), fused, dropout_kernel)
     if block_mask is not None:
         from torch.nn.attention.flex_attention import flex_attention
 
         q, k, v = (t.reshape(1, bsz * seqlen, *t.shape[2:]).transpose(1, 2) for t in (q, k, v))
         y = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
-        return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused)
+        return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused, dropout_kernel)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     dropout = attn.dropout if attn.training else 0.0
     y = F.scaled_dot_product_attention(
         q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa
     )
-    return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused)
+    return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused, dropout_kernel)
 
 
-def _feed_forward(ff, x: torch.Tensor, fused: bool) -> torch.Tensor:
+def _feed_forward(ff, x: torch.Tensor, fused: bool, dropout_kernel: bool = True) -> torch.Tensor:
     """The wheel's FeedForward: w2(silu(w1 x) * w3 x), w1 and w3 as one matmul when fused."""
     if not fused:
         return ff(x)
-    (gate_up,) = shared_input_linear([ff.w1, ff.w3], x, stacked=True)
-    return glu_linear(ff.w2, gate_up)
+    (gate_up,) = shared_input_linear([ff.w1, ff.w3], x, stacked=True, dropout_kernel=dropout_kernel)
+    return glu_linear(ff.w2, gate_up, dropout_kernel=dropout_kernel)
 
 
-def _block(layer, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False) -> torch.Tensor:
-    h = x + _attention(layer.attention, layer.attention_norm(x), freqs_cis, block_mask, fused)
-    return h + _feed_forward(layer.feed_forward, layer.ffn_norm(h), fused)
+def _block(layer, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False,
+           dropout_kernel: bool = True, segment_kernel: bool = True) -> torch.Tensor:
+    h = x + _attention(layer.attention, layer.attention_norm(x), freqs_cis, block_mask, fused, dropout_kernel,
+                       segment_kernel)
+    return h + _feed_forward(layer.feed_forward, layer.ffn_norm(h), fused, dropout_kernel)
 
 
-def _slow_block(layer, x, freqs_cis, block_mask=None, fused: bool = False):
-    return _block(layer, x, freqs_cis, block_mask, fused)
+def _slow_block(layer, x, freqs_cis, block_mask=None, fused: bool = False, dropout_kernel: bool = True,
+                segment_kernel: bool = True):
+    return _block(layer, x, freqs_cis, block_mask, fused, dropout_kernel, segment_kernel)
 
 
-def _fast_block(layer, x, freqs_cis, block_mask=None, fused: bool = False):
-    return _block(layer, x, freqs_cis, block_mask, fused)
+def _fast_block(layer, x, freqs_cis, block_mask=None, fused: bool = False, dropout_kernel: bool = True,
+                segment_kernel: bool = True):
+    return _block(layer, x, freqs_cis, block_mask, fused, dropout_kernel, segment_kernel)
 
 
 _compiled_fns: dict[object, object] = {}
@@ -174,7 +184,7 @@ def compiled_block(stack: str = "slow"):
     shared by every layer of it (dynamo inlines the modules). Two wrappers because dynamo keys its
     cache and its automatic-dynamic decisions by code object: the fast stack's frame counts must
     not turn the slow stack's graph dynamic. Measured on an H200 at the s1-mini shape, batch
-    4 x 4096: LoRA 0.74 → 0.44 s/step, full 0.64 → 0.41 s/step (run 2), after ~30 s of compilation."""
+    4 x 4096: LoRA 0.74 → 0.44 s/step, full 0.64 → 0.41 s/step, after ~30 s of compilation."""
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -182,13 +192,15 @@ def compiled_block(stack: str = "slow"):
 
 
 def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_blocks: bool = False,
-                block_mask=None, fused: bool = False, stack: str = "slow") -> torch.Tensor:
+                block_mask=None, fused: bool = False, stack: str = "slow", dropout_kernel: bool = True,
+                segment_kernel: bool = True) -> torch.Tensor:
     block = compiled_block(stack) if compile_blocks else _block
+    args = (block_mask, fused, dropout_kernel, segment_kernel)
     for layer in layers:
         if gradient_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, layer, x, freqs_cis, block_mask, fused, use_reentrant=False)
+            x = checkpoint(block, layer, x, freqs_cis, *args, use_reentrant=False)
         else:
-            x = block(layer, x, freqs_cis, block_mask, fused)
+            x = block(layer, x, freqs_cis, *args)
     return x
 
 
@@ -227,7 +239,7 @@ def segment_block_mask(segments: int, length: int, device: torch.device):
 
 
 def slow_forward(model, tokens: torch.Tensor, gradient_checkpointing: bool = False,
-                 compile_blocks: bool = False, fused_linears: bool = False) -> torch.Tensor:
+                 compile_blocks: bool = False, fused_linears: bool = False, dropout_kernel: bool = True) -> torch.Tensor:
     """Slow transformer hidden states (B, L, dim), before the final norm (as forward_generate returns)."""
     model = unwrap(model)
     seq_len = tokens.shape[-1]
@@ -235,7 +247,7 @@ def slow_forward(model, tokens: torch.Tensor, gradient_checkpointing: bool = Fal
         raise ValueError(f"Sequence length {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}.")
     x = residual_dtype(embed(model, tokens))
     return _run_layers(model.layers, x, model.freqs_cis[:seq_len], gradient_checkpointing, compile_blocks,
-                       fused=fused_linears)
+                       fused=fused_linears, dropout_kernel=dropout_kernel)
 
 
 def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -254,7 +266,8 @@ def _fast_inputs(model, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tens
 
 
 def fast_hidden(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False,
-                compile_blocks: bool = False, flex_attention: bool = False, fused_linears: bool = False) -> torch.Tensor:
+                compile_blocks: bool = False, flex_attention: bool = False, fused_linears: bool = False,
+                dropout_kernel: bool = True, segment_kernel: bool = True) -> torch.Tensor:
     """Fast transformer outputs (M, N, fast_dim), before fast_norm, for M frames.
 
     hidden: (M, dim) slow hidden states (pre-norm) of the positions BEFORE the frames;
@@ -266,7 +279,7 @@ def fast_hidden(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_check
     dropout = any(layer.attention.dropout for layer in model.fast_layers) and model.training
     mask = segment_block_mask(x.shape[0], n, x.device) if flex_attention and not dropout else None
     return _run_layers(model.fast_layers, x, model.fast_freqs_cis[:n], gradient_checkpointing, compile_blocks, mask,
-                       fused_linears, stack="fast")
+                       fused_linears, stack="fast", dropout_kernel=dropout_kernel, segment_kernel=segment_kernel)
 
 
 def fast_logits(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_checkpointing: bool = False,

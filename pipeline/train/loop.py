@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import signal
 import threading
 import time
-from contextlib import ExitStack, nullcontext
 import dataclasses
 from dataclasses import asdict
 from pathlib import Path
@@ -28,14 +26,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline import atomic
 from pipeline.train import integrity as checkpoint_integrity
-from pipeline.model.adapters import attach_lora, load_trainable_adapter, save_adapter
+from pipeline.model.adapters import save_adapter
 from pipeline.model.checkpoints import load_lm
 from pipeline.train.cpu_memory import cpu_oom, cpu_oom_message
 from pipeline.model.adapters import unwrap
 from pipeline.train.loss import compute_loss
-from pipeline.train.memory_plan import plan_for_device
 from pipeline.model.merge import save_full_model
+from pipeline.train.plan import NonFiniteLoss, autocast, build_optimizer, plan_phase, train_step, trainable_model
 from pipeline.train.samples import make_training_data
 from pipeline.train.settings import (  # noqa: F401  (TrainSettings/TrainResult are this module's API)
     TrainError,
@@ -43,10 +42,6 @@ from pipeline.train.settings import (  # noqa: F401  (TrainSettings/TrainResult 
     TrainSettings,
     lr_factor,
     oom_message,
-    resolve_device,
-    use_bf16,
-    use_checkpointing,
-    use_compile,
 )
 
 Progress = Callable[[float, str], None] | None
@@ -55,9 +50,7 @@ MASTER_FILE = "master_weights.safetensors"
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic.write_json(path, data)
 
 
 def _rng_state() -> dict:
@@ -98,25 +91,13 @@ class _Trainer:
 
     # -- setup ----------------------------------------------------------------------------------
     def _setup(self, manifest) -> None:
-        s = self.settings
-        self.device = resolve_device(s)
-        self.bf16 = use_bf16(s, self.device)
-        self.compile = use_compile(s, self.device)
-        # On a GPU the memory planner splits the effective batch and decides recomputation for the card.
-        plan = plan_for_device("full" if s.mode == "full" else "lora", s.batch_size, s.grad_accumulation,
-                               s.max_length, self.device, s.gradient_checkpointing)
-        self.memory_plan = plan.describe() if plan else None
-        if plan:
-            s = self.settings = dataclasses.replace(s, batch_size=plan.micro_batch,
-                                                    grad_accumulation=plan.grad_accumulation)
-            self.checkpointing = plan.gradient_checkpointing
-        else:
-            self.checkpointing = use_checkpointing(s)
+        plan = self.plan = plan_phase(self.settings)
+        self.device, self.bf16, self.compile = plan.device, plan.bf16, plan.compile
+        self.checkpointing, self.memory_plan = plan.gradient_checkpointing, plan.describe_memory()
+        s = self.settings = dataclasses.replace(self.settings, batch_size=plan.micro_batch,
+                                                grad_accumulation=plan.grad_accumulation)
         _seed_everything(s.seed)
-        # full fine-tuning keeps fp32 master weights (bf16 would round away 1e-5 updates);
-        # a frozen LoRA base can live in bf16
-        frozen_bf16 = self.bf16 and s.mode == "lora" and self.device.type == "cuda"
-        model, tokenizer = load_lm(self.ckpt_dir, self.device, torch.bfloat16 if frozen_bf16 else torch.float32)
+        model, tokenizer = load_lm(self.ckpt_dir, self.device, plan.weights_dtype)
         self.tokenizer = tokenizer
         reference = torch.load(self.ckpt_dir / "model.pth", map_location="cpu", mmap=True, weights_only=True)
         self.base_is_fp32 = all(v.dtype == torch.float32 for v in reference.values() if torch.is_tensor(v))
@@ -124,19 +105,9 @@ class _Trainer:
         self.data = make_training_data(manifest, tokenizer, model.config.num_codebooks, max_length=max_length,
                                        batch_size=s.batch_size, val_fraction=s.val_fraction, seed=s.seed,
                                        width_multiple=512 if self.compile else 1)
-        if s.mode == "lora":
-            model = (load_trainable_adapter(model, s.init_adapter) if s.init_adapter else
-                     attach_lora(model, s.lora_rank, s.lora_alpha, s.lora_dropout, s.lora_train_embeddings))
-        else:
-            model.requires_grad_(True)
-        self.model = model
+        self.model = model = trainable_model(model, s)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for _, p in self.params if p.ndim >= 2], "weight_decay": s.weight_decay},
-            {"params": [p for _, p in self.params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=s.lr, betas=tuple(s.betas),
-                                           eps=s.eps, fused=self.device.type == "cuda")
+        self.optimizer = build_optimizer([p for _, p in self.params], s, self.device)
         per_step = s.batch_size * s.grad_accumulation
         if s.steps:
             self.total = int(s.steps)
@@ -243,14 +214,18 @@ class _Trainer:
                 continue
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
                 rows.append(line)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(r + "\n" for r in rows))
-        os.replace(tmp, path)
+        atomic.write_text(path, "".join(r + "\n" for r in rows))
 
     def _save(self) -> None:
-        name = f"step_{self.step:06d}"
-        final, tmp = self.run_dir / "checkpoints" / name, self.run_dir / "checkpoints" / f"{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        final = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
+        with atomic.replacing(final) as tmp:  # a hidden temp folder: _checkpoints never lists a half-written one
+            self._write_checkpoint(tmp)
+        self.latest = str(final.relative_to(self.run_dir))
+        if self.data.val is None:
+            self.best = self.latest
+        self._prune()
+
+    def _write_checkpoint(self, tmp: Path) -> None:
         meta = {"step": self.step, "mode": self.settings.mode, "base_checkpoint": str(self.ckpt_dir),
                 "pending_eval": self.pending_eval}
         if self.settings.mode == "lora":
@@ -267,12 +242,6 @@ class _Trainer:
             "position": self.position, "bad_evals": self.bad_evals, "best": self.best,
             "best_val_loss": self.best_val_loss, "elapsed_s": self._elapsed(), "settings": asdict(self.settings)})
         checkpoint_integrity.write_integrity(tmp)  # last: its presence means every file above is complete
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        self.latest = str(final.relative_to(self.run_dir))
-        if self.data.val is None:
-            self.best = self.latest
-        self._prune()
 
     def _prune(self) -> None:
         """Keep the last `keep_last` checkpoints and the best; the last two keep their resume state,
@@ -312,43 +281,29 @@ class _Trainer:
     def _stop_requested(self) -> bool:
         return self.sigterm or (self.stop_event is not None and self.stop_event.is_set())
 
-    def _autocast(self):
-        if not self.bf16:
-            return nullcontext()
-        stack = ExitStack()
-        stack.enter_context(torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
-        if self.settings.mode == "lora":  # autocast runs the fp32 adapters in bf16: peft's input upcast is only traffic
-            from peft.helpers import disable_input_dtype_casting
-
-            stack.enter_context(disable_input_dtype_casting(self.model))
-        return stack
-
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     # -- steps ----------------------------------------------------------------------------------
+    def _micro_batches(self, counted: list[int]):
+        """The step's micro-batches on the device, their tokens counted on the host as they go."""
+        for _ in range(self.plan.grad_accumulation):
+            batch = self.data.train.batch(self.position)
+            self.position += 1
+            counted.append(int(batch["lengths"].sum()))
+            yield self._to_device(batch)
+
     def _train_step(self) -> dict:
         s = self.settings
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        sums = dict(loss=0.0, token_loss=0.0, codebook_loss=0.0, top1=0.0, top5=0.0)
-        tokens, t0 = 0, time.time()
-        for _ in range(s.grad_accumulation):
-            batch = self._to_device(self.data.train.batch(self.position))
-            self.position += 1
-            with self._autocast():
-                out = compute_loss(self.model, batch, gradient_checkpointing=self.checkpointing,
-                                   compile_blocks=self.compile)
-            (out.loss / s.grad_accumulation).backward()
-            for key in sums:
-                value = getattr(out, key)
-                sums[key] += (value.item() if torch.is_tensor(value) else value) / s.grad_accumulation
-            tokens += int(batch["lengths"].sum())
-        if not math.isfinite(sums["loss"]):
-            raise TrainError(f"The loss became {sums['loss']} at step {self.step + 1}; lower the learning rate.")
+        tokens, t0 = [], time.time()
         lr = self.optimizer.param_groups[0]["lr"]
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in self.params], s.grad_clip)
-        self.optimizer.step()
+        try:
+            sums = train_step(self.model, self.optimizer, self._micro_batches(tokens), self.plan,
+                              [p for _, p in self.params], s.grad_clip)
+        except NonFiniteLoss as exc:
+            raise TrainError(f"The loss became {exc.value} at step {self.step + 1}; lower the learning rate.") from None
+        grad_norm = sums.pop("grad_norm")
+        tokens = sum(tokens)
         self.scheduler.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -366,8 +321,9 @@ class _Trainer:
             if self._stop_requested():  # a cancel must not wait for the whole held-out set
                 self.model.train()
                 return None
-            with self._autocast():
-                out = compute_loss(self.model, self._to_device(batch), compile_blocks=self.compile)
+            with autocast(self.plan, self.model):
+                out = compute_loss(self.model, self._to_device(batch), compile_blocks=self.compile,
+                                   options=self.plan.options)
             for key in totals:
                 value = getattr(out, key)
                 totals[key] += (value.item() if torch.is_tensor(value) else value) * out.n_tokens

@@ -17,15 +17,15 @@ from torch.utils.checkpoint import checkpoint
 
 from pipeline.train.forward import (
     IGNORE,
-    RESIDUAL_VOCAB,
     ForwardOptions,
     fast_hidden,
     maybe_compiled,
     slow_forward,
     token_logits,
-    unwrap,
 )
+from pipeline.model.adapters import unwrap
 from pipeline.kernels.linear_ce import linear_cross_entropy
+from pipeline.model.tokens import RESIDUAL_VOCAB
 
 # compiled path: frames through the fast transformer, padded to a multiple of this (the graphs are
 # compiled with dynamic sizes, so the bucket only bounds the distinct shapes; 1024 padded the
@@ -67,13 +67,14 @@ def _token_chunk(model, hidden, targets):
     return (loss, *_rank_hits(logits, targets))
 
 
-def _token_loss_sum(model, hidden, targets, chunk_rows: int, fused: bool, compiled: bool):
+def _token_loss_sum(model, hidden, targets, chunk_rows: int, fused: bool, compiled: bool, dropout_kernel: bool = True):
     """Summed CE and top-1/top-5 hits over the whole vocabulary of hidden (rows, dim), before the
     final norm. Fused: pipeline.kernels.linear_ce. Otherwise in row chunks whose logits are recomputed in
     backward: (rows x 155k) fp32 logits would otherwise stay alive for backward."""
     if fused and not model.config.tie_word_embeddings:
         features = maybe_compiled(_normed, compiled)(model.norm, hidden)
-        return linear_cross_entropy(model.output, features, targets, chunk_rows=chunk_rows, compiled=compiled)
+        return linear_cross_entropy(model.output, features, targets, chunk_rows=chunk_rows, compiled=compiled,
+                                    dropout_kernel=dropout_kernel)
     total, hits1, hits5 = hidden.new_zeros((), dtype=torch.float32), 0, 0
     for start in range(0, hidden.shape[0], chunk_rows):
         h, t = hidden[start : start + chunk_rows], targets[start : start + chunk_rows]
@@ -157,7 +158,8 @@ def _codebook_loss(base, hidden, labels, where: _Positions, vocab: int, gradient
     codes = labels[:, 1:].transpose(1, 2).reshape(-1, n)  # (B*L, N): the next column's codes
     frame_codes = codes.index_select(0, where.rows)
     out = fast_hidden(base, hidden.flatten(0, 1).index_select(0, where.rows), frame_codes.clamp(min=0),
-                      gradient_checkpointing, compile_blocks, options.flex_fast_attention, options.fused_linears)
+                      gradient_checkpointing, compile_blocks, options.flex_fast_attention, options.fused_linears,
+                      options.lora_dropout_kernel, options.segment_attention_kernel)
     real = where.n_frames
     if where.all_rows:  # every position went through: keep the frames'
         out, frame_codes = out.index_select(0, where.frames), codes.index_select(0, where.frames)
@@ -165,7 +167,7 @@ def _codebook_loss(base, hidden, labels, where: _Positions, vocab: int, gradient
     features = maybe_compiled(_frame_features, compile_blocks)(base.fast_norm, out, real)
     if options.fused_ce:
         loss, h1, h5 = linear_cross_entropy(base.fast_output, features, targets, rows=vocab, chunk_rows=1 << 15,
-                                            compiled=compile_blocks)
+                                            compiled=compile_blocks, dropout_kernel=options.lora_dropout_kernel)
     else:
         logits = base.fast_output(features)[:, :vocab].float()
         loss, (h1, h5) = F.cross_entropy(logits, targets, reduction="sum"), _rank_hits(logits, targets)
@@ -186,14 +188,15 @@ def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk
         raise ValueError(f"Batch tokens/labels must be (B, {n + 1}, L); got {tuple(tokens.shape)} and {tuple(labels.shape)}.")
 
     host, copied = _labels_to_host(labels)
-    hidden = slow_forward(base, tokens, gradient_checkpointing, compile_blocks, options.fused_linears)
+    hidden = slow_forward(base, tokens, gradient_checkpointing, compile_blocks, options.fused_linears,
+                          options.lora_dropout_kernel)
     vocab = min(RESIDUAL_VOCAB, base.fast_output.out_features)
     where = _positions(host, copied, labels.device, n, vocab, compile_blocks, options.frames_only)
     n_tokens = where.n_tokens
     # logits only where there is a target: the vocabulary is large (155k for s1-mini)
     token_sum, hits1, hits5 = _token_loss_sum(base, hidden.flatten(0, 1).index_select(0, where.tokens),
                                               labels[:, 0].flatten().index_select(0, where.tokens), chunk_rows,
-                                              options.fused_ce, compile_blocks)
+                                              options.fused_ce, compile_blocks, options.lora_dropout_kernel)
     token_loss = token_sum / n_tokens if n_tokens else hidden.sum() * 0
     total = n_tokens
 

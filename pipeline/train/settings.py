@@ -47,6 +47,8 @@ class TrainSettings:
     device: str | None = None  # None → cuda when available
     eval_texts: tuple[str, ...] = ()  # spoken with the model at each validation (audio/step_<n>/)
     eval_max_frames: int = 300
+    lora_dropout_kernel: bool = True  # speed.lora_dropout_kernel: how, never what, is computed
+    segment_attention_kernel: bool = True  # speed.segment_attention_kernel
 
     def __post_init__(self):
         checks = {
@@ -75,6 +77,8 @@ class TrainSettings:
             gradient_checkpointing=t.gradient_checkpointing, precision=t.precision, compile=t.compile, seed=t.seed,
             val_every=t.val_every, save_every=t.save_every, keep_last=t.keep_last, val_fraction=t.val_fraction,
             eval_texts=tuple(example_sentences()[: t.eval_sentences]), eval_max_frames=t.eval_max_frames,
+            lora_dropout_kernel=config.speed.lora_dropout_kernel,
+            segment_attention_kernel=config.speed.segment_attention_kernel,
         )
         if mode == "lora":
             specific = dict(mode="lora", steps=t.quick_lora.steps, lr=t.quick_lora.learning_rate)

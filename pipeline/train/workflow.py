@@ -136,12 +136,12 @@ def _train_phase(config: Config, run_dir: Path, phase: str, base_dir: Path, mani
 
 
 def render_examples(model_dir: Path, out_dir: Path, count: int = 3, seed: int = 1234,
-                    progress: Progress | None = None) -> list[str]:
+                    progress: Progress | None = None, decode_options=None) -> list[str]:
     """Speak the first evaluation sentences with a model; returns the written wav paths."""
     from pipeline.generate.synth import Synthesizer, save_wav
 
     sentences = example_sentences()[:count]
-    synth = Synthesizer(model_dir)
+    synth = Synthesizer(model_dir, decode_options=decode_options)
     paths = []
     for i, sentence in enumerate(sentences):
         if progress:
@@ -284,7 +284,10 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mo
                                                           "phase1_model": str(trained_base) if "full" in phases else None,
                                                           "language_model": str(trained_base) if mode == "speaker_lora" else None})
         check_stop()
-        audio = render_examples(merged, run_dir / "audio", progress=progress)
+        from pipeline.generate.fastgen import DecodeOptions
+
+        audio = render_examples(merged, run_dir / "audio", progress=progress,
+                                decode_options=DecodeOptions.from_speed(config.speed))
         return update_run(run_dir, phase="done", status="finished", audio=audio, elapsed_s=elapsed())
     except RunCancelled:
         stage = read_run(run_dir).get("phase") or "start"

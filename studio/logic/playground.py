@@ -220,8 +220,10 @@ class SynthCache:
     uses a given Synthesizer (its KV caches are per model).
     """
 
-    def __init__(self, size: int = 2, factory: Callable[..., Synthesizer] = Synthesizer, device: str | None = None):
+    def __init__(self, size: int = 2, factory: Callable[..., Synthesizer] = Synthesizer, device: str | None = None,
+                 decode_options=None):
         self.size, self.factory, self.device = max(1, size), factory, device
+        self.decode_options = decode_options
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # how many Synthesizers were built (tests, logs)
@@ -237,7 +239,8 @@ class SynthCache:
             entry = self._entries.get(key)
             if entry is None:
                 self._evict(keep=self.size - 1)  # make room first: two models, never three, in memory
-                entry = _Entry(self.factory(model_dir, device=self.device, adapters=adapters or None))
+                extra = {"decode_options": self.decode_options} if self.decode_options is not None else {}
+                entry = _Entry(self.factory(model_dir, device=self.device, adapters=adapters or None, **extra))
                 self.loads += 1
                 self._entries[key] = entry
             self._entries.move_to_end(key)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from pipeline.generate.fastgen import DecodeOptions
 from studio.logic import playground as pg
 from pipeline.data.selection import ReferenceClips, reference_clips
 from pipeline.train.jobs import delete_run
@@ -101,7 +102,7 @@ def _defaults(config) -> tuple[str | None, str | None]:
 def build(ctx) -> None:
     config = ctx.config
     gr.set_static_paths([config.runs_dir])  # serve run artifacts (GBs) in place, never copied to gradio's cache
-    cache = pg.SynthCache(size=2)
+    cache = pg.SynthCache(size=2, decode_options=DecodeOptions.from_speed(config.speed))  # launchable.yaml's speed:
     first, second = _defaults(config)
     warm = WarmUp(cache)
     if first and warm_up_wanted():  # compile the decoder now, not at the first request

@@ -289,3 +289,20 @@ def test_top_p_cut_matches_a_stable_sort(vocab):
         got = _beyond_top_p(logits, top)
         assert torch.equal(got, want), (top_p, (got != want).sum())
         assert not got.all(-1).any()  # something always survives
+
+
+def test_decode_options_reach_the_decoder(lm, monkeypatch):
+    """DecodeOptions (config.speed) decide the fused decoder, the one-row products and the compile
+    mode; without options the defaults with the environment's overrides apply."""
+    from pipeline.config import Config
+    from pipeline.generate.fastgen import DecodeOptions
+
+    model, _ = lm
+    options = DecodeOptions.from_speed(Config().with_overrides({"speed.gemv": False, "speed.fused_decoder": False}).speed)
+    gen = FastGenerator(model, batch_size=1, max_len=128, compile=False, options=options)
+    assert gen.options == options and not gen.fused
+    assert gen.slow_dims.gemv is False and gen.fast_dims.gemv is False
+    monkeypatch.setenv("FASTGEN_GEMV", "0")
+    assert FastGenerator(model, batch_size=1, max_len=128, compile=False).fast_dims.gemv is False
+    monkeypatch.delenv("FASTGEN_GEMV")
+    assert FastGenerator(model, batch_size=1, max_len=128, compile=False).options == DecodeOptions()

@@ -190,6 +190,9 @@ for name in plain_grads:
     torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-5)
 other, _ = loss_and_grads(False, seed=4)
 assert not torch.equal(other, plain)  # dropout is live: another RNG state, another loss
+calls.clear()  # the option switches the kernels off: torch draws the dropout
+compute_loss(model, batch, options=fw.ForwardOptions(lora_dropout_kernel=False)).loss.backward()
+assert not calls
 print("ok")
 """
 

@@ -102,6 +102,11 @@ assert set(calls) == {sys.argv[2]}, calls
 torch.testing.assert_close(packed, per_frame, rtol=1e-5, atol=1e-5)
 for a, b in zip(packed_grads, per_frame_grads):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+calls.clear()  # the option switches the kernels off: flex attention instead
+off = fw.ForwardOptions(flex_fast_attention=True, segment_attention_kernel=False)
+with torch.no_grad():
+    torch.testing.assert_close(compute_loss(model, batch, options=off).loss, per_frame, rtol=1e-5, atol=1e-5)
+assert not calls, calls
 print("ok")
 """
 

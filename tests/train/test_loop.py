@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import pipeline.train.loop as train_module
+import pipeline.train.plan as plan_module
 from pipeline.model.checkpoints import load_lm
 from pipeline.config import Config
 from pipeline.train.samples import SamplesError, make_training_data, prepare_clips, split_clips
@@ -224,7 +225,8 @@ def test_out_of_memory_fails_with_advice(tmp_path, tiny_checkpoint, monkeypatch)
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(train_module, "compute_loss", oom)
+    monkeypatch.setattr(train_module, "compute_loss", oom)  # validation
+    monkeypatch.setattr(plan_module, "compute_loss", oom)  # the training step
     result = train(tmp_path / "run", tiny_checkpoint, _manifest(tmp_path / "codes", speakers=(4,)), _settings())
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert result.status == "failed" and state["status"] == "failed"
@@ -263,11 +265,11 @@ def test_gpu_memory_plan_is_applied_and_recorded(tmp_path, tiny_checkpoint, monk
 
     asked = {}
 
-    def fake_plan(mode, batch_size, grad_accumulation, max_length, device, checkpointing):
+    def fake_plan(mode, batch_size, grad_accumulation, max_length, device, checkpointing, **_):
         asked.update(mode=mode, effective=batch_size * grad_accumulation, checkpointing=checkpointing)
         return MemoryPlan(1, 4, True, 30.0, 36.0, 40.0, True, "injected for the test")
 
-    monkeypatch.setattr(train_module, "plan_for_device", fake_plan)
+    monkeypatch.setattr(plan_module, "plan_for_device", fake_plan)
     manifest = _manifest(tmp_path / "codes")
     result = train(tmp_path / "run", tiny_checkpoint, manifest, _settings(steps=3, batch_size=2, grad_accumulation=2))
     assert result.status == "finished"
