@@ -190,8 +190,8 @@ def speech_row(model_dir: Path, device: torch.device, random: bool, out_dir: Pat
 
 # -- LoRA smoke run ---------------------------------------------------------------------------------
 def smoke_clips(config, progress=None):
-    """(where they come from, up to SMOKE_CLIPS shortest accepted clips) of the selected dataset,
-    else of the configured one when prepared, else of the bundled sample."""
+    """(where they come from, up to SMOKE_CLIPS shortest accepted clips, the commonest rejection
+    reason) of the selected dataset, else of the configured one when prepared, else of the sample."""
     from pipeline.data.dataset import DatasetError, load_dataset, open_dataset
     from pipeline.data.selection import load_selection
     from pipeline.data.source_spec import SourceError, SourceSpec
@@ -213,7 +213,9 @@ def smoke_clips(config, progress=None):
     accepted = dataset.accepted()
     if "duration_s" in accepted.columns:
         accepted = accepted.sort_values("duration_s", kind="stable")
-    return dataset.id, accepted.head(SMOKE_CLIPS).reset_index(drop=True)
+    rejected = dataset.manifest.loc[dataset.manifest["status"] != "ok", "reason"].astype(str)
+    reason = rejected.value_counts().index[0] if len(rejected) else ""
+    return dataset.id, accepted.head(SMOKE_CLIPS).reset_index(drop=True), reason
 
 
 def _train_losses(run_dir: Path) -> list[float]:
@@ -259,10 +261,13 @@ def smoke_row(config, model_dir: Path, work_dir: Path, device: torch.device, ste
     if busy:
         return Row(group, name, WARN, f"not run: a training is running on this machine ({busy.get('run_id', '?')})",
                    "Run the full check again when it has finished.")
-    dataset_id, clips = smoke_clips(config, progress)
+    dataset_id, clips, reason = smoke_clips(config, progress)
     if len(clips) < 2:
-        return Row(group, name, FAIL, f"dataset {dataset_id} has {len(clips)} accepted clips",
-                   "Prepare a dataset with at least 2 accepted clips (Dataset tab or python -m pipeline prepare).")
+        why = f"; most clips rejected as: {reason}" if reason else ""
+        return Row(group, name, FAIL, f"dataset {dataset_id} has {len(clips)} accepted clips{why}",
+                   "Prepare a dataset with at least 2 accepted clips (Dataset tab or python -m pipeline prepare); "
+                   "if every clip of the bundled sample is rejected, this machine cannot analyse audio: fix what "
+                   "the reason names.")
     work_dir = Path(tempfile.mkdtemp(prefix="doctor-smoke-", dir=work_dir))
     try:
         codes = extract_codes(clips, model_dir, Path(config.workspace) / "codes", device=device)
