@@ -29,7 +29,6 @@ import re
 import textwrap
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 
 from num2words import num2words
 

@@ -132,7 +132,7 @@ def cpu_row() -> Row:
 
 def kernels_row(config) -> Row:
     """Whether the fused Triton kernels (decode, segment attention, LoRA down-projection) will run."""
-    from pipeline.kernels.decode_layer import AVAILABLE, triton_kernels_run_on
+    from pipeline.kernels.runtime import AVAILABLE, triton_kernels_run_on
 
     if not AVAILABLE:
         return Row(GROUP, "fast kernels", WARN, "not used: Triton is not installed (compiled PyTorch layers instead)",

@@ -163,6 +163,21 @@ def round_trip_row(model_dir: Path, device: torch.device, random: bool) -> Row:
     return Row("codec", "round trip", PASS, detail)
 
 
+def speech_scores(result, sentence: str, ended: bool) -> str:
+    """What the quality scorecard can say offline about one spoken sentence: the signal checks and
+    DNSMOS (ASR and speaker similarity need a model download or a reference voice)."""
+    from pipeline.quality.naturalness import dnsmos
+    from pipeline.quality.signal_checks import check_signal
+
+    checks = check_signal(result.audio, result.sample_rate, sentence, ended)
+    text = f"signal: {', '.join(checks.flags) or 'no problems'}"
+    try:
+        mos = dnsmos(result.audio, result.sample_rate)
+    except Exception as exc:  # noqa: BLE001 - a scorer missing on this machine is a note, not a failure
+        return f"{text}; DNSMOS not scored ({type(exc).__name__}: {exc})"
+    return f"{text}; DNSMOS {'not scored: ' + mos.flag if mos.flag else f'OVRL {mos.ovrl:.2f}, SIG {mos.sig:.2f}'}"
+
+
 def speech_row(model_dir: Path, device: torch.device, random: bool, out_dir: Path, max_frames: int = 400) -> Row:
     from pipeline.generate.synth import Synthesizer, save_wav
     from pipeline.data.text import example_sentences
@@ -179,7 +194,7 @@ def speech_row(model_dir: Path, device: torch.device, random: bool, out_dir: Pat
     seconds = len(result.audio) / result.sample_rate
     detail = (f"“{sentence[:40]}…”: {seconds:.1f} s of audio, {result.frames} frames in {elapsed:.1f} s "
               f"({result.frames / max(elapsed, 1e-9):.0f} frames/s, first audio after {elapsed:.1f} s; "
-              f"model load {load_s:.0f} s) → {wav}")
+              f"model load {load_s:.0f} s) → {wav}; {speech_scores(result, sentence, result.frames < max_frames)}")
     if random:
         return Row("model", "speech", PASS, f"{detail} — random weights: noise, not speech")
     if result.frames >= max_frames:
@@ -230,7 +245,6 @@ def merged_equals_stacked(model_dir: Path, adapter: Path, merged_dir: Path, devi
     from pipeline.model.checkpoints import load_lm
     from pipeline.train.forward import slow_forward, token_logits
     from pipeline.model.merge import merge_lora
-    from pipeline.model.tokens import Utterance, build_sequence
 
     merge_lora(model_dir, adapter, merged_dir)
     stacked, tokenizer = load_lm(model_dir, device=device)

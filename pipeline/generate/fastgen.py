@@ -72,6 +72,7 @@ from pipeline.generate.fastgen_step import (
     slow_block,
 )
 from pipeline.kernels import decode_layer as decode_kernels
+from pipeline.kernels import runtime
 from pipeline.model.adapters import unwrap
 
 MIN_BUCKET = 512
@@ -163,10 +164,10 @@ class FastGenerator:
         # streams: the compiled layers (cuBLAS's batched products beat the kernels' per-stream
         # reductions: 8 streams 2,192 vs 1,530 frames/s on an H100, docs/history/performance-log.md)
         small = batch_size <= decode_kernels.MAX_STREAMS
-        ampere = cuda and decode_kernels.triton_kernels_run_on(self.device)  # bf16 Triton kernels
-        self.fused = (options.fused and decode_kernels.AVAILABLE and ampere and batch_size == 1) if fused is None \
+        ampere = cuda and runtime.triton_kernels_run_on(self.device)  # bf16 Triton kernels
+        self.fused = (options.fused and runtime.AVAILABLE and ampere and batch_size == 1) if fused is None \
             else fused
-        if self.fused and not (small and decode_kernels.AVAILABLE):
+        if self.fused and not (small and runtime.AVAILABLE):
             raise ValueError(f"The fused decoder needs Triton and at most {decode_kernels.MAX_STREAMS} streams.")
         self.S = min(int(max_len or cfg.max_seq_len), cfg.max_seq_len)
         tok = m.tokenizer

@@ -22,46 +22,18 @@ fp32 and round once. Tests run these kernels in Triton's interpreter on the CPU
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # a torch build without Triton: the fused decoder is unavailable
-    triton = None
+from pipeline.kernels.runtime import AVAILABLE, tl, triton
 
-AVAILABLE = triton is not None
-
-
-def triton_kernels_run_on(device) -> bool:
-    """Whether the project's Triton kernels (these, lora_down, segment_attention) can run on
-    `device`: a CUDA GPU of Ampere or newer (bf16 kernels) with Triton, or Triton's interpreter on
-    the CPU (tests)."""
-    device = torch.device(device)
-    if not AVAILABLE:
-        return False
-    if device.type != "cuda":
-        return os.environ.get("TRITON_INTERPRET") == "1"
-    return torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def launch_direct(kernel, grid):
-    """kernel[grid], launched by Triton itself (the CPU and the interpreter)."""
-    return kernel[grid]
-
-
-def launch_wrapped(kernel, grid):
-    """kernel[grid] through torch.library.wrap_triton: inside a triton_op, traceable by torch.compile."""
-    return torch.library.wrap_triton(kernel)[grid]
 # epilogues of the weight product
 PLAIN, RESIDUAL, SWIGLU = 0, 1, 2
 
 if AVAILABLE:
 
     @triton.jit
-    def _product_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, res_ptr, bias_ptr, eps, N,
+    def product_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, res_ptr, bias_ptr, eps, N,
                         K: tl.constexpr, PRE_NORM: tl.constexpr, EPILOGUE: tl.constexpr,
                         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         STREAMS: tl.constexpr):
@@ -232,14 +204,14 @@ def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=Fals
     out = torch.empty((x.shape[0], n), device=x.device, dtype=x.dtype)
     grid, consts = product_launch(n, k, x.shape[0], norm is not None,
                                   SWIGLU if swiglu else RESIDUAL if residual is not None else PLAIN, bias is not None)
-    _product_kernel[grid](x, weight, out, norm if norm is not None else x, residual if residual is not None else x,
+    product_kernel[grid](x, weight, out, norm if norm is not None else x, residual if residual is not None else x,
                           bias if bias is not None else x, eps, n, **consts, num_warps=PRODUCT_WARPS)
     return out
 
 
 def product_launch(n: int, k: int, streams: int = 1, pre_norm: bool = False, epilogue: int = PLAIN,
                    bias: bool = False) -> tuple[tuple[int], dict]:
-    """The grid and compile-time arguments of `_product_kernel` for an (n, k) weight (also what
+    """The grid and compile-time arguments of `product_kernel` for an (n, k) weight (also what
     pipeline.kernels.gemv launches inside the compiled layers)."""
     return (triton.cdiv(n, ROWS_PER_PROGRAM),), {
         "K": k, "PRE_NORM": pre_norm, "EPILOGUE": epilogue, "HAS_BIAS": bias, "BLOCK_N": ROWS_PER_PROGRAM,

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.kernels import decode_layer as decode_kernels
+from pipeline.kernels import runtime
 
-triton = decode_kernels.triton  # None in a torch build without Triton: F.linear everywhere
+triton = runtime.triton  # None in a torch build without Triton: F.linear everywhere
 
 if triton is not None:
 
@@ -31,12 +32,12 @@ if triton is not None:
 
     def gemv_unregistered(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The kernel launched directly (tests run it on the CPU with TRITON_INTERPRET=1)."""
-        return _launch(decode_kernels._product_kernel, x, weight)
+        return _launch(decode_kernels.product_kernel, x, weight)
 
     @torch.library.triton_op("finnish_tts::gemv", mutates_args=())
     def _gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """weight (N, K) @ x (K,) → (N,), both contiguous, same dtype."""
-        return _launch(torch.library.wrap_triton(decode_kernels._product_kernel), x, weight)
+        return _launch(torch.library.wrap_triton(decode_kernels.product_kernel), x, weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

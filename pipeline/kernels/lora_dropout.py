@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.kernels import decode_layer as decode_kernels
+from pipeline.kernels import runtime
 
-triton = decode_kernels.triton
+triton = runtime.triton
 UNIFORM_BITS = 16  # resolution of the dropout draw: p is rounded to a multiple of 2**-16
 MAX_RANK = 64  # higher LoRA ranks use torch's path (the padded rank tiles live in registers)
 MAX_ADAPTERS = 8
@@ -208,17 +208,17 @@ if triton is not None:
     @torch.library.triton_op("finnish_tts::lora_down", mutates_args=())
     def _down_op(x: torch.Tensor, a: torch.Tensor, seed: torch.Tensor, scale: torch.Tensor,
                  threshold: int, with_x: bool, glu: bool) -> torch.Tensor:
-        return launch_down(decode_kernels.launch_wrapped, x, a, seed, scale, threshold, with_x, glu)
+        return launch_down(runtime.launch_wrapped, x, a, seed, scale, threshold, with_x, glu)
 
     @torch.library.triton_op("finnish_tts::lora_down_grad_input", mutates_args=())
     def _grad_input_op(g: torch.Tensor, gu_col: int, has_base: bool, a: torch.Tensor, seed: torch.Tensor,
                        scale: torch.Tensor, threshold: int, glu: torch.Tensor | None) -> torch.Tensor:
-        return launch_grad_input(decode_kernels.launch_wrapped, g, gu_col, has_base, a, seed, scale, threshold, glu)
+        return launch_grad_input(runtime.launch_wrapped, g, gu_col, has_base, a, seed, scale, threshold, glu)
 
     @torch.library.triton_op("finnish_tts::lora_down_grad_weight", mutates_args=())
     def _grad_weight_op(x: torch.Tensor, g: torch.Tensor, gu_col: int, a: torch.Tensor, seed: torch.Tensor,
                         scale: torch.Tensor, threshold: int) -> torch.Tensor:
-        return launch_grad_weight(decode_kernels.launch_wrapped, x, g, gu_col, a, seed, scale, threshold)
+        return launch_grad_weight(runtime.launch_wrapped, x, g, gu_col, a, seed, scale, threshold)
 
     def keep_mask(seed: torch.Tensor, M: int, K: int, threshold: int) -> torch.Tensor:
         """The (M, K) keep-mask the kernels draw for `seed` (bool), launched directly (tests)."""
@@ -234,9 +234,9 @@ def threshold_for(p: float) -> int:
 
 
 def usable(device, enabled: bool = True) -> bool:
-    """Whether the kernels run on `device` (decode_kernels.triton_kernels_run_on); enabled: the
+    """Whether the kernels run on `device` (runtime.triton_kernels_run_on); enabled: the
     caller's switch (False: torch's dropout, e.g. to measure what the kernels bring)."""
-    return enabled and triton is not None and decode_kernels.triton_kernels_run_on(device)
+    return enabled and triton is not None and runtime.triton_kernels_run_on(device)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -312,19 +312,19 @@ class _Dropped(torch.autograd.Function):
 def down(x2, a, seed, scale, threshold, with_x=False, glu=False):
     if x2.is_cuda:
         return _down_op(x2, a, seed, scale, threshold, with_x, glu)
-    return launch_down(decode_kernels.launch_direct, x2, a, seed, scale, threshold, with_x, glu)
+    return launch_down(runtime.launch_direct, x2, a, seed, scale, threshold, with_x, glu)
 
 
 def grad_input(g, gu_col, has_base, a, seed, scale, threshold, glu=None):
     if g.is_cuda:
         return _grad_input_op(g, gu_col, has_base, a, seed, scale, threshold, glu)
-    return launch_grad_input(decode_kernels.launch_direct, g, gu_col, has_base, a, seed, scale, threshold, glu)
+    return launch_grad_input(runtime.launch_direct, g, gu_col, has_base, a, seed, scale, threshold, glu)
 
 
 def grad_weight(x, g, gu_col, a, seed, scale, threshold):
     if x.is_cuda:
         return _grad_weight_op(x, g, gu_col, a, seed, scale, threshold)
-    return launch_grad_weight(decode_kernels.launch_direct, x, g, gu_col, a, seed, scale, threshold)
+    return launch_grad_weight(runtime.launch_direct, x, g, gu_col, a, seed, scale, threshold)
 
 
 def dropped_linear(x: torch.Tensor, branches, dtype: torch.dtype, w: torch.Tensor | None = None,

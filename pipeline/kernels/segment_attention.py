@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.kernels import decode_layer as decode_kernels
+from pipeline.kernels import runtime
 
-triton = decode_kernels.triton
+triton = runtime.triton
 TILE = 128  # rows of a tile: the whole frames that fit, the rest masked
 SETTINGS = {"forward": {"num_warps": 8, "num_stages": 1}, "backward": {"num_warps": 8, "num_stages": 1}}
 
@@ -169,22 +169,22 @@ if triton is not None:
     @torch.library.triton_op("finnish_tts::segment_attention", mutates_args=())
     def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch_forward(decode_kernels.launch_wrapped, q, k, v, None, length, scale)
+        return launch_forward(runtime.launch_wrapped, q, k, v, None, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_packed", mutates_args=())
     def _forward_packed_op(qkv: torch.Tensor, freqs: torch.Tensor, heads: int, kv_heads: int, length: int,
                            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch_forward(decode_kernels.launch_wrapped, *split_heads(qkv, heads, kv_heads), freqs, length, scale)
+        return launch_forward(runtime.launch_wrapped, *split_heads(qkv, heads, kv_heads), freqs, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward", mutates_args=())
     def _backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, do: torch.Tensor,
                      lse: torch.Tensor, length: int, scale: float) -> torch.Tensor:
-        return launch_backward(decode_kernels.launch_wrapped, q, k, v, o, do, lse, None, length, scale)
+        return launch_backward(runtime.launch_wrapped, q, k, v, o, do, lse, None, length, scale)
 
     @torch.library.triton_op("finnish_tts::segment_attention_backward_packed", mutates_args=())
     def _backward_packed_op(qkv: torch.Tensor, o: torch.Tensor, do: torch.Tensor, lse: torch.Tensor,
                             freqs: torch.Tensor, heads: int, kv_heads: int, length: int, scale: float) -> torch.Tensor:
-        return launch_backward(decode_kernels.launch_wrapped, *split_heads(qkv, heads, kv_heads), o, do, lse, freqs,
+        return launch_backward(runtime.launch_wrapped, *split_heads(qkv, heads, kv_heads), o, do, lse, freqs,
                                length, scale)
 
 
@@ -205,7 +205,7 @@ def applies(q: torch.Tensor, k: torch.Tensor, length: int, enabled: bool = True)
         return False
     if q.is_cuda and q.dtype not in (torch.bfloat16, torch.float16):
         return False
-    return decode_kernels.triton_kernels_run_on(q.device)
+    return runtime.triton_kernels_run_on(q.device)
 
 
 def _rows_layout(t: torch.Tensor) -> torch.Tensor:
@@ -221,7 +221,7 @@ class _SegmentAttention(torch.autograd.Function):
         if q.is_cuda:
             o, lse = _forward_op(q, k, v, length, scale)
         else:
-            o, lse = launch_forward(decode_kernels.launch_direct, q, k, v, None, length, scale)
+            o, lse = launch_forward(runtime.launch_direct, q, k, v, None, length, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.length, ctx.scale = length, scale
         return o
@@ -233,7 +233,7 @@ class _SegmentAttention(torch.autograd.Function):
         if q.is_cuda:
             dqkv = _backward_op(*args, ctx.length, ctx.scale)
         else:
-            dqkv = launch_backward(decode_kernels.launch_direct, *args, None, ctx.length, ctx.scale)
+            dqkv = launch_backward(runtime.launch_direct, *args, None, ctx.length, ctx.scale)
         return *split_heads(dqkv, q.shape[1], k.shape[1]), None, None
 
 
@@ -245,7 +245,7 @@ class _PackedSegmentAttention(torch.autograd.Function):
         if qkv.is_cuda:
             o, lse = _forward_packed_op(qkv, freqs, heads, kv_heads, length, scale)
         else:
-            o, lse = launch_forward(decode_kernels.launch_direct, *split_heads(qkv, heads, kv_heads), freqs, length,
+            o, lse = launch_forward(runtime.launch_direct, *split_heads(qkv, heads, kv_heads), freqs, length,
                                     scale)
         ctx.save_for_backward(qkv, freqs, o, lse)
         ctx.args = heads, kv_heads, length, scale
@@ -258,7 +258,7 @@ class _PackedSegmentAttention(torch.autograd.Function):
         if qkv.is_cuda:
             dqkv = _backward_packed_op(qkv, o, do.contiguous(), lse, freqs, heads, kv_heads, length, scale)
         else:
-            dqkv = launch_backward(decode_kernels.launch_direct, *split_heads(qkv, heads, kv_heads), o, do.contiguous(),
+            dqkv = launch_backward(runtime.launch_direct, *split_heads(qkv, heads, kv_heads), o, do.contiguous(),
                                    lse, freqs, length, scale)
         return dqkv, None, None, None, None, None
 

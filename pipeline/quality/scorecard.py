@@ -29,7 +29,7 @@ from pipeline.model.checkpoints import CODEC_CONFIG_NAME, LM_FILES, describe_che
 from pipeline.quality.asr import ASRError, Transcriber, error_rates
 from pipeline.quality.naturalness import dnsmos
 from pipeline.quality.signal_checks import check_signal, reached_end
-from pipeline.quality.speaker import SPEAKER_MODEL, SpeakerEncoder, centroid, similarity
+from pipeline.quality.speaker import SpeakerEncoder, centroid, similarity
 from pipeline.data.text import normalize
 from pipeline.train.runs import read_run
 

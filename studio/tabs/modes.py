@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from studio.logic import run_charts
 from pipeline.config import Config, ConfigError
 from pipeline.estimate.cost import CPU_CHARGE, CPU_NAME, REFERENCE_QUOTE, describe_workload, estimate, load_price_table
 from pipeline.data.dataset import list_datasets, open_dataset
-from studio.logic.runs_view import (MODE_LABELS, format_duration, format_money, money_range, priced_table, time_range,
+from studio.logic.runs_view import (MODE_LABELS, money_range, priced_table, time_range,
                                 short_source)
 from pipeline.estimate.recipe import OVERFIT_EPOCHS, REFERENCE_RECIPE, TARGET_EPOCHS, check_recipe, format_epochs
 from pipeline.data.selection import apply_selection, load_selection, save_selection

@@ -71,6 +71,7 @@ def test_tiny_model_speech_and_lora_smoke_run(tiny_checkpoint, tmp_path):
     config = Config().with_overrides({"studio.workspace": str(tmp_path / "ws")})
     speech = speech_row(tiny_checkpoint, torch.device("cpu"), True, tmp_path, max_frames=12)
     assert speech.status == PASS and "frames/s" in speech.detail and "random weights" in speech.detail
+    assert "signal: " in speech.detail and "DNSMOS" in speech.detail  # scored by what the scorecard offers offline
     assert (tmp_path / "doctor-speech.wav").is_file()
     smoke = smoke_row(config, tiny_checkpoint, tmp_path, torch.device("cpu"))  # the 20 steps of the real check
     assert smoke.status == PASS, smoke

@@ -117,7 +117,7 @@ def test_kernels_compile_for_sm90():
                                        (1024, True, 2, 8), (3072, False, 1, 8), (1024, True, 0, 6)]:
         consts = decode_kernels.product_launch(1024, k, streams, norm, epilogue)[1]
         sig = product_sig | {c: "constexpr" for c in consts}
-        triton.compile(ASTSource(decode_kernels._product_kernel, sig, consts), target=target,
+        triton.compile(ASTSource(decode_kernels.product_kernel, sig, consts), target=target,
                        options={"num_warps": decode_kernels.PRODUCT_WARPS})
     attention_sig = {"qkv_ptr": "*bf16", "q_norm_ptr": "*bf16", "k_norm_ptr": "*bf16", "eps": "fp32",
                      "freqs_ptr": "*bf16", "pos_ptr": "*i64", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16",
