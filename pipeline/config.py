@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
+
+from pipeline.atomic import write_text
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -234,12 +236,7 @@ class Config(_Section):
         return _validate(data, source="overrides")
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.model_dump(), sort_keys=False, allow_unicode=True))
-        os.replace(tmp, path)
-        return path
+        return write_text(path, yaml.safe_dump(self.model_dump(), sort_keys=False, allow_unicode=True))
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -219,9 +219,7 @@ class FastGenerator:
             embed_frame, slow_block, frame_head, codebook_step, finish_frame)
         self._pick0, self._pick = pick_codebook0, pick_code
         if self.use_compile:
-            for name in ("recompile_limit", "cache_size_limit"):  # one entry per shape, not per layer
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+            runtime.raise_dynamo_limits()  # one entry per shape, not per layer
             # max-autotune-no-cudagraphs lets inductor time Triton matmuls against cuBLAS for the
             # batch-1 products (longer warm-up; docs/PERFORMANCE.md)
             mode = options.compile_mode

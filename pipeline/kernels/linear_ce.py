@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.kernels.fused_linear import lora_branches
+from pipeline.kernels import runtime
 from pipeline.kernels.lora_dropout import compute_dtype, low_rank_inputs
 
 
@@ -38,13 +39,20 @@ def head_operands(head: torch.nn.Module, x: torch.Tensor, rows: int | None = Non
     return x, base.weight[:rows], x_extra, w_extra
 
 
+def rank_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 and top-5 hits from the target's rank (logits strictly above it): one pass over the
+    logits instead of a top-k over a 155k vocabulary (6 % of a step on an H200)."""
+    target_logit = logits.gather(-1, targets.unsqueeze(-1))
+    rank = (logits > target_logit).sum(-1)
+    return (rank < 1).sum(), (rank < 5).sum()
+
+
 def _ce_loss(logits: torch.Tensor, targets: torch.Tensor):
     """Summed CE and top-1/top-5 hits of one chunk (hits from the target's rank: one pass, no top-k)."""
     lf = logits.float()
     target_logit = lf.gather(1, targets[:, None])
     loss = (torch.logsumexp(lf, dim=-1) - target_logit[:, 0]).sum()
-    rank = (lf > target_logit).sum(-1)
-    return loss, (rank < 1).sum(), (rank < 5).sum()
+    return (loss, *rank_hits(lf, targets))
 
 
 def _ce_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor):
@@ -53,22 +61,15 @@ def _ce_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor):
     lse = torch.logsumexp(lf, dim=-1, keepdim=True)
     target_logit = lf.gather(1, targets[:, None])
     loss = (lse[:, 0] - target_logit[:, 0]).sum()
-    rank = (lf > target_logit).sum(-1)
     onehot = torch.arange(lf.shape[1], device=lf.device)[None] == targets[:, None]
     grad = torch.exp(lf - lse) - onehot.to(lf.dtype)
-    return loss, (rank < 1).sum(), (rank < 5).sum(), grad.to(logits.dtype)
-
-
-_compiled: dict[str, object] = {}
+    return (loss, *rank_hits(lf, targets), grad.to(logits.dtype))
 
 
 def _chunk_fns(compiled: bool):
     if not compiled:
         return _ce_loss, _ce_loss_and_grad
-    if not _compiled:  # the softmax passes over a chunk fuse into a few reductions
-        _compiled["loss"] = torch.compile(_ce_loss, dynamic=None)
-        _compiled["grad"] = torch.compile(_ce_loss_and_grad, dynamic=None)
-    return _compiled["loss"], _compiled["grad"]
+    return runtime.compiled(_ce_loss), runtime.compiled(_ce_loss_and_grad)  # softmax passes fuse into a few reductions
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -37,3 +37,24 @@ def launch_direct(kernel, grid):
 def launch_wrapped(kernel, grid):
     """kernel[grid] through torch.library.wrap_triton: inside a triton_op, traceable by torch.compile."""
     return torch.library.wrap_triton(kernel)[grid]
+
+
+_compiled: dict[object, object] = {}
+
+
+def compiled(fn):
+    """fn through torch.compile, one wrapper per function, kept for the process. dynamic=None: the
+    first shape compiles static, a second one recompiles with the varying sizes symbolic, and later
+    shapes reuse that graph (no compile per batch width or frame count)."""
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=None)
+    return _compiled[fn]
+
+
+def raise_dynamo_limits(limit: int = 64) -> None:
+    """Let dynamo keep one graph per shape (not per layer: layers share compiled functions)."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))

@@ -24,7 +24,7 @@ from pipeline.train.forward import (
     token_logits,
 )
 from pipeline.model.adapters import unwrap
-from pipeline.kernels.linear_ce import linear_cross_entropy
+from pipeline.kernels.linear_ce import linear_cross_entropy, rank_hits
 from pipeline.model.tokens import RESIDUAL_VOCAB
 
 # compiled path: frames through the fast transformer, padded to a multiple of this (the graphs are
@@ -53,18 +53,10 @@ class LossOutput:
 
 
 @torch.no_grad()
-def _rank_hits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-1 and top-5 hits from the target's rank (logits strictly above it): one pass over the
-    logits instead of a top-k over a 155k vocabulary (6 % of a step on an H200)."""
-    target_logit = logits.gather(-1, target.unsqueeze(-1))
-    rank = (logits > target_logit).sum(-1)
-    return (rank < 1).sum(), (rank < 5).sum()
-
-
 def _token_chunk(model, hidden, targets):
     logits = token_logits(model, hidden).float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
-    return (loss, *_rank_hits(logits, targets))
+    return (loss, *rank_hits(logits, targets))
 
 
 def _token_loss_sum(model, hidden, targets, chunk_rows: int, fused: bool, compiled: bool, dropout_kernel: bool = True):
@@ -170,7 +162,7 @@ def _codebook_loss(base, hidden, labels, where: _Positions, vocab: int, gradient
                                             compiled=compile_blocks, dropout_kernel=options.lora_dropout_kernel)
     else:
         logits = base.fast_output(features)[:, :vocab].float()
-        loss, (h1, h5) = F.cross_entropy(logits, targets, reduction="sum"), _rank_hits(logits, targets)
+        loss, (h1, h5) = F.cross_entropy(logits, targets, reduction="sum"), rank_hits(logits, targets)
     return loss, h1, h5, targets.numel()
 
 
