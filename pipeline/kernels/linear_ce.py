@@ -39,6 +39,7 @@ def head_operands(head: torch.nn.Module, x: torch.Tensor, rows: int | None = Non
     return x, base.weight[:rows], x_extra, w_extra
 
 
+@torch.no_grad()
 def rank_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-1 and top-5 hits from the target's rank (logits strictly above it): one pass over the
     logits instead of a top-k over a 155k vocabulary (6 % of a step on an H200)."""

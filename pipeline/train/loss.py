@@ -52,7 +52,6 @@ class LossOutput:
         return int(self.hits5) / max(self.n_targets, 1)
 
 
-@torch.no_grad()
 def _token_chunk(model, hidden, targets):
     logits = token_logits(model, hidden).float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
