@@ -89,9 +89,10 @@ def _age(path: Path, now: float) -> float:
         return 0.0
 
 
-def pid_alive(pid: int) -> bool:
-    """True when a process with this id exists (another user's counts as alive)."""
-    if pid <= 0:
+def pid_alive(pid: int | None) -> bool:
+    """True when a process with this id exists (another user's counts as alive); a zombie (a
+    finished child not yet reaped) does not."""
+    if not pid or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -99,4 +100,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True

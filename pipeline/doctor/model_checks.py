@@ -107,8 +107,8 @@ def fast_decoder_row(model, tokenizer, random: bool) -> Row:
               f"{diffs[0]:.3f} (codebook 0), {diffs[1]:.3f} (residual)" + (RANDOM_NOTE if random else ""))
     if max(diffs) > FAST_TOLERANCE:
         return Row("model", "fast decoder", FAIL, detail,
-                   "Speech would differ from fish-speech's: set speed.fused_decoder: false (or FASTGEN_FUSED=0) and run the doctor again; "
-                   "report the JSON report if it still fails.")
+                   "Speech would differ from fish-speech's: set speed.fused_decoder: false (or FASTGEN_FUSED=0) "
+                   "and run the doctor again; report the JSON report if it still fails.")
     return Row("model", "fast decoder", PASS, detail)
 
 

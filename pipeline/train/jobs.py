@@ -21,6 +21,7 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.data.cleanup import pid_alive
 from pipeline.atomic import write_json
 from pipeline.train import lock as training_lock
 from pipeline.config import PROJECT_ROOT, Config
@@ -36,19 +37,7 @@ def _job_file(config: Config) -> Path:
 
 
 def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own finished child not yet reaped) is not alive.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
+    return pid_alive(pid)
 
 
 def log_tail(run_dir: Path, lines: int = 30) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
@@ -20,6 +19,7 @@ from pipeline.doctor.command import main as doctor_main
 from pipeline.doctor.hub import access_row, hub_rows
 from pipeline.doctor.report import load_report
 from pipeline.doctor.row import FAIL, PASS, WARN
+from hub_fakes import fake_response, raising
 
 REPO = "fishaudio/openaudio-s1-mini"
 
@@ -157,27 +157,18 @@ def test_shape_of_the_real_model_passes(copy):
     assert _rows_of(copy)["shape"].status == PASS
 
 
-def _fake_response(status: int):
-    return SimpleNamespace(status_code=status, headers={}, request=None)
-
-
-def _raise(exc):
-    def fake(*args, **kwargs):
-        raise exc
-
-    return fake
 
 
 @pytest.mark.parametrize("error, detail, advice", [
-    (hf_errors.GatedRepoError("gated", response=_fake_response(403)), "licence not accepted",
+    (hf_errors.GatedRepoError("gated", response=fake_response(403)), "licence not accepted",
      f"accept the licence at https://huggingface.co/{REPO} and set HF_TOKEN"),
-    (hf_errors.RepositoryNotFoundError("401 Client Error", response=_fake_response(401)), "needs a login",
+    (hf_errors.RepositoryNotFoundError("401 Client Error", response=fake_response(401)), "needs a login",
      "Set HF_TOKEN"),
     (hf_errors.LocalEntryNotFoundError("Cannot connect"), "Hub unreachable", "huggingface.co is reachable"),
 ])
 def test_hub_failures_map_to_advice(tmp_path, monkeypatch, error, detail, advice):
     monkeypatch.setattr("pipeline.doctor.hub.unreachable_reason", lambda: None)
-    monkeypatch.setattr(huggingface_hub, "auth_check", _raise(error))
+    monkeypatch.setattr(huggingface_hub, "auth_check", raising(error))
     row = access_row(REPO, needed=True)
     assert row.status == FAIL and detail in row.detail
     assert advice.lower() in row.advice.lower()
@@ -185,7 +176,7 @@ def test_hub_failures_map_to_advice(tmp_path, monkeypatch, error, detail, advice
 
 
 def test_hub_without_token_and_offline_fail_fast_when_the_model_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(huggingface_hub, "auth_check", _raise(AssertionError("offline must not ask the Hub")))
+    monkeypatch.setattr(huggingface_hub, "auth_check", raising(AssertionError("offline must not ask the Hub")))
     token, access = hub_rows(REPO, tmp_path / "nothing")
     assert token.status == FAIL and "HF_TOKEN" in token.advice and REPO in token.advice
     assert access.status == FAIL and "HF_HUB_OFFLINE" in access.detail

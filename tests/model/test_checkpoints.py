@@ -25,6 +25,7 @@ from pipeline.model.checkpoints import (
     real_shape_args,
 )
 from pipeline.model.tiny_checkpoint import write_tiny_checkpoint
+from hub_fakes import fake_response, raising
 
 REPO = "fishaudio/openaudio-s1-mini"
 
@@ -170,19 +171,10 @@ def test_truncated_model_and_mismatched_codec_are_clear_errors(tiny_checkpoint, 
 # -- download -----------------------------------------------------------------------------------
 
 
-def _fake_response(status: int):
-    return SimpleNamespace(status_code=status, headers={}, request=None)
-
-
-def _raise(exc):
-    def fake(*args, **kwargs):
-        raise exc
-
-    return fake
 
 
 def test_download_skips_network_when_files_present(tiny_checkpoint, monkeypatch):
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raise(AssertionError("network used")))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(AssertionError("network used")))
     assert download_base_model(REPO, tiny_checkpoint) == tiny_checkpoint
 
 
@@ -206,26 +198,26 @@ def test_download_fetches_each_missing_file(tmp_path, monkeypatch, hub_reachable
 @pytest.mark.parametrize(
     "error, expected",
     [
-        (hf_errors.GatedRepoError("gated", response=_fake_response(403)),
+        (hf_errors.GatedRepoError("gated", response=fake_response(403)),
          r"accept the licence at https://huggingface\.co/fishaudio/openaudio-s1-mini.*HF_TOKEN"),
-        (hf_errors.RepositoryNotFoundError("401 Client Error", response=_fake_response(401)),
+        (hf_errors.RepositoryNotFoundError("401 Client Error", response=fake_response(401)),
          r"needs a login: set HF_TOKEN"),
-        (hf_errors.HfHubHTTPError("401 Unauthorized", response=_fake_response(401)), r"refused the token"),
-        (hf_errors.RevisionNotFoundError("no rev", response=_fake_response(404)), r"Revision 'main'"),
+        (hf_errors.HfHubHTTPError("401 Unauthorized", response=fake_response(401)), r"refused the token"),
+        (hf_errors.RevisionNotFoundError("no rev", response=fake_response(404)), r"Revision 'main'"),
         (hf_errors.LocalEntryNotFoundError("Cannot connect"), r"tiny test model still\s+work offline"),
         (ConnectionError("Name or service not known"), r"bundled sample data"),
     ],
 )
 def test_download_errors_are_clear(tmp_path, monkeypatch, error, expected, hub_reachable):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raise(error))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(error))
     with pytest.raises(CheckpointError, match=expected):
         download_base_model(REPO, tmp_path / "dl")
 
 
 def test_repo_not_found_with_token_says_not_found(tmp_path, monkeypatch, hub_reachable):
-    error = hf_errors.RepositoryNotFoundError("404", response=_fake_response(404))
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raise(error))
+    error = hf_errors.RepositoryNotFoundError("404", response=fake_response(404))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(error))
     with pytest.raises(CheckpointError, match="not found on the Hugging Face Hub"):
         download_base_model("nobody/nothing", tmp_path, token="hf_x")
 
@@ -234,5 +226,5 @@ def test_ensure_base_model_uses_config(tiny_checkpoint, tmp_path, monkeypatch):
     from pipeline.config import Config
 
     config = Config().with_overrides({"base_model.local_dir": str(tiny_checkpoint)})
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raise(AssertionError("network used")))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(AssertionError("network used")))
     assert checkpoints.ensure_base_model(config) == tiny_checkpoint
