@@ -31,6 +31,7 @@ from pipeline.train.lock import TrainingLock
 from pipeline.train import integrity as checkpoint_integrity
 from pipeline.data.speakers import recommend_by_policy
 from pipeline.data.text import example_sentences
+from pipeline.train.select import best_checkpoint
 from pipeline.train.runs import (PHASES, RunError, create_run, list_runs, new_run_id, read_json, read_run,
                                  run_dir_for, update_run)
 
@@ -108,11 +109,27 @@ def _best_checkpoint(run_dir: Path, phase: str) -> Path:
     if not best:
         raise RunError(f"phase '{phase}' of {run_dir.name} has no checkpoint; resume the run to finish it.")
     best = Path(best)
-    best = best if best.is_absolute() else run_dir / "phases" / phase / best
-    damage = checkpoint_integrity.problem(best) if best.is_dir() else "the folder is missing"
+    return _whole(run_dir, best if best.is_absolute() else run_dir / "phases" / phase / best)
+
+
+def _whole(run_dir: Path, checkpoint: Path) -> Path:
+    damage = checkpoint_integrity.problem(checkpoint) if checkpoint.is_dir() else "the folder is missing"
     if damage:
-        raise RunError(f"The chosen checkpoint {best.relative_to(run_dir)} of run {run_dir.name} is damaged: {damage}.")
-    return best
+        raise RunError(f"The chosen checkpoint {checkpoint.relative_to(run_dir)} of run {run_dir.name} is damaged: {damage}.")
+    return checkpoint
+
+
+def _chosen_adapter(config: Config, run_dir: Path, phase: str) -> Path:
+    """The checkpoint the merge uses: the best held-out loss, or with training.select_by: score the
+    best scorecard among the validations (falling back to the loss, and saying so, where a phase
+    logged no scores). The reason is recorded in run.json."""
+    if config.training.select_by == "score":
+        choice = best_checkpoint(run_dir / "phases" / phase, by="score")
+        if choice is not None and choice.checkpoint is not None:
+            update_run(run_dir, selection=choice.reason)
+            return _whole(run_dir, choice.checkpoint)
+    update_run(run_dir, selection="best held-out loss (training.select_by: loss)")
+    return _best_checkpoint(run_dir, phase)
 
 
 def _prepare(config: Config, base_dir: Path, progress: Progress, stage: Callable[..., None] = lambda **_: None):
@@ -274,7 +291,7 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mo
                 trained_base = _best_checkpoint(run_dir, phase)
         check_stop()
         update_run(run_dir, phase="merge")
-        adapter = _best_checkpoint(run_dir, phases[-1])
+        adapter = _chosen_adapter(config, run_dir, phases[-1])
         artifacts = run_dir / "artifacts"
         card = run_card_facts(run_dir, read_run(run_dir))  # every download says what it is, its licence and how to load it
         merged = merge_lora(trained_base, adapter, artifacts / "merged", card=card)

@@ -20,7 +20,7 @@ from pipeline.quality.command import add_evaluate_command
 from pipeline.quality.naturalness import dnsmos
 from pipeline.quality.scorecard import (ModelSpec, Scorers, SpeakOptions, bootstrap_interval, evaluate,
                                         model_hash, parse_adapter, read_scorecard, scorecard_table)
-from pipeline.quality.select import best_checkpoint, quality_score
+from pipeline.train.select import best_checkpoint, quality_score
 from pipeline.quality.signal_checks import check_signal, reached_end
 from pipeline.quality.speaker import SpeakerEncoder, cosine
 from pipeline.quality.tiny_asr import TINY_ASR_NAME, tiny_transcriber

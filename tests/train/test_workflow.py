@@ -145,3 +145,24 @@ def test_the_most_clips_policy_follows_the_reference_rule(tiny_checkpoint):
     config = run_config(tiny_checkpoint, **{"speaker.policy": "most_clips"})
     speaker, reason = choose_speaker(config, dataset)
     assert speaker == "bert" and "most_clips" in reason
+
+
+def test_the_merged_checkpoint_follows_select_by(tmp_path, tiny_checkpoint):
+    from pipeline.train.runs import update_run
+    from pipeline.train.workflow import _chosen_adapter
+
+    run_dir = tmp_path / "run"
+    phase = run_dir / "phases" / "lora"
+    for step in (4, 8):
+        (phase / "checkpoints" / f"step_{step:06d}").mkdir(parents=True)
+    rows = [{"kind": "val", "step": 4, "val_loss": 1.0, "val_cer": 0.2, "val_similarity": 0.8, "val_ovrl": 3.5},
+            {"kind": "val", "step": 8, "val_loss": 0.9, "val_cer": 0.6, "val_similarity": 0.5, "val_ovrl": 2.5}]
+    (phase / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (phase / "state.json").write_text(json.dumps({"best": "checkpoints/step_000008"}))
+    update_run(run_dir, id="run")
+    by_loss = run_config(tiny_checkpoint)
+    by_score = run_config(tiny_checkpoint, **{"training.select_by": "score"})
+    assert _chosen_adapter(by_loss, run_dir, "lora").name == "step_000008"
+    assert "loss" in read_run(run_dir)["selection"]
+    assert _chosen_adapter(by_score, run_dir, "lora").name == "step_000004"  # better CER, similarity, DNSMOS
+    assert "score" in read_run(run_dir)["selection"]
