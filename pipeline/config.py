@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from pipeline.atomic import write_text
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, PositiveInt, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "launchable.yaml"
@@ -119,6 +119,8 @@ class LoraConfig(_Section):
 class TrainingConfig(_Section):
     seed: int = 1234
     select_by: Literal["loss", "score"] = "loss"  # the checkpoint to merge: best held-out loss or best scorecard
+    gpus: Literal["auto"] | PositiveInt = "auto"  # data-parallel processes (auto: every visible GPU, 1 on a CPU)
+    collective_timeout_s: int = Field(900, gt=0)  # a rank that stops answering fails the job after this
     batch_size: int = Field(4, gt=0)
     max_length: int = Field(4096, gt=0)
     grad_accumulation: int = Field(1, gt=0)

@@ -43,12 +43,14 @@ def result_path(out_dir: Path, card: str, date: str, tiny: bool) -> Path:
 
 
 # -- the run ------------------------------------------------------------------------------------
-BENCH_SECTIONS = ["train", "loop", "extract", "generate"]
+BENCH_SECTIONS = ["train", "loop", "extract", "generate"]  # the default run
+# long or multi-GPU sections: only on request (--only)
+EXTRA_SECTIONS = ["evaluation", "workflow", "scaling"]
 
 
 def run_bench(config, which: list[str] | None = None, out_dir: Path | None = None, tiny: bool = False,
               steps: int | None = None, variants: list[str] | None = None, device=None,
-              profile: bool = False) -> dict:
+              profile: bool = False, clips: int | None = None) -> dict:
     """Run the sections in `which` (train, loop, extract, generate; default all) and write the JSON.
 
     Without a CUDA GPU only `tiny=True` runs (the real shape on a CPU would take hours)."""
@@ -94,8 +96,20 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
                 elif name == "generate":
                     result["generate"] = sections.bench_generate(shapes, device, tiny, out_dir if profile else None,
                                                                  config.speed)
+                elif name == "evaluation":
+                    from pipeline.bench.evaluation import bench_evaluation
+
+                    result["evaluation"] = bench_evaluation(config, shapes, device, tiny)
+                elif name == "workflow":
+                    from pipeline.bench.workflow import bench_workflow
+
+                    result["workflow"] = bench_workflow(config, shapes, device, tiny, steps, clips)
+                elif name == "scaling":
+                    from pipeline.bench.scaling import bench_scaling
+
+                    result["scaling"] = bench_scaling(config, shapes, device, tiny, steps)
                 else:
-                    raise ValueError(f"Unknown bench section {name!r}: choose train, loop, extract or generate.")
+                    raise ValueError(f"Unknown bench section {name!r}: choose one of {', '.join(BENCH_SECTIONS + EXTRA_SECTIONS)}.")
             except ValueError:
                 raise
             except Exception as exc:  # keep the other sections' numbers
@@ -135,7 +149,7 @@ def summary(result: dict) -> str:
 def run_from_args(config, args) -> dict:
     return run_bench(config, which=args.only, out_dir=Path(args.out) if args.out else None, tiny=args.tiny,
                      steps=args.steps, variants=args.variants.split(",") if args.variants else None,
-                     profile=args.profile)
+                     profile=args.profile, clips=args.clips)
 
 
 def main(argv: list[str] | None = None) -> int:

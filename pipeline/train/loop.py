@@ -31,6 +31,7 @@ from pipeline.train import integrity as checkpoint_integrity
 from pipeline.model.adapters import save_adapter
 from pipeline.model.checkpoints import load_lm
 from pipeline.train.cpu_memory import cpu_oom, cpu_oom_message
+from pipeline.train.distributed import ALONE, World, data_parallel, rank_share
 from pipeline.model.adapters import unwrap
 from pipeline.train.loss import compute_loss
 from pipeline.model.merge import save_full_model
@@ -42,9 +43,12 @@ from pipeline.train.settings import (  # noqa: F401  (TrainSettings/TrainResult 
     TrainSettings,
     lr_factor,
     oom_message,
+    resolve_device,
 )
 
 Progress = Callable[[float, str], None] | None
+# scores the evaluation sentences a validation spoke: (step, [(text, wav)]) -> {"val_cer": …, …}
+Scorer = Callable[[int, list[tuple[str, Path]]], dict] | None
 STATE_FILE, METRICS_FILE, TRAINER_FILE, OPTIMIZER_FILE = "state.json", "metrics.jsonl", "trainer_state.json", "optimizer.pt"
 MASTER_FILE = "master_weights.safetensors"
 
@@ -76,13 +80,16 @@ def _seed_everything(seed: int) -> None:
 
 # -- the loop -------------------------------------------------------------------------------------
 class _Trainer:
-    def __init__(self, run_dir, ckpt_dir, manifest, settings: TrainSettings, stop_event, progress):
+    def __init__(self, run_dir, ckpt_dir, manifest, settings: TrainSettings, stop_event, progress,
+                 world: World = ALONE, scorer: Scorer = None):
         if settings.mode not in ("lora", "full"):
             raise TrainError(f"TrainSettings.mode must be 'lora' or 'full', got {settings.mode!r}.")
         self.run_dir, self.ckpt_dir, self.settings = Path(run_dir), Path(ckpt_dir), settings
         self.stop_event, self.progress, self.sigterm = stop_event, progress, False
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        self.world, self.scorer = world, scorer
+        if world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         self.step = self.position = self.bad_evals = 0
         self.pending_eval = False  # the checkpoint at this step still owes its evaluation
         self.best = self.latest = self.best_val_loss = None
@@ -90,12 +97,25 @@ class _Trainer:
         self._setup(manifest)
 
     # -- setup ----------------------------------------------------------------------------------
+    def _rank_plan(self):
+        """This rank's plan: its share of the global batch, split for its device's memory."""
+        s, world = self.settings, self.world
+        self.effective_batch = s.batch_size * s.grad_accumulation  # sequences per optimizer step, all ranks
+        share = rank_share(self.effective_batch, world)
+        micro = max(m for m in range(1, min(s.batch_size, share) + 1) if share % m == 0)
+        device = None
+        if world.distributed:
+            device = resolve_device(s)
+            device = torch.device("cuda", world.local_rank) if device.type == "cuda" else device
+        return plan_phase(dataclasses.replace(s, batch_size=micro, grad_accumulation=share // micro), device)
+
     def _setup(self, manifest) -> None:
-        plan = self.plan = plan_phase(self.settings)
+        plan = self.plan = self._rank_plan()
         self.device, self.bf16, self.compile = plan.device, plan.bf16, plan.compile
         self.checkpointing, self.memory_plan = plan.gradient_checkpointing, plan.describe_memory()
         s = self.settings = dataclasses.replace(self.settings, batch_size=plan.micro_batch,
                                                 grad_accumulation=plan.grad_accumulation)
+        self.step_micro_batches = plan.grad_accumulation * self.world.size  # of all ranks
         _seed_everything(s.seed)
         model, tokenizer = load_lm(self.ckpt_dir, self.device, plan.weights_dtype)
         self.tokenizer = tokenizer
@@ -108,7 +128,9 @@ class _Trainer:
         self.model = model = trainable_model(model, s)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer([p for _, p in self.params], s, self.device)
-        per_step = s.batch_size * s.grad_accumulation
+        self.ddp = data_parallel(model, plan, self.world)
+        self._seed_rank(0)
+        per_step = self.effective_batch
         if s.steps:
             self.total = int(s.steps)
         elif s.epochs:
@@ -118,12 +140,19 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i, s.warmup_steps, self.total, s.schedule))
         self._resume()
+        self.writer = self._tensorboard() if self.world.main else None
+
+    def _tensorboard(self):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
-            self.writer = None
-        else:
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+
+    def _seed_rank(self, step: int) -> None:
+        """Ranks after the first draw their own dropout masks (rank 0's stream is the one-process run's)."""
+        if self.world.rank:
+            torch.manual_seed(hash((self.settings.seed, step, self.world.rank)) % 2**63)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
@@ -178,6 +207,13 @@ class _Trainer:
             raise ValueError(f"{OPTIMIZER_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
         if saved["param_names"] != [n for n, _ in self.params]:
             raise TrainError(f"{ckpt}: trainable parameters differ from this run's; start a new run.")
+        saved_settings = info.get("settings") or {}
+        effective = info.get("effective_batch") or (saved_settings.get("batch_size", 0) * saved_settings.get("grad_accumulation", 0))
+        if effective and effective != self.effective_batch:
+            raise TrainError(
+                f"{self.run_dir} was trained with a global batch of {effective} sequences per step and now asks for "
+                f"{self.effective_batch} (training.batch_size x training.grad_accumulation); resume with the same "
+                "product (any GPU count that divides it keeps the same data order), or start a new run.")
         return info, weights, saved
 
     def _apply_checkpoint(self, ckpt: Path, info: dict, weights: dict, saved: dict) -> None:
@@ -192,7 +228,10 @@ class _Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng"])
-        self.step, self.position, self.bad_evals = info["step"], info["position"], info["bad_evals"]
+        self._seed_rank(info["step"])
+        # the stream position in this plan's micro-batches: the same sequences whatever the GPU count
+        self.step, self.bad_evals = info["step"], info["bad_evals"]
+        self.position = self.step * self.step_micro_batches
         self.pending_eval = bool(info.get("pending_eval"))
         self.best, self.best_val_loss, self.prior_elapsed = info["best"], info["best_val_loss"], info["elapsed_s"]
         if self.best and checkpoint_integrity.problem(self.run_dir / self.best):
@@ -217,13 +256,16 @@ class _Trainer:
         atomic.write_text(path, "".join(r + "\n" for r in rows))
 
     def _save(self) -> None:
+        """Rank 0 writes the checkpoint (every rank holds the same weights); all ranks keep the bookkeeping."""
         final = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
-        with atomic.replacing(final) as tmp:  # a hidden temp folder: _checkpoints never lists a half-written one
-            self._write_checkpoint(tmp)
+        if self.world.main:
+            with atomic.replacing(final) as tmp:  # a hidden temp folder: _checkpoints never lists a half-written one
+                self._write_checkpoint(tmp)
         self.latest = str(final.relative_to(self.run_dir))
         if self.data.val is None:
             self.best = self.latest
-        self._prune()
+        if self.world.main:
+            self._prune()
 
     def _write_checkpoint(self, tmp: Path) -> None:
         meta = {"step": self.step, "mode": self.settings.mode, "base_checkpoint": str(self.ckpt_dir),
@@ -239,7 +281,7 @@ class _Trainer:
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "rng": _rng_state(), "param_names": [n for n, _ in self.params]}, tmp / OPTIMIZER_FILE)
         _write_json(tmp / TRAINER_FILE, meta | {
-            "position": self.position, "bad_evals": self.bad_evals, "best": self.best,
+            "position": self.position, "effective_batch": self.effective_batch, "ranks": self.world.size, "bad_evals": self.bad_evals, "best": self.best,
             "best_val_loss": self.best_val_loss, "elapsed_s": self._elapsed(), "settings": asdict(self.settings)})
         checkpoint_integrity.write_integrity(tmp)  # last: its presence means every file above is complete
 
@@ -260,6 +302,8 @@ class _Trainer:
         return round(self.prior_elapsed + time.time() - self.started, 3)
 
     def write_state(self, status: str, message: str = "") -> None:
+        if not self.world.main:
+            return
         _write_json(self.run_dir / STATE_FILE, {
             "status": status, "mode": self.settings.mode, "device": str(self.device), "step": self.step,
             "total_steps": self.total,
@@ -269,6 +313,8 @@ class _Trainer:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def _log(self, row: dict) -> None:
+        if not self.world.main:
+            return
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is None:
@@ -281,17 +327,23 @@ class _Trainer:
     def _stop_requested(self) -> bool:
         return self.sigterm or (self.stop_event is not None and self.stop_event.is_set())
 
+    def _stop_all(self) -> bool:
+        """A stop request seen by any rank, on every rank (they must stop at the same step)."""
+        return self.world.any(self._stop_requested(), self.device)
+
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     # -- steps ----------------------------------------------------------------------------------
     def _micro_batches(self, counted: list[int]):
-        """The step's micro-batches on the device, their tokens counted on the host as they go."""
-        for _ in range(self.plan.grad_accumulation):
-            batch = self.data.train.batch(self.position)
-            self.position += 1
+        """This rank's micro-batches of the step on the device (a contiguous share of the step's),
+        their tokens counted on the host as they go."""
+        first = self.position + self.world.rank * self.plan.grad_accumulation
+        for index in range(first, first + self.plan.grad_accumulation):
+            batch = self.data.train.batch(index)
             counted.append(int(batch["lengths"].sum()))
             yield self._to_device(batch)
+        self.position += self.step_micro_batches
 
     def _train_step(self) -> dict:
         s = self.settings
@@ -299,11 +351,11 @@ class _Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         try:
             sums = train_step(self.model, self.optimizer, self._micro_batches(tokens), self.plan,
-                              [p for _, p in self.params], s.grad_clip)
+                              [p for _, p in self.params], s.grad_clip, ddp=self.ddp, world=self.world)
         except NonFiniteLoss as exc:
             raise TrainError(f"The loss became {exc.value} at step {self.step + 1}; lower the learning rate.") from None
         grad_norm = sums.pop("grad_norm")
-        tokens = sum(tokens)
+        tokens = sum(tokens) * self.world.size  # estimated from this rank's share: no exchange for a log line
         self.scheduler.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -317,8 +369,11 @@ class _Trainer:
     def _validate(self) -> dict:
         self.model.eval()
         totals, weight = dict(loss=0.0, token_loss=0.0, codebook_loss=0.0, top1=0.0, top5=0.0), 0
-        for batch in self.data.val:
-            if self._stop_requested():  # a cancel must not wait for the whole held-out set
+        world = self.world
+        for index, batch in enumerate(self.data.val):
+            if index % world.size != world.rank:  # each rank its share of the held-out set
+                continue
+            if not world.distributed and self._stop_requested():  # a cancel must not wait for the whole held-out set
                 self.model.train()
                 return None
             with autocast(self.plan, self.model):
@@ -328,17 +383,22 @@ class _Trainer:
                 value = getattr(out, key)
                 totals[key] += (value.item() if torch.is_tensor(value) else value) * out.n_tokens
             weight += out.n_tokens
+        if world.distributed:
+            summed = world.sum_(torch.tensor([*totals.values(), weight], dtype=torch.float64, device=self.device))
+            totals, weight = dict(zip(totals, summed[:-1].tolist())), summed[-1].item()
         self.model.train()
         return {"kind": "val", "step": self.step, **{f"val_{k}": round(v / max(weight, 1), 6) for k, v in totals.items()},
                 "elapsed_s": self._elapsed()}
 
     @torch.no_grad()
-    def _speak_examples(self) -> None:
+    def _speak_examples(self) -> list[tuple[str, Path]]:
         """The fixed evaluation sentences spoken by the model as it is now: progress you can hear.
-        A failure here is reported in the log and never stops training."""
+        Returns (sentence, wav) of those spoken. A failure here is reported in the log and never
+        stops training."""
         s = self.settings
-        if not s.eval_texts:
-            return
+        spoken: list[tuple[str, Path]] = []
+        if not s.eval_texts or not self.world.main:
+            return spoken
         from pipeline.generate.synth import Synthesizer, save_wav
 
         out_dir = self.run_dir / "audio" / f"step_{self.step:06d}"
@@ -352,11 +412,24 @@ class _Trainer:
                     if self._stop_requested():
                         break
                     result = synth.speak(text, seed=s.seed, max_new_tokens=s.eval_max_frames)
-                    save_wav(result, out_dir / f"sentence_{i}.wav")
+                    spoken.append((text, save_wav(result, out_dir / f"sentence_{i}.wav")))
         except Exception as exc:  # noqa: BLE001 - evaluation audio is a nice-to-have, training is not
             print(f"evaluation audio at step {self.step} failed: {type(exc).__name__}: {exc}", flush=True)
         finally:
             self.model.train()
+        return spoken
+
+    def _score(self, spoken: list[tuple[str, Path]]) -> dict:
+        """The scorecard means of the sentences just spoken (val_similarity, val_ovrl, val_cer), or
+        nothing: scoring, like the audio, never stops training."""
+        if self.scorer is None or not spoken:
+            return {}
+        try:
+            scores = self.scorer(self.step, spoken) or {}
+        except Exception as exc:  # noqa: BLE001 - a scorer that cannot run costs the curve, not the run
+            print(f"scoring the evaluation audio at step {self.step} failed: {type(exc).__name__}: {exc}", flush=True)
+            return {}
+        return {k: round(float(v), 6) for k, v in scores.items() if v is not None and math.isfinite(float(v))}
 
     def _evaluate(self) -> bool:
         """Held-out loss, example audio and the best checkpoint at this step. False when a stop
@@ -366,8 +439,8 @@ class _Trainer:
             self.pending_eval = True
             return False
         self.pending_eval = False
+        val |= self._score(self._speak_examples())  # rank 0 speaks; the others wait at the next collective
         self._log(val)
-        self._speak_examples()
         if self.best_val_loss is None or val["val_loss"] < self.best_val_loss:
             self.best_val_loss, self.bad_evals = val["val_loss"], 0
             self.best = f"checkpoints/step_{self.step:06d}"  # the caller saves it: the best is always on disk
@@ -387,12 +460,12 @@ class _Trainer:
         resumed = f"resumed at step {self.step}" + (f" ({notes})" if notes else "") if self.step else notes
         self.write_state("running", resumed)
         status, message, interrupted = "finished", "", False
-        if self.pending_eval and not self._stop_requested():  # the evaluation a cancel interrupted
+        if self.pending_eval and not self._stop_all():  # the evaluation a cancel interrupted
             interrupted = not self._evaluate()
             if not interrupted:
                 self._save()  # clears the pending mark, and keeps this step if it is the new best
         while self.step < self.total and not interrupted:
-            if self._stop_requested():
+            if self._stop_all():
                 break
             row = self._train_step()
             self.step += 1
@@ -405,7 +478,7 @@ class _Trainer:
                     break
                 save = save or self.best.endswith(f"{self.step:06d}")
             early = bool(s.patience) and self.data.val is not None and self.bad_evals >= s.patience
-            if save or early or self._stop_requested():
+            if save or early:
                 self._save()
             if self.progress:
                 self.progress(self.step / self.total, f"step {self.step}/{self.total} loss {row['loss']:.3f}")
@@ -437,9 +510,25 @@ class _Trainer:
                            summary=self.data.summary() | {"rejected_clips": self.data.rejected})
 
 
+def mark_failed(run_dir: str | Path, message: str) -> None:
+    """state.json says failed with `message`, keeping the progress already recorded (a failed
+    resume, or a data-parallel job whose rank died, must not read as step 0)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        previous = {"step": 0}
+    _write_json(run_dir / STATE_FILE, previous | {"status": "failed", "message": message})
+
+
 def train(run_dir, ckpt_dir, manifest_with_codes, settings: TrainSettings,
-          stop_event: threading.Event | None = None, progress: Progress = None) -> TrainResult:
+          stop_event: threading.Event | None = None, progress: Progress = None,
+          world: World = ALONE, scorer: Scorer = None) -> TrainResult:
     """Train (or resume) one phase in `run_dir` on the base model in `ckpt_dir`.
+
+    `world`: this process's rank when the phase runs data-parallel (pipeline.train.launch starts
+    the ranks); `scorer` scores the evaluation sentences spoken at each validation.
 
     Returns status finished, cancelled (stop_event or SIGTERM: a checkpoint was saved) or failed
     (out of GPU memory: the message says what to lower). Other errors mark state.json failed and raise.
@@ -447,18 +536,15 @@ def train(run_dir, ckpt_dir, manifest_with_codes, settings: TrainSettings,
     run_dir, trainer, previous_handler = Path(run_dir), None, None
 
     def fail(message: str) -> None:
+        if not world.main:
+            return
         if trainer is not None:
             trainer.write_state("failed", message)
-        else:  # keep the progress already recorded: a failed resume must not read as step 0
-            run_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                previous = json.loads((run_dir / STATE_FILE).read_text())
-            except (OSError, json.JSONDecodeError):
-                previous = {"step": 0}
-            _write_json(run_dir / STATE_FILE, previous | {"status": "failed", "message": message})
+        else:
+            mark_failed(run_dir, message)
 
     try:
-        trainer = _Trainer(run_dir, ckpt_dir, manifest_with_codes, settings, stop_event, progress)
+        trainer = _Trainer(run_dir, ckpt_dir, manifest_with_codes, settings, stop_event, progress, world, scorer)
         if threading.current_thread() is threading.main_thread():  # signal handlers only work there
             previous_handler = signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "sigterm", True))
         return trainer.run()

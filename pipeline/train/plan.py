@@ -19,6 +19,7 @@ from typing import Iterable
 import torch
 
 from pipeline.model.adapters import attach_lora, load_trainable_adapter
+from pipeline.train.distributed import ALONE, World, accumulating
 from pipeline.train.forward import ForwardOptions
 from pipeline.train.loss import compute_loss
 from pipeline.train.memory_plan import MemoryPlan, plan_for_device
@@ -124,9 +125,23 @@ def _share(hits, targets: int):
     return (hits.double() if torch.is_tensor(hits) else hits) / max(targets, 1)
 
 
-def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan, params, grad_clip: float) -> dict:
+def _rank_means(sums: dict, world: World, device) -> dict[str, float]:
+    """The step's means as Python floats: one read of the host, averaged over the ranks in one all-reduce."""
+    if not world.distributed:
+        return {key: float(value) for key, value in sums.items()}
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums.values()])
+    values = world.sum_(values) / world.size
+    return dict(zip(sums, values.tolist()))
+
+
+def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan, params, grad_clip: float,
+               ddp=None, world: World = ALONE) -> dict:
     """One optimizer step: plan.grad_accumulation micro-batches (on plan.device) forward and
     backward, gradients clipped to grad_clip, the optimizer stepped.
+
+    Data-parallel (`ddp` from pipeline.train.distributed.data_parallel, `world` its ranks): the
+    micro-batches are this rank's share, the forward runs through DDP, gradients are all-reduced
+    once, after the last backward, and the returned means are over all ranks.
 
     Returns the step's means over its micro-batches (STEP_METRICS, Python floats) and grad_norm (a
     tensor). Raises NonFiniteLoss, before the optimizer steps, when the loss is not finite."""
@@ -136,10 +151,14 @@ def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan,
     sums = dict.fromkeys(STEP_METRICS, 0.0)
     seen = 0
     for batch in micro_batches:
-        with autocast(plan, model):
-            out = compute_loss(model, batch, gradient_checkpointing=plan.gradient_checkpointing,
-                               compile_blocks=plan.compile, options=plan.options)
-        (out.loss / count).backward()
+        with accumulating(ddp, last=seen == count - 1):
+            with autocast(plan, model):
+                if ddp is not None:
+                    out = ddp(batch)
+                else:
+                    out = compute_loss(model, batch, gradient_checkpointing=plan.gradient_checkpointing,
+                                       compile_blocks=plan.compile, options=plan.options)
+            (out.loss / count).backward()
         # accumulated on the device: one read of the host after the last backward, not one per micro-batch
         values = {"loss": out.loss, "token_loss": out.token_loss, "codebook_loss": out.codebook_loss,
                   "top1": _share(out.hits1, out.n_targets), "top5": _share(out.hits5, out.n_targets)}
@@ -148,7 +167,7 @@ def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan,
         seen += 1
     if seen != count:
         raise ValueError(f"train_step got {seen} micro-batches; the plan accumulates {count}.")
-    means = {key: float(value) for key, value in sums.items()}
+    means = _rank_means(sums, world, plan.device)
     if not math.isfinite(means["loss"]):
         raise NonFiniteLoss(means["loss"])
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
