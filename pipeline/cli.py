@@ -25,8 +25,14 @@ from pipeline.config import Config, load_config, parse_override
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: paths stay copyable in logs
 
 
+LIVE_SCORER = "pipeline.quality.live:live_scorer"  # scores each validation's spoken sentences
+
+
 def _overrides(args) -> dict:
-    return dict(parse_override(item) for item in args.set or [])
+    overrides = dict(parse_override(item) for item in args.set or [])
+    if getattr(args, "gpus", None):
+        overrides["training.gpus"] = args.gpus
+    return overrides
 
 
 def _config(args) -> Config:
@@ -121,7 +127,7 @@ def cmd_run(args) -> int:
 
     config = _config(args)
     result = run_workflow(config, model_dir=Path(args.model) if args.model else None, run_id=args.run_id,
-                          progress=_progress, overrides=_overrides(args), mode=args.mode)
+                          progress=_progress, overrides=_overrides(args), mode=args.mode, scorer_factory=LIVE_SCORER)
     _print_run(config, result)
     return 0 if result.get("status") == "finished" else 1
 
@@ -144,7 +150,8 @@ def cmd_train(args) -> int:
 
     config = _config(args)
     result = train_only(config, mode=args.mode, model_dir=Path(args.model) if args.model else None,
-                        run_id=args.run_id, speaker=args.speaker, progress=_progress, overrides=_overrides(args))
+                        run_id=args.run_id, speaker=args.speaker, progress=_progress, overrides=_overrides(args),
+                        scorer_factory=LIVE_SCORER)
     _print_run(config, result)
     return 0 if result.get("status") == "finished" else 1
 
@@ -195,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help="configuration file (default: launchable.yaml)")
     common.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a setting, e.g. --set training.quick_lora.steps=50 (repeatable)")
+    gpus = argparse.ArgumentParser(add_help=False)
+    gpus.add_argument("--gpus", help="data-parallel processes, one per GPU: auto (every visible GPU) or N "
+                                     "(default: training.gpus)")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", help="model checkpoint folder (default: the base model, downloaded if missing)")
 
@@ -212,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", parents=[common, model], help="encode accepted clips into VQ codes (cached)")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("train", parents=[common, model], help="train one phase (LoRA or full) on the prepared dataset")
+    p = sub.add_parser("train", parents=[common, model, gpus], help="train one phase (LoRA or full) on the prepared dataset")
     p.add_argument("--mode", choices=["lora", "full", "speaker_lora"], default="lora")
     p.add_argument("--speaker", help="speaker for speaker_lora (default: the configured or recommended one)")
     p.add_argument("--run-id", help="run folder name under the workspace's runs/ (resumes when it exists)")
@@ -235,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_say)
 
-    p = sub.add_parser("run", parents=[common, model], help="the whole launchable.yaml workflow, headless")
+    p = sub.add_parser("run", parents=[common, model, gpus], help="the whole launchable.yaml workflow, headless")
     p.add_argument("--run-id", help="run folder name (resumes when it exists, with its own settings)")
     p.add_argument("--mode", choices=["speaker_lora"],
                    help="speaker_lora: a new speaker on a finished full fine-tune's language-adapted model "

@@ -84,8 +84,12 @@ def _checked_run_id(config: Config, run_id: str | None) -> str | None:
         raise JobError(str(exc)) from None
 
 
-def start_job(config: Config, run_id: str | None = None, model_dir: str | None = None, mode: str | None = None) -> dict:
+def start_job(config: Config, run_id: str | None = None, model_dir: str | None = None, mode: str | None = None,
+              gpus: int | str | None = None) -> dict:
     """Start (or resume, for an existing run id) the configured workflow in its own process.
+
+    `gpus`: data-parallel processes for this attempt (default: training.gpus); a resume may use
+    another count than the run started with.
 
     `mode="speaker_lora"` with `model_dir` = a finished full fine-tune's language-adapted model
     (pipeline.train.workflow.language_models) trains a new speaker on it."""
@@ -93,10 +97,10 @@ def start_job(config: Config, run_id: str | None = None, model_dir: str | None =
     if mode == "speaker_lora" and not run_id and not model_dir:
         raise JobError("A new speaker run needs the language-adapted model of a finished full fine-tune; pick one.")
     with _starting(config):
-        return _start_job(config, run_id, model_dir, mode)
+        return _start_job(config, run_id, model_dir, mode, gpus)
 
 
-def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: str | None) -> dict:
+def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: str | None, gpus) -> dict:
     running = current_job(config)
     if running:
         raise JobError(f"A training job is already running: run '{running['run_id']}' (pid {running['pid']}). "
@@ -113,6 +117,8 @@ def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: 
         command += ["--model", str(model_dir)]
     if state.get("mode") == "speaker_lora":
         command += ["--mode", "speaker_lora"]
+    if gpus is not None:
+        command += ["--gpus", str(gpus)]
     # the log is a file: progress bars there would be fragments of carriage-return redraws
     env = os.environ | {"PYTHONUNBUFFERED": "1", "STUDIO_WORKSPACE": str(config.workspace), "TQDM_DISABLE": "1",
                         "HF_HUB_DISABLE_PROGRESS_BARS": "1"}

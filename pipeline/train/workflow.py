@@ -48,6 +48,9 @@ class RunCancelled(BaseException):
 
 # what a resumed run must not change: the data, the model and the recipe
 _RUN_DEFINING = ("training_mode.selected", "base_model", "dataset", "speaker", "training")
+# how a run is executed, not what it computes: each attempt may choose its own (a resume on
+# another GPU count keeps the global batch and data order)
+_PER_ATTEMPT = ("training.gpus", "training.collective_timeout_s")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -64,7 +67,7 @@ def settings_differences(saved: Config, requested: Config) -> dict[str, tuple]:
     """{dotted key: (the run's value, the requested value)} for the settings that define a run."""
     a, b = _flatten(saved.model_dump()), _flatten(requested.model_dump())
     return {key: (a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys())
-            if key.startswith(_RUN_DEFINING) and a.get(key) != b.get(key)}
+            if key.startswith(_RUN_DEFINING) and key not in _PER_ATTEMPT and a.get(key) != b.get(key)}
 
 
 def resume_config(run_dir: Path, requested: Config, overrides: dict | None = None) -> tuple[Config, list[str]]:
@@ -81,7 +84,8 @@ def resume_config(run_dir: Path, requested: Config, overrides: dict | None = Non
         raise RunError(f"Run '{Path(run_dir).name}' continues with its own settings, so these cannot change: {listed}. "
                        "Drop those --set options to resume it, or start a new run (another --run-id).")
     notes = [f"{key}: using the run's {old!r}, not {new!r}" for key, (old, new) in differences.items()]
-    return saved, notes
+    attempt = {key: getattr(requested.training, key.split(".")[1]) for key in _PER_ATTEMPT}
+    return saved.with_overrides(attempt), notes
 
 
 def choose_speaker(config: Config, dataset) -> tuple[str, str]:
@@ -144,12 +148,26 @@ def _prepare(config: Config, base_dir: Path, progress: Progress, stage: Callable
     return dataset, codes.manifest
 
 
-def _train_phase(config: Config, run_dir: Path, phase: str, base_dir: Path, manifest, stop_event, progress):
+def _train_phase(config: Config, run_dir: Path, phase: str, base_dir: Path, manifest, stop_event, progress,
+                 scorer_factory: str | None = None):
+    """One phase: in this process on one device, under torchrun on several (training.gpus)."""
+    from pipeline.train.distributed import resolve_gpus
     from pipeline.train.loop import TrainSettings, train
 
     settings = TrainSettings.from_config(config, phase)
-    update_run(run_dir, phase=phase, status="running")
-    return train(run_dir / "phases" / phase, base_dir, manifest, settings, stop_event=stop_event, progress=progress)
+    gpus = resolve_gpus(config.training.gpus)
+    update_run(run_dir, phase=phase, status="running", gpus=gpus)
+    phase_dir = run_dir / "phases" / phase
+    if gpus > 1:
+        from pipeline.train.launch import train_data_parallel
+
+        return train_data_parallel(phase_dir, base_dir, manifest, settings, gpus, stop_event=stop_event,
+                                   progress=progress, timeout_s=config.training.collective_timeout_s,
+                                   scorer_factory=scorer_factory, config_path=run_dir / "config.yaml")
+    from pipeline.train.rank_worker import build_scorer
+
+    return train(phase_dir, base_dir, manifest, settings, stop_event=stop_event, progress=progress,
+                 scorer=build_scorer(scorer_factory, str(run_dir / "config.yaml")))
 
 
 def render_examples(model_dir: Path, out_dir: Path, count: int = 3, seed: int = 1234,
@@ -208,18 +226,20 @@ def language_models(config: Config) -> list[dict]:
 
 def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | None = None,
                  progress: Progress | None = None, stop_event: threading.Event | None = None,
-                 overrides: dict | None = None, mode: str | None = None) -> dict:
+                 overrides: dict | None = None, mode: str | None = None, scorer_factory: str | None = None) -> dict:
     """Run (or resume) the configured mode end to end; returns the final run.json.
 
     `mode` speaker_lora trains one speaker on `model_dir`, the language-adapted model of a
     finished full fine-tune (see `language_models`); otherwise the configured mode runs.
+    `scorer_factory` ("module:function", called with the run's config) scores the evaluation
+    sentences at each validation (pipeline.quality.live; named because quality sits above training).
     Holds the machine's training lock for its whole life (pipeline.train.lock): a second
     training, however it was started, is refused before it writes anything."""
     if mode not in (None, *PHASES):
         raise RunError(f"Unknown mode '{mode}'; choose one of {', '.join(PHASES)}.")
     run_id = run_id or new_run_id(mode or config.training_mode.selected)
     with TrainingLock(config.workspace, run_dir_for(config, run_id)):
-        return _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode)
+        return _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode, scorer_factory)
 
 
 def _speaker_run_base(run_dir: Path, model_dir: Path | None) -> Path:
@@ -232,7 +252,7 @@ def _speaker_run_base(run_dir: Path, model_dir: Path | None) -> Path:
     return Path(model_dir)
 
 
-def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode) -> dict:
+def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode, scorer_factory) -> dict:
     from pipeline.model.checkpoints import ensure_base_model
     from pipeline.model.merge import export_adapter, merge_lora
     from pipeline.model.model_card import run_card_facts
@@ -280,7 +300,8 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mo
             if not _phase_finished(run_dir, phase):
                 training["now"] = True  # a SIGTERM now only sets stop_event: train saves a checkpoint
                 try:
-                    result = _train_phase(config, run_dir, phase, trained_base, phase_manifest, stop_event, progress)
+                    result = _train_phase(config, run_dir, phase, trained_base, phase_manifest, stop_event, progress,
+                                          scorer_factory)
                 finally:
                     training["now"] = False
                 if getattr(result, "status", "finished") != "finished":
@@ -333,17 +354,18 @@ def _install_sigterm(stop_event: threading.Event, training: dict):
 
 
 def train_only(config: Config, mode: str = "lora", model_dir: Path | None = None, run_id: str | None = None,
-               speaker: str | None = None, progress: Progress | None = None, overrides: dict | None = None) -> dict:
+               speaker: str | None = None, progress: Progress | None = None, overrides: dict | None = None,
+               scorer_factory: str | None = None) -> dict:
     """One training phase on the prepared dataset (the CLI's `train`); merge is left to `merge`.
 
     The run is recorded as what it is: mode `lora`, `full` or `speaker_lora`, and for a speaker
     phase where the speaker came from."""
     run_id = run_id or new_run_id(mode)
     with TrainingLock(config.workspace, run_dir_for(config, run_id)):
-        return _train_only(config, mode, model_dir, run_id, speaker, progress, overrides)
+        return _train_only(config, mode, model_dir, run_id, speaker, progress, overrides, scorer_factory)
 
 
-def _train_only(config, mode, model_dir, run_id, speaker, progress, overrides) -> dict:
+def _train_only(config, mode, model_dir, run_id, speaker, progress, overrides, scorer_factory) -> dict:
     from pipeline.model.checkpoints import ensure_base_model
 
     progress = progress or (lambda fraction, message: None)
@@ -363,7 +385,7 @@ def _train_only(config, mode, model_dir, run_id, speaker, progress, overrides) -
                 reason = "given on the command line (--speaker)"
             update_run(run_dir, speaker=picked, speaker_reason=reason)
             manifest = manifest[manifest["speaker"] == picked]
-        result = _train_phase(config, run_dir, mode, base_dir, manifest, None, progress)
+        result = _train_phase(config, run_dir, mode, base_dir, manifest, None, progress, scorer_factory)
     except Exception as exc:
         update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
