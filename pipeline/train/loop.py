@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,7 @@ from pipeline.train.distributed import ALONE, World, data_parallel, rank_share
 from pipeline.model.adapters import unwrap
 from pipeline.train.loss import compute_loss
 from pipeline.model.merge import save_full_model
-from pipeline.train.plan import NonFiniteLoss, autocast, build_optimizer, plan_phase, train_step, trainable_model
+from pipeline.train.plan import autocast, build_optimizer, plan_phase, train_step, trainable_model
 from pipeline.train.samples import make_training_data
 from pipeline.train.settings import (  # noqa: F401  (TrainSettings/TrainResult are this module's API)
     TrainError,
@@ -51,6 +52,8 @@ Progress = Callable[[float, str], None] | None
 Scorer = Callable[[int, list[tuple[str, Path]]], dict] | None
 STATE_FILE, METRICS_FILE, TRAINER_FILE, OPTIMIZER_FILE = "state.json", "metrics.jsonl", "trainer_state.json", "optimizer.pt"
 MASTER_FILE = "master_weights.safetensors"
+STATE_EVERY_S = 2.0  # state.json while running: often enough for a viewer, not a file write per step
+STOP_CHECK_EVERY = 8  # data-parallel steps between the ranks' agreements on a stop request
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -94,6 +97,8 @@ class _Trainer:
         self.pending_eval = False  # the checkpoint at this step still owes its evaluation
         self.best = self.latest = self.best_val_loss = None
         self.prior_elapsed, self.started = 0.0, time.time()
+        self.unread, self.prefetched, self.last_read, self.state_written = None, None, 0.0, 0.0
+        self.builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
         self._setup(manifest)
 
     # -- setup ----------------------------------------------------------------------------------
@@ -302,6 +307,7 @@ class _Trainer:
         return round(self.prior_elapsed + time.time() - self.started, 3)
 
     def write_state(self, status: str, message: str = "") -> None:
+        self.state_written = time.time()
         if not self.world.main:
             return
         _write_json(self.run_dir / STATE_FILE, {
@@ -327,6 +333,11 @@ class _Trainer:
     def _stop_requested(self) -> bool:
         return self.sigterm or (self.stop_event is not None and self.stop_event.is_set())
 
+    def _stop_check_due(self) -> bool:
+        """Alone, a stop request is seen at every step; data-parallel, ranks agree on it every
+        few steps (each agreement waits for the GPU)."""
+        return not self.world.distributed or self.step % STOP_CHECK_EVERY == 0
+
     def _stop_all(self) -> bool:
         """A stop request seen by any rank, on every rank (they must stop at the same step)."""
         return self.world.any(self._stop_requested(), self.device)
@@ -335,35 +346,60 @@ class _Trainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     # -- steps ----------------------------------------------------------------------------------
-    def _micro_batches(self, counted: list[int]):
-        """This rank's micro-batches of the step on the device (a contiguous share of the step's),
-        their tokens counted on the host as they go."""
-        first = self.position + self.world.rank * self.plan.grad_accumulation
-        for index in range(first, first + self.plan.grad_accumulation):
-            batch = self.data.train.batch(index)
-            counted.append(int(batch["lengths"].sum()))
-            yield self._to_device(batch)
-        self.position += self.step_micro_batches
-
-    def _train_step(self) -> dict:
-        s = self.settings
-        tokens, t0 = [], time.time()
-        lr = self.optimizer.param_groups[0]["lr"]
-        try:
-            sums = train_step(self.model, self.optimizer, self._micro_batches(tokens), self.plan,
-                              [p for _, p in self.params], s.grad_clip, ddp=self.ddp, world=self.world)
-        except NonFiniteLoss as exc:
-            raise TrainError(f"The loss became {exc.value} at step {self.step + 1}; lower the learning rate.") from None
-        grad_norm = sums.pop("grad_norm")
-        tokens = sum(tokens) * self.world.size  # estimated from this rank's share: no exchange for a log line
-        self.scheduler.step()
+    def _fetch(self, position: int) -> list[dict]:
+        """This rank's micro-batches of the step that starts at stream `position` (a contiguous
+        share of the step's), on the host; pinned on a GPU so the copy does not wait."""
+        first = position + self.world.rank * self.plan.grad_accumulation
+        batches = [self.data.train.batch(i) for i in range(first, first + self.plan.grad_accumulation)]
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = max(time.time() - t0, 1e-9)
+            batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+        return batches
+
+    def _step_batches(self) -> list[dict]:
+        """The step's batches, built ahead on a helper thread while the previous step ran."""
+        ready = self.prefetched
+        batches = ready[1].result() if ready and ready[0] == self.position else self._fetch(self.position)
+        self.position += self.step_micro_batches
+        self.prefetched = (self.position, self.builder.submit(self._fetch, self.position))
+        return batches
+
+    def _launch_step(self) -> dict:
+        """Queue one optimizer step on the device without waiting for it; `_read` turns the
+        returned record into its metrics row."""
+        batches = self._step_batches()
+        # this rank's tokens x ranks: an estimate, with no exchange between ranks for a log line
+        tokens = sum(int(b["lengths"].sum()) for b in batches) * self.world.size
+        lr = self.optimizer.param_groups[0]["lr"]
+        pending = train_step(self.model, self.optimizer, (self._to_device(b) for b in batches), self.plan,
+                             [p for _, p in self.params], self.settings.grad_clip, ddp=self.ddp, world=self.world,
+                             wait=False)
+        self.scheduler.step()
+        return {"pending": pending, "step": self.step + 1, "tokens": tokens, "lr": lr, "launched": time.time(),
+                "epoch": round(self.data.train.epoch_progress(self.position), 4)}
+
+    def _read(self, record: dict) -> dict:
+        """The step's metrics row: waits for the step's numbers (the next step is already queued)."""
+        means = record["pending"].means()
+        if not math.isfinite(means["loss"]):
+            raise TrainError(f"The loss became {means['loss']} at step {record['step']}; lower the learning rate.")
+        now = time.time()
+        seconds = max(now - max(record["launched"], self.last_read), 1e-9)  # the steady-state time per step
+        self.last_read = now
         gpu_gb = torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else 0.0
-        return {"kind": "train", "step": self.step + 1, "epoch": round(self.data.train.epoch_progress(self.position), 4),
-                **{k: round(v, 6) for k, v in sums.items()}, "lr": lr, "grad_norm": round(float(grad_norm), 6),
-                "tokens_per_s": round(tokens / seconds, 1), "elapsed_s": self._elapsed(), "gpu_mem_gb": round(gpu_gb, 3)}
+        grad_norm = means.pop("grad_norm")
+        return {"kind": "train", "step": record["step"], "epoch": record["epoch"],
+                **{k: round(v, 6) for k, v in means.items()}, "lr": record["lr"], "grad_norm": round(grad_norm, 6),
+                "tokens_per_s": round(record["tokens"] / seconds, 1), "elapsed_s": self._elapsed(),
+                "gpu_mem_gb": round(gpu_gb, 3)}
+
+    def _flush(self) -> dict | None:
+        """Log the step still on the device, if any; returns its row."""
+        record, self.unread = self.unread, None
+        if record is None:
+            return None
+        row = self._read(record)
+        self._log(row)
+        return row
 
     @torch.no_grad()
     def _validate(self) -> dict:
@@ -464,14 +500,19 @@ class _Trainer:
             interrupted = not self._evaluate()
             if not interrupted:
                 self._save()  # clears the pending mark, and keeps this step if it is the new best
+        row = None
         while self.step < self.total and not interrupted:
-            if self._stop_all():
+            if self._stop_check_due() and self._stop_all():
                 break
-            row = self._train_step()
+            record = self._launch_step()
             self.step += 1
-            self._log(row)
+            row = self._flush() or row  # the previous step's numbers, read while this one runs
+            self.unread = record
             save = self.step % s.save_every == 0 or self.step == self.total
-            if self.data.val is not None and (self.step % s.val_every == 0 or self.step == self.total):
+            validate = self.data.val is not None and (self.step % s.val_every == 0 or self.step == self.total)
+            if save or validate:
+                row = self._flush()  # a checkpoint or an evaluation follows its own step's numbers
+            if validate:
                 if not self._evaluate():
                     interrupted = True
                     self._save()
@@ -481,12 +522,15 @@ class _Trainer:
             if save or early:
                 self._save()
             if self.progress:
-                self.progress(self.step / self.total, f"step {self.step}/{self.total} loss {row['loss']:.3f}")
+                loss = f" loss {row['loss']:.3f}" if row else ""
+                self.progress(self.step / self.total, f"step {self.step}/{self.total}{loss}")
             if early:
                 message = (f"stopped early at step {self.step}: held-out loss has not improved for {s.patience} "
                            f"evaluations (best {self.best_val_loss:.4f} at {self.best})")
                 break
-            self.write_state("running")
+            if time.time() - self.state_written >= STATE_EVERY_S:
+                self.write_state("running")
+        self._flush()
         if interrupted:
             status, message = "cancelled", (f"stopped during the evaluation at step {self.step} of {self.total}; "
                                             "resume to evaluate and continue")
@@ -572,3 +616,5 @@ def train(run_dir, ckpt_dir, manifest_with_codes, settings: TrainSettings,
             signal.signal(signal.SIGTERM, previous_handler)
         if trainer is not None and getattr(trainer, "writer", None) is not None:
             trainer.writer.close()
+        if trainer is not None:
+            trainer.builder.shutdown(wait=True, cancel_futures=True)

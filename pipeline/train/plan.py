@@ -125,17 +125,26 @@ def _share(hits, targets: int):
     return (hits.double() if torch.is_tensor(hits) else hits) / max(targets, 1)
 
 
-def _rank_means(sums: dict, world: World, device) -> dict[str, float]:
-    """The step's means as Python floats: one read of the host, averaged over the ranks in one all-reduce."""
-    if not world.distributed:
-        return {key: float(value) for key, value in sums.items()}
+def _rank_means(sums: dict, world: World, device) -> torch.Tensor:
+    """The step's means (STEP_METRICS order) as one device tensor, averaged over the ranks in one all-reduce."""
     values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums.values()])
-    values = world.sum_(values) / world.size
-    return dict(zip(sums, values.tolist()))
+    return world.sum_(values) / world.size if world.distributed else values
+
+
+@dataclass(frozen=True)
+class PendingStep:
+    """A step's numbers still on the device: read them (`means`) once the next step is queued, and
+    the GPU never waits for the host between steps."""
+
+    values: torch.Tensor  # STEP_METRICS, in that order
+    grad_norm: torch.Tensor
+
+    def means(self) -> dict[str, float]:
+        return dict(zip(STEP_METRICS, self.values.tolist())) | {"grad_norm": float(self.grad_norm)}
 
 
 def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan, params, grad_clip: float,
-               ddp=None, world: World = ALONE) -> dict:
+               ddp=None, world: World = ALONE, wait: bool = True) -> dict | PendingStep:
     """One optimizer step: plan.grad_accumulation micro-batches (on plan.device) forward and
     backward, gradients clipped to grad_clip, the optimizer stepped.
 
@@ -144,7 +153,9 @@ def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan,
     once, after the last backward, and the returned means are over all ranks.
 
     Returns the step's means over its micro-batches (STEP_METRICS, Python floats) and grad_norm (a
-    tensor). Raises NonFiniteLoss, before the optimizer steps, when the loss is not finite."""
+    tensor). Raises NonFiniteLoss, before the optimizer steps, when the loss is not finite.
+    `wait=False` reads nothing from the device and returns a PendingStep; the caller checks the
+    loss when it reads it (the step's update is then already applied)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     count = plan.grad_accumulation
@@ -167,7 +178,12 @@ def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan,
         seen += 1
     if seen != count:
         raise ValueError(f"train_step got {seen} micro-batches; the plan accumulates {count}.")
-    means = _rank_means(sums, world, plan.device)
+    values = _rank_means(sums, world, plan.device)
+    if not wait:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        return PendingStep(values, grad_norm)
+    means = dict(zip(STEP_METRICS, values.tolist()))
     if not math.isfinite(means["loss"]):
         raise NonFiniteLoss(means["loss"])
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 import zlib
 from dataclasses import dataclass, field
 
@@ -46,6 +47,12 @@ class TrainingData:
     rejected: dict[str, str] = field(default_factory=dict)  # clip id → reason
 
     def summary(self) -> dict:
+        """The data's counts (computed once: the loop writes them with its state)."""
+        if not hasattr(self, "_summary"):
+            self._summary = self._count()
+        return dict(self._summary)
+
+    def _count(self) -> dict:
         return {
             "train_clips": len(self.train.clips),
             "val_clips": len(self.val.clips) if self.val else 0,
@@ -146,6 +153,8 @@ class PackedSamples:
         self._epochs: dict[int, list[list[Clip]]] = {}  # a few recent epochs' packings
         self._starts = [0]  # stream index where epoch e starts, for every epoch packed so far
         self._codes: dict[str, torch.Tensor] = {}
+        # the loop builds the next step's batches on a helper thread while it reads progress here
+        self._lock = threading.RLock()
 
     # -- packing ---------------------------------------------------------------------------
     def _pack(self, clips: list[Clip]) -> list[list[Clip]]:
@@ -161,6 +170,10 @@ class PackedSamples:
         return groups
 
     def groups_for_epoch(self, epoch: int) -> list[list[Clip]]:
+        with self._lock:
+            return self._groups_for_epoch(epoch)
+
+    def _groups_for_epoch(self, epoch: int) -> list[list[Clip]]:
         if epoch not in self._epochs:
             groups = []
             rng = np.random.default_rng([self.seed, epoch])
@@ -181,6 +194,10 @@ class PackedSamples:
 
     def _locate_item(self, index: int) -> tuple[int, int]:
         """(epoch, index within that epoch) of stream item `index`."""
+        with self._lock:
+            return self._locate(index)
+
+    def _locate(self, index: int) -> tuple[int, int]:
         while self._starts[-1] <= index:  # pack epochs up to the one holding `index`, once
             epoch = len(self._starts) - 1
             self._starts.append(self._starts[-1] + len(self.groups_for_epoch(epoch)))
