@@ -8,7 +8,9 @@ range between its earliest early stop and `speaker_max_steps`. Throughput and th
 come from the newest benchmark of each card (`python -m pipeline bench`, JSON under the
 workspace's `runs/bench/` or `assets/bench/`); a card without one gets the newest benchmark's
 figures scaled by the ratio of bf16 peaks. Every row says which figures are measured and which
-are scaled.
+are scaled. On N GPUs (`gpus`), training divides by N x the card's recorded scaling efficiency
+(pipeline.estimate.scaling; linear, said as "not measured", where none is recorded) and money
+multiplies by N.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 import yaml
 
 from pipeline.config import PROJECT_ROOT, Config
+from pipeline.estimate.scaling import ONE_GPU, SCOPE, Scaling, card_scaling
 from pipeline.train.memory_plan import plan_memory
 
 PRICES_PATH = PROJECT_ROOT / "assets" / "gpu_prices.yaml"
@@ -203,8 +206,8 @@ def _bench_time(bench: dict) -> str:
 
 
 def latest_benchmarks(runs_dir: Path) -> list[dict]:
-    """Benchmark JSON files written by `python -m pipeline bench` (the workspace's and the ones
-    committed with the project), newest first by the time recorded in them."""
+    """Benchmark JSON files written by `python -m pipeline bench` with training or scaling figures
+    (the workspace's and the ones committed with the project), newest first by the time recorded in them."""
     paths = list((Path(runs_dir) / "bench").glob("*.json")) + list(COMMITTED_BENCH_DIR.glob("*.json"))
     results = []
     for path in paths:
@@ -213,7 +216,8 @@ def latest_benchmarks(runs_dir: Path) -> list[dict]:
             mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat()
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and isinstance(data.get("train"), dict) and not data.get("tiny"):
+        measured = isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("train", "scaling"))
+        if measured and not data.get("tiny"):
             results.append(data | {"path": str(path), "_mtime": mtime})  # tiny CPU benches time nothing real
     return sorted(results, key=_bench_time, reverse=True)
 
@@ -273,6 +277,7 @@ class CardFigures:
 def card_figures(gpu: str, row: dict, benches: list[dict], reference: dict | None = None) -> CardFigures:
     """Each speed figure for `gpu`: from its newest own benchmark, else the newest benchmark that has
     the figure scaled by bf16 peak (start-up times are CPU work: taken as they are)."""
+    benches = [b for b in benches if isinstance(b.get("train"), dict)]  # a scaling-only bench times no step
     own = [b for b in benches if _matches(gpu, row, b)]
     values, sources = {}, {}
     for name, (read, scales) in FIGURES.items():
@@ -322,16 +327,36 @@ class Phase:
                 "note": self.note}
 
 
-def _planned(kind: str, config: Config, row: dict, speed: float):
-    """The memory plan training would pick on this card, and the throughput that plan gives."""
+def rank_batch(config: Config, gpus: int) -> tuple[int, int, str]:
+    """(micro-batch, accumulation) of each of `gpus` ranks before the memory plan, as the training
+    loop splits the global batch (an equal share per rank, the largest micro-batch ≤ batch_size
+    dividing it), and why the global batch cannot be split ("" when it can; training refuses then)."""
+    t = config.training
+    if gpus == 1:
+        return t.batch_size, t.grad_accumulation, ""
+    from pipeline.train.distributed import World, rank_share
+    from pipeline.train.settings import TrainError
+
+    effective = t.batch_size * t.grad_accumulation
+    try:
+        share, problem = rank_share(effective, World(0, gpus)), ""
+    except TrainError as exc:
+        share, problem = max(1, math.ceil(effective / gpus)), str(exc)
+    micro = max(m for m in range(1, min(t.batch_size, share) + 1) if share % m == 0)
+    return micro, share // micro, problem
+
+
+def _planned(kind: str, config: Config, row: dict, speed: float, scaling: Scaling = ONE_GPU):
+    """The memory plan training would pick on each GPU of this card, and the throughput of all of them."""
     training = config.training
-    plan = plan_memory(kind, training.batch_size, training.grad_accumulation, training.max_length, row["memory_gb"],
+    micro, accumulation, _ = rank_batch(config, scaling.gpus)
+    plan = plan_memory(kind, micro, accumulation, training.max_length, row["memory_gb"],
                        checkpointing=training.gradient_checkpointing)
     if plan.micro_batch < training.batch_size:
         speed *= SMALL_MICRO_BATCH_FACTOR[kind]
     if plan.gradient_checkpointing:
         speed *= CHECKPOINTING_FACTOR[kind]
-    return plan, speed
+    return plan, speed * scaling.speed_factor(kind)
 
 
 @dataclass(frozen=True)
@@ -419,10 +444,13 @@ def mode_phases(mode: str, config: Config, work: Workload, figures: CardFigures,
 
 
 def estimate(config: Config, manifest: pd.DataFrame, speaker: str | None = None,
-             prices: dict | None = None, benches: list[dict] | None = None, include_cpu: bool = False) -> pd.DataFrame:
+             prices: dict | None = None, benches: list[dict] | None = None, include_cpu: bool = False,
+             gpus: int = 1) -> pd.DataFrame:
     """One row per (GPU, mode): time and cost as a range (fewest..most steps), each phase, peak memory,
     whether it fits, output size and where every figure came from. `minutes`/`cost_usd` are the
-    upper end. With include_cpu, one row per mode for this machine's CPU (time not measured, no charge)."""
+    upper end. `gpus`: GPUs of that card training data-parallel; each row carries the count and its
+    scaling assumption (`scaling`). With include_cpu, one row per mode for this machine's CPU (time
+    not measured, no charge)."""
     prices = prices or load_price_table()
     benches = latest_benchmarks(config.runs_dir) if benches is None else benches
     training = config.training
@@ -431,24 +459,34 @@ def estimate(config: Config, manifest: pd.DataFrame, speaker: str | None = None,
     lora_gb = shape.lora_parameters(training.lora.rank) * 4 / 1e9       # peft saves fp32 adapters
     model_gb = shape.parameters() * 2 / 1e9                              # bf16 model.pth
     sizes = {"quick_lora": lora_gb + model_gb + CODEC_GB, "full_finetune": 2 * model_gb + lora_gb + CODEC_GB}
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"The GPU count of the estimate must be a whole number ≥ 1, got {gpus!r}.")
+    split_problem = rank_batch(config, gpus)[2]
     rows = []
     for gpu, row in prices["gpus"].items():
         figures = card_figures(gpu, row, benches, prices.get("reference_throughput"))
-        lora_plan, lora_speed = _planned("lora", config, row, figures.values["lora_tokens_per_s"])
-        full_plan, full_speed = _planned("full", config, row, figures.values["full_tokens_per_s"])
+        scaling = card_scaling(gpus, gpu, [(_bench_label(b), b) for b in benches if _matches(gpu, row, b)])
+        lora_plan, lora_speed = _planned("lora", config, row, figures.values["lora_tokens_per_s"], scaling)
+        full_plan, full_speed = _planned("full", config, row, figures.values["full_tokens_per_s"], scaling)
         speeds = {"lora": lora_speed, "full": full_speed}
         for mode, mode_plans in (("quick_lora", [lora_plan]), ("full_finetune", [full_plan, lora_plan])):
             phases = mode_phases(mode, config, work, figures, speeds)
-            rows.append(_row(gpu, mode, row, phases, mode_plans, sizes[mode], figures))
+            rows.append(_row(gpu, mode, row, phases, mode_plans, sizes[mode], figures, scaling) |
+                        {"batch_split": split_problem})
     if include_cpu:
         for mode in MODE_PHASES:
             rows.append(cpu_row(mode, work, sizes[mode]))
     return pd.DataFrame(rows)
 
 
+def scaling_text(scaling: Scaling) -> str:
+    """The assumption behind an N-GPU row in words ("" on one GPU)."""
+    return f"{scaling.gpus} GPUs: {scaling.text}; {SCOPE}" if scaling.gpus > 1 else ""
+
+
 def _row(gpu: str, mode: str, row: dict, phases: list[Phase], plans: list, size_gb: float,
-         figures: CardFigures) -> dict:
-    price = row["price_per_hour"]
+         figures: CardFigures, scaling: Scaling = ONE_GPU) -> dict:
+    price = row["price_per_hour"] * scaling.gpus  # every GPU is paid for the whole run
     low = sum(p.seconds[0] for p in phases)
     high = sum(p.seconds[1] for p in phases)
     train_high = sum(p.seconds[1] for p in phases if p.name in TRAINING_PHASES)
@@ -457,7 +495,9 @@ def _row(gpu: str, mode: str, row: dict, phases: list[Phase], plans: list, size_
         "gpu": gpu, "mode": mode, "hours": round(high / 3600, 4), "minutes": round(high / 60, 3),
         "minutes_min": round(low / 60, 3), "train_minutes": round(train_high / 60, 3),
         "cost_usd": round(high / 3600 * price, 4), "cost_usd_min": round(low / 3600 * price, 4),
-        "charge": "", "price_per_hour": price,
+        "charge": "", "price_per_hour": row["price_per_hour"], "gpus": scaling.gpus,
+        "scaling": scaling_text(scaling), "scaling_measured": scaling.measured,
+        "scaling_efficiency": dict(scaling.efficiency),
         "peak_gb": round(max(p.estimated_peak_gb for p in plans), 1), "fits": all(p.fits for p in plans),
         "plan": "; ".join(f"{k}: {p.describe()}" for k, p in zip(("first", "then"), plans))
                 if len(plans) > 1 else plans[0].describe(),
@@ -482,7 +522,8 @@ def cpu_row(mode: str, work: Workload, size_gb: float) -> dict:
                "note": "CPU time is not benchmarked"} for name in MODE_PHASES[mode]]
     return {"gpu": CPU_NAME, "mode": mode, "hours": math.nan, "minutes": math.nan, "minutes_min": math.nan,
             "train_minutes": math.nan, "cost_usd": 0.0, "cost_usd_min": 0.0, "charge": CPU_CHARGE,
-            "price_per_hour": 0.0, "peak_gb": math.nan, "fits": True, "plan": "CPU, fp32", "plan_brief": "CPU",
+            "price_per_hour": 0.0, "gpus": 1, "scaling": "", "scaling_measured": True, "scaling_efficiency": {},
+            "batch_split": "", "peak_gb": math.nan, "fits": True, "plan": "CPU, fp32", "plan_brief": "CPU",
             "output_gb": round(size_gb, 2), "throughput_source": "not measured (CPU)", "measured": False,
             "figures": "CPU time not benchmarked: hours per step on the real model", "price_source": "",
             "phases": phases}

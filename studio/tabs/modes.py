@@ -19,7 +19,8 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from studio.logic import run_charts
+from studio.logic import estimate_gpus, run_charts
+from studio.tabs import modes_gpus
 from pipeline.config import Config, ConfigError
 from pipeline.estimate.cost import CPU_CHARGE, CPU_NAME, REFERENCE_QUOTE, describe_workload, estimate, load_price_table
 from pipeline.data.dataset import list_datasets, open_dataset
@@ -106,7 +107,7 @@ def modes_html(config: Config, raw: pd.DataFrame | None = None, work: dict | Non
     money words come from the estimate for this dataset on the configured GPU."""
     t = config.training
     words = mode_words(raw, config.gpu.type) if raw is not None else None
-    on = f"on one {_esc(config.gpu.type)} for this dataset"
+    on = f"on {_esc(estimate_gpus.on_gpus(estimate_gpus.rows_gpus(raw), config.gpu.type))} for this dataset"
     if words:
         quick_cost = f"<li>≈ {_esc(words['quick_figures'])} {on}: {_esc(words['quick'])} than full fine-tune.</li>"
         full_cost = f"<li>≈ {_esc(words['full_figures'])} {on}: {_esc(words['full'])} than quick LoRA.</li>"
@@ -332,13 +333,13 @@ def display_table(table: pd.DataFrame, selected_gpu: str | None = None) -> pd.Da
         cpu = bool(r.get("charge"))
         memory = ("—" if cpu else f"{r['peak_gb']:.0f} GB · " + ("fits" if r["fits"] else "too little memory"))
         rows.append({
-            "GPU": ("★ " if r["gpu"] == selected_gpu else "") + r["gpu"] +
+            "GPU": ("★ " if r["gpu"] == selected_gpu else "") + estimate_gpus.gpu_label(r) +
                    ("" if cpu else f" · ${r['price_per_hour']:.2f}/h"),
             "Mode": MODE_LABELS.get(r["mode"], r["mode"]),
             "Time": time_range(r["minutes_min"], r["minutes"]),
             "Cost": r["charge"] if cpu else money_range(r["cost_usd_min"], r["cost_usd"]),
             "Memory": memory + ("" if cpu else f" ({r['plan_brief']})"),
-            "Figures": short_figures(r),
+            "Figures": " · ".join(x for x in (short_figures(r), estimate_gpus.short_scaling(r)) if x),
         })
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -401,8 +402,10 @@ def headline_html(raw: pd.DataFrame, cfg: Config, on_cpu: bool = False) -> str:
     cpu = ("<div class='warn'>This machine has no GPU: a run started here trains on the CPU — "
            f"{CPU_CHARGE} for GPU time, but its time is not benchmarked and is far longer. "
            "The prices are for renting the GPU below.</div>" if on_cpu else "")
-    return (f"<div class='headline'>{cpu}<div class='big'>On one <b>{_esc(cfg.gpu.type)}</b> at "
-            f"${cfg.gpu.price_per_hour:.2f}/h, for this dataset — {' · '.join(parts)}</div>"
+    count = estimate_gpus.rows_gpus(rows)
+    return (f"<div class='headline'>{cpu}<div class='big'>On {'one' if count == 1 else f'{count} ×'} "
+            f"<b>{_esc(cfg.gpu.type)}</b> at ${cfg.gpu.price_per_hour:.2f}/h{'' if count == 1 else ' each'}, "
+            f"for this dataset — {' · '.join(parts)}</div>{estimate_gpus.scaling_html(rows)}"
             f"<div class='quote'>{_esc(reference)}</div>{''.join(details)}"
             f"<div class='src'>Speeds: {_esc(rows.iloc[0]['figures'])}. Prices from assets/gpu_prices.yaml "
             f"({_esc(rows.iloc[0]['price_source'])}); your hourly price replaces the list price for this GPU. "
@@ -452,7 +455,8 @@ def estimate_view(config: Config) -> EstimateView:
         cfg = apply_selection(config, selection)
         dataset = open_dataset(cfg, dataset_id)
         speaker = selection.get("speaker") or dataset.recommendation.speaker
-        raw = estimate(cfg, dataset.manifest, speaker, prices=priced_table(cfg), include_cpu=on_cpu)
+        raw = estimate(cfg, dataset.manifest, speaker, prices=priced_table(cfg), include_cpu=on_cpu,
+                       gpus=estimate_gpus.gpu_count(selection))
         work = describe_workload(cfg, dataset.manifest, speaker)
         report = check_recipe(cfg, dataset.manifest, speaker)
     except ValueError as exc:
@@ -486,6 +490,7 @@ def build(ctx) -> None:
                                   elem_id="gpu-choice", info=FIELD_INFO["gpu"])
                 price = gr.Number(start["price"], label=FIELD_LABELS["price"], step=0.01, scale=1,
                                   elem_id="gpu-price", info=FIELD_INFO["price"])
+                gpu_count = modes_gpus.control(config)
         with gr.Column(scale=3, min_width=360):
             with gr.Group(visible=start["mode"] == "quick_lora") as quick_group:
                 with gr.Row():
@@ -579,7 +584,8 @@ def build(ctx) -> None:
 
     def on_open():
         values = current_settings(config)
-        return [*(values[n] for n in names), *on_mode(values["mode"]), *show_estimate()]
+        return [*(values[n] for n in names), estimate_gpus.saved_gpu_count(config), *on_mode(values["mode"]),
+                *show_estimate()]
 
     def cost_estimate() -> dict:
         """The comparison as JSON: one record per GPU × mode (pipeline.estimate.cost.estimate) and the workload."""
@@ -596,6 +602,7 @@ def build(ctx) -> None:
     apply_recipe.click(on_apply, outputs=[saved, ctx.selection, quick_steps, full_epochs, speaker_steps,
                                           *estimate_outputs], api_name="apply_scaled_recipe")
     ctx.selection.change(show_estimate, outputs=estimate_outputs, api_visibility="private", show_progress="hidden")
-    ctx.demo.load(on_open, outputs=[*controls, quick_group, full_group, *estimate_outputs],
+    modes_gpus.wire(config, gpu_count, saved, ctx.selection, estimate_outputs, show_estimate)
+    ctx.demo.load(on_open, outputs=[*controls, gpu_count, quick_group, full_group, *estimate_outputs],
                   api_visibility="private")
     gr.api(cost_estimate, api_name="cost_estimate")

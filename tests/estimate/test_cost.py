@@ -166,3 +166,77 @@ def test_memory_plan_decides_fit_and_slows_small_cards():
     speed = reference["lora_tokens_per_s"] * 125 / 989 * SMALL_MICRO_BATCH_FACTOR["lora"]
     lora = _phase(a10g, "lora")
     assert lora["seconds_max"] == pytest.approx(reference["lora_start_s"] + 2800 * 4 * 4096 / speed, rel=0.01)
+
+
+# -- several GPUs ------------------------------------------------------------------------------------
+def _scaling(gpus, lora, full):
+    return {"gpus": gpus, "lora": {"efficiency": lora}, "full": {"efficiency": full},
+            "efficiency": {"lora": lora, "full": full}}
+
+
+def _write(folder, name, bench):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(bench))
+
+
+def test_several_gpus_use_the_recorded_scaling_of_that_card(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path))
+    bench_dir = tmp_path / "runs" / "bench"
+    h100 = _bench("NVIDIA H100 80GB HBM3", "2026-12-01T10:00:00Z")
+    _write(bench_dir, "nvidia-h100-2026-12-01.json", h100)
+    # a newer scaling-only bench (`--only scaling` writes no train section) of the same card
+    _write(bench_dir, "nvidia-h100-2026-12-02.json", {"card": "NVIDIA H100 80GB HBM3", "time": "2026-12-02T10:00:00Z",
+                                                      "scaling": _scaling(2, 0.9, 0.8)})
+    data = manifest({"a": 30})
+    config = Config().with_overrides({"training.grad_accumulation": 2})      # 8 sequences per step
+    one, two = estimate(config, data), estimate(config, data, gpus=2)
+    h1, h2 = _row(one, "H100-80GB", "full_finetune"), _row(two, "H100-80GB", "full_finetune")
+    assert (h1.gpus, h2.gpus) == (1, 2) and h1.scaling == "" and h2.scaling_measured
+    assert "scaling measured on 2 GPUs (NVIDIA H100 80GB HBM3, 2026-12-02 10:00): LoRA 0.90, full 0.80" in h2.scaling
+    assert h2.throughput_source == h1.throughput_source == "measured on NVIDIA H100 80GB HBM3, 2026-12-01 10:00"
+    start = h100["train"]["variants"][1]["first_step_s"] - h100["train"]["variants"][1]["step_s"]
+    full1, full2 = (_phase(r, "full")["seconds_max"] - start for r in (h1, h2))
+    assert full2 == pytest.approx(full1 / (2 * 0.8), rel=1e-6)              # time ÷ (N × efficiency)
+    assert _phase(h2, "extract")["seconds_max"] == _phase(h1, "extract")["seconds_max"]   # not split here
+    assert _phase(h2, "full")["cost_max"] == pytest.approx(_phase(h2, "full")["seconds_max"] / 3600 * 2.99 * 2)
+    assert h2.cost_usd == pytest.approx(h2.hours * 2.99 * 2, rel=1e-3)      # money × N
+    assert h2.price_per_hour == 2.99 and h2.batch_split == ""
+    # one GPU is unchanged by a scaling bench
+    assert h1.cost_usd == pytest.approx(h1.hours * 2.99, rel=1e-3)
+
+
+def test_several_gpus_without_a_recorded_figure_say_not_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path))
+    data = manifest({"a": 30})
+    one, four = estimate(Config(), data, benches=[]), estimate(Config(), data, benches=[], gpus=4)
+    a1, a4 = _row(one, "A100-80GB", "quick_lora"), _row(four, "A100-80GB", "quick_lora")
+    assert a4.gpus == 4 and not a4.scaling_measured
+    assert "scaling not measured on A100-80GB: assumed linear (4 × one GPU's speed), not measured" in a4.scaling
+    assert "money × GPUs" in a4.scaling
+    start = load_price_table()["reference_throughput"]["lora_start_s"]
+    lora1, lora4 = (_phase(r, "lora")["seconds_max"] - start for r in (a1, a4))
+    # 4 sequences per step over 4 GPUs: one sequence per GPU, which pays the small micro-batch cost
+    assert lora4 == pytest.approx(lora1 / 4 / SMALL_MICRO_BATCH_FACTOR["lora"], rel=1e-6)
+    assert a4.plan_brief == "1×1"
+
+
+def test_a_scaling_figure_of_another_gpu_count_is_used_and_said(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path))
+    benches = [_bench("NVIDIA H100 80GB HBM3", "2026-12-01T10:00:00Z") | {"scaling": _scaling(8, 0.7, 0.6)},
+               _bench("NVIDIA L40S", "2026-12-02T10:00:00Z") | {"scaling": _scaling(2, 0.5, 0.5)}]
+    table = estimate(Config().with_overrides({"training.grad_accumulation": 2}), manifest({"a": 5}), benches=benches,
+                     gpus=2)
+    h100, a100 = _row(table, "H100-80GB", "quick_lora"), _row(table, "A100-80GB", "quick_lora")
+    assert not h100.scaling_measured and h100.scaling_efficiency == {"lora": 0.7, "full": 0.6}
+    assert "measured on 8 GPUs, not 2" in h100.scaling and "errs slow" in h100.scaling
+    assert "scaling not measured on A100-80GB" in a100.scaling      # another card's interconnect is not this one's
+    from pipeline.estimate.scaling import card_scaling
+    assert "assumed to hold for 8, not measured" in card_scaling(8, "x", [("L40S", benches[1])]).text
+    with pytest.raises(ValueError, match="GPU count"):
+        estimate(Config(), manifest({"a": 5}), benches=[], gpus=0)
+
+
+def test_a_global_batch_that_does_not_split_over_the_gpus_is_named():
+    row = _row(estimate(Config(), manifest({"a": 5}), benches=[], gpus=8), "H100-80GB", "quick_lora")
+    assert "does not split evenly over 8 GPUs" in row.batch_split and "training.grad_accumulation" in row.batch_split
+    assert _row(estimate(Config(), manifest({"a": 5}), benches=[], gpus=2), "H100-80GB", "quick_lora").batch_split == ""

@@ -200,7 +200,7 @@ def test_the_app_has_the_tab_and_its_api(config):
     assert titles.index("Modes & cost") == titles.index("Dataset") + 1
     demo = build_app(config)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    assert {"mode-choice", "gpu-choice", "gpu-price", "quick-steps", "lora-rank", "batch-size", "chart-cost",
+    assert {"mode-choice", "gpu-choice", "gpu-price", "gpu-count", "quick-steps", "lora-rank", "batch-size", "chart-cost",
             "estimate-table", "estimate-headline", "estimate-workload"} <= ids
     assert {"save_settings", "cost_estimate", "apply_scaled_recipe"} <= {fn.api_name for fn in demo.fns.values()}
     assert "apply-scaled-recipe" in ids and "recipe-check" in ids
@@ -216,3 +216,45 @@ def test_evaluation_and_checkpoint_intervals_are_settings_of_the_next_run(config
     assert (applied.training.val_every, applied.training.save_every) == (50, 150)
     _, errors = modes_tab.save_valid_settings(config, **(values | {"save_every": 0}))
     assert "training.save_every" in errors["save_every"]
+
+
+def test_the_gpu_count_is_saved_and_the_estimate_follows_it(config, selected):
+    from studio.logic import estimate_gpus
+
+    one = _row(modes_tab.estimate_view(config), "A100-80GB", "quick_lora")
+    assert estimate_gpus.saved_gpu_count(config) == 1 and one.gpus == 1
+    selection = estimate_gpus.save_gpu_count(config, 2)
+    assert selection[estimate_gpus.SELECTION_KEY] == 2 and "training.gpus" not in selection   # not this machine's run
+    view = modes_tab.estimate_view(config)
+    two = _row(view, "A100-80GB", "quick_lora")
+    assert two.gpus == 2 and two.cost_usd == pytest.approx(two.hours * 1.32 * 2, rel=1e-3)
+    assert two.train_minutes < one.train_minutes
+    # the headline names the count and the scaling it assumed; the table shows both per row
+    assert "On 2 × <b>A100-80GB</b> at $1.32/h each" in view.headline
+    assert "Scaling: 2 GPUs: scaling not measured on A100-80GB: assumed linear" in view.headline
+    starred = view.table[view.table["GPU"].str.startswith("★ ")]
+    assert set(starred["GPU"]) == {"★ 2 × A100-80GB · $1.32/h"}
+    assert starred["Figures"].str.endswith("× 2 GPUs: linear assumed, not measured").all()
+    assert "on 2 × A100-80GB for this dataset" in view.cards
+    with pytest.raises(ValueError, match="GPUs: choose one of 1, 2, 4, 8"):
+        estimate_gpus.save_gpu_count(config, 3)
+    assert estimate_gpus.saved_gpu_count(config) == 2                              # the bad value is not saved
+
+
+def test_an_unsplittable_batch_and_a_measured_scaling_are_shown():
+    from studio.logic import estimate_gpus
+
+    raw = pd.DataFrame([
+        _raw_row("A", "quick_lora", 10, 10, 1.0, 1.0, gpus=8, scaling_measured=False, scaling_efficiency={"lora": 1.0},
+                 scaling="8 GPUs: scaling not measured on A: assumed linear", batch_split="does not split evenly"),
+        _raw_row("A", "full_finetune", 20, 60, 2.0, 6.0, gpus=8, scaling_measured=True,
+                 scaling_efficiency={"lora": 0.9, "full": 0.85}, scaling="8 GPUs: scaling measured on 8 GPUs",
+                 batch_split=""),
+    ])
+    table = modes_tab.display_table(raw, "A")
+    assert list(table["Figures"]) == ["measured (H100 80GB HBM3, 2026-01-01 10:00) · batch does not split over 8 GPUs",
+                                      "measured (H100 80GB HBM3, 2026-01-01 10:00) · × 8 GPUs at 0.85 of linear (measured)"]
+    line = estimate_gpus.scaling_html(raw)
+    assert "Training would refuse this: does not split evenly" in line and "Scaling: 8 GPUs" in line
+    assert estimate_gpus.scaling_html(raw.assign(gpus=1)) == ""
+    assert estimate_gpus.gpu_count({"estimate_gpus": 5}) == 1 and estimate_gpus.gpu_count({}) == 1
