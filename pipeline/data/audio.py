@@ -186,9 +186,9 @@ def to_training_audio(src: str | Path, dst_dir: str | Path, *, audio: tuple[np.n
     mono = data.mean(axis=1) if data.ndim == 2 else data
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if sr != TARGET_SR:
-        import librosa
+        import soxr  # what librosa's soxr_hq calls, without librosa's numba import
 
-        mono = librosa.resample(mono, orig_sr=sr, target_sr=TARGET_SR, res_type="soxr_hq")
+        mono = soxr.resample(mono, sr, TARGET_SR, quality="HQ")
     with replacing(dst) as tmp:
         sf.write(str(tmp), mono.astype(np.float32), TARGET_SR, subtype="FLOAT", format="WAV")
     return dst

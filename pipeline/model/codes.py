@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,6 +32,7 @@ import torch
 
 from pipeline.atomic import replacing
 from pipeline.data.audio import AudioError, load_audio
+from pipeline.data.parallel import worker_count
 from pipeline.model.checkpoints import codec_identity, load_codec
 
 Progress = Callable[[float, str], None] | None
@@ -50,6 +53,17 @@ class ExtractReport:
     wall_seconds: float
     codes_paths: dict[str, str]  # clip id → .npy path
     manifest: pd.DataFrame = field(repr=False)  # copy of the input with a `codes_path` column
+    load_wait_seconds: float = 0.0  # the encoder waiting for audio (decode, resample, hash), in all
+    first_load_seconds: float = 0.0  # of which before the first batch (nothing to overlap with yet)
+    busy_span_seconds: float = 0.0  # from the first batch loaded to the end
+    encode_seconds: float = 0.0  # in the codec (GPU busy), cache writes excluded
+    loader_threads: int = 0
+
+    @property
+    def gpu_idle_share(self) -> float:
+        """Share of the time after the first batch was loaded that the encoder waited for audio."""
+        span = self.busy_span_seconds
+        return max(self.load_wait_seconds - self.first_load_seconds, 0.0) / span if span > 0 else 0.0
 
     @property
     def throughput(self) -> float:
@@ -140,11 +154,14 @@ def frames_for(codec, n_samples: int) -> int:
 def encode_batch(codec, audios: list[np.ndarray], device: str | torch.device | None = None) -> list[torch.Tensor]:
     """Encode clips together (zero right-padding) and cut each to its own frame count."""
     device = device or next(codec.parameters()).device
+    device = torch.device(device)
     lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
-    batch = torch.zeros((len(audios), 1, int(lengths.max())), dtype=torch.float32)
+    # pinned host memory: the copy to the GPU runs asynchronously, at full bus speed
+    batch = torch.zeros((len(audios), 1, int(lengths.max())), dtype=torch.float32,
+                        pin_memory=device.type == "cuda")
     for i, audio in enumerate(audios):
         batch[i, 0, : len(audio)] = torch.from_numpy(audio)
-    indices, frame_lens = codec.encode(batch.to(device), lengths.to(device))
+    indices, frame_lens = codec.encode(batch.to(device, non_blocking=True), lengths.to(device))
     return [indices[i, :, : int(frame_lens[i])].to("cpu", torch.long) for i in range(len(audios))]
 
 
@@ -191,6 +208,63 @@ def _batches(items: list[dict], batch_seconds: float) -> list[list[dict]]:
     return groups
 
 
+MAX_LOADER_THREADS = 8  # decoding, resampling and hashing release the GIL; more only contend for it
+LOOK_AHEAD_GROUPS = 2  # batches loaded ahead of the codec (each ≤ batch_seconds of audio in memory)
+
+
+@dataclass
+class _Loaded:
+    audio: np.ndarray
+    seconds: float
+    path: Path
+    cached: bool
+
+
+@dataclass
+class _ClipLoader:
+    """One clip read for the codec (runs on a loader thread): its samples, cache entry and whether
+    that entry exists, or the reason it cannot be used (a str)."""
+
+    sample_rate: int
+    codec_id: str
+    cache_dir: Path
+    num_codebooks: int | None
+
+    def __call__(self, item: dict) -> _Loaded | str:
+        try:
+            audio = load_for_codec(item["path"], self.sample_rate)
+        except (AudioError, OSError, ValueError) as exc:
+            return str(exc)
+        if len(audio) == 0:
+            return f"{item['path']}: no samples"
+        path = cache_path(self.cache_dir, cache_key(audio, self.sample_rate, self.codec_id))
+        return _Loaded(audio, len(audio) / self.sample_rate, path, _valid_cached(path, self.num_codebooks))
+
+
+def _submit_next(pool: ThreadPoolExecutor, groups, load: _ClipLoader, ahead: deque) -> None:
+    group = next(groups, None)
+    if group is not None:
+        ahead.append((group, [pool.submit(load, item) for item in group]))
+
+
+def _encode_group(codec, to_encode: list, sample_rate: int, failed: dict[str, str]) -> list:
+    """Codes of each (item, audio, path, seconds), None where the codec cannot encode the clip."""
+    try:
+        return _encode_resilient(codec, [a for _, a, _, _ in to_encode])
+    except (RuntimeError, IndexError):
+        # One clip can spoil a batch (e.g. longer than the codec's attention table,
+        # IndexError): encode one by one so only that clip is rejected.
+        encoded = []
+        for item, audio, _, _ in to_encode:
+            try:
+                encoded.extend(_encode_resilient(codec, [audio]))
+            except (RuntimeError, IndexError) as single:
+                seconds = len(audio) / sample_rate
+                failed[item["id"]] = f"the codec cannot encode this clip ({seconds:.1f} s): {str(single)[:160]}"
+                encoded.append(None)
+        return encoded
+
+
 def extract_codes(
     manifest: pd.DataFrame,
     ckpt_dir: str | Path,
@@ -199,10 +273,14 @@ def extract_codes(
     batch_seconds: float = 120.0,
     progress: Progress = None,
     codec=None,
+    loader_threads: int | None = None,
 ) -> ExtractReport:
     """Encode every `status == "ok"` clip of `manifest`; cached clips are not recomputed.
 
     `codec` lets a caller pass an already-loaded codec (it is loaded from `ckpt_dir` otherwise).
+    Audio is read on `loader_threads` threads (default: the cores, or PIPELINE_WORKERS; at most
+    MAX_LOADER_THREADS) up to LOOK_AHEAD_GROUPS batches ahead of the codec; the report says how
+    long the codec waited for them (`load_wait_seconds`, `gpu_idle_share`).
     """
     from tqdm.auto import tqdm
 
@@ -229,54 +307,58 @@ def extract_codes(
     failed: dict[str, str] = {}
     hits = computed = 0
     audio_seconds = computed_seconds = 0.0
+    wait_s = first_wait_s = encode_s = 0.0
     done = 0
+    load = _ClipLoader(sample_rate, codec_id, cache_dir, num_codebooks)
+    threads = min(MAX_LOADER_THREADS, worker_count(loader_threads))
     bar = tqdm(total=len(items), desc="VQ codes", unit="clip", disable=progress is not None or not items)
-    for group in groups:
-        to_encode = []
-        for item in group:
-            try:
-                audio = load_for_codec(item["path"], sample_rate)
-            except (AudioError, OSError, ValueError) as exc:
-                failed[item["id"]] = str(exc)
-                continue
-            if len(audio) == 0:
-                failed[item["id"]] = f"{item['path']}: no samples"
-                continue
-            seconds = len(audio) / sample_rate
-            audio_seconds += seconds
-            key = cache_key(audio, sample_rate, codec_id)
-            path = cache_path(cache_dir, key)
-            if _valid_cached(path, num_codebooks):
-                codes_paths[item["id"]] = str(path)
-                hits += 1
-            else:
-                to_encode.append((item, audio, path, seconds))
-        if to_encode:
-            try:
-                encoded = _encode_resilient(codec, [a for _, a, _, _ in to_encode])
-            except (RuntimeError, IndexError):
-                # One clip can spoil a batch (e.g. longer than the codec's attention table,
-                # IndexError): encode one by one so only that clip is rejected.
-                encoded = []
-                for it, audio, _, _ in to_encode:
-                    try:
-                        encoded.extend(_encode_resilient(codec, [audio]))
-                    except (RuntimeError, IndexError) as single:
-                        seconds = len(audio) / sample_rate
-                        failed[it["id"]] = f"the codec cannot encode this clip ({seconds:.1f} s): {str(single)[:160]}"
-                        encoded.append(None)
-            for (item, _, path, seconds), codes in zip(to_encode, encoded):
-                if codes is None:
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codes-loader")
+    first_ready = None
+    try:
+        # the next groups decode, resample and hash on the loader threads while the codec encodes this one
+        ahead: deque = deque()
+        upcoming = iter(groups)
+        for _ in range(LOOK_AHEAD_GROUPS + 1):
+            _submit_next(pool, upcoming, load, ahead)
+        while ahead:
+            group, futures = ahead.popleft()
+            _submit_next(pool, upcoming, load, ahead)
+            waited = time.perf_counter()
+            loaded = [f.result() for f in futures]
+            waited = time.perf_counter() - waited
+            wait_s += waited
+            if first_ready is None:
+                first_wait_s, first_ready = waited, time.perf_counter()
+            to_encode = []
+            for item, clip in zip(group, loaded):
+                if isinstance(clip, str):
+                    failed[item["id"]] = clip
                     continue
-                save_codes(path, codes)
-                codes_paths[item["id"]] = str(path)
-                computed += 1
-                computed_seconds += seconds
-        done += len(group)
-        bar.update(len(group))
-        if progress:
-            progress(done / max(len(items), 1), f"VQ codes: {done}/{len(items)} clips ({hits} cached)")
+                audio_seconds += clip.seconds
+                if clip.cached:
+                    codes_paths[item["id"]] = str(clip.path)
+                    hits += 1
+                else:
+                    to_encode.append((item, clip.audio, clip.path, clip.seconds))
+            if to_encode:
+                encoding = time.perf_counter()
+                encoded = _encode_group(codec, to_encode, sample_rate, failed)
+                encode_s += time.perf_counter() - encoding
+                for (item, _, path, seconds), codes in zip(to_encode, encoded):
+                    if codes is None:
+                        continue
+                    save_codes(path, codes)
+                    codes_paths[item["id"]] = str(path)
+                    computed += 1
+                    computed_seconds += seconds
+            done += len(group)
+            bar.update(len(group))
+            if progress:
+                progress(done / max(len(items), 1), f"VQ codes: {done}/{len(items)} clips ({hits} cached)")
+    finally:  # a stop request must not wait for the loads queued ahead
+        pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
+    busy_span = time.perf_counter() - first_ready if first_ready is not None else 0.0
     if progress and not items:
         progress(1.0, "VQ codes: no usable clips")
 
@@ -292,4 +374,9 @@ def extract_codes(
         wall_seconds=time.perf_counter() - started,
         codes_paths=codes_paths,
         manifest=out,
+        load_wait_seconds=wait_s,
+        first_load_seconds=first_wait_s,
+        busy_span_seconds=busy_span,
+        encode_seconds=encode_s,
+        loader_threads=threads,
     )

@@ -106,3 +106,74 @@ def test_reason_categories():
     assert reason_category("transcript is empty") == "empty transcript"
     assert reason_category("missing transcript (.lab/.txt)") == "missing transcript"
     assert reason_category("conversion failed: disk full") == "conversion failed"
+
+
+# -- parallel analysis ------------------------------------------------------------------------
+def _relative(manifest: pd.DataFrame, root) -> pd.DataFrame:
+    """The manifest with its converted-audio paths relative to the dataset folder (they differ by folder)."""
+    out = manifest.copy()
+    out["audio_path"] = [p.replace(str(root), "<ds>") for p in out["audio_path"]]
+    return out
+
+
+def test_parallel_analysis_gives_exactly_the_serial_manifest_on_the_sample(tmp_path):
+    from pipeline.data.source_spec import SourceSpec
+    from pipeline.data.sources import read_source
+
+    clips = read_source(SourceSpec(kind="sample"), tmp_path / "work")
+    assert len(clips) >= 16  # enough for the process pool to be used
+    config = test_config(tmp_path)
+    calls = []
+    serial = build_manifest(clips, tmp_path / "serial", config, workers=1)
+    parallel = build_manifest(clips, tmp_path / "parallel", config, workers=2,
+                              progress=lambda f, m: calls.append((f, m)))
+    pd.testing.assert_frame_equal(_relative(serial, tmp_path / "serial"), _relative(parallel, tmp_path / "parallel"))
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert calls[-1][1] == f"Checked {len(clips)}/{len(clips)} clips"
+
+
+def test_a_corrupt_clip_in_the_parallel_path_is_rejected_with_its_reason(tmp_path):
+    root = tmp_path / "data"
+    ids = [f"{'ab'[i % 2]}/c{i:02d}" for i in range(17)]
+    for i, clip_id in enumerate(ids):
+        write_clip(root, clip_id[0], clip_id[2:], f"Lause numero {i}.", data=speech_like(seconds=0.8, seed=i))
+    raw = (root / "b" / "c05.wav").read_bytes()
+    (root / "b" / "c05.wav").write_bytes(b"RIFF\x00\x00garbage" + raw[60:200])
+    manifest = build_manifest(read_folder(root), tmp_path / "ds", test_config(tmp_path), workers=2)
+    rows = manifest.set_index("id")
+    assert rows.loc["b/c05", "status"] == "rejected"
+    assert rows.loc["b/c05", "reason"].startswith("unreadable audio") and "c05.wav" in rows.loc["b/c05", "reason"]
+    assert (rows.drop(index="b/c05")["status"] == "ok").all()
+    assert sorted(manifest["id"]) == sorted(ids) and list(manifest["id"]) == [c.id for c in read_folder(root)]
+
+
+def _die_on_seven(n: int) -> int:
+    """A stand-in for a decoder that segfaults on one file: the process dies without a Python error."""
+    if n == 7:
+        import os
+
+        os._exit(139)
+    return n * n
+
+
+def test_a_clip_that_kills_its_worker_is_rejected_and_the_rest_are_kept():
+    from pipeline.data.parallel import map_in_processes
+
+    done = []
+    results = map_in_processes(_die_on_seven, range(20), workers=2, on_done=done.append,
+                               on_crash=lambda n: f"crashed on {n}")
+    assert results == [n * n if n != 7 else "crashed on 7" for n in range(20)]
+    assert done == list(range(1, 21))
+
+
+def test_worker_count_from_the_environment(monkeypatch):
+    from pipeline.data.parallel import WORKERS_ENV, available_cores, worker_count
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert worker_count() == available_cores() and worker_count(3) == 3
+    monkeypatch.setenv(WORKERS_ENV, "1")
+    assert worker_count() == 1
+    monkeypatch.setenv(WORKERS_ENV, "many")
+    with pytest.raises(ValueError, match=WORKERS_ENV):
+        worker_count()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -193,3 +194,39 @@ def test_clip_the_codec_cannot_encode_is_rejected_not_fatal(dataset, tiny_checkp
     report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=10.0, codec=codec)
     assert set(report.failed) == {"b", "broken"} and "cannot encode" in report.failed["b"]
     assert report.computed == 4
+
+
+def test_the_loader_threads_give_the_same_codes_as_one_clip_at_a_time(dataset, tiny_checkpoint, tmp_path, codec):
+    # many small batches, so loads run ahead of the codec on several threads
+    report = extract_codes(dataset, tiny_checkpoint, tmp_path / "threads", batch_seconds=1.0, codec=codec,
+                           loader_threads=4)
+    serial = extract_codes(dataset, tiny_checkpoint, tmp_path / "serial", batch_seconds=1.0, codec=codec,
+                           loader_threads=1)
+    assert report.loader_threads == 4 and serial.loader_threads == 1
+    assert set(report.codes_paths) == set(serial.codes_paths) == set("abcde") and set(report.failed) == {"broken"}
+    rows = dataset.set_index("id")
+    for clip_id, path in report.codes_paths.items():
+        audio = load_for_codec(rows.loc[clip_id, "audio_path"], SR)
+        # same cache key as a clip read alone, and the same codes as encoding it alone
+        assert Path(path).name == Path(serial.codes_paths[clip_id]).name == f"{cache_key(audio, SR, codec_identity(tiny_checkpoint))}.npy"
+        assert torch.equal(load_codes(path), encode_audio(codec, audio)), clip_id
+    assert report.load_wait_seconds >= report.first_load_seconds >= 0
+    assert 0.0 <= report.gpu_idle_share <= 1.0 and report.encode_seconds > 0
+
+
+def test_the_report_counts_the_codec_waiting_for_audio(dataset, tiny_checkpoint, tmp_path, codec, monkeypatch):
+    import time as time_module
+
+    import pipeline.model.codes as codes_module
+
+    real = codes_module.load_for_codec
+
+    def slow(path, sample_rate):
+        time_module.sleep(0.2)  # a slow disk: the codec has nothing to encode meanwhile
+        return real(path, sample_rate)
+
+    monkeypatch.setattr(codes_module, "load_for_codec", slow)
+    report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=1.0, codec=codec,
+                           loader_threads=1)
+    assert report.computed == 5
+    assert report.load_wait_seconds > 0.5 and report.gpu_idle_share > 0.3
