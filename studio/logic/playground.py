@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 from pipeline.model.checkpoints import LM_FILES, describe_checkpoint, is_random_weights
 from pipeline.config import PROJECT_ROOT
 from pipeline.model.model_card import CARD_NAME, is_model_card, run_card_facts, write_model_card
+from pipeline.quality.agreement import model_id
 from pipeline.generate.synth import SpeechResult, SpeechStep, Synthesizer, save_wav
 from pipeline.train.runs import read_run
 
@@ -315,17 +316,14 @@ def speak_to_file(config, cache: SynthCache, model_path: str, adapters: Adapters
 
 
 # -- A/B and blind tests ------------------------------------------------------------------------
-def _short_path(config, path: str | Path) -> str:
-    path = Path(path).resolve()
-    for root in (Path(config.workspace).resolve(), PROJECT_ROOT):
-        if path.is_relative_to(root):
-            return path.relative_to(root).as_posix()
-    return str(path)
+def vote_roots(config) -> tuple[Path, Path]:
+    """Where a vote's model paths are relative to (the same rule as the scorecards' model ids)."""
+    return Path(config.workspace), PROJECT_ROOT
 
 
 def model_identity(config, model: ModelOption, adapters: list[tuple[AdapterOption, float]]) -> dict:
     """What a preference line records about one side: a stable id string, a label and its runs."""
-    ident = _short_path(config, model.path) + "".join(f" + {_short_path(config, a.path)} x{w:g}" for a, w in adapters)
+    ident = model_id(model.path, [(a.path, w) for a, w in adapters], vote_roots(config))
     label = model.label + "".join(f" + {a.label} x{w:g}" for a, w in adapters)
     name = model.title + "".join(f" + {a.label} x{w:g}" for a, w in adapters)
     runs = [r for r in dict.fromkeys([model.run_id, *(a.run_id for a, _ in adapters)]) if r]

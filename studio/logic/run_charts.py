@@ -1,4 +1,4 @@
-"""Plotly figures for the Modes & cost tab (time vs cost per GPU) and the Training tab (curves).
+"""Plotly figures for the Modes & cost tab (time vs cost per GPU) and the Training tab (curves, voice quality).
 
 Inputs are plain DataFrames: `pipeline.estimate.cost.estimate`'s table and the train/validation rows of
 a metrics.jsonl (`pipeline.train.metrics.read_metrics`). Scatter traces only (SVG, not WebGL), so
@@ -146,3 +146,38 @@ def training_curves(train: pd.DataFrame, val: pd.DataFrame, title: str = "Traini
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.1, xanchor="left", x=0.0),
                       margin=dict(b=96))
     return fig
+
+
+# -- Voice quality during training ----------------------------------------------------------------
+QUALITY_PANELS = (  # (metrics.jsonl column, panel title, trace name, colour)
+    ("val_cer", "CER (lower is better)", "CER", "#e76f51"),
+    ("val_similarity", "Speaker similarity", "similarity", "#2a9d8f"),
+    ("val_ovrl", "DNSMOS OVRL (1–5)", "DNSMOS OVRL", "#264653"),
+)
+NO_QUALITY = ("No voice-quality scores in this phase yet: validations score the evaluation sentences "
+              "(speaker similarity and DNSMOS, CER when the ASR is available) once training records them.")
+
+
+def has_quality(val: pd.DataFrame | None) -> bool:
+    """Whether any validation row carries a scorecard mean."""
+    return val is not None and any(c in val and val[c].notna().any() for c, *_ in QUALITY_PANELS)
+
+
+def quality_curves(val: pd.DataFrame | None, title: str = "Voice quality during training") -> go.Figure:
+    """Three panels over the optimizer step from the validation rows: CER, speaker similarity and
+    DNSMOS OVRL of the evaluation sentences spoken at each validation; a message when none is there."""
+    if not has_quality(val):
+        return _message(title, NO_QUALITY, 240)
+    fig = make_subplots(rows=1, cols=len(QUALITY_PANELS), horizontal_spacing=0.08,
+                        subplot_titles=[panel for _, panel, _, _ in QUALITY_PANELS])
+    for col, (column, _, name, color) in enumerate(QUALITY_PANELS, start=1):
+        trace = _line(val, column, name, color, markers=True, legend=False)
+        if trace is not None and len(trace.x):
+            fig.add_trace(trace, row=1, col=col)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_yaxes(rangemode="tozero", tickformat=".0%", row=1, col=1)  # CER is a share of characters
+    fig.update_yaxes(range=[0, 1], row=1, col=2)  # cosine similarity of speaker embeddings
+    fig.update_yaxes(range=[1, 5], row=1, col=3)  # DNSMOS is on the MOS scale
+    for annotation in fig.layout.annotations:
+        annotation.update(font=dict(size=13, color="#374151"))
+    return _style(fig, title, 340)

@@ -26,6 +26,7 @@ from pipeline.train.jobs import delete_run
 from pipeline.data.text import example_sentences, normalize_report
 from studio.logic.warmup import WarmUp, warm_up_wanted
 
+from studio.tabs import scorecard_view
 from studio.tabs.dataset_view import esc, note
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def build(ctx) -> None:
                     download = gr.DownloadButton("Download WAV", visible=False, elem_id="pg-download")
                     message = gr.HTML(elem_id="pg-message")
         # -- two models, same sentence and seed ----------------------------------------------------
-        with gr.Tab("A/B compare", elem_id="pg-tab-ab"):
+        with gr.Tab("A/B compare", elem_id="pg-tab-ab") as ab_tab:
             with gr.Row(equal_height=False):
                 with gr.Column(min_width=340):
                     pick_a = _picker(config, "pg-a", "Model A", first, open_adapters=False)
@@ -189,6 +190,7 @@ def build(ctx) -> None:
             ab_message = gr.HTML(elem_id="pg-ab-message")
             tally = gr.HTML(elem_id="pg-tally")
             trial = gr.State(None)
+            scores = scorecard_view.build_model_scorecards()
         # -- downloads ------------------------------------------------------------------------------
         with gr.Tab("Artifacts", elem_id="pg-tab-artifacts") as artifacts_tab:
             with gr.Row(equal_height=True):
@@ -436,9 +438,10 @@ def build(ctx) -> None:
     compare.click(on_compare, inputs=[*shared, blind, *pick_a.inputs, *pick_b.inputs],
                   outputs=[*players, *captions, trial, ab_message, tally, *votes], api_name="compare",
                   show_progress_on=players)
-    for button, (_, value) in zip(votes, VOTES):
-        button.click(lambda current, value=value: on_vote(current, value), inputs=trial,
-                     outputs=[ab_message, tally, trial, *captions, *votes], api_name=f"vote_{value or 'tie'}")
+    voted = [button.click(lambda current, value=value: on_vote(current, value), inputs=trial,
+                          outputs=[ab_message, tally, trial, *captions, *votes], api_name=f"vote_{value or 'tie'}")
+             for button, (_, value) in zip(votes, VOTES)]
+    scorecard_view.wire_model_scorecards(scores, config, [ctx.demo.load, ab_tab.select], after=voted)
     file_outputs = [adapter_zip, merged_files, audio_files, zip_merged, merged_zip, zip_phase1, phase1_zip]
     gr.on([artifacts_tab.select, refresh_artifacts.click], on_artifacts, outputs=[usage, runs_table, run_choice],
           api_name="artifacts").then(on_run_files, inputs=run_choice, outputs=file_outputs, api_visibility="private")

@@ -1,4 +1,4 @@
-"""The Training tab: start, watch, cancel and resume a run; its curves, log, cost and audio.
+"""The Training tab: start, watch, cancel and resume a run; its curves, log, cost, audio and scorecard.
 
 Training runs in its own process (pipeline.train.jobs), so this tab only reads the run directory: a
 `gr.Timer` refreshes the view every few seconds, and a browser reload re-attaches to the running
@@ -17,6 +17,8 @@ import gradio as gr
 
 from pipeline.train.jobs import JobError, cancel_job, current_job, job_status
 from studio.logic.runs_view import ACTIVE, PHASE_LABELS, run_progress
+from studio.logic import run_charts, scorecards
+from studio.tabs import scorecard_view
 
 from studio.tabs.training_view import (AUDIO_SLOTS, CSS, FROM_BASE, LOG_LINES, REFRESH_SECONDS, RunView, checked_run_id,
                             comparison_html, default_run, empty_view, failure, language_model_choices,
@@ -58,6 +60,7 @@ def build(ctx) -> None:
             refresh_btn = gr.Button("↻ Refresh", size="md", elem_id="refresh-runs")
     progress = gr.HTML(css_template=CSS, elem_id="run-progress")
     curves = gr.Plot(show_label=False, elem_id="training-curves")
+    quality = gr.Plot(show_label=False, elem_id="quality-curves")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=360):
             log_box = gr.Textbox(label="Log (last lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False,
@@ -69,6 +72,7 @@ def build(ctx) -> None:
             artifacts = gr.HTML(css_template=CSS, elem_id="run-artifacts")
         with gr.Column(scale=2, min_width=320):
             adapter_file = gr.File(label="Adapter (zip)", visible=False, interactive=False, elem_id="adapter-zip")
+    scorecard = scorecard_view.build_run_scorecard()
     with gr.Column(visible=False, elem_id="eval-audio") as eval_group:
         gr.Markdown("#### Evaluation sentences spoken by the trained model", elem_classes="section-title")
         with gr.Row():
@@ -102,7 +106,7 @@ def build(ctx) -> None:
 
     view_outputs = [run_dd, phase_radio, progress, curves, log_box, comparison, artifacts,
                     adapter_file, cancel_btn, resume_btn, signature, eval_group, *eval_players, val_group,
-                    val_step, *val_players]
+                    val_step, *val_players, quality]
 
     def render(view: RunView, choices=None) -> list:
         dropdown = gr.update(value=view.run_id) if choices is None else gr.update(choices=choices, value=view.run_id)
@@ -112,7 +116,13 @@ def build(ctx) -> None:
                 comparison_html(view),
                 view.artifacts_html, gr.update(value=view.adapter_zip, visible=bool(view.adapter_zip)),
                 gr.update(interactive=view.can_cancel), gr.update(interactive=view.can_resume),
-                view.signature, *audio_updates(view)]
+                view.signature, *audio_updates(view), quality_plot(view)]
+
+    def quality_plot(view: RunView):
+        try:
+            return scorecards.quality_figure(config.runs_dir / view.run_id if view.run_id else None, view.phase)
+        except Exception as exc:  # noqa: BLE001 - a metrics file being written: said in the figure
+            return run_charts.message_figure("Voice quality during training", failure(exc))
 
     def safe_view(run_id, phase=None) -> RunView:
         try:
@@ -194,7 +204,7 @@ def build(ctx) -> None:
             return [gr.skip()] * len(view_outputs) + keep
         if tuple(view.signature) == tuple(last or ()):  # only time and money moved: keep the plot's zoom
             updates = render(view)
-            updates[view_outputs.index(curves)] = gr.skip()
+            updates[view_outputs.index(curves)] = updates[view_outputs.index(quality)] = gr.skip()
             return updates + keep
         return render(view, run_choices(config)) + keep  # the run's status in the dropdown may have changed
 
@@ -237,4 +247,5 @@ def build(ctx) -> None:
                          api_visibility="private", show_progress="hidden")
     ctx.demo.load(on_open, outputs=[plan, *view_outputs, pinned_phase, followed_job, base_dd, start_btn],
                   api_visibility="private")
+    scorecard_view.wire_run_scorecard(scorecard, config, run_dd, refresh_btn, ctx.demo)
     gr.api(run_status, api_name="run_status")

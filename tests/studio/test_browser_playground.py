@@ -24,8 +24,10 @@ from pipeline.config import Config
 from pipeline.data.dataset import load_dataset
 from pipeline.data.selection import save_selection
 from pipeline.data.source_spec import SourceSpec
+from pipeline.quality.overview import baseline_dir
 from studio_server import CHROMIUM, PROJECT_ROOT, start_studio
 from test_playground import RUN, make_runs
+from test_scorecards import write_scorecard
 
 SCREENSHOT = PROJECT_ROOT / "docs" / "screenshots" / "playground.png"
 
@@ -49,6 +51,11 @@ def server(tiny_checkpoint, tmp_path_factory):
         config = Config()
         dataset = load_dataset(SourceSpec("folder", path=str(root / "voices")), config)
         save_selection(config, dataset_id=dataset.id, speaker="bert")
+        # scorecards as `evaluate` leaves them: the base model's baseline and the run's merged model
+        write_scorecard(baseline_dir(config), tiny_checkpoint, [0.9, 1.0, 0.95], [0.1, 0.2, 0.15], [1.3, 1.4, 1.2],
+                        random_weights=True)
+        write_scorecard(workspace / "runs" / RUN / "eval" / "merged", workspace / "runs" / RUN / "artifacts" / "merged",
+                        [0.5, 0.6, 0.4], [0.4, 0.5, 0.45], [2.0, 2.2, 2.1], random_weights=True)
     config_path = root / "launchable.yaml"
     config_path.write_text(yaml.safe_dump({"base_model": {"local_dir": str(tiny_checkpoint)},
                                            "studio": {"workspace": str(workspace)}}))
@@ -158,6 +165,12 @@ def test_blind_ab_shows_two_players_and_records_the_vote(server, page, tmp_path)
     page.get_by_role("tab", name="A/B compare").click()
     choose(page, "pg-b-model", f"Run {RUN} · merged")
     assert page.locator("#pg-blind input").is_checked()
+    # every model's scorecard beside the comparison (tiny models: random weights), no vote counted yet
+    page.wait_for_function("(text) => document.querySelector('#pg-scorecard-table').innerText.includes(text)",
+                           arg=f"quick_lora ({RUN})")
+    scores = page.locator("#pg-scorecard-table").inner_text()
+    assert "base" in scores and "random weights: produces noise" in scores
+    assert "no votes with scorecards yet" in page.locator("#pg-agreement").inner_text()
     page.locator("#pg-compare").click()
     srcs = [wait_for_new_audio(page, f"pg-ab-audio-{i}", None) for i in (1, 2)]
     assert all(wav_ok(page, src) for src in srcs)
@@ -170,6 +183,8 @@ def test_blind_ab_shows_two_players_and_records_the_vote(server, page, tmp_path)
     assert {c.split(" — ")[0].strip() for c in captions} == {"A", "B"}
     assert page.locator("#pg-vote-2").is_disabled()
     assert "1" in page.locator("#pg-tally").inner_text()
+    # the vote just recorded beside the measured scores: ears agree with the metrics or not
+    page.locator("#pg-agreement").get_by_text("1 vote, agreement").wait_for()
     page.screenshot(path=str(tmp_path / "playground-ab.png"), full_page=True)
 
     lines = (server.workspace / "runs" / RUN / "preferences.jsonl").read_text().splitlines()

@@ -29,6 +29,11 @@ POINTS_JS = """() => {
     return plot && plot.data && plot.data.length ? plot.data[0].x.length : 0;
 }"""
 
+QUALITY_TITLE_JS = """() => {
+    const plot = document.querySelector('#quality-curves .js-plotly-plot');
+    return plot && plot.layout && plot.layout.title ? plot.layout.title.text : '';
+}"""
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
@@ -93,7 +98,10 @@ def test_estimate_settings_and_a_short_run(server, page, tmp_path):
     assert selection["training.quick_lora.steps"] == 40 and selection["training.batch_size"] == 2
     # test-only: shorter sequences and frequent evaluation, which the tab does not expose
     selection.update({"training.max_length": 512, "training.val_every": 5, "training.save_every": 1000,
-                      "training.warmup_steps": 1})
+                      "training.warmup_steps": 1,
+                      # a short scorecard, without the ASR download a test must not make
+                      "evaluation.asr_model": None, "evaluation.sentences": 2, "evaluation.max_new_tokens": 16,
+                      "evaluation.references": 2})
     (server.workspace / "selection.json").write_text(json.dumps(selection))
 
     page.get_by_role("tab", name="Training").click()
@@ -145,6 +153,20 @@ def test_estimate_settings_and_a_short_run(server, page, tmp_path):
     assert "adapter.zip" in re.sub(r"\s", "", page.locator("#adapter-zip").inner_text())
     assert "40 / 40" in page.locator("#run-progress").inner_text()
     page.wait_for_function("() => document.querySelector('#cancel-training').disabled")
-    assert not page.errors, page.errors
+    assert page.evaluate(QUALITY_TITLE_JS).startswith("Voice quality during training")
     page.locator("#run-progress").scroll_into_view_if_needed()
     _save(page, tmp_path, "training")
+
+    # The scorecard: the run's merged model beside the base model's baseline (tiny: random weights).
+    page.locator("#score-run").click()
+    page.locator("#scorecard-message .note.ok").get_by_text("Scored:").wait_for(timeout=300_000)
+    table = page.locator("#scorecard-table").inner_text()
+    assert "base" in table and "quick_lora merged" in table and "random weights: produces noise" in table
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", table)  # means with their intervals
+    assert page.locator("#scorecard-model input").input_value() == "quick_lora merged"  # the run's own model
+    page.locator("#scorecard-audio-0 [data-testid='waveform-controls']").wait_for()
+    assert "DNSMOS OVRL" in page.locator("#scorecard-sentences").inner_text()
+    assert "Traceback" not in page.content()
+    assert not page.errors, page.errors
+    page.locator("#run-scorecard").scroll_into_view_if_needed()
+    _save(page, tmp_path, "training-scorecard")

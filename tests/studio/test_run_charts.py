@@ -1,5 +1,7 @@
 """Figures of the Modes & cost tab (time vs cost per GPU) and the Training tab (curves)."""
 
+import json
+
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -117,3 +119,31 @@ def test_training_curves_with_only_the_first_validation_row():
     assert list(fig.data[0].x) == [0]
     note = run_charts.message_figure("LoRA", "The curves cannot be shown now.")
     assert note.data == () and note.layout.annotations[0].text == "The curves cannot be shown now."
+
+
+def test_quality_curves_from_a_metrics_file_with_scored_validations(tmp_path):
+    from pipeline.train.metrics import read_metrics
+
+    rows = [{"kind": "train", "step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 9)]
+    rows += [{"kind": "val", "step": 4, "val_loss": 2.5, "val_cer": 0.40, "val_similarity": 0.61, "val_ovrl": 2.4},
+             {"kind": "val", "step": 8, "val_loss": 2.1, "val_cer": 0.25, "val_similarity": 0.72, "val_ovrl": 2.9},
+             {"kind": "val", "step": 6, "val_loss": 2.3, "val_similarity": 0.70, "val_ovrl": 2.6}]  # no ASR here
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    _, val = read_metrics(path)
+    fig = run_charts.quality_curves(val)
+    traces = {t.name: t for t in fig.data}
+    assert set(traces) == {"CER", "similarity", "DNSMOS OVRL"}
+    assert list(traces["CER"].x) == [4, 8] and list(traces["CER"].y) == [0.40, 0.25]  # the unscored step skipped
+    assert list(traces["similarity"].x) == [4, 6, 8] and list(traces["DNSMOS OVRL"].y) == [2.4, 2.6, 2.9]
+    assert (traces["CER"].xaxis, traces["similarity"].xaxis, traces["DNSMOS OVRL"].xaxis) == ("x", "x2", "x3")
+    assert tuple(fig.layout.yaxis3.range) == (1, 5)
+    assert fig.layout.title.text == "Voice quality during training"
+
+
+def test_quality_curves_say_why_when_no_validation_was_scored(tmp_path):
+    _, val = _metrics()  # held-out loss and accuracy only
+    for frame in (val, pd.DataFrame(columns=["step"]), None):
+        fig = run_charts.quality_curves(frame)
+        assert fig.data == () and "No voice-quality scores" in fig.layout.annotations[0].text
+    assert not run_charts.has_quality(val)
