@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import queue
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -265,6 +266,56 @@ def _encode_group(codec, to_encode: list, sample_rate: int, failed: dict[str, st
         return encoded
 
 
+def codec_devices(device=None, devices: list | None = None) -> list[torch.device]:
+    """Where codecs run: `devices`, else `device`, else every visible GPU (the CPU without one)."""
+    if devices:
+        return [torch.device(d) for d in devices]
+    if device is not None:
+        return [torch.device(device)]
+    count = torch.cuda.device_count()
+    return [torch.device("cuda", i) for i in range(count)] if count else [torch.device("cpu")]
+
+
+class _Encoder:
+    """Batches to the codecs: with one, encoded at once; with several (one per GPU), on a thread
+    per codec, up to one batch in flight on each, finished batches returned in order."""
+
+    def __init__(self, codecs: list):
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        for codec in codecs:
+            self.free.put(codec)
+        self.count = len(codecs)
+        self.pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="codes-encoder") if self.count > 1 else None
+        self.in_flight: deque = deque()
+
+    def _encode(self, to_encode: list, sample_rate: int, failed: dict) -> tuple[list, list, float]:
+        codec = self.free.get()
+        started = time.perf_counter()
+        try:
+            return to_encode, _encode_group(codec, to_encode, sample_rate, failed), time.perf_counter() - started
+        finally:
+            self.free.put(codec)
+
+    def submit(self, to_encode: list, sample_rate: int, failed: dict) -> list[tuple[list, list, float]]:
+        """Encode a batch; returns the batches finished by now (in submission order)."""
+        if self.pool is None:
+            return [self._encode(to_encode, sample_rate, failed)]
+        self.in_flight.append(self.pool.submit(self._encode, to_encode, sample_rate, failed))
+        finished = []
+        while len(self.in_flight) >= self.count or (self.in_flight and self.in_flight[0].done()):
+            finished.append(self.in_flight.popleft().result())
+        return finished
+
+    def drain(self) -> list[tuple[list, list, float]]:
+        finished = [future.result() for future in self.in_flight]
+        self.in_flight.clear()
+        return finished
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def extract_codes(
     manifest: pd.DataFrame,
     ckpt_dir: str | Path,
@@ -274,6 +325,7 @@ def extract_codes(
     progress: Progress = None,
     codec=None,
     loader_threads: int | None = None,
+    devices: list | None = None,
 ) -> ExtractReport:
     """Encode every `status == "ok"` clip of `manifest`; cached clips are not recomputed.
 
@@ -281,6 +333,8 @@ def extract_codes(
     Audio is read on `loader_threads` threads (default: the cores, or PIPELINE_WORKERS; at most
     MAX_LOADER_THREADS) up to LOOK_AHEAD_GROUPS batches ahead of the codec; the report says how
     long the codec waited for them (`load_wait_seconds`, `gpu_idle_share`).
+    Several GPUs (`devices`, default: every visible GPU when `device` is not given) each get a
+    codec and encode batches in turn; the codes do not depend on which one encoded a clip.
     """
     from tqdm.auto import tqdm
 
@@ -288,9 +342,10 @@ def extract_codes(
         if column not in manifest.columns:
             raise CodesError(f"The manifest has no '{column}' column; rebuild the dataset.")
     started = time.perf_counter()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     codec_id = codec_identity(ckpt_dir)
-    codec = codec if codec is not None else load_codec(ckpt_dir, device=device)
+    codecs = [codec] if codec is not None else [load_codec(ckpt_dir, device=d) for d in codec_devices(device, devices)]
+    codec = codecs[0]
+    encoder = _Encoder(codecs)
     sample_rate = int(codec.sample_rate)
     cache_dir = Path(cache_dir)
     num_codebooks = codec_num_codebooks(codec)
@@ -340,11 +395,10 @@ def extract_codes(
                     hits += 1
                 else:
                     to_encode.append((item, clip.audio, clip.path, clip.seconds))
-            if to_encode:
-                encoding = time.perf_counter()
-                encoded = _encode_group(codec, to_encode, sample_rate, failed)
-                encode_s += time.perf_counter() - encoding
-                for (item, _, path, seconds), codes in zip(to_encode, encoded):
+            finished = encoder.submit(to_encode, sample_rate, failed) if to_encode else []
+            for done_group, encoded, seconds_encoding in finished:
+                encode_s += seconds_encoding
+                for (item, _, path, seconds), codes in zip(done_group, encoded):
                     if codes is None:
                         continue
                     save_codes(path, codes)
@@ -355,8 +409,17 @@ def extract_codes(
             bar.update(len(group))
             if progress:
                 progress(done / max(len(items), 1), f"VQ codes: {done}/{len(items)} clips ({hits} cached)")
+        for done_group, encoded, seconds_encoding in encoder.drain():  # the batches other GPUs still encode
+            encode_s += seconds_encoding
+            for (item, _, path, seconds), codes in zip(done_group, encoded):
+                if codes is not None:
+                    save_codes(path, codes)
+                    codes_paths[item["id"]] = str(path)
+                    computed += 1
+                    computed_seconds += seconds
     finally:  # a stop request must not wait for the loads queued ahead
         pool.shutdown(wait=True, cancel_futures=True)
+        encoder.close()
     bar.close()
     busy_span = time.perf_counter() - first_ready if first_ready is not None else 0.0
     if progress and not items:

@@ -144,8 +144,20 @@ def _prepare(config: Config, base_dir: Path, progress: Progress, stage: Callable
     stage(phase="prepare", base_model=str(base_dir))
     dataset = load_configured_dataset(config, progress=progress)
     stage(phase="extract", dataset=dataset.id)
-    codes = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress)
+    codes = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress,
+                          devices=_training_gpus(config))
     return dataset, codes.manifest
+
+
+def _training_gpus(config: Config) -> list[str] | None:
+    """The GPUs a run trains on (training.gpus), which also share its extraction; None without a GPU."""
+    import torch
+
+    from pipeline.train.distributed import resolve_gpus
+
+    if not torch.cuda.is_available():
+        return None
+    return [f"cuda:{i}" for i in range(resolve_gpus(config.training.gpus))]
 
 
 def _train_phase(config: Config, run_dir: Path, phase: str, base_dir: Path, manifest, stop_event, progress,

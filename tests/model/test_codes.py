@@ -230,3 +230,17 @@ def test_the_report_counts_the_codec_waiting_for_audio(dataset, tiny_checkpoint,
                            loader_threads=1)
     assert report.computed == 5
     assert report.load_wait_seconds > 0.5 and report.gpu_idle_share > 0.3
+
+
+def test_several_devices_encode_in_turn_and_give_the_same_codes(dataset, tiny_checkpoint, tmp_path, codec):
+    from pipeline.model.codes import codec_devices
+
+    # two codecs (as on two GPUs), small batches so both encode
+    report = extract_codes(dataset, tiny_checkpoint, tmp_path / "two", batch_seconds=1.0, devices=["cpu", "cpu"])
+    assert set(report.codes_paths) == set("abcde") and set(report.failed) == {"broken"}
+    rows = dataset.set_index("id")
+    for clip_id, path in report.codes_paths.items():
+        audio = load_for_codec(rows.loc[clip_id, "audio_path"], SR)
+        assert torch.equal(load_codes(path), encode_audio(codec, audio)), clip_id
+    assert codec_devices("cpu") == [torch.device("cpu")]
+    assert codec_devices(devices=["cpu", "cpu"]) == [torch.device("cpu")] * 2
