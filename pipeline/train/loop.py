@@ -264,23 +264,24 @@ class _Trainer(ResumableCheckpoints):
     @torch.no_grad()
     def _speak_examples(self) -> list[tuple[str, Path]]:
         """The fixed evaluation sentences spoken by the model as it is now: progress you can hear.
-        Returns (sentence, wav) of those spoken. A failure here is reported in the log and never
-        stops training."""
-        s = self.settings
-        spoken: list[tuple[str, Path]] = []
-        if not s.eval_texts or not self.world.main:
-            return spoken
+        Data-parallel, each rank speaks its share and rank 0 collects them. Returns (sentence, wav)
+        of those spoken (on rank 0). A failure here is reported in the log and never stops training."""
+        s, world = self.settings, self.world
+        if not s.eval_texts:
+            return []
         from pipeline.generate.synth import Synthesizer, save_wav
 
         out_dir = self.run_dir / "audio" / f"step_{self.step:06d}"
+        mine = [(i, text) for i, text in enumerate(s.eval_texts, 1) if (i - 1) % world.size == world.rank]
+        spoken: list[tuple[str, Path]] = []
         self.model.eval()
         # building the codec initialises weights from the global RNG: keep training's RNG untouched
         cuda = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=cuda):
                 synth = Synthesizer.from_model(unwrap(self.model), self.tokenizer, self.ckpt_dir, self.device)
-                for i, text in enumerate(s.eval_texts, 1):
-                    if self._stop_requested():
+                for i, text in mine:
+                    if not world.distributed and self._stop_requested():
                         break
                     result = synth.speak(text, seed=s.seed, max_new_tokens=s.eval_max_frames)
                     spoken.append((text, save_wav(result, out_dir / f"sentence_{i}.wav")))
@@ -288,7 +289,13 @@ class _Trainer(ResumableCheckpoints):
             print(f"evaluation audio at step {self.step} failed: {type(exc).__name__}: {exc}", flush=True)
         finally:
             self.model.train()
-        return spoken
+        if not world.distributed:
+            return spoken
+        world.barrier()  # every rank's share is on disk
+        if not world.main:
+            return []
+        return [(text, out_dir / f"sentence_{i}.wav") for i, text in enumerate(s.eval_texts, 1)
+                if (out_dir / f"sentence_{i}.wav").is_file()]
 
     def _score(self, spoken: list[tuple[str, Path]]) -> dict:
         """The scorecard means of the sentences just spoken (val_similarity, val_ovrl, val_cer), or

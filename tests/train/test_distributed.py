@@ -133,3 +133,14 @@ def test_rank_failure_names_the_rank(tmp_path):
     (tmp_path / "ranks").mkdir()
     (tmp_path / "ranks" / "rank_1.error").write_text("RuntimeError: boom")
     assert rank_failure(tmp_path, output, 2) == "rank 1 failed: RuntimeError: boom"
+
+
+def test_the_ranks_share_the_evaluation_sentences(data, tiny_checkpoint):
+    root, manifest = data
+    settings = _ddp_settings(steps=2, val_every=2, save_every=2, eval_texts=("Hyvää huomenta.", "Kiitos paljon."),
+                             eval_max_frames=8)
+    result = train_data_parallel(root / "spoken", tiny_checkpoint, manifest, settings, gpus=2, timeout_s=120)
+    assert result.status == "finished", result.message
+    audio = root / "spoken" / "audio" / "step_000002"
+    assert sorted(p.name for p in audio.glob("*.wav")) == ["sentence_1.wav", "sentence_2.wav"]
+    assert "failed" not in (root / "spoken" / "ranks" / "rank_1.log").read_text()
