@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.data.text import normalize
+from pipeline.quality.resample import resample
 
 ASR_SAMPLE_RATE = 16000
 _NOT_WORD = re.compile(r"[^\w]+")
+_START_TOKENS = 4
 
 
 class ASRError(ValueError):
@@ -51,12 +53,7 @@ def error_rates(reference: str, hypothesis: str) -> ErrorRates:
 
 
 def _resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    audio = np.asarray(audio, dtype=np.float32)
-    if sample_rate == ASR_SAMPLE_RATE:
-        return audio
-    import librosa
-
-    return librosa.resample(audio, orig_sr=sample_rate, target_sr=ASR_SAMPLE_RATE).astype(np.float32)
+    return resample(audio, sample_rate, ASR_SAMPLE_RATE)
 
 
 class Transcriber:
@@ -66,7 +63,7 @@ class Transcriber:
     `language` is passed to `generate` when the model's generation config knows languages.
     """
 
-    def __init__(self, model, processor, name: str, language: str = "fi", batch_size: int = 8,
+    def __init__(self, model, processor, name: str, language: str = "fi", batch_size: int = 32,
                  max_new_tokens: int = 128):
         self.model, self.processor, self.name = model.eval(), processor, name
         self.language, self.batch_size, self.max_new_tokens = language, max(1, batch_size), max_new_tokens
@@ -93,7 +90,10 @@ class Transcriber:
 
     def _generate_kwargs(self) -> dict:
         config = getattr(self.model, "generation_config", None)
-        kwargs = {"max_new_tokens": self.max_new_tokens}
+        # the decoder's positions hold the start tokens (start, language, task, no timestamps) too
+        positions = getattr(self.model.config, "max_target_positions", None)
+        limit = self.max_new_tokens if positions is None else min(self.max_new_tokens, positions - _START_TOKENS)
+        kwargs = {"max_new_tokens": max(1, limit)}
         if self.language and getattr(config, "lang_to_id", None):
             kwargs.update(language=self.language, task="transcribe")
         return kwargs

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from pipeline.config import load_config, parse_override
+from pipeline.quality.overview import baseline_dir
 from pipeline.quality.scorecard import (
     ModelSpec,
     config_scorers,
@@ -59,7 +60,10 @@ def cmd_evaluate(args) -> int:
             def progress(fraction: float, message: str, task=task, name=spec.name) -> None:
                 bar.update(task, completed=fraction, description=f"{name}: {message[:70]}")
 
-            card = evaluate_config_model(config, spec, args.run_id, scorers=scorers, progress=progress)
+            # the base model alone is the baseline of the current dataset and speaker, shared with the studio
+            base = spec.label == "base" and not spec.adapters and not args.run_id
+            card = evaluate_config_model(config, spec, args.run_id, scorers=scorers, progress=progress,
+                                         out_dir=baseline_dir(config, speaker=args.speaker) if base else None)
             bar.update(task, completed=1.0, description=f"{spec.name}: {card.out_dir}")
             summaries.append(card.summary)
     for note in dict.fromkeys(scorers.notes):

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.quality.resample import resample
+
 DNSMOS_RATE = 16000
 SILENT_PEAK_DB = -50.0  # a clip whose loudest sample is below this has no speech to judge
 
@@ -36,10 +38,7 @@ def dnsmos(audio: np.ndarray, sample_rate: int) -> Dnsmos:
     if peak_db(audio) < SILENT_PEAK_DB:
         nan = float("nan")
         return Dnsmos(nan, nan, nan, nan, flag="silent")
-    if sample_rate != DNSMOS_RATE:
-        import librosa
-
-        audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=DNSMOS_RATE)
+    audio = resample(audio, sample_rate, DNSMOS_RATE)
     from speechmos import dnsmos as model
 
     window = int(model.INPUT_LENGTH * DNSMOS_RATE)

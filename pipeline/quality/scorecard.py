@@ -17,6 +17,7 @@ import math
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -152,6 +153,7 @@ class Scorers:
         self.asr_failed = False
         self.notes: list[str] = []
         self.loads = 0  # models loaded (ASR, speaker encoder): tests check that a cached run loads none
+        self.timings: dict[str, float] = {}  # seconds per stage (asr, similarity, dnsmos), loads included
 
     @property
     def asr_name(self) -> str | None:
@@ -193,23 +195,35 @@ class Scorers:
         nan = float("nan")
         rows = [{"hypothesis": "", "cer": nan, "wer": nan, "similarity": nan, "sig": nan, "bak": nan,
                  "ovrl": nan, "p808": nan} for _ in clips]
-        asr = self.transcriber() if self.asr_name else None
-        if asr is not None and clips:
-            if progress:
-                progress(0.0, f"transcribing {len(clips)} clips with {asr.name}")
-            for row, text, (_, _, sentence) in zip(rows, asr.transcribe([(a, r) for a, r, _ in clips]), clips):
-                rates = error_rates(sentence, text)
-                row.update(hypothesis=text, cer=rates.cer, wer=rates.wer)
-        reference = self.reference() if self.speaker and self.references else None
+        with self._timed("asr"):
+            asr = self.transcriber() if self.asr_name else None
+            if asr is not None and clips:
+                if progress:
+                    progress(0.0, f"transcribing {len(clips)} clips with {asr.name}")
+                for row, text, (_, _, sentence) in zip(rows, asr.transcribe([(a, r) for a, r, _ in clips]), clips):
+                    rates = error_rates(sentence, text)
+                    row.update(hypothesis=text, cer=rates.cer, wer=rates.wer)
+        with self._timed("similarity"):
+            reference = self.reference() if self.speaker and self.references else None
         for i, (row, (audio, rate, _)) in enumerate(zip(rows, clips)):
             if progress:
                 progress((i + 1) / (len(clips) + 1), f"speaker similarity and DNSMOS: clip {i + 1}/{len(clips)}")
             if reference is not None:
-                row["similarity"] = similarity(self.encoder().embed(audio, rate), reference)
+                with self._timed("similarity"):
+                    row["similarity"] = similarity(self.encoder().embed(audio, rate), reference)
             if self.naturalness:
-                mos = dnsmos(audio, rate)
+                with self._timed("dnsmos"):
+                    mos = dnsmos(audio, rate)
                 row.update(sig=mos.sig, bak=mos.bak, ovrl=mos.ovrl, p808=mos.p808)
         return rows
+
+    @contextmanager
+    def _timed(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
 
     @property
     def cacheable(self) -> bool:
@@ -265,14 +279,15 @@ def cache_dir(config) -> Path:
     return Path(config.workspace) / EVAL_DIR_NAME / CACHE_DIR_NAME
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A folder name from a label: safe characters only, at most 80."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:80] or "model"
 
 
 def eval_dir(config, label: str, run_id: str | None = None) -> Path:
     """runs/<id>/eval/<label> for a run's models, else the workspace's eval/<label>."""
     root = Path(config.runs_dir) / run_id if run_id else Path(config.workspace)
-    return root / EVAL_DIR_NAME / _slug(label)
+    return root / EVAL_DIR_NAME / slug(label)
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -300,16 +315,20 @@ class Scorecard:
     spoken: int = 0  # sentences synthesized by this call (0: all from the cache)
     scored: int = 0  # clips scored by this call
     notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, speak, asr, similarity, dnsmos
 
 
 def _speak_all(spec: ModelSpec, missing: list[tuple[int, str, str]], sentences: list[str], seed: int,
-               options: SpeakOptions, cache: Path, synth_factory, device, progress: Progress) -> None:
-    """Speak the sentences not in the cache (one model load) and store wav + facts under their keys."""
+               options: SpeakOptions, cache: Path, synth_factory, device, progress: Progress) -> dict[str, float]:
+    """Speak the sentences not in the cache (one model load) and store wav + facts under their keys.
+    Returns the seconds spent loading and speaking."""
     if not missing:
-        return
+        return {}
     if progress:
         progress(0.0, f"loading {spec.name}")
+    started = time.perf_counter()
     synth = synth_factory(spec.model_dir, device=device, adapters=[(p, w) for p, w in spec.adapters] or None)
+    loaded = time.perf_counter()
     for n, (index, sentence, key) in enumerate(missing):
         if progress:
             progress(n / len(missing), f"speaking sentence {index + 1}/{len(sentences)}: {sentence[:50]}")
@@ -320,6 +339,7 @@ def _speak_all(spec: ModelSpec, missing: list[tuple[int, str, str]], sentences: 
         _write_json(cache / f"{key}.json", _clean({
             "sentence": sentence, "normalized_text": result.normalized_text, "seed": seed, "frames": result.frames,
             "sample_rate": result.sample_rate, **asdict(checks), "flags": "; ".join(checks.flags)}))
+    return {"load": loaded - started, "speak": time.perf_counter() - loaded}
 
 
 def evaluate(spec: ModelSpec, out_dir: str | Path, cache: str | Path, sentences: list[str], seed: int = 1234,
@@ -340,12 +360,14 @@ def evaluate(spec: ModelSpec, out_dir: str | Path, cache: str | Path, sentences:
 
     missing = [(i, s, k) for i, (s, k) in enumerate(zip(sentences, keys))
                if not ((cache / f"{k}.wav").is_file() and _read_json(cache / f"{k}.json"))]
-    _speak_all(spec, missing, sentences, seed, options, cache, synth_factory, device, step(0.0, 0.6))
+    timings = _speak_all(spec, missing, sentences, seed, options, cache, synth_factory, device, step(0.0, 0.6))
+    before = dict(scorers.timings)
 
     to_score = [i for i, k in enumerate(keys) if _read_json(cache / f"{k}-{score_id}.json") is None]
     clips = {i: _read_wav(cache / f"{keys[i]}.wav") for i in to_score}
     scores = scorers.score([(*clips[i], sentences[i]) for i in to_score], step(0.6, 0.95)) if to_score else []
     fresh = dict(zip(to_score, scores))
+    timings |= {k: v - before.get(k, 0.0) for k, v in scorers.timings.items() if v != before.get(k)}
     if scorers.cacheable:
         for i, row in fresh.items():
             _write_json(cache / f"{keys[i]}-{score_id}.json", _clean(row))
@@ -373,7 +395,7 @@ def evaluate(spec: ModelSpec, out_dir: str | Path, cache: str | Path, sentences:
     _write_json(out_dir / SUMMARY_NAME, _clean(summary))
     if progress:
         progress(1.0, f"{spec.name}: {len(missing)} spoken, {len(to_score)} scored, {len(sentences)} sentences")
-    return Scorecard(out_dir, frame, summary, len(missing), len(to_score), list(scorers.notes))
+    return Scorecard(out_dir, frame, summary, len(missing), len(to_score), list(scorers.notes), timings)
 
 
 def _summary(spec: ModelSpec, digest: str, frame: pd.DataFrame, seed: int, options: SpeakOptions,
@@ -453,9 +475,12 @@ def run_models(config, run_id: str) -> list[ModelSpec]:
 
 
 def evaluate_config_model(config, spec: ModelSpec, run_id: str | None = None, scorers: Scorers | None = None,
-                          progress: Progress = None, synth_factory=None, device: str | None = None) -> Scorecard:
-    """`evaluate` with the configuration's sentences, seed, token limit, output folder and cache."""
-    return evaluate(spec, eval_dir(config, spec.name, run_id), cache_dir(config), evaluation_sentences(config),
+                          progress: Progress = None, synth_factory=None, device: str | None = None,
+                          out_dir: str | Path | None = None) -> Scorecard:
+    """`evaluate` with the configuration's sentences, seed, token limit, output folder and cache
+    (out_dir: another folder than `eval_dir(config, spec.name, run_id)`)."""
+    out_dir = Path(out_dir) if out_dir else eval_dir(config, spec.name, run_id)
+    return evaluate(spec, out_dir, cache_dir(config), evaluation_sentences(config),
                     seed=config.evaluation.seed, options=SpeakOptions(max_new_tokens=config.evaluation.max_new_tokens),
                     scorers=scorers or config_scorers(config, speaker_references(config), device=device),
                     progress=progress, synth_factory=synth_factory, device=device)

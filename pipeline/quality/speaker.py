@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.quality.resample import resample
+
 SPEAKER_MODEL = "resemblyzer"
+ENCODER_RATE = 16000  # resemblyzer's sampling_rate
 
 
 class SpeakerEncoder:
@@ -30,7 +33,8 @@ class SpeakerEncoder:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.size == 0 or not np.isfinite(audio).all() or np.abs(audio).max() < 1e-4:
             return None
-        wav = preprocess_wav(audio, source_sr=sample_rate)
+        # resampled here: resemblyzer's own librosa resample compiles numba code on its first call
+        wav = preprocess_wav(resample(audio, sample_rate, ENCODER_RATE), source_sr=None)
         if wav.size < 1600:  # under 0.1 s of speech left after trimming silences
             return None
         return self.encoder.embed_utterance(wav)

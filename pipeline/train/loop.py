@@ -67,7 +67,7 @@ class _Trainer(ResumableCheckpoints):
             raise TrainError(f"TrainSettings.mode must be 'lora' or 'full', got {settings.mode!r}.")
         self.run_dir, self.ckpt_dir, self.settings = Path(run_dir), Path(ckpt_dir), settings
         self.stop_event, self.progress, self.sigterm = stop_event, progress, False
-        self.world, self.scorer = world, scorer
+        self.world, self.scorer, self.scorer_notes = world, scorer, 0
         if world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -307,6 +307,9 @@ class _Trainer(ResumableCheckpoints):
         except Exception as exc:  # noqa: BLE001 - a scorer that cannot run costs the curve, not the run
             print(f"scoring the evaluation audio at step {self.step} failed: {type(exc).__name__}: {exc}", flush=True)
             return {}
+        for note in getattr(self.scorer, "notes", ())[self.scorer_notes:]:  # why a curve is missing, said once
+            print(f"scoring: {note}", flush=True)
+        self.scorer_notes = len(getattr(self.scorer, "notes", ()))
         return {k: round(float(v), 6) for k, v in scores.items() if v is not None and math.isfinite(float(v))}
 
     def _evaluate(self) -> bool:

@@ -23,6 +23,7 @@ from pipeline.train.metrics import read_metrics
 from pipeline.data.text import example_sentences
 from pipeline.train.runs import PHASES, read_json, read_run
 from pipeline.train.workflow import render_examples
+from studio.logic.estimate_gpus import gpu_label
 
 TRAINING_PHASES = {"lora", "full", "speaker_lora"}
 STAGES = ("prepare", "extract", "merge", "evaluate")  # the workflow's steps around the training phases
@@ -163,6 +164,7 @@ class RunProgress:
     stage_detail: str = ""          # done so far in a stage outside training, e.g. "12 / 40 clips"
     device: str | None = None       # "cuda…" or "cpu" when known (run_device)
     charge: str = ""                # spent_usd in words; "CPU: no charge" for CPU runs
+    gpus: int = 1                   # GPUs of the latest attempt (run.json), each paid for
 
     @property
     def on_cpu(self) -> bool:
@@ -232,7 +234,8 @@ def run_progress(run_dir: str | Path, run: dict | None = None, config: Config | 
     elapsed = elapsed_seconds(run_dir, run, now)
     price = cfg.gpu.price_per_hour if cfg is not None else 0.0
     device = run_device(run_dir, run)
-    spent, charge_text = charge(elapsed, price, device)
+    gpus = run_gpus(run)
+    spent, charge_text = charge(elapsed, price * gpus, device)
     label = PHASE_LABELS.get(phase, phase) if phase else NO_PHASE_LABELS.get(status, "Not started")
     return RunProgress(
         run_id=run.get("id") or run_dir.name, mode=run.get("mode", ""), status=status,
@@ -243,7 +246,17 @@ def run_progress(run_dir: str | Path, run: dict | None = None, config: Config | 
         spent_usd=spent, message=run.get("message") or state.get("message") or "",
         error=run.get("error") or "", speaker=run.get("speaker"), speaker_reason=run.get("speaker_reason") or "",
         memory_plan=state.get("memory_plan") or "", stage_detail=detail, device=device, charge=charge_text,
-    )
+        gpus=gpus)
+
+
+def run_gpus(run: dict) -> int:
+    """The GPU count run.json records for the latest attempt (1 when none or not a count)."""
+    value = run.get("gpus")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def hourly_price(price: float, gpus: int) -> str:
+    return f"${price:.2f}/h" if gpus == 1 else f"{gpus} × ${price:.2f}/h"
 
 
 def run_device(run_dir: str | Path, run: dict) -> str | None:
@@ -406,16 +419,17 @@ def estimate_vs_actual(run_dir: str | Path, run: dict | None = None, config: Con
     if cfg is None or not run.get("dataset"):
         raise ValueError(f"Run {run_dir.name} has no configuration or dataset recorded yet.")
     dataset = open_dataset(cfg, run["dataset"])
-    table = estimate(cfg, dataset.manifest, run.get("speaker"), prices=priced_table(cfg))
+    gpus = run_gpus(run)
+    table = estimate(cfg, dataset.manifest, run.get("speaker"), prices=priced_table(cfg), gpus=gpus)
     est = estimate_texts(table, cfg.gpu.type, run.get("mode"))
     progress = run_progress(run_dir, run, cfg)
     actual = actual_numbers(run_dir, run)
     speed = actual["tokens_per_s"]
-    column = f"Estimate ({cfg.gpu.type})"
+    column = f"Estimate ({gpu_label({'gpu': cfg.gpu.type, 'gpus': gpus})})"
     return pd.DataFrame([
         {"": "Training time", column: est["training"], "This run": format_duration(actual["training_s"])},
         {"": "Wall time (all stages)", column: est["wall"], "This run": format_duration(progress.elapsed_s)},
-        {"": f"Cost at ${cfg.gpu.price_per_hour:.2f}/h", column: est["cost"],
+        {"": f"Cost at {hourly_price(cfg.gpu.price_per_hour, gpus)}", column: est["cost"],
          "This run": progress.charge + ("" if progress.on_cpu else " (wall time)")},
         {"": "Training steps", column: _planned_steps(cfg, run.get("mode")), "This run": str(actual["steps"])},
         {"": "Throughput", column: short_source(est["source"]),

@@ -4,9 +4,10 @@ Training runs in its own process (pipeline.train.jobs), so this tab only reads t
 `gr.Timer` refreshes the view every few seconds, and a browser reload re-attaches to the running
 job (or shows the most recent run). What is shown comes from `studio.tabs.training_view`; this module
 wires it. Start trains the mode chosen in Modes & cost, or, when a finished full fine-tune's
-language-adapted model is picked, a new speaker's LoRA on it. API names: start_training (its one
-input: that pick's run id, empty for the mode), cancel_training, resume_training, show_run, and the
-JSON endpoint run_status.
+language-adapted model is picked, a new speaker's LoRA on it; Start and Resume run on the GPUs chosen
+here. API names: start_training (its inputs: that pick's run id, empty for the mode, and the GPU
+count), cancel_training, resume_training (the run id and the GPU count), show_run, and the JSON
+endpoint run_status.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import gradio as gr
 
 from pipeline.train.jobs import JobError, cancel_job, current_job, job_status
 from studio.logic.runs_view import ACTIVE, PHASE_LABELS, run_progress
-from studio.logic import run_charts, scorecards
-from studio.tabs import scorecard_view
+from studio.logic import run_charts, scorecards, training_gpus as gpu_logic
+from studio.tabs import scorecard_view, training_gpus
 
 from studio.tabs.training_view import (AUDIO_SLOTS, CSS, FROM_BASE, LOG_LINES, REFRESH_SECONDS, RunView, checked_run_id,
                             comparison_html, default_run, empty_view, failure, language_model_choices,
@@ -44,6 +45,7 @@ def build(ctx) -> None:
                                   choices=language_model_choices(config), value=FROM_BASE[1],
                                   info=language_model_info(config), elem_id="language-model")
         with gr.Column(scale=2, min_width=280):
+            gpu_dd = training_gpus.control(config)
             start_btn = gr.Button("Start training", variant="primary", elem_id="start-training")
             with gr.Row():
                 cancel_btn = gr.Button("Cancel", variant="stop", interactive=False, elem_id="cancel-training")
@@ -146,19 +148,20 @@ def build(ctx) -> None:
         view = safe_view(followed or default_run(config))
         return [plan_html(config), *render(view, run_choices(config)), None, followed, *base_updates()]
 
-    def on_base(base_run):
-        return [plan_html(config, base_run or None), gr.update(value=start_label(base_run))]
+    def on_base(base_run, gpus=None):
+        return [plan_html(config, base_run or None, gpus), gr.update(value=start_label(base_run))]
 
-    def on_start(base_run=None):
+    def on_start(base_run=None, gpus=None):
         try:
-            job = start_run(config, base_run=base_run or None)
+            job = start_run(config, base_run=base_run or None, gpus=gpus)
         except Exception as exc:  # noqa: BLE001 - JobError (one at a time, no dataset), ConfigError, ...
             gr.Warning(failure(exc))
             return [note(failure(exc), "error"), *[gr.skip()] * len(view_outputs), gr.skip()]
         view = safe_view(job["run_id"])
         what = (f"speaker run {job['run_id']} on {base_run}'s language-adapted model" if base_run
                 else f"run {job['run_id']}")
-        text = f"Started {what} (process {job['pid']}). It keeps going if you close the page."
+        text = (f"Started {what}{gpu_logic.started_text(gpus)} (process {job['pid']}). "
+                "It keeps going if you close the page.")
         return [note(text, "ok"), *render(view, run_choices(config)), None]
 
     def on_cancel(run_id):
@@ -173,12 +176,12 @@ def build(ctx) -> None:
                 f"{state.get('message') or ''} Resume continues from the last checkpoint.")
         return [note(text, "ok"), *render(safe_view(run_id), run_choices(config))]
 
-    def on_resume(run_id):
+    def on_resume(run_id, gpus=None):
         try:
-            job = start_run(config, checked_run_id(config, run_id))
+            job = start_run(config, checked_run_id(config, run_id), gpus=gpus)
         except Exception as exc:  # noqa: BLE001
             return [note(failure(exc), "error"), *[gr.skip()] * len(view_outputs)]
-        text = f"Resumed run {job['run_id']} from its last checkpoint."
+        text = f"Resumed run {job['run_id']} from its last checkpoint{gpu_logic.started_text(gpus)}."
         return [note(text, "ok"), *render(safe_view(run_id), run_choices(config))]
 
     def on_pick(run_id):
@@ -187,10 +190,10 @@ def build(ctx) -> None:
     def on_phase(run_id, phase):
         return [*render(safe_view(run_id, phase)), phase]
 
-    def on_refresh(run_id, phase, base_run):
+    def on_refresh(run_id, phase, base_run, gpus=None):
         base = base_updates(base_run)
         kept = base[0]["value"]
-        return [plan_html(config, kept or None), *render(safe_view(run_id, phase), run_choices(config)), *base]
+        return [plan_html(config, kept or None, gpus), *render(safe_view(run_id, phase), run_choices(config)), *base]
 
     def on_tick(run_id, phase, last, followed):
         running = job_id()
@@ -226,25 +229,26 @@ def build(ctx) -> None:
                 "phase_shown": view.phase, "audio": [path for path, _ in view.eval_audio]}
 
     # -- wiring --------------------------------------------------------------------------------------
-    start_btn.click(on_start, inputs=base_dd, outputs=[message, *view_outputs, pinned_phase],
+    start_btn.click(on_start, inputs=[base_dd, gpu_dd], outputs=[message, *view_outputs, pinned_phase],
                     api_name="start_training", concurrency_limit=1, concurrency_id=JOB_QUEUE)
-    base_dd.input(on_base, inputs=base_dd, outputs=[plan, start_btn], api_visibility="private")
+    base_dd.input(on_base, inputs=[base_dd, gpu_dd], outputs=[plan, start_btn], api_visibility="private")
+    gpu_dd.input(on_base, inputs=[base_dd, gpu_dd], outputs=[plan, start_btn], api_visibility="private")
     cancel_btn.click(on_cancel, inputs=run_dd, outputs=[message, *view_outputs], api_name="cancel_training",
                      concurrency_limit=1)
-    resume_btn.click(on_resume, inputs=run_dd, outputs=[message, *view_outputs], api_name="resume_training",
-                     concurrency_limit=1, concurrency_id=JOB_QUEUE)
+    resume_btn.click(on_resume, inputs=[run_dd, gpu_dd], outputs=[message, *view_outputs],
+                     api_name="resume_training", concurrency_limit=1, concurrency_id=JOB_QUEUE)
     run_dd.input(on_pick, inputs=run_dd, outputs=[*view_outputs, pinned_phase], api_name="show_run")
     phase_radio.input(on_phase, inputs=[run_dd, phase_radio], outputs=[*view_outputs, pinned_phase],
                       api_visibility="private")
-    refresh_btn.click(on_refresh, inputs=[run_dd, pinned_phase, base_dd],
+    refresh_btn.click(on_refresh, inputs=[run_dd, pinned_phase, base_dd, gpu_dd],
                       outputs=[plan, *view_outputs, base_dd, start_btn], api_visibility="private")
     timer.tick(on_tick, inputs=[run_dd, pinned_phase, signature, followed_job],
                outputs=[*view_outputs, pinned_phase, followed_job], show_progress="hidden",
                trigger_mode="once", api_visibility="private")
     val_step.input(on_val_step, inputs=[run_dd, pinned_phase, val_step], outputs=val_players,
                    api_visibility="private")
-    ctx.selection.change(lambda base_run: plan_html(config, base_run or None), inputs=base_dd, outputs=plan,
-                         api_visibility="private", show_progress="hidden")
+    ctx.selection.change(lambda base_run, gpus: plan_html(config, base_run or None, gpus),
+                         inputs=[base_dd, gpu_dd], outputs=plan, api_visibility="private", show_progress="hidden")
     ctx.demo.load(on_open, outputs=[plan, *view_outputs, pinned_phase, followed_job, base_dd, start_btn],
                   api_visibility="private")
     scorecard_view.wire_run_scorecard(scorecard, config, run_dd, refresh_btn, ctx.demo)

@@ -17,15 +17,15 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from studio.logic import run_charts
+from studio.logic import run_charts, training_gpus
 from pipeline.model.checkpoints import describe_checkpoint
 from pipeline.config import Config
 from pipeline.estimate.cost import CPU_CHARGE
 from pipeline.data.dataset import list_datasets
 from pipeline.train.jobs import JobError, current_job, job_status, log_tail, start_job
 from studio.logic.runs_view import (ACTIVE, MODE_LABELS, PHASE_LABELS, STAGES, RunProgress, estimate_vs_actual,
-                                evaluation_audio, format_duration, format_money, phase_metrics, run_phases,
-                                run_progress, validation_audio, viewed_phase)
+                                evaluation_audio, format_duration, format_money, hourly_price, phase_metrics,
+                                run_phases, run_progress, validation_audio, viewed_phase)
 from pipeline.data.selection import apply_selection, load_selection
 from pipeline.train.runs import is_run, list_runs, run_dir_for, run_file
 from pipeline.train.workflow import language_models
@@ -96,9 +96,10 @@ def training_config(config: Config) -> Config:
     return apply_selection(config, load_selection(config))
 
 
-def plan_html(config: Config, base_run: str | None = None) -> str:
+def plan_html(config: Config, base_run: str | None = None, gpus=None) -> str:
     """A compact table of what the Start button will train, with the base model's state; with
-    `base_run` (a finished full fine-tune) a new speaker's LoRA on that run's language-adapted model."""
+    `base_run` (a finished full fine-tune) a new speaker's LoRA on that run's language-adapted model;
+    on `gpus` GPUs (None: training.gpus)."""
     selection = load_selection(config)
     try:
         cfg = training_config(config)
@@ -117,7 +118,7 @@ def plan_html(config: Config, base_run: str | None = None) -> str:
         rows = _mode_rows(cfg, mode, picked_voice)
     rows.insert(1, ("Dataset", dataset_text))
     rows += [("Batch", _esc(f"{t.batch_size} × {t.max_length} tokens, LoRA rank {t.lora.rank}")),
-             ("Billed at", _billing_text(cfg))]
+             ("Billed at", _billing_text(cfg)), *training_gpus.plan_rows(cfg, gpus)]
     body = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
     return f"<div class='plan'><table>{body}</table></div>"
 
@@ -214,22 +215,24 @@ def start_label(base_run: str | None) -> str:
     return "Start speaker run" if base_run else "Start training"
 
 
-def start_run(config: Config, run_id: str | None = None, base_run: str | None = None) -> dict:
-    """Start a new run (or resume `run_id`) as a job; with `base_run`, a new speaker's LoRA on that
-    finished full fine-tune's language-adapted model. Raises JobError/ValueError with the reason."""
+def start_run(config: Config, run_id: str | None = None, base_run: str | None = None, gpus=None) -> dict:
+    """Start a new run (or resume `run_id`) as a job on `gpus` GPUs (None: training.gpus); with
+    `base_run`, a new speaker's LoRA on that finished full fine-tune's language-adapted model.
+    Raises JobError/ValueError with the reason (a global batch that does not split over the GPUs too)."""
     if run_id:
-        return start_job(config, run_id=run_id)
+        return start_job(config, run_id=run_id, gpus=training_gpus.resume_count(config, run_id, gpus))
     dataset = load_selection(config).get("dataset_id")
     if not dataset or dataset not in list_datasets(config):
         raise JobError("No dataset is loaded: load one in the Dataset tab (the bundled sample works offline), "
                        "then start the run.")
+    gpus = training_gpus.checked_count(training_config(config), gpus)
     if base_run:
         model = language_model(config, base_run)
         if model is None:
             raise JobError(f"'{base_run}' is not a finished full fine-tune with a language-adapted model: pick one "
                            "from “Train a new speaker on a language-adapted model” (↻ Refresh lists new ones).")
-        return start_job(training_config(config), model_dir=model["path"], mode="speaker_lora")
-    return start_job(training_config(config))  # refuses (JobError) while another job runs
+        return start_job(training_config(config), model_dir=model["path"], mode="speaker_lora", gpus=gpus)
+    return start_job(training_config(config), gpus=gpus)  # refuses (JobError) while another job runs
 
 
 def run_choices(config: Config) -> list[tuple[str, str]]:
@@ -340,7 +343,7 @@ def progress_html(progress: RunProgress) -> str:
     sub = [f"{_esc(where)}" + (f" — {_esc(progress.eta_note)}" if progress.eta_note else ""),
            (f"{CPU_CHARGE}: this run trains on the CPU; the price (${progress.price_per_hour:.2f}/h, "
             f"{_esc(progress.gpu)}) is for GPU time only." if progress.on_cpu else
-            f"Cost at ${progress.price_per_hour:.2f}/h ({_esc(progress.gpu)}): elapsed × price.")]
+            f"Cost at {hourly_price(progress.price_per_hour, progress.gpus)} ({_esc(progress.gpu)}): elapsed × price.")]
     if progress.speaker_reason:
         sub.append(f"Voice: {_esc(progress.speaker)} — {_esc(progress.speaker_reason)}")
     if progress.memory_plan:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
 from pipeline.config import load_config
 from pipeline.quality.asr import ASRError, Transcriber, cer_text, error_rates
@@ -23,21 +22,12 @@ from pipeline.quality.scorecard import (ModelSpec, Scorers, SpeakOptions, bootst
 from pipeline.train.select import best_checkpoint, quality_score
 from pipeline.quality.signal_checks import check_signal, reached_end
 from pipeline.quality.speaker import SpeakerEncoder, cosine
-from pipeline.quality.tiny_asr import TINY_ASR_NAME, tiny_transcriber
+from pipeline.quality.tiny_asr import TINY_ASR_NAME
 from pipeline.generate.synth import Synthesizer
 from pipeline.data.text import example_sentences, normalize
 
-SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "sample"
-
-
-def _clip(speaker: str, n: int = 0) -> tuple[np.ndarray, int]:
-    audio, rate = sf.read(sorted((SAMPLE / speaker).glob("*.ogg"))[n], dtype="float32")
-    return audio, rate
-
-
-@pytest.fixture(scope="module")
-def tiny_asr(tmp_path_factory) -> Transcriber:
-    return tiny_transcriber(tmp_path_factory.mktemp("tiny-asr"))
+from quality_fixtures import SAMPLE, tiny_asr  # noqa: F401 (a fixture)
+from quality_fixtures import sample_clip as _clip
 
 
 # -- CER / WER ------------------------------------------------------------------------------------
