@@ -108,6 +108,9 @@ def test_estimate_settings_and_a_short_run(server, page, tmp_path):
     page.locator("#refresh-runs").click()
     page.locator("#training-plan").get_by_text("40 steps").wait_for()
     assert "random weights" in page.locator("#training-plan").inner_text()
+    # the GPUs this machine has (the count choice appears only with two or more)
+    gpu_line = page.locator("#gpus-found").inner_text()
+    assert gpu_line.startswith("GPUs found: ") if machine_has_gpu() else gpu_line.startswith("no GPU: training runs on the CPU")
     # no finished full fine-tune yet: the speaker-run picker says where a language-adapted model comes from
     assert "None yet" in page.locator("#language-model").inner_text()
     assert page.locator("#start-training").inner_text().strip() == "Start training"

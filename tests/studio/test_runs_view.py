@@ -166,6 +166,14 @@ def test_only_gpu_time_is_charged(tmp_path, state, device, spent):
     assert (progress.charge == "CPU: no charge") == (device == "cpu") and progress.on_cpu == (device == "cpu")
 
 
+@pytest.mark.parametrize("recorded, gpus", [(2, 2), (None, 1), ("2", 1), (0, 1), (True, 1)])
+def test_every_gpu_of_a_data_parallel_run_is_paid_for(tmp_path, recorded, gpus):
+    run_dir = _run(tmp_path, started_ago=1800, price=2.0, **({} if recorded is None else {"gpus": recorded}))
+    progress = runs_view.run_progress(run_dir)
+    assert progress.gpus == gpus and progress.spent_usd == pytest.approx(gpus * 1.0, abs=0.01)  # ½ h × $2/h × GPUs
+    assert runs_view.hourly_price(2.0, gpus) == ("$2.00/h" if gpus == 1 else "2 × $2.00/h")
+
+
 def test_ranges():
     assert runs_view.time_range(12, 40) == "12–40 min" and runs_view.time_range(0.2, 0.2) == "< 1 min"
     assert runs_view.time_range(65, 190) == "1 h 05 min – 3 h 10 min"

@@ -424,7 +424,7 @@ def test_start_shows_the_new_run_at_once(config, monkeypatch):
     handlers, _ = _tab(config)
     _run(config, "r-old", status="finished", phase="done")
 
-    def fake_start(cfg, run_id=None, base_run=None):  # the job process itself is pipeline.train.jobs' business
+    def fake_start(cfg, run_id=None, base_run=None, gpus=None):  # the job process itself is pipeline.train.jobs' business
         _run(config, "r-started", status="starting", pid=os.getpid(), phase=None)
         _live(config, "r-started")
         return {"run_id": "r-started", "pid": os.getpid()}
@@ -608,7 +608,6 @@ def test_a_global_batch_that_does_not_split_is_refused_before_starting(config, d
     assert "on 2 GPUs (data-parallel): 2 of the 4 sequences" in training_view.plan_html(config, gpus=2)
     assert "data-parallel" not in training_view.plan_html(config, gpus=1)
     # a resume is checked against the run's own batch (3 sequences here), not the current settings
-    config.with_overrides({"training.batch_size": 3}).save(config.runs_dir / "r-odd" / "config.yaml")
     _run(config, "r-odd", status="failed")
     config.with_overrides({"training.batch_size": 3}).save(config.runs_dir / "r-odd" / "config.yaml")
     assert "does not split evenly over 2 GPUs" in html.unescape(handlers["resume_training"].fn("r-odd", 2)[0])
