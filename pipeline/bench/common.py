@@ -187,3 +187,19 @@ def time_calls(fn, warmup: int, repeat: int, device) -> dict:
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def random_model(args, tokenizer, settings, plan):
+    """The bench shape with random weights (seed 0: the same on every rank), made trainable and
+    given its optimizer by pipeline.train.plan's functions: what pipeline.train.loop runs on a
+    loaded checkpoint."""
+    from fish_speech.models.text2semantic.llama import DualARTransformer
+
+    from pipeline.train.plan import build_optimizer, trainable_model
+
+    torch.manual_seed(0)
+    with torch.device(plan.device):
+        model = DualARTransformer(args, tokenizer=tokenizer)
+    model = trainable_model(model.to(plan.weights_dtype), settings)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model.train(), build_optimizer(params, settings, plan.device), params

@@ -19,23 +19,10 @@ from pathlib import Path
 import torch
 
 from pipeline import atomic
-from pipeline.bench.common import bench_shapes, free_memory, sync, synthetic_batch
+from pipeline.bench.common import bench_shapes, free_memory, random_model, sync, synthetic_batch
 from pipeline.train.distributed import World, data_parallel, start_world, stop_world
-from pipeline.train.plan import build_optimizer, plan_phase, train_step, trainable_model
+from pipeline.train.plan import plan_phase, train_step
 from pipeline.train.settings import TrainSettings
-
-
-def random_model(args, tokenizer, settings: TrainSettings, plan):
-    """The bench shape with random weights (seed 0: the same on every rank), made trainable and
-    given its optimizer by the functions the training loop uses."""
-    from fish_speech.models.text2semantic.llama import DualARTransformer
-
-    torch.manual_seed(0)
-    with torch.device(plan.device):
-        model = DualARTransformer(args, tokenizer=tokenizer)
-    model = trainable_model(model.to(plan.weights_dtype), settings)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model.train(), build_optimizer(params, settings, plan.device), params
 
 
 def time_mode(settings: TrainSettings, shapes, batch: dict, device, world: World, warmup: int, repeat: int) -> dict:

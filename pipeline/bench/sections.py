@@ -15,6 +15,7 @@ from pipeline.bench.common import (
     peak_gb,
     sync,
     peak_tflops,
+    random_model,
     rel_diff,
     synthetic_batch,
     time_calls,
@@ -54,21 +55,6 @@ TOGGLE_OPTIONS = {
     "peft": "fused_linears",
     "torchdropout": "lora_dropout_kernel",
 }
-
-
-def _project_model(args, tokenizer, settings, plan):
-    """Random weights made trainable, and their optimizer, by pipeline.train.plan's functions: what
-    pipeline.train.loop runs on a loaded checkpoint."""
-    from fish_speech.models.text2semantic.llama import DualARTransformer
-
-    from pipeline.train.plan import build_optimizer, trainable_model
-
-    torch.manual_seed(0)
-    with torch.device(plan.device):
-        model = DualARTransformer(args, tokenizer=tokenizer)
-    model = trainable_model(model.to(plan.weights_dtype), settings)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return model.train(), build_optimizer(params, settings, plan.device), params
 
 
 def _toggled(plan, toggles: set[str]):
@@ -143,7 +129,7 @@ def run_variant(name, config, shapes, batch, device, warmup, repeat, profile_dir
         from pipeline.train.plan import train_step
 
         settings, plan = variant_plan(name, config, shapes, device)
-        model, optimizer, params = _project_model(args, tokenizer, settings, plan)
+        model, optimizer, params = random_model(args, tokenizer, settings, plan)
         if plan.memory:
             row["plan"] = plan.memory.as_dict()
         micro = plan.micro_batch
