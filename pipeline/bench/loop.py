@@ -55,8 +55,8 @@ def _step_seconds(run_dir: Path, skip: int) -> list[float]:
     return [b - a for a, b in zip(elapsed[skip:], elapsed[skip + 1:])]
 
 
-def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None) -> dict:
-    """Seconds per step of pipeline.train.loop.train for LoRA and full fine-tuning at the bench shape."""
+def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None, modes=("lora", "full")) -> dict:
+    """Seconds per step of pipeline.train.loop.train for LoRA and full fine-tuning (`modes`) at the bench shape."""
     from pipeline.train.loop import train
     from pipeline.train.settings import TrainSettings
 
@@ -68,7 +68,7 @@ def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None) -> 
         tmp = Path(tmp)
         ckpt = _checkpoint(tmp / "ckpt", args, device)
         manifest = _dataset(tmp / "codes", args, 24 if tiny else 600, 20 if tiny else 172)
-        for mode in ("lora", "full"):
+        for mode in modes:
             free_memory(device)
             settings = TrainSettings.from_config(
                 config, mode, steps=steps, epochs=None, batch_size=batch_size, max_length=max_length,

@@ -90,7 +90,9 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
                 elif name == "loop":
                     from pipeline.bench.loop import bench_loop
 
-                    result["loop"] = bench_loop(config, shapes, device, tiny, steps)
+                    # the modes of the chosen training variants (e.g. reference-lora,project-lora: LoRA only)
+                    modes = [m for m in ("lora", "full") if not variants or any(v.endswith(m) for v in variants)]
+                    result["loop"] = bench_loop(config, shapes, device, tiny, steps, modes or ("lora", "full"))
                 elif name == "extract":
                     result["extract"] = sections.bench_extract(shapes, device, tiny)
                 elif name == "generate":
