@@ -201,5 +201,5 @@ def sentence_rows(out_dir: str | Path, worst_by: str = "cer") -> pd.DataFrame:
     frame["flags"] = frame["flags"].fillna("").astype(str)
     by = next((c for c in (worst_by, "cer", "similarity", "ovrl") if _has_values(frame, c)), None)
     if by is not None:
-        frame = frame.sort_values([by, "index"], ascending=[not METRICS[by], True], na_position="last", kind="stable")
+        frame = frame.sort_values([by, "index"], ascending=[METRICS[by], True], na_position="last", kind="stable")
     return frame[SENTENCE_COLUMNS].reset_index(drop=True)
