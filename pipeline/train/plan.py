@@ -133,14 +133,28 @@ def _rank_means(sums: dict, world: World, device) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PendingStep:
-    """A step's numbers still on the device: read them (`means`) once the next step is queued, and
-    the GPU never waits for the host between steps."""
+    """A step's numbers on their way to the host: copied right after the step (an event marks
+    the copy) and read (`means`) while the next step runs, so the GPU never waits for the host."""
 
-    values: torch.Tensor  # STEP_METRICS, in that order
-    grad_norm: torch.Tensor
+    values: torch.Tensor  # STEP_METRICS then grad_norm; pinned host memory on a GPU
+    copied: object = None  # the CUDA event after the copy (None on the CPU)
+
+    @classmethod
+    def capture(cls, values: torch.Tensor, grad_norm: torch.Tensor) -> "PendingStep":
+        packed = torch.cat([values.double(), grad_norm.detach().double().reshape(1).to(values.device)])
+        if not packed.is_cuda:
+            return cls(packed)
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(host, event)
 
     def means(self) -> dict[str, float]:
-        return dict(zip(STEP_METRICS, self.values.tolist())) | {"grad_norm": float(self.grad_norm)}
+        if self.copied is not None:
+            self.copied.synchronize()  # waits for this step only, not for the one queued after it
+        values = self.values.tolist()
+        return dict(zip(STEP_METRICS, values[:-1])) | {"grad_norm": values[-1]}
 
 
 def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan, params, grad_clip: float,
@@ -182,7 +196,7 @@ def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan,
     if not wait:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
-        return PendingStep(values, grad_norm)
+        return PendingStep.capture(values, grad_norm)
     means = dict(zip(STEP_METRICS, values.tolist()))
     if not math.isfinite(means["loss"]):
         raise NonFiniteLoss(means["loss"])
