@@ -16,22 +16,25 @@ multiplies by N.
 from __future__ import annotations
 
 import inspect
-import json
 import math
-import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from pipeline.config import PROJECT_ROOT, Config
+from pipeline.estimate.bench_figures import (  # noqa: F401  (latest_benchmarks, card_figures: the estimate's API too)
+    CardFigures,
+    bench_label,
+    card_figures,
+    card_matches,
+    latest_benchmarks,
+)
 from pipeline.estimate.scaling import ONE_GPU, SCOPE, Scaling, card_scaling
 from pipeline.train.memory_plan import plan_memory
 
 PRICES_PATH = PROJECT_ROOT / "assets" / "gpu_prices.yaml"
-COMMITTED_BENCH_DIR = PROJECT_ROOT / "assets" / "bench"
 # Throughput cost of what memory_plan may choose, relative to the whole batch without
 # recomputation, measured on an H200 (docs/history/performance-log.md): micro-batch 1 x 4 (LoRA 0.62-0.72
 # over four runs, full 0.77) and recomputed activations at micro-batch 4 (LoRA 0.70, full 0.79).
@@ -193,122 +196,6 @@ def epochs_for_steps(steps: int, sequences: int, per_step: int) -> float:
 
 
 # -- benchmarks ------------------------------------------------------------------------------------
-def _bench_time(bench: dict) -> str:
-    """Sortable ISO time of a benchmark: its `time`, else its `date`, else the date in its file name."""
-    for key in ("time", "date"):
-        value = bench.get(key)
-        if isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}", value):
-            return value
-    found = re.search(r"\d{4}-\d{2}-\d{2}", Path(str(bench.get("path", ""))).name)
-    if found:
-        return found.group(0)
-    return bench.get("_mtime", "")
-
-
-def latest_benchmarks(runs_dir: Path) -> list[dict]:
-    """Benchmark JSON files written by `python -m pipeline bench` with training or scaling figures
-    (the workspace's and the ones committed with the project), newest first by the time recorded in them."""
-    paths = list((Path(runs_dir) / "bench").glob("*.json")) + list(COMMITTED_BENCH_DIR.glob("*.json"))
-    results = []
-    for path in paths:
-        try:
-            data = json.loads(path.read_text())
-            mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat()
-        except (OSError, json.JSONDecodeError):
-            continue
-        measured = isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("train", "scaling"))
-        if measured and not data.get("tiny"):
-            results.append(data | {"path": str(path), "_mtime": mtime})  # tiny CPU benches time nothing real
-    return sorted(results, key=_bench_time, reverse=True)
-
-
-def _matches(row_name: str, row: dict, bench: dict) -> bool:
-    word = row.get("bench_name") or row_name.split("-")[0]
-    return re.search(rf"(?<![A-Za-z0-9]){re.escape(str(word))}(?![A-Za-z0-9])", str(bench.get("card", "")),
-                     re.IGNORECASE) is not None
-
-
-def _variant(bench: dict, mode: str) -> dict:
-    variants = (bench.get("train") or {}).get("variants") or []
-    return next((v for v in variants if v.get("impl") == "project" and v.get("mode") == mode), {})
-
-
-# figure → (how to read it from a bench, whether it scales with the card's speed)
-FIGURES = {
-    "lora_tokens_per_s": (lambda b: ((b.get("train") or {}).get("lora") or {}).get("tokens_per_s"), True),
-    "full_tokens_per_s": (lambda b: ((b.get("train") or {}).get("full") or {}).get("tokens_per_s"), True),
-    "lora_start_s": (lambda b: _start(_variant(b, "lora")), False),
-    "full_start_s": (lambda b: _start(_variant(b, "full")), False),
-    "extract_realtime": (lambda b: (b.get("extract") or {}).get("realtime_factor"), True),
-    "extract_start_s": (lambda b: (b.get("extract") or {}).get("first_s"), False),
-    "generate_frames_per_s": (lambda b: (b.get("generate") or {}).get("frames_per_s"), True),
-    "generate_start_s": (lambda b: (b.get("generate") or {}).get("warmup_s"), False),
-}
-FIGURE_GROUPS = {"training": ("lora_tokens_per_s", "full_tokens_per_s", "lora_start_s", "full_start_s"),
-                 "extraction": ("extract_realtime", "extract_start_s"),
-                 "generation": ("generate_frames_per_s", "generate_start_s")}
-
-
-def _start(variant: dict) -> float | None:
-    """Model load and compile before the first step: the first step's time beyond a normal one."""
-    first, step = variant.get("first_step_s"), variant.get("step_s")
-    return max(0.0, first - step) if isinstance(first, (int, float)) and isinstance(step, (int, float)) else None
-
-
-def _bench_label(bench: dict) -> str:
-    return f"{bench.get('card', '?')}, {_bench_time(bench)[:16].replace('T', ' ')}"
-
-
-@dataclass(frozen=True)
-class CardFigures:
-    values: dict[str, float]
-    sources: dict[str, str]          # figure → "measured on …" / "scaled from … by bf16 peak …" / "taken from …"
-    stale: str = ""                  # the card's own bench is older than the newest one: which that is
-
-    def summary(self) -> str:
-        """Per group of speeds: measured on which bench, or scaled from which by bf16 peak."""
-        parts = [f"{group} {self.sources[names[0]]}" for group, names in FIGURE_GROUPS.items()]
-        if self.stale:
-            parts.append(f"its benchmark is older than the newest ({self.stale}): re-run "
-                         "`python -m pipeline bench` on this card to refresh it")
-        return "; ".join(parts)
-
-
-def card_figures(gpu: str, row: dict, benches: list[dict], reference: dict | None = None) -> CardFigures:
-    """Each speed figure for `gpu`: from its newest own benchmark, else the newest benchmark that has
-    the figure scaled by bf16 peak (start-up times are CPU work: taken as they are)."""
-    benches = [b for b in benches if isinstance(b.get("train"), dict)]  # a scaling-only bench times no step
-    own = [b for b in benches if _matches(gpu, row, b)]
-    values, sources = {}, {}
-    for name, (read, scales) in FIGURES.items():
-        got = next(((b, read(b)) for b in own if isinstance(read(b), (int, float)) and read(b) > 0), None)
-        if got:
-            values[name], sources[name] = float(got[1]), f"measured on {_bench_label(got[0])}"
-            continue
-        donor = next(((b, read(b)) for b in benches if isinstance(read(b), (int, float)) and read(b) >= 0), None)
-        if donor:
-            bench, value = donor
-            peak = float(bench.get("peak_tflops") or (reference or {}).get("bf16_tflops") or row["bf16_tflops"])
-            ratio = row["bf16_tflops"] / peak if scales else 1.0
-            values[name] = float(value) * ratio
-            sources[name] = (f"scaled from {_bench_label(bench)} by bf16 peak {row['bf16_tflops']:g}/{peak:g}"
-                             if scales else f"taken from {_bench_label(bench)}")
-        elif reference and isinstance(reference.get(name), (int, float)):
-            peak = float(reference.get("bf16_tflops", row["bf16_tflops"]))
-            ratio = row["bf16_tflops"] / peak if scales else 1.0
-            values[name] = float(reference[name]) * ratio
-            sources[name] = (f"scaled from {reference.get('source', 'the reference speeds')} by bf16 peak "
-                             f"{row['bf16_tflops']:g}/{peak:g}" if scales else f"taken from {reference.get('source')}")
-        else:
-            values[name] = 0.0 if name.endswith("_start_s") else math.nan
-            sources[name] = "not measured"
-    stale = ""
-    if own and benches and _bench_time(own[0]) < _bench_time(benches[0]) and not _matches(gpu, row, benches[0]):
-        stale = _bench_label(benches[0])
-    return CardFigures(values, sources, stale)
-
-
-# -- phases ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -465,7 +352,7 @@ def estimate(config: Config, manifest: pd.DataFrame, speaker: str | None = None,
     rows = []
     for gpu, row in prices["gpus"].items():
         figures = card_figures(gpu, row, benches, prices.get("reference_throughput"))
-        scaling = card_scaling(gpus, gpu, [(_bench_label(b), b) for b in benches if _matches(gpu, row, b)])
+        scaling = card_scaling(gpus, gpu, [(bench_label(b), b) for b in benches if card_matches(gpu, row, b)])
         lora_plan, lora_speed = _planned("lora", config, row, figures.values["lora_tokens_per_s"], scaling)
         full_plan, full_speed = _planned("full", config, row, figures.values["full_tokens_per_s"], scaling)
         speeds = {"lora": lora_speed, "full": full_speed}

@@ -101,20 +101,21 @@ def test_epochs_become_steps_of_the_packed_dataset():
 
 
 def test_the_newest_bench_of_each_card_is_used_and_others_are_scaled_by_bf16_peak(tmp_path, monkeypatch):
+    # dates after any committed bench (assets/bench/), so that these are the newest
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path))
     bench_dir = tmp_path / "runs" / "bench"
     bench_dir.mkdir(parents=True)
-    old, new = _bench("NVIDIA H100 80GB HBM3", "2026-01-01T10:00:00Z", lora=50000), \
-        _bench("NVIDIA H100 80GB HBM3", "2026-12-01T10:00:00Z", lora=100000)
-    (bench_dir / "nvidia-h100-2026-12-01.json").write_text(json.dumps(new))
-    (bench_dir / "nvidia-h100-2026-01-01.json").write_text(json.dumps(old))
-    (bench_dir / "nvidia-l40s-2026-11-30.json").write_text(json.dumps(_bench("NVIDIA L40S", "2026-11-30", lora=1.0) | {"tiny": True}))
+    old, new = _bench("NVIDIA H100 80GB HBM3", "2099-01-01T10:00:00Z", lora=50000), \
+        _bench("NVIDIA H100 80GB HBM3", "2099-12-01T10:00:00Z", lora=100000)
+    (bench_dir / "nvidia-h100-2099-12-01.json").write_text(json.dumps(new))
+    (bench_dir / "nvidia-h100-2099-01-01.json").write_text(json.dumps(old))
+    (bench_dir / "nvidia-l40s-2099-11-30.json").write_text(json.dumps(_bench("NVIDIA L40S", "2099-11-30", lora=1.0) | {"tiny": True}))
     benches = latest_benchmarks(tmp_path / "runs")
-    assert benches[0]["time"] == "2026-12-01T10:00:00Z"                 # newest first, by the recorded time
+    assert benches[0]["time"] == "2099-12-01T10:00:00Z"                 # newest first, by the recorded time
     table = estimate(Config(), manifest({"a": 5}))
     h100, a100 = _row(table, "H100-80GB", "quick_lora"), _row(table, "A100-80GB", "quick_lora")
-    assert h100.throughput_source == "measured on NVIDIA H100 80GB HBM3, 2026-12-01 10:00" and h100.measured
-    assert a100.throughput_source.startswith("scaled from NVIDIA H100 80GB HBM3, 2026-12-01 10:00 by bf16 peak 312/989")
+    assert h100.throughput_source == "measured on NVIDIA H100 80GB HBM3, 2099-12-01 10:00" and h100.measured
+    assert a100.throughput_source.startswith("scaled from NVIDIA H100 80GB HBM3, 2099-12-01 10:00 by bf16 peak 312/989")
     assert not a100.measured and "scaled" in a100.figures
     l40s = card_figures("L40S-48GB", load_price_table()["gpus"]["L40S-48GB"], benches)
     assert l40s.sources["lora_tokens_per_s"].startswith("scaled")          # a tiny CPU bench is never used
