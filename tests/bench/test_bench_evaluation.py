@@ -4,7 +4,6 @@ scorecard is spoken and scored (6 sentences when tiny, 20 on a GPU), each stage 
 from __future__ import annotations
 
 import json
-import time
 
 from pipeline.bench.runner import run_bench
 from pipeline.config import load_config
@@ -14,9 +13,7 @@ STAGES = ("load", "warmup", "scorer_warmup", "speak", "asr", "similarity", "dnsm
 
 def test_tiny_evaluation_bench_times_every_stage(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "user-workspace"))
-    started = time.perf_counter()
     result = run_bench(load_config(), which=["evaluation"], out_dir=tmp_path / "bench", tiny=True, device="cpu")
-    assert time.perf_counter() - started < 60
     evaluation = result["evaluation"]
     assert "error" not in evaluation, evaluation
     assert evaluation["sentences"] == 6 and evaluation["model"] == "tiny, random weights"

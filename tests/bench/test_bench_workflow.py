@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -19,12 +18,14 @@ STAGES = ("prepare", "extract", "train", "merge", "evaluate")
 def test_tiny_workflow_times_every_stage_and_labels_the_extrapolation(monkeypatch, tmp_path):
     monkeypatch.delenv("PIPELINE_WORKERS", raising=False)
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "user-workspace"))
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        shapes = bench_shapes(Path(folder), tiny=True)
-        result = bench_workflow(load_config(), shapes, torch.device("cpu"), tiny=True, steps=None, clips=None)
-    assert time.perf_counter() - started < 90
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the pool's workers and this process share the cores
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            shapes = bench_shapes(Path(folder), tiny=True)
+            result = bench_workflow(load_config(), shapes, torch.device("cpu"), tiny=True, steps=None, clips=None)
+    finally:
+        torch.set_num_threads(threads)
     assert os.environ["STUDIO_WORKSPACE"] == str(tmp_path / "user-workspace")  # restored
     assert not (tmp_path / "user-workspace").exists()  # everything went to the bench's own workspace
     assert result["clips"] == 24 and result["dataset"]["clips"] == 24 and result["dataset"]["speakers"] >= 3
