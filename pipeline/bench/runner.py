@@ -37,9 +37,10 @@ def card_name(device) -> str:
     return torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
 
 
-def result_path(out_dir: Path, card: str, date: str, tiny: bool) -> Path:
+def result_path(out_dir: Path, card: str, date: str, tiny: bool, clock: str | None = None) -> Path:
+    """`<card>-<date>[-<HHMMSS>].json`: with the time of day, two calls of one day keep both files."""
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-") + ("-tiny" if tiny else "")
-    return Path(out_dir) / f"{slug}-{date}.json"
+    return Path(out_dir) / f"{slug}-{date}{'-' + clock if clock else ''}.json"
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
         result["matmul_tflops"] = round(measured_matmul_tflops(device), 1)
     out_dir = Path(out_dir) if out_dir else Path(config.runs_dir) / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = result_path(out_dir, card, result["date"], tiny)
+    path = result_path(out_dir, card, result["date"], tiny, now.strftime("%H%M%S"))
     with tempfile.TemporaryDirectory() as tmp:
         shapes = bench_shapes(Path(tmp), tiny)
         for name in which:
