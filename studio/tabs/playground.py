@@ -20,6 +20,7 @@ import gradio as gr
 import pandas as pd
 
 from pipeline.generate.fastgen import DecodeOptions
+from studio.logic import downloads
 from studio.logic import playground as pg
 from pipeline.data.selection import ReferenceClips, reference_clips
 from pipeline.train.jobs import delete_run
@@ -346,19 +347,19 @@ def build(ctx) -> None:
                 **{button: gr.update(interactive=False) for button in votes}}
 
     def on_artifacts():
-        runs = pg.list_run_artifacts(config)
-        total, shared_bytes = pg.total_disk_usage(config)
-        cards = [("Runs", str(len(runs))), ("Disk used by runs", pg.format_bytes(total)),
-                 ("Shared via hard links", pg.format_bytes(shared_bytes))]
+        runs = downloads.list_run_artifacts(config)
+        total, shared_bytes = downloads.total_disk_usage(config)
+        cards = [("Runs", str(len(runs))), ("Disk used by runs", downloads.format_bytes(total)),
+                 ("Shared via hard links", downloads.format_bytes(shared_bytes))]
         html = "<div class='stat-cards'>" + "".join(
             f"<div class='stat-card'><div class='value'>{v}</div><div class='label'>{k}</div></div>" for k, v in cards) + "</div>"
         if not runs:
             html += "<p class='empty-note'>No runs yet: train one in the Training tab.</p>"
         table = pd.DataFrame(columns=RUN_COLUMNS, data=[{
             "run": r.run_id, "mode": r.mode, "status": r.status,
-            "adapter zip": pg.format_bytes(r.adapter_zip.stat().st_size) if r.adapter_zip else "—",
+            "adapter zip": downloads.format_bytes(r.adapter_zip.stat().st_size) if r.adapter_zip else "—",
             "merged model": f"{len(r.merged_files)} files" if r.merged_files else "—",
-            "evaluation audio": len(r.audio_files), "disk used": pg.format_bytes(r.size_bytes)} for r in runs])
+            "evaluation audio": len(r.audio_files), "disk used": downloads.format_bytes(r.size_bytes)} for r in runs])
         ids = [r.run_id for r in runs]
         shown = next((r.run_id for r in runs if r.adapter_zip or r.merged_files or r.audio_files),
                      ids[0] if ids else None)  # newest run with files
@@ -367,14 +368,14 @@ def build(ctx) -> None:
     def on_run_files(run_id):
         hidden = gr.update(visible=False)
         try:
-            run = pg.prepare_downloads(config, run_id) if run_id else None  # downloads carry the model card
+            run = downloads.prepare_downloads(config, run_id) if run_id else None  # downloads carry the model card
         except Exception as exc:  # noqa: BLE001
             gr.Warning(_failure(exc))
             run = None
         if run is None:
             return hidden, None, None, hidden, hidden, hidden, hidden
         zip_update = (gr.update(value=str(run.adapter_zip), visible=True,
-                                label=f"Download adapter zip ({pg.format_bytes(run.adapter_zip.stat().st_size)})")
+                                label=f"Download adapter zip ({downloads.format_bytes(run.adapter_zip.stat().st_size)})")
                       if run.adapter_zip else hidden)
         return (zip_update, [str(p) for p in run.merged_files] or None, [str(p) for p in run.audio_files] or None,
                 *_merged_zip_updates(run), *_merged_zip_updates(run, "phase1"))
@@ -382,8 +383,8 @@ def build(ctx) -> None:
     def on_zip(run_id, which, progress):
         progress(0.1, desc="Zipping the model (weights are stored, not compressed)")
         try:
-            pg.merged_zip(config, run_id, which)
-            return _merged_zip_updates(pg.run_artifacts(config, run_id), which)
+            downloads.merged_zip(config, run_id, which)
+            return _merged_zip_updates(downloads.run_artifacts(config, run_id), which)
         except Exception as exc:  # noqa: BLE001
             gr.Warning(_failure(exc))
             return gr.skip(), gr.update(visible=False)
@@ -475,7 +476,7 @@ def _spoken(text: str | None) -> str:
     return body + "".join(f"<div class='pg-text-warning' style='color:#92400e'>⚠ {esc(w)}</div>" for w in warnings)
 
 
-def _merged_zip_updates(run: pg.RunArtifacts, which: str = "merged") -> tuple:
+def _merged_zip_updates(run: downloads.RunArtifacts, which: str = "merged") -> tuple:
     """(zip button, download button) of the merged or the phase-1 model: the download once the zip
     exists, else the button making it."""
     folder, made = (run.merged_dir, run.merged_zip) if which == "merged" else (run.phase1_dir, run.phase1_zip)
@@ -483,10 +484,10 @@ def _merged_zip_updates(run: pg.RunArtifacts, which: str = "merged") -> tuple:
     if folder is None:
         return gr.update(visible=False), gr.update(visible=False)
     if made is not None:
-        size = pg.format_bytes(made.stat().st_size)
+        size = downloads.format_bytes(made.stat().st_size)
         return (gr.update(visible=False),
                 gr.update(value=str(made), visible=True, label=f"Download {what} zip ({size})"))
-    size = pg.format_bytes(pg.disk_usage(folder)[0])
+    size = downloads.format_bytes(downloads.disk_usage(folder)[0])
     return gr.update(visible=True, value=f"Zip the {what} ({size})"), gr.update(visible=False)
 
 

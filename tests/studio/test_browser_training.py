@@ -20,7 +20,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.estimate.cost import load_price_table
 from run_fixtures import fresh_workspace
-from studio.tabs.modes import machine_has_gpu
+from studio.logic.modes_estimate import machine_has_gpu
 from studio_server import CHROMIUM, PROJECT_ROOT, start_studio
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"

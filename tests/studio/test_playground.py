@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from studio.logic import downloads
 from studio.logic import playground as pg
 from pipeline.model.adapters import adapter_scales, attach_lora, export_adapter_zip, save_adapter
 from pipeline.model.checkpoints import load_lm
@@ -237,15 +238,15 @@ def test_disk_usage_sums_files_once_per_inode(tmp_path):
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "a.bin").write_bytes(b"x" * 1000)
     (tmp_path / "d" / "sub" / "b.bin").write_bytes(b"y" * 234)
-    assert pg.disk_usage(tmp_path / "d") == (1234, 0)
+    assert downloads.disk_usage(tmp_path / "d") == (1234, 0)
     os.link(tmp_path / "d" / "a.bin", tmp_path / "d" / "sub" / "a-link.bin")
-    assert pg.disk_usage(tmp_path / "d") == (1234, 1000)
-    assert pg.format_bytes(1234) == "1.2 KB" and pg.format_bytes(5 * 1024 ** 3) == "5.0 GB"
+    assert downloads.disk_usage(tmp_path / "d") == (1234, 1000)
+    assert downloads.format_bytes(1234) == "1.2 KB" and downloads.format_bytes(5 * 1024 ** 3) == "5.0 GB"
 
 
 def test_artifacts_list_downloads_and_sizes(world):
     config, paths = world
-    runs = {r.run_id: r for r in pg.list_run_artifacts(config)}
+    runs = {r.run_id: r for r in downloads.list_run_artifacts(config)}
     run = runs[RUN]
     assert run.adapter_zip == paths["zip"] and run.status == "finished"
     assert {p.name for p in run.merged_files} >= {"model.pth", "config.json", "codec.pth", "RANDOM_WEIGHTS"}
@@ -256,7 +257,7 @@ def test_artifacts_list_downloads_and_sizes(world):
             inodes[(p.stat().st_dev, p.stat().st_ino)] = p.stat().st_size
     assert run.size_bytes == sum(inodes.values())
     assert runs[RUN2].adapter_zip is None and runs[RUN2].merged_files == []
-    total, _ = pg.total_disk_usage(config)
+    total, _ = downloads.total_disk_usage(config)
     assert total == run.size_bytes + runs[RUN2].size_bytes
 
 
@@ -360,22 +361,22 @@ def test_downloads_carry_the_model_card_and_the_merged_model_zips(world):
     config, paths = world
     with zipfile.ZipFile(paths["zip"]) as zf:  # as written by peft: its empty template
         assert not is_model_card(zf.read("README.md").decode())
-    run = pg.prepare_downloads(config, RUN)
+    run = downloads.prepare_downloads(config, RUN)
     with zipfile.ZipFile(run.adapter_zip) as zf:
         readme = zf.read("README.md").decode()
     assert is_model_card(readme) and "CC-BY-NC-SA-4.0" in readme and "| Run | " + RUN in readme
     assert is_model_card((run.merged_dir / "README.md").read_text())
     assert run.merged_zip is None
 
-    zip_path = pg.merged_zip(config, RUN)
+    zip_path = downloads.merged_zip(config, RUN)
     assert zip_path.name == f"{RUN}-merged.zip"
     with zipfile.ZipFile(zip_path) as zf:
         assert {f"{RUN}-merged/model.pth", f"{RUN}-merged/README.md"} <= set(zf.namelist())
-    again = pg.run_artifacts(config, RUN)
+    again = downloads.run_artifacts(config, RUN)
     assert again.merged_zip == zip_path and again.adapter_zip == paths["zip"]  # the zip is not an adapter
-    assert pg.merged_zip(config, RUN).stat().st_mtime == zip_path.stat().st_mtime  # made once
+    assert downloads.merged_zip(config, RUN).stat().st_mtime == zip_path.stat().st_mtime  # made once
     with pytest.raises(pg.PlaygroundError, match="no merged model"):
-        pg.merged_zip(config, RUN2)
+        downloads.merged_zip(config, RUN2)
 
 
 def test_spoken_text_is_collapsed_and_warns():
