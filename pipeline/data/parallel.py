@@ -97,23 +97,32 @@ def map_in_processes(fn: Callable[[Any], Any], items: Sequence, workers: int | N
 def _run_pool(fn, items, indices: list[int], workers: int, results: dict, finished) -> set[int]:
     """Run `indices` in one pool until all finish or the pool breaks; returns the suspects."""
     with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
-        futures = {pool.submit(fn, items[i]): i for i in indices}
-        waiting = set(futures)
-        while waiting:
-            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
-            broken = False
-            for future in sorted(done, key=futures.get):
-                try:
-                    results[futures[future]] = future.result()
-                except BrokenProcessPool:
-                    broken = True
-                    continue
-                finished()
-            if broken:
-                for future in waiting:
-                    future.cancel()
-                unfinished = [i for i in indices if i not in results]
-                return set(unfinished[:workers])
+        try:
+            return _collect(pool, fn, items, indices, workers, results, finished)
+        except BaseException:  # a cancel or an error: drop the queued items instead of finishing them
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _collect(pool, fn, items, indices: list[int], workers: int, results: dict, finished) -> set[int]:
+    """Submit `indices` and gather their results; the suspects when the pool broke, else none."""
+    futures = {pool.submit(fn, items[i]): i for i in indices}
+    waiting = set(futures)
+    while waiting:
+        done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+        broken = False
+        for future in sorted(done, key=futures.get):
+            try:
+                results[futures[future]] = future.result()
+            except BrokenProcessPool:
+                broken = True
+                continue
+            finished()
+        if broken:
+            for future in waiting:
+                future.cancel()
+            unfinished = [i for i in indices if i not in results]
+            return set(unfinished[:workers])
     return set()
 
 

@@ -425,6 +425,12 @@ def extract_codes(
     if progress and not items:
         progress(1.0, "VQ codes: no usable clips")
 
+    codecs = codec = encoder = None
+    if torch.cuda.is_available():  # the training ranks that follow are other processes: give the memory back
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
     out = manifest.copy()
     out["codes_path"] = out["id"].astype(str).map(codes_paths)
     return ExtractReport(

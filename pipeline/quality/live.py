@@ -122,14 +122,21 @@ class LiveScorer:
         return {key: round(value, 6) for key, value in means.items() if value is not None}
 
 
-def live_scorer(config, device: str | None = None, speaker: str | None = None) -> LiveScorer | None:
+def live_scorer(config, device: str | None = None, speaker: str | None = None,
+                download: bool = True) -> LiveScorer | None:
     """The scorer of a training run from `evaluation:` (None when the training speaks no evaluation
-    sentences). `speaker`: whose clips are the references (default: the configured or picked one)."""
+    sentences). `speaker`: whose clips are the references (default: the configured or picked one).
+    `download=False`: an ASR model not already on disk is left out instead of fetched (data-parallel
+    ranks cannot wait for a download)."""
     if config.training.eval_sentences == 0:
         return None
     if speaker is None and config.speaker.policy == "manual":
         speaker = config.speaker.name
     usable, how = asr_source(config.evaluation.asr_model)
+    if usable and how == "Hugging Face Hub" and not download:
+        usable, how = False, (f"ASR model {config.evaluation.asr_model} is not on disk and is not downloaded during "
+                              "data-parallel training: CER is left out of the training curves. Run `python -m "
+                              "pipeline evaluate` once to fetch it.")
     local_only = usable and how != "Hugging Face Hub"  # cached or a folder: never wait on an unreachable Hub
     return LiveScorer(config.evaluation.asr_model if usable else None, speaker_references(config, speaker),
                       language=config.evaluation.language, device=device, local_files_only=local_only,

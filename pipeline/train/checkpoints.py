@@ -140,7 +140,7 @@ class ResumableCheckpoints:
         """Drop rows written after the checkpoint we resume from (the resumed run writes them
         again) and a half-written line a killed process left behind."""
         path = self.run_dir / METRICS_FILE
-        if not path.is_file():
+        if not self.world.main or not path.is_file():  # rank 0 owns the file
             return
         rows = []
         for line in path.read_text(errors="replace").splitlines():

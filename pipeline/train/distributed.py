@@ -87,13 +87,17 @@ def stop_world() -> None:
         torch_dist.destroy_process_group()
 
 
-def resolve_gpus(requested, cuda_devices: int | None = None) -> int:
+def resolve_gpus(requested, cuda_devices: int | None = None, effective_batch: int | None = None) -> int:
     """training.gpus ("auto" or N) as a process count for this machine: auto = every visible GPU
-    (1 without one). N > 1 without as many GPUs is an error, except on a machine without any GPU,
-    where N CPU processes (gloo) run: slow, but the same arithmetic, which is what tests use."""
+    (1 without one), or the most of them that the global batch (`effective_batch`) splits over
+    evenly. N > 1 without as many GPUs is an error, except on a machine without any GPU, where N
+    CPU processes (gloo) run: slow, but the same arithmetic, which is what tests use."""
     visible = torch.cuda.device_count() if cuda_devices is None else cuda_devices
     if requested in (None, "auto"):
-        return max(visible, 1)
+        count = max(visible, 1)
+        while effective_batch and effective_batch % count:
+            count -= 1
+        return count
     count = int(requested)
     if count < 1:
         raise TrainError(f"training.gpus must be 'auto' or at least 1, got {requested!r}.")
@@ -142,3 +146,13 @@ def data_parallel(model, plan, world: World):
 def accumulating(ddp, last: bool):
     """DDP's no_sync for every micro-batch but the step's last: one all-reduce per optimizer step."""
     return nullcontext() if ddp is None or last else ddp.no_sync()
+
+
+def training_gpus(config) -> int:
+    """The process count a run's training phases use (training.gpus on this machine), checked
+    against the global batch before anything runs."""
+    t = config.training
+    effective = t.batch_size * t.grad_accumulation
+    gpus = resolve_gpus(t.gpus, effective_batch=effective)
+    rank_share(effective, World(0, gpus))  # N given explicitly that does not divide the batch: said now
+    return gpus

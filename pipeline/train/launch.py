@@ -12,6 +12,7 @@ after training.collective_timeout_s, so a job never hangs.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -28,6 +29,8 @@ from pipeline.config import PROJECT_ROOT
 from pipeline.train.settings import TrainError, TrainResult, TrainSettings
 
 RANKS_DIR, SPEC_FILE, MANIFEST_FILE, RESULT_FILE = "ranks", "spec.json", "manifest.parquet", "result.json"
+STOP_FILE = "stop"  # a stop asked before a rank could take a signal
+STOP_GRACE_S = 900.0
 PROGRESS_TAG = "@@progress "
 Progress = Callable[[float, str], None] | None
 
@@ -52,7 +55,7 @@ def write_spec(phase_dir: Path, ckpt_dir: Path, manifest: pd.DataFrame, settings
                timeout_s: float, scorer_factory: str | None, config_path: Path | None) -> Path:
     folder = ranks_dir(phase_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in [*folder.glob("rank_*"), folder / RESULT_FILE]:  # an earlier attempt's
+    for stale in [*folder.glob("rank_*"), folder / RESULT_FILE, folder / STOP_FILE]:  # an earlier attempt's
         stale.unlink(missing_ok=True)
     with atomic.replacing(folder / MANIFEST_FILE) as tmp:
         manifest.to_parquet(tmp, index=False)
@@ -73,8 +76,12 @@ def _relay(stream, progress: Progress, tail: list[str]) -> None:
     for line in stream:
         if line.startswith(PROGRESS_TAG):
             fraction, _, message = line[len(PROGRESS_TAG):].rstrip("\n").partition(" ")
+            try:
+                value = float(fraction)
+            except ValueError:  # a garbled line costs one progress update, never the job
+                continue
             if progress:
-                progress(float(fraction), message)
+                progress(value, message)
             continue
         sys.stdout.write(line)
         sys.stdout.flush()
@@ -82,11 +89,26 @@ def _relay(stream, progress: Progress, tail: list[str]) -> None:
         del tail[:-200]
 
 
-def _watch_stop(process: subprocess.Popen, stop_event: threading.Event | None, done: threading.Event) -> None:
-    """A stop request becomes SIGTERM for torchrun, which passes it on: each rank saves and stops."""
+def _signal_ranks(phase_dir: Path, gpus: int) -> None:
+    for rank in range(gpus):
+        try:
+            os.kill(int(pid_file(phase_dir, rank).read_text()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass  # not started yet (it checks the stop file at start) or already gone
+
+
+def _watch_stop(process: subprocess.Popen, stop_event: threading.Event | None, done: threading.Event,
+                phase_dir: Path, gpus: int) -> None:
+    """A stop request goes to the ranks themselves: they agree on the step, rank 0 saves, and
+    torchrun ends when they have. (torchrun would pass a SIGTERM on too, but kills the ranks 30 s
+    later: a checkpoint or an evaluation can take longer.) torchrun itself is only signalled when
+    the ranks have not ended after STOP_GRACE_S."""
     while stop_event is not None and not done.wait(0.5):
         if stop_event.is_set():
-            process.send_signal(signal.SIGTERM)
+            atomic.write_text(ranks_dir(phase_dir) / STOP_FILE, "stop")
+            _signal_ranks(phase_dir, gpus)
+            if not done.wait(STOP_GRACE_S):
+                process.send_signal(signal.SIGTERM)
             return
 
 
@@ -94,6 +116,7 @@ def rank_failure(phase_dir: Path, output: list[str], gpus: int) -> str:
     """Which rank failed and why: its recorded error, else what torchrun reported (a killed rank
     records nothing: torchrun names its exit code or signal)."""
     text = "".join(output)
+    text = text[text.find("Root Cause"):] if "Root Cause" in text else text  # not the "Failures:" listed before it
     root = re.search(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)(.*?traceback\s*:\s*([^\n]+))?", text, re.S)
     errors = {r: error_file(phase_dir, r).read_text().strip() for r in range(gpus) if error_file(phase_dir, r).is_file()}
     if root:
@@ -138,7 +161,12 @@ def train_data_parallel(phase_dir, ckpt_dir, manifest: pd.DataFrame, settings: T
     process = subprocess.Popen(torchrun_command(spec, gpus), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
     done, tail = threading.Event(), []
-    watcher = threading.Thread(target=_watch_stop, args=(process, stop_event, done), daemon=True)
+    previous_handler = None
+    if stop_event is None and threading.current_thread() is threading.main_thread():
+        # `python -m pipeline train` has no stop event: a SIGTERM here must still stop the ranks
+        stop_event = threading.Event()
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    watcher = threading.Thread(target=_watch_stop, args=(process, stop_event, done, phase_dir, gpus), daemon=True)
     watcher.start()
     try:
         _relay(process.stdout, progress, tail)
@@ -149,6 +177,8 @@ def train_data_parallel(phase_dir, ckpt_dir, manifest: pd.DataFrame, settings: T
         raise
     finally:
         done.set()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     result_path = ranks_dir(phase_dir) / RESULT_FILE
     if result_path.is_file():
         result = TrainResult(**json.loads(result_path.read_text()))

@@ -153,21 +153,21 @@ def _training_gpus(config: Config) -> list[str] | None:
     """The GPUs a run trains on (training.gpus), which also share its extraction; None without a GPU."""
     import torch
 
-    from pipeline.train.distributed import resolve_gpus
+    from pipeline.train.distributed import training_gpus
 
     if not torch.cuda.is_available():
         return None
-    return [f"cuda:{i}" for i in range(resolve_gpus(config.training.gpus))]
+    return [f"cuda:{i}" for i in range(training_gpus(config))]
 
 
 def _train_phase(config: Config, run_dir: Path, phase: str, base_dir: Path, manifest, stop_event, progress,
                  scorer_factory: str | None = None):
     """One phase: in this process on one device, under torchrun on several (training.gpus)."""
-    from pipeline.train.distributed import resolve_gpus
+    from pipeline.train.distributed import training_gpus
     from pipeline.train.loop import TrainSettings, train
 
     settings = TrainSettings.from_config(config, phase)
-    gpus = resolve_gpus(config.training.gpus)
+    gpus = training_gpus(config)
     update_run(run_dir, phase=phase, status="running", gpus=gpus)
     phase_dir = run_dir / "phases" / phase
     if gpus > 1:
@@ -292,6 +292,9 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mo
             raise RunCancelled()
 
     try:
+        from pipeline.train.distributed import training_gpus
+
+        training_gpus(config)  # a GPU count the batch cannot split over fails now, not after extraction
         base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
         check_stop()
 
@@ -387,6 +390,9 @@ def _train_only(config, mode, model_dir, run_id, speaker, progress, overrides, s
     run_dir, config = _open_run(config, run_id, overrides, progress, mode=mode)
     if read_run(run_dir).get("mode") not in (mode, None):
         raise RunError(f"Run '{run_dir.name}' is a {read_run(run_dir)['mode']} run; start a new run for {mode}.")
+    from pipeline.train.distributed import training_gpus
+
+    training_gpus(config)  # a GPU count the batch cannot split over fails now, not after extraction
     base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
     update_run(run_dir, status="running", pid=os.getpid(), error=None, base_model=str(base_dir))
     try:

@@ -144,3 +144,26 @@ def test_the_ranks_share_the_evaluation_sentences(data, tiny_checkpoint):
     audio = root / "spoken" / "audio" / "step_000002"
     assert sorted(p.name for p in audio.glob("*.wav")) == ["sentence_1.wav", "sentence_2.wav"]
     assert "failed" not in (root / "spoken" / "ranks" / "rank_1.log").read_text()
+
+
+def test_a_stop_request_stops_every_rank_at_the_same_step_and_saves(data, tiny_checkpoint):
+    root, manifest = data
+    run_dir, outcome, stop = root / "stopped", {}, threading.Event()
+    settings = _ddp_settings(steps=40, save_every=100, val_every=100)
+
+    def job():
+        outcome["result"] = train_data_parallel(run_dir, tiny_checkpoint, manifest, settings, gpus=2,
+                                                stop_event=stop, timeout_s=120)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").is_file() and len(_rows(run_dir)) >= 2):
+        time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=240)
+    assert not thread.is_alive(), "the ranks did not stop"
+    result = outcome["result"]
+    assert result.status == "cancelled", result.message
+    assert result.step < 40 and result.step % 8 == 0  # the ranks agree on stopping every 8 steps
+    assert (run_dir / "checkpoints" / f"step_{result.step:06d}").is_dir()  # rank 0 saved where they stopped
