@@ -128,12 +128,14 @@ class ReferenceClips:
     clips: list[dict] = field(default_factory=list)  # id, path, text, duration_s (best first)
 
 
-def reference_clips(config, speaker: str | None = None, limit: int = 30) -> ReferenceClips:
-    """Accepted clips of a speaker of the studio's current dataset, 3-15 s and cleanest first."""
+def reference_clips(config, speaker: str | None = None, limit: int = 30,
+                    dataset_id: str | None = None) -> ReferenceClips:
+    """Accepted clips of a speaker of `dataset_id` (default: the studio's current dataset), 3-15 s
+    and cleanest first."""
     from pipeline.data.dataset import DatasetError, list_datasets, open_dataset
 
     selection = load_selection(config)
-    dataset_id = selection.get("dataset_id")
+    dataset_id = dataset_id or selection.get("dataset_id")
     if not dataset_id or dataset_id not in list_datasets(config):
         return ReferenceClips()
     try:
@@ -141,7 +143,7 @@ def reference_clips(config, speaker: str | None = None, limit: int = 30) -> Refe
     except DatasetError:
         return ReferenceClips()
     speakers = ds.speaker_names()
-    speaker = speaker if speaker in speakers else selection.get("speaker")
+    speaker = speaker if speaker in speakers else picked_speaker(selection, dataset_id)
     speaker = speaker if speaker in speakers else (ds.recommendation.speaker or (speakers[0] if speakers else None))
     rows = ds.accepted()
     rows = rows[rows["speaker"].astype(str) == str(speaker)].copy()

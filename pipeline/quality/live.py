@@ -123,9 +123,10 @@ class LiveScorer:
 
 
 def live_scorer(config, device: str | None = None, speaker: str | None = None,
-                download: bool = True) -> LiveScorer | None:
+                download: bool = True, dataset_id: str | None = None) -> LiveScorer | None:
     """The scorer of a training run from `evaluation:` (None when the training speaks no evaluation
-    sentences). `speaker`: whose clips are the references (default: the configured or picked one).
+    sentences). `speaker`: whose clips of `dataset_id` are the references (default: the configured
+    or picked one of the studio's current dataset).
     `download=False`: an ASR model not already on disk is left out instead of fetched (data-parallel
     ranks cannot wait for a download)."""
     if config.training.eval_sentences == 0:
@@ -138,6 +139,6 @@ def live_scorer(config, device: str | None = None, speaker: str | None = None,
                               "data-parallel training: CER is left out of the training curves. Run `python -m "
                               "pipeline evaluate` once to fetch it.")
     local_only = usable and how != "Hugging Face Hub"  # cached or a folder: never wait on an unreachable Hub
-    return LiveScorer(config.evaluation.asr_model if usable else None, speaker_references(config, speaker),
+    return LiveScorer(config.evaluation.asr_model if usable else None, speaker_references(config, speaker, dataset_id),
                       language=config.evaluation.language, device=device, local_files_only=local_only,
                       notes=[] if usable else [how])

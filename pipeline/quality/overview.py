@@ -56,6 +56,12 @@ def _selection(config, dataset_id: str | None, speaker: str | None) -> tuple[str
     return dataset_id, speaker
 
 
+def run_selection(config, run: dict) -> tuple[str | None, str | None]:
+    """The dataset and speaker a run was trained and is judged on: run.json's (the dataset it
+    extracted, a speaker phase's speaker), else the studio's current ones."""
+    return _selection(config, run.get("dataset"), run.get("speaker"))
+
+
 def _part(name: str | None) -> str:
     """A name as a folder-name part; one that slugging changed keeps a short hash of the original,
     so that "anna/b" and "anna-b" get baselines of their own."""
@@ -77,16 +83,18 @@ def read_baseline(config) -> dict | None:
 
 
 def ensure_baseline(config, progress: Progress = None, device: str | None = None, synth_factory=None,
-                    scorers: Scorers | None = None) -> Scorecard:
-    """The base model's scorecard for the current dataset and speaker: evaluated once, then from the cache."""
+                    scorers: Scorers | None = None, dataset_id: str | None = None,
+                    speaker: str | None = None) -> Scorecard:
+    """The base model's scorecard for a dataset and speaker (default: the studio's current ones):
+    evaluated once, then from the cache."""
     from pipeline.model.checkpoints import CheckpointError, ensure_base_model
 
-    dataset_id, speaker = _selection(config, None, None)
+    dataset_id, speaker = _selection(config, dataset_id, speaker)
     try:
         model_dir = ensure_base_model(config)
     except CheckpointError as exc:
         raise EvaluationError(f"The baseline needs the base model: {exc}") from exc
-    scorers = scorers or config_scorers(config, speaker_references(config, speaker), device=device)
+    scorers = scorers or config_scorers(config, speaker_references(config, speaker, dataset_id), device=device)
     return evaluate_config_model(config, ModelSpec(str(model_dir), (), BASE_LABEL), scorers=scorers,
                                  progress=progress, synth_factory=synth_factory, device=device,
                                  out_dir=baseline_dir(config, dataset_id, speaker))
@@ -117,8 +125,8 @@ def _row(summary: dict, label: str, out_dir: Path, **extra) -> dict:
     return {**summary, "label": label, "out_dir": str(out_dir), **extra}
 
 
-def _baseline_rows(config) -> list[dict]:
-    folder = baseline_dir(config)
+def _baseline_rows(config, dataset_id: str | None = None, speaker: str | None = None) -> list[dict]:
+    folder = baseline_dir(config, dataset_id, speaker)
     summary = read_json(folder / SUMMARY_NAME)
     return [_row(summary | {"model": BASE_LABEL}, BASE_LABEL, folder)] if isinstance(summary, dict) else []
 
@@ -144,7 +152,7 @@ def run_scorecards(config, run_id: str) -> list[dict]:
         summary = read_json(folder / SUMMARY_NAME)
         if isinstance(summary, dict):
             rows.append(_row(summary, _label(folder.name, mode), folder, run_id=run_id))
-    return _baseline_rows(config) + rows
+    return _baseline_rows(config, *run_selection(config, run)) + rows
 
 
 def all_scorecards(config) -> list[dict]:
@@ -170,12 +178,13 @@ def score_run(config, run_id: str, progress: Progress = None, device: str | None
               scorers: Scorers | None = None) -> list[dict]:
     """Ensure the baseline, score the run's merged model (or its newest checkpoint), return `run_scorecards`."""
     run_dir = _run_dir(config, run_id)
-    spec = _newest(run_models(config, run_id), list(read_run(run_dir).get("phases") or []))
-    dataset_id, speaker = _selection(config, None, None)
+    run = read_run(run_dir)
+    spec = _newest(run_models(config, run_id), list(run.get("phases") or []))
+    dataset_id, speaker = run_selection(config, run)
     # one set of scorers: the ASR and the speaker encoder load once for both models
-    scorers = scorers or config_scorers(config, speaker_references(config, speaker), device=device)
+    scorers = scorers or config_scorers(config, speaker_references(config, speaker, dataset_id), device=device)
     part = (lambda lo, hi: (lambda f, m: progress(lo + (hi - lo) * f, m))) if progress else (lambda lo, hi: None)
-    ensure_baseline(config, part(0.0, 0.5), device, synth_factory, scorers)
+    ensure_baseline(config, part(0.0, 0.5), device, synth_factory, scorers, dataset_id, speaker)
     evaluate_config_model(config, spec, run_id, scorers=scorers, progress=part(0.5, 1.0),
                           synth_factory=synth_factory, device=device)
     return run_scorecards(config, run_id)

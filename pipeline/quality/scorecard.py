@@ -432,13 +432,15 @@ def evaluation_sentences(config) -> list[str]:
     return example_sentences()[: config.evaluation.sentences]
 
 
-def speaker_references(config, speaker: str | None = None) -> list[Path]:
-    """Clips of the chosen speaker of the studio's current dataset (cleanest first), none without one."""
+def speaker_references(config, speaker: str | None = None, dataset_id: str | None = None) -> list[Path]:
+    """Clips of the chosen speaker of `dataset_id` (default: the studio's current dataset), cleanest
+    first; none without a dataset."""
     from pipeline.data.selection import reference_clips
 
     if config.evaluation.references == 0:
         return []
-    return [Path(c["path"]) for c in reference_clips(config, speaker, limit=config.evaluation.references).clips]
+    found = reference_clips(config, speaker, limit=config.evaluation.references, dataset_id=dataset_id)
+    return [Path(c["path"]) for c in found.clips]
 
 
 def config_scorers(config, references: list[str | Path] = (), asr: str | Transcriber | None = "config",

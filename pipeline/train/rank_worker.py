@@ -29,8 +29,8 @@ def build_scorer(factory: str | None, config_path: str | None, in_ranks: bool = 
     """The scorer named "module:function" for the run whose config.yaml is `config_path`, or None.
 
     Named, not imported: the scorers live in a layer above training (pipeline.quality). It runs
-    on the CPU, outside the training GPU's memory plan, with the references of the run's speaker
-    (run.json's, when a phase chose one). Among data-parallel ranks it never downloads: the
+    on the CPU, outside the training GPU's memory plan, with references from the run's dataset
+    and speaker (run.json's, where recorded). Among data-parallel ranks it never downloads: the
     other ranks wait in a collective meanwhile."""
     if not factory:
         return None
@@ -38,9 +38,10 @@ def build_scorer(factory: str | None, config_path: str | None, in_ranks: bool = 
     from pipeline.config import load_config
     from pipeline.train.runs import read_run
 
-    speaker = read_run(Path(config_path).parent).get("speaker") if config_path else None
-    return getattr(importlib.import_module(module), name)(load_config(config_path), device="cpu", speaker=speaker,
-                                                          download=not in_ranks)
+    run = read_run(Path(config_path).parent) if config_path else {}
+    return getattr(importlib.import_module(module), name)(load_config(config_path), device="cpu",
+                                                          speaker=run.get("speaker"), download=not in_ranks,
+                                                          dataset_id=run.get("dataset"))
 
 
 def _own_output(phase_dir: Path, rank: int) -> None:

@@ -162,3 +162,15 @@ def test_evaluate_command_base_is_the_baseline(config, tiny_checkpoint, monkeypa
     summary = read_baseline(config)
     assert summary["model"] == "base" and summary["sentences"] == 1
     assert baseline_dir(config).name == "base-ds1-anna"
+
+
+def test_a_run_is_judged_against_the_baseline_of_its_own_dataset_and_speaker(config, tiny_checkpoint, scorers):
+    run_dir = _run(config, tiny_checkpoint, "r-ds1", "quick_lora", ["lora"], {}, merged=True)
+    record = json.loads((run_dir / "run.json").read_text()) | {"dataset": "ds1", "speaker": "anna"}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    save_selection(config, dataset_id="ds2", speaker="bob")  # the studio has moved on to another dataset
+    rows = score_run(config, "r-ds1", device="cpu", scorers=scorers)
+    assert (config.workspace / "eval" / "base-ds1-anna" / "summary.json").is_file()
+    assert not (config.workspace / "eval" / "base-ds2-bob").exists()
+    assert rows[0]["label"] == "base" and Path(rows[0]["out_dir"]).name == "base-ds1-anna"
+    assert Path(run_scorecards(config, "r-ds1")[0]["out_dir"]).name == "base-ds1-anna"
