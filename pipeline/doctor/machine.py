@@ -1,4 +1,5 @@
-"""Machine rows: GPU, driver and CUDA, library versions, bf16, free disk, CPU cores, fast kernels."""
+"""Machine rows: GPU, driver and CUDA, library versions, bf16, free disk, CPU cores, fast kernels,
+and how many GPUs a training uses."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def gpu_row() -> Row:
     memory_gb = props.total_memory / 1e9
     count = torch.cuda.device_count()
     detail = (f"{props.name}, {memory_gb:.0f} GB (compute {props.major}.{props.minor})"
-              + (f", {count} GPUs (training uses one)" if count > 1 else "")
+              + (f", {count} GPUs" if count > 1 else "")
               + f"; driver {_driver_version() or 'unknown'}, CUDA runtime {torch.version.cuda}")
     if memory_gb < MIN_GPU_GB:
         return Row(GROUP, "GPU", WARN, detail,
@@ -148,5 +149,31 @@ def kernels_row(config) -> Row:
     return Row(GROUP, "fast kernels", PASS, "used: fused Triton decoder, segment attention and LoRA kernels")
 
 
+def data_parallel_row(config, count: int | None = None) -> Row:
+    """How many processes training.gpus starts here, and whether the global batch splits over them."""
+    from pipeline.train.distributed import training_gpus
+    from pipeline.train.settings import TrainError
+
+    count = torch.cuda.device_count() if count is None else count
+    if count <= 1:
+        return Row(GROUP, "GPUs for training", PASS, "one process (training.gpus: "
+                   f"{config.training.gpus}; {'one GPU' if count else 'no GPU'} here)")
+    if not torch.distributed.is_available() or not torch.distributed.is_nccl_available():
+        return Row(GROUP, "GPUs for training", FAIL, f"{count} GPUs, but this torch has no NCCL",
+                   "Install a CUDA build of torch (bash setup.sh) to train on several GPUs, or set training.gpus: 1.")
+    try:
+        gpus = training_gpus(config)
+    except TrainError as exc:
+        return Row(GROUP, "GPUs for training", FAIL, f"{count} GPUs, training.gpus: {config.training.gpus}", str(exc))
+    t = config.training
+    detail = f"{gpus} of {count} GPUs, data-parallel (torchrun, NCCL); a global batch of {t.batch_size * t.grad_accumulation}"
+    if gpus < count:
+        return Row(GROUP, "GPUs for training", WARN, detail,
+                   f"The global batch (training.batch_size x grad_accumulation) splits evenly over {gpus} only: "
+                   f"make it a multiple of {count} to use every GPU.")
+    return Row(GROUP, "GPUs for training", PASS, detail)
+
+
 def machine_rows(config, model_dir: Path) -> list[Row]:
-    return [gpu_row(), software_row(), bf16_row(), disk_row(config, model_dir), cpu_row(), kernels_row(config)]
+    return [gpu_row(), data_parallel_row(config), software_row(), bf16_row(), disk_row(config, model_dir), cpu_row(),
+            kernels_row(config)]

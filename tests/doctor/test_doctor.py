@@ -207,3 +207,17 @@ def test_studio_view_shows_the_cached_report(copy, tmp_path):
     files = next(r for r in table if r[1] == "checkpoint: files")
     assert files[0] == FAIL and "pipeline download" in files[3]
     assert table_rows(None) == []
+
+
+def test_the_gpus_for_training_row(monkeypatch):
+    from pipeline.doctor.machine import data_parallel_row
+
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert data_parallel_row(Config(), count=1).status == PASS
+    row = data_parallel_row(Config().with_overrides({"training.grad_accumulation": 2}), count=8)  # batch 8
+    assert row.status == PASS and row.detail.startswith("8 of 8 GPUs")
+    row = data_parallel_row(Config(), count=8)  # a batch of 4: auto takes 4 of the 8
+    assert row.status == WARN and row.detail.startswith("4 of 8 GPUs") and "multiple of 8" in row.advice
+    row = data_parallel_row(Config().with_overrides({"training.gpus": 3}), count=8)
+    assert row.status == FAIL and "does not split evenly over 3 GPUs" in row.advice
