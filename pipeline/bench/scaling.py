@@ -22,6 +22,7 @@ import torch
 
 from pipeline import atomic
 from pipeline.config import PROJECT_ROOT
+from pipeline.train.launch import torchrun_command
 from pipeline.train.settings import TrainSettings
 
 MODES = ("lora", "full")
@@ -41,11 +42,6 @@ def process_count(device, tiny: bool) -> int:
     return CPU_PROCESSES
 
 
-def torchrun_command(spec: Path, processes: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            "--monitor-interval=1", "-m", "pipeline.bench.scaling_worker", str(spec)]
-
-
 def _relay(process: subprocess.Popen) -> list[str]:
     """The ranks' output to this process's, the last lines kept for an error message."""
     tail: list[str] = []
@@ -62,7 +58,7 @@ def measure(spec: dict, processes: int, folder: Path) -> dict:
     result = folder / f"result-{processes}.json"
     spec_path = folder / f"spec-{processes}.json"
     atomic.write_json(spec_path, spec | {"result": str(result)})
-    process = subprocess.Popen(torchrun_command(spec_path, processes), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+    process = subprocess.Popen(torchrun_command(spec_path, processes, "pipeline.bench.scaling_worker"), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
     try:
         tail = _relay(process)

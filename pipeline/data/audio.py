@@ -185,10 +185,20 @@ def to_training_audio(src: str | Path, dst_dir: str | Path, *, audio: tuple[np.n
     data, sr = audio if audio is not None else load_audio(src)
     mono = data.mean(axis=1) if data.ndim == 2 else data
     mono = np.ascontiguousarray(mono, dtype=np.float32)
-    if sr != TARGET_SR:
-        import soxr  # what librosa's soxr_hq calls, without librosa's numba import
-
-        mono = soxr.resample(mono, sr, TARGET_SR, quality="HQ")
+    mono = resample(mono, sr, TARGET_SR)
     with replacing(dst) as tmp:
         sf.write(str(tmp), mono.astype(np.float32), TARGET_SR, subtype="FLOAT", format="WAV")
     return dst
+
+
+def resample(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Mono float32 `audio` at `target_rate` (the same array when the rate already matches).
+
+    soxr directly: librosa's resample wraps the same library, but its first call in a process also
+    compiles librosa's numba functions (17 s on a GPU machine)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if sample_rate == target_rate or audio.size == 0:
+        return audio
+    import soxr
+
+    return soxr.resample(audio, sample_rate, target_rate, quality="HQ").astype(np.float32, copy=False)

@@ -221,16 +221,13 @@ def rank_batch(config: Config, gpus: int) -> tuple[int, int, str]:
     t = config.training
     if gpus == 1:
         return t.batch_size, t.grad_accumulation, ""
-    from pipeline.train.distributed import World, rank_share
+    from pipeline.train.distributed import World, global_batch, micro_split, rank_split
     from pipeline.train.settings import TrainError
 
-    effective = t.batch_size * t.grad_accumulation
     try:
-        share, problem = rank_share(effective, World(0, gpus)), ""
-    except TrainError as exc:
-        share, problem = max(1, math.ceil(effective / gpus)), str(exc)
-    micro = max(m for m in range(1, min(t.batch_size, share) + 1) if share % m == 0)
-    return micro, share // micro, problem
+        return (*rank_split(t.batch_size, t.grad_accumulation, World(0, gpus)), "")
+    except TrainError as exc:  # estimated as if the share were rounded up; the row says why training refuses
+        return (*micro_split(max(1, math.ceil(global_batch(t) / gpus)), t.batch_size), str(exc))
 
 
 def _planned(kind: str, config: Config, row: dict, speed: float, scaling: Scaling = ONE_GPU):

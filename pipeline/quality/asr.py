@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.data.text import normalize
-from pipeline.quality.resample import resample
+from pipeline.data.audio import resample
 
 ASR_SAMPLE_RATE = 16000
 _NOT_WORD = re.compile(r"[^\w]+")

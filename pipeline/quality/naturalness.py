@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.quality.resample import resample
+from pipeline.data.audio import resample
 
 DNSMOS_RATE = 16000
 SILENT_PEAK_DB = -50.0  # a clip whose loudest sample is below this has no speech to judge

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.quality.resample import resample
+from pipeline.data.audio import resample
 
 SPEAKER_MODEL = "resemblyzer"
 ENCODER_RATE = 16000  # resemblyzer's sampling_rate

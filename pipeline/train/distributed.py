@@ -117,6 +117,23 @@ def rank_share(effective_batch: int, world: World) -> int:
     return effective_batch // world.size
 
 
+def global_batch(training) -> int:
+    """Sequences per optimizer step over all ranks (`training`: the config's training section)."""
+    return training.batch_size * training.grad_accumulation
+
+
+def rank_split(batch_size: int, grad_accumulation: int, world: World) -> tuple[int, int]:
+    """(micro-batch, accumulation) of each rank before its memory plan: an equal share of the global
+    batch, in the largest micro-batches of at most batch_size that divide it."""
+    return micro_split(rank_share(batch_size * grad_accumulation, world), batch_size)
+
+
+def micro_split(share: int, batch_size: int) -> tuple[int, int]:
+    """`share` sequences as (micro-batch, accumulation): the largest micro-batch ≤ batch_size dividing it."""
+    micro = max(m for m in range(1, min(batch_size, share) + 1) if share % m == 0)
+    return micro, share // micro
+
+
 class LossForward(torch.nn.Module):
     """The training loss as a module's forward: DDP must see the forward to reduce the gradients
     of the backward that follows it."""
@@ -151,8 +168,7 @@ def accumulating(ddp, last: bool):
 def training_gpus(config) -> int:
     """The process count a run's training phases use (training.gpus on this machine), checked
     against the global batch before anything runs."""
-    t = config.training
-    effective = t.batch_size * t.grad_accumulation
-    gpus = resolve_gpus(t.gpus, effective_batch=effective)
+    effective = global_batch(config.training)
+    gpus = resolve_gpus(config.training.gpus, effective_batch=effective)
     rank_share(effective, World(0, gpus))  # N given explicitly that does not divide the batch: said now
     return gpus

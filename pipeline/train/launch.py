@@ -66,9 +66,10 @@ def write_spec(phase_dir: Path, ckpt_dir: Path, manifest: pd.DataFrame, settings
     return folder / SPEC_FILE
 
 
-def torchrun_command(spec: Path, gpus: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-            "--monitor-interval=1", "-m", "pipeline.train.rank_worker", str(spec)]
+def torchrun_command(spec: Path, processes: int, module: str = "pipeline.train.rank_worker") -> list[str]:
+    """`module spec` as `processes` ranks on this machine (torchrun's own rendezvous on a free port)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "--monitor-interval=1", "-m", module, str(spec)]
 
 
 def _relay(stream, progress: Progress, tail: list[str]) -> None:

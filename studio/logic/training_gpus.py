@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.train.distributed import World, rank_share, resolve_gpus
+from pipeline.train.distributed import World, global_batch, rank_share, resolve_gpus
 from pipeline.train.gpus import visible_gpus
 from pipeline.train.settings import TrainError
 from studio.logic.runs_view import run_config
@@ -54,10 +54,6 @@ def default_count(config: Config, devices: list[dict]) -> int:
         return found
 
 
-def global_batch(config: Config) -> int:
-    return config.training.batch_size * config.training.grad_accumulation
-
-
 def checked_count(config: Config, value, devices: list[dict] | None = None) -> int:
     """The count a job starts with (None: the default). ValueError naming the field for a count the
     machine cannot run; TrainError (rank_share's message) when `config`'s global batch does not split."""
@@ -73,7 +69,7 @@ def checked_count(config: Config, value, devices: list[dict] | None = None) -> i
         machine = f"{len(devices)} GPU(s)" if devices else "no GPU"
         raise ValueError(f"{LABEL}: choose a whole number from 1 to {offered[-1]} (this machine has {machine}); "
                          f"got {value!r}.")
-    rank_share(global_batch(config), World(0, count))
+    rank_share(global_batch(config.training), World(0, count))
     return count
 
 
@@ -94,7 +90,7 @@ def plan_rows(config: Config, value=None, devices: list[dict] | None = None) -> 
         return []
     if count <= 1:
         return []
-    effective = global_batch(config)
+    effective = global_batch(config.training)
     try:
         share = rank_share(effective, World(0, count))
     except TrainError as exc:
