@@ -17,7 +17,6 @@ padding leaking in. Clips are sorted by length so little compute is wasted on pa
 
 from __future__ import annotations
 
-import hashlib
 import math
 import queue
 import time
@@ -31,16 +30,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.atomic import replacing
 from pipeline.data.audio import AudioError, load_audio
 from pipeline.data.parallel import worker_count
 from pipeline.model.checkpoints import codec_identity, load_codec
+from pipeline.model.code_cache import (  # noqa: F401  (the cache's names are this module's API too)
+    CodesError,
+    cache_key,
+    cache_path,
+    load_codes,
+    save_codes,
+    valid_cached,
+)
 
 Progress = Callable[[float, str], None] | None
-
-
-class CodesError(ValueError):
-    """Bad input to extraction (missing manifest columns, unreadable codes file)."""
 
 
 @dataclass
@@ -77,53 +79,6 @@ class ExtractReport:
             f"{self.computed_seconds:.0f} s of audio in {self.wall_seconds:.1f} s "
             f"({self.throughput:.0f}× real time)"
         )
-
-
-# -- cache ------------------------------------------------------------------------------------
-
-
-def cache_key(audio: np.ndarray, sample_rate: int, codec_id: str) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
-    digest.update(f"\0{codec_id}\0{int(sample_rate)}".encode())
-    return digest.hexdigest()
-
-
-def cache_path(cache_dir: str | Path, key: str) -> Path:
-    return Path(cache_dir) / key[:2] / f"{key}.npy"
-
-
-def _valid_cached(path: Path, num_codebooks: int | None) -> bool:
-    """True when `path` is a complete codes file (reads the header only)."""
-    if not path.is_file():
-        return False
-    try:
-        arr = np.load(path, mmap_mode="r")
-        return arr.ndim == 2 and arr.shape[1] > 0 and num_codebooks in (None, arr.shape[0])
-    except (ValueError, OSError, EOFError):
-        return False
-
-
-def save_codes(path: str | Path, codes: np.ndarray | torch.Tensor) -> Path:
-    """Atomic write (pipeline.atomic): a reader never sees half an array."""
-    path = Path(path)
-    if isinstance(codes, torch.Tensor):
-        codes = codes.detach().cpu().numpy()
-    dtype = np.int16 if codes.size == 0 or int(codes.max()) < 2**15 else np.int32
-    with replacing(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.save would append .npy to a name
-        np.save(fh, codes.astype(dtype, copy=False))
-    return path
-
-
-def load_codes(path: str | Path) -> torch.LongTensor:
-    """Codes `(num_codebooks, frames)` as a LongTensor."""
-    try:
-        arr = np.load(path)
-    except (OSError, ValueError, EOFError) as exc:
-        raise CodesError(f"{path}: not a readable codes file ({exc}); re-run extraction.") from None
-    if arr.ndim != 2:
-        raise CodesError(f"{path}: codes must be 2-D (num_codebooks, frames), got shape {arr.shape}.")
-    return torch.from_numpy(arr.astype(np.int64))
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -239,7 +194,7 @@ class _ClipLoader:
         if len(audio) == 0:
             return f"{item['path']}: no samples"
         path = cache_path(self.cache_dir, cache_key(audio, self.sample_rate, self.codec_id))
-        return _Loaded(audio, len(audio) / self.sample_rate, path, _valid_cached(path, self.num_codebooks))
+        return _Loaded(audio, len(audio) / self.sample_rate, path, valid_cached(path, self.num_codebooks))
 
 
 def _submit_next(pool: ThreadPoolExecutor, groups, load: _ClipLoader, ahead: deque) -> None:

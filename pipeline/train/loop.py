@@ -31,9 +31,9 @@ from pipeline.train.checkpoints import (  # noqa: F401  (the run folder's file n
     ResumableCheckpoints,
     write_json,
 )
+from pipeline.train.examples import SpokenExamples
 from pipeline.train.cpu_memory import cpu_oom, cpu_oom_message
-from pipeline.train.distributed import ALONE, World, data_parallel, rank_share
-from pipeline.model.adapters import unwrap
+from pipeline.train.distributed import ALONE, World, data_parallel, rank_split
 from pipeline.train.loss import compute_loss
 from pipeline.train.plan import autocast, build_optimizer, plan_phase, train_step, trainable_model
 from pipeline.train.samples import make_training_data
@@ -60,7 +60,7 @@ def _seed_everything(seed: int) -> None:
 
 
 # -- the loop -------------------------------------------------------------------------------------
-class _Trainer(ResumableCheckpoints):
+class _Trainer(ResumableCheckpoints, SpokenExamples):
     def __init__(self, run_dir, ckpt_dir, manifest, settings: TrainSettings, stop_event, progress,
                  world: World = ALONE, scorer: Scorer = None):
         if settings.mode not in ("lora", "full"):
@@ -84,13 +84,12 @@ class _Trainer(ResumableCheckpoints):
         """This rank's plan: its share of the global batch, split for its device's memory."""
         s, world = self.settings, self.world
         self.effective_batch = s.batch_size * s.grad_accumulation  # sequences per optimizer step, all ranks
-        share = rank_share(self.effective_batch, world)
-        micro = max(m for m in range(1, min(s.batch_size, share) + 1) if share % m == 0)
+        micro, accumulation = rank_split(s.batch_size, s.grad_accumulation, world)
         device = None
         if world.distributed:
             device = resolve_device(s)
             device = torch.device("cuda", world.local_rank) if device.type == "cuda" else device
-        return plan_phase(dataclasses.replace(s, batch_size=micro, grad_accumulation=share // micro), device)
+        return plan_phase(dataclasses.replace(s, batch_size=micro, grad_accumulation=accumulation), device)
 
     def _setup(self, manifest) -> None:
         plan = self.plan = self._rank_plan()
@@ -260,57 +259,6 @@ class _Trainer(ResumableCheckpoints):
         self.model.train()
         return {"kind": "val", "step": self.step, **{f"val_{k}": round(v / max(weight, 1), 6) for k, v in totals.items()},
                 "elapsed_s": self._elapsed()}
-
-    @torch.no_grad()
-    def _speak_examples(self) -> list[tuple[str, Path]]:
-        """The fixed evaluation sentences spoken by the model as it is now: progress you can hear.
-        Data-parallel, each rank speaks its share and rank 0 collects them. Returns (sentence, wav)
-        of those spoken (on rank 0). A failure here is reported in the log and never stops training."""
-        s, world = self.settings, self.world
-        if not s.eval_texts:
-            return []
-        from pipeline.generate.synth import Synthesizer, save_wav
-
-        out_dir = self.run_dir / "audio" / f"step_{self.step:06d}"
-        mine = [(i, text) for i, text in enumerate(s.eval_texts, 1) if (i - 1) % world.size == world.rank]
-        spoken: list[tuple[str, Path]] = []
-        self.model.eval()
-        # building the codec initialises weights from the global RNG: keep training's RNG untouched
-        cuda = [self.device] if self.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=cuda):
-                synth = Synthesizer.from_model(unwrap(self.model), self.tokenizer, self.ckpt_dir, self.device)
-                for i, text in mine:
-                    if not world.distributed and self._stop_requested():
-                        break
-                    result = synth.speak(text, seed=s.seed, max_new_tokens=s.eval_max_frames)
-                    spoken.append((text, save_wav(result, out_dir / f"sentence_{i}.wav")))
-        except Exception as exc:  # noqa: BLE001 - evaluation audio is a nice-to-have, training is not
-            print(f"evaluation audio at step {self.step} failed: {type(exc).__name__}: {exc}", flush=True)
-        finally:
-            self.model.train()
-        if not world.distributed:
-            return spoken
-        world.barrier()  # every rank's share is on disk
-        if not world.main:
-            return []
-        return [(text, out_dir / f"sentence_{i}.wav") for i, text in enumerate(s.eval_texts, 1)
-                if (out_dir / f"sentence_{i}.wav").is_file()]
-
-    def _score(self, spoken: list[tuple[str, Path]]) -> dict:
-        """The scorecard means of the sentences just spoken (val_similarity, val_ovrl, val_cer), or
-        nothing: scoring, like the audio, never stops training."""
-        if self.scorer is None or not spoken:
-            return {}
-        try:
-            scores = self.scorer(self.step, spoken) or {}
-        except Exception as exc:  # noqa: BLE001 - a scorer that cannot run costs the curve, not the run
-            print(f"scoring the evaluation audio at step {self.step} failed: {type(exc).__name__}: {exc}", flush=True)
-            return {}
-        for note in getattr(self.scorer, "notes", ())[self.scorer_notes:]:  # why a curve is missing, said once
-            print(f"scoring: {note}", flush=True)
-        self.scorer_notes = len(getattr(self.scorer, "notes", ()))
-        return {k: round(float(v), 6) for k, v in scores.items() if v is not None and math.isfinite(float(v))}
 
     def _evaluate(self) -> bool:
         """Held-out loss, example audio and the best checkpoint at this step. False when a stop
