@@ -11,11 +11,10 @@ from rich.table import Table
 
 from pipeline.config import load_config, parse_override
 from pipeline.quality.overview import baseline_dir
-from pipeline.quality.scorecard import (
-    ModelSpec,
+from pipeline.quality.scorecard import ModelSpec, parse_adapter
+from pipeline.quality.configured import (
     config_scorers,
     evaluate_config_model,
-    parse_adapter,
     run_models,
     scorecard_table,
     speaker_references,

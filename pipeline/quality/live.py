@@ -17,7 +17,8 @@ import numpy as np
 
 from pipeline.quality.asr import Transcriber, error_rates
 from pipeline.quality.naturalness import dnsmos
-from pipeline.quality.scorecard import Scorers, speaker_references
+from pipeline.quality.scorecard import Scorers
+from pipeline.quality.configured import speaker_references
 from pipeline.quality.speaker import similarity
 
 Clip = tuple[str, Path]  # (sentence, wav path)

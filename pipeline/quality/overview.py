@@ -24,14 +24,11 @@ from pipeline.quality.scorecard import (
     Progress,
     Scorecard,
     Scorers,
-    config_scorers,
     eval_dir,
-    evaluate_config_model,
     read_scorecard,
-    run_models,
     slug,
-    speaker_references,
 )
+from pipeline.quality.configured import config_scorers, evaluate_config_model, run_models, speaker_references
 from pipeline.train.runs import list_runs, read_json, read_run
 
 BASE_LABEL = "base"

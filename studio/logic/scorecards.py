@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from pipeline.quality.agreement import Agreement, agreement, scores_by_model, summary_score
 from pipeline.quality.overview import all_scorecards, run_scorecards, sentence_rows
-from pipeline.quality.scorecard import scorecard_table
+from pipeline.quality.configured import scorecard_table
 from pipeline.train.runs import list_runs
 from studio.logic import run_charts
 from studio.logic.playground import PREFERENCES_NAME, read_preferences, vote_roots

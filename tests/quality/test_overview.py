@@ -106,7 +106,7 @@ def test_score_run_newest_checkpoint_then_merged(config, tiny_checkpoint, scorer
 
 
 def test_run_scorecards_order_and_all_scorecards(config, tiny_checkpoint, scorers):
-    from pipeline.quality.scorecard import evaluate_config_model, run_models
+    from pipeline.quality.configured import evaluate_config_model, run_models
 
     full = "20250101-000000-full_finetune"
     _run(config, tiny_checkpoint, full, "full_finetune", ["full", "speaker_lora"],

@@ -17,8 +17,17 @@ from pipeline.config import load_config
 from pipeline.quality.asr import ASRError, Transcriber, cer_text, error_rates
 from pipeline.quality.command import add_evaluate_command
 from pipeline.quality.naturalness import dnsmos
-from pipeline.quality.scorecard import (ModelSpec, Scorers, SpeakOptions, bootstrap_interval, evaluate,
-                                        model_hash, parse_adapter, read_scorecard, scorecard_table)
+from pipeline.quality.scorecard import (
+    ModelSpec,
+    Scorers,
+    SpeakOptions,
+    bootstrap_interval,
+    evaluate,
+    model_hash,
+    parse_adapter,
+    read_scorecard,
+)
+from pipeline.quality.configured import scorecard_table
 from pipeline.train.select import best_checkpoint, quality_score
 from pipeline.quality.signal_checks import check_signal, reached_end
 from pipeline.quality.speaker import SpeakerEncoder, cosine
@@ -234,7 +243,8 @@ def test_evaluation_config_and_sentences():
 def test_run_models_lists_checkpoints_on_their_base_and_the_merged_model(tiny_checkpoint, tmp_path, monkeypatch):
     import shutil
 
-    from pipeline.quality.scorecard import EvaluationError, eval_dir, run_models
+    from pipeline.quality.scorecard import EvaluationError, eval_dir
+    from pipeline.quality.configured import run_models
 
     monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
     config = load_config()
