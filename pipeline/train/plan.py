@@ -193,13 +193,9 @@ def train_step(model, optimizer, micro_batches: Iterable[dict], plan: TrainPlan,
     if seen != count:
         raise ValueError(f"train_step got {seen} micro-batches; the plan accumulates {count}.")
     values = _rank_means(sums, world, plan.device)
-    if not wait:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        return PendingStep.capture(values, grad_norm)
-    means = dict(zip(STEP_METRICS, values.tolist()))
-    if not math.isfinite(means["loss"]):
+    means = dict(zip(STEP_METRICS, values.tolist())) if wait else None
+    if means is not None and not math.isfinite(means["loss"]):
         raise NonFiniteLoss(means["loss"])
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return means | {"grad_norm": grad_norm}
+    return means | {"grad_norm": grad_norm} if wait else PendingStep.capture(values, grad_norm)
