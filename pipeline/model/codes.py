@@ -59,14 +59,16 @@ class ExtractReport:
     load_wait_seconds: float = 0.0  # the encoder waiting for audio (decode, resample, hash), in all
     first_load_seconds: float = 0.0  # of which before the first batch (nothing to overlap with yet)
     busy_span_seconds: float = 0.0  # from the first batch loaded to the end
-    encode_seconds: float = 0.0  # in the codec (GPU busy), cache writes excluded
+    encode_seconds: float = 0.0  # in the codecs (GPU busy), cache writes excluded; summed over codecs
+    codecs: int = 1  # codecs encoding in turn (one per GPU)
     loader_threads: int = 0
 
     @property
     def gpu_idle_share(self) -> float:
-        """Share of the time after the first batch was loaded that the encoder waited for audio."""
-        span = self.busy_span_seconds
-        return max(self.load_wait_seconds - self.first_load_seconds, 0.0) / span if span > 0 else 0.0
+        """Share of the time after the first batch was loaded that the codecs were not encoding
+        (waiting for audio, for the cache writes, or for Python between batches)."""
+        span = self.busy_span_seconds * max(self.codecs, 1)
+        return min(max(1.0 - self.encode_seconds / span, 0.0), 1.0) if span > 0 and self.computed else 0.0
 
     @property
     def throughput(self) -> float:
@@ -118,7 +120,9 @@ def encode_batch(codec, audios: list[np.ndarray], device: str | torch.device | N
     for i, audio in enumerate(audios):
         batch[i, 0, : len(audio)] = torch.from_numpy(audio)
     indices, frame_lens = codec.encode(batch.to(device, non_blocking=True), lengths.to(device))
-    return [indices[i, :, : int(frame_lens[i])].to("cpu", torch.long) for i in range(len(audios))]
+    # one copy back (one wait for the GPU), not one per clip
+    indices, frame_lens = indices.to("cpu", torch.long), frame_lens.cpu()
+    return [indices[i, :, : int(frame_lens[i])].clone() for i in range(len(audios))]
 
 
 def encode_audio(codec, audio: np.ndarray) -> torch.Tensor:
@@ -232,15 +236,17 @@ def codec_devices(device=None, devices: list | None = None) -> list[torch.device
 
 
 class _Encoder:
-    """Batches to the codecs: with one, encoded at once; with several (one per GPU), on a thread
-    per codec, up to one batch in flight on each, finished batches returned in order."""
+    """Batches to the codecs, on a thread per codec (one per GPU), finished batches returned in
+    order. One batch more than there are codecs is in flight: while a codec encodes, the caller
+    writes the codes of the batch before and hands over the next, so the GPU never waits for the
+    disk or for Python between batches."""
 
     def __init__(self, codecs: list):
         self.free: queue.SimpleQueue = queue.SimpleQueue()
         for codec in codecs:
             self.free.put(codec)
         self.count = len(codecs)
-        self.pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="codes-encoder") if self.count > 1 else None
+        self.pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="codes-encoder")
         self.in_flight: deque = deque()
 
     def _encode(self, to_encode: list, sample_rate: int, failed: dict) -> tuple[list, list, float]:
@@ -253,11 +259,9 @@ class _Encoder:
 
     def submit(self, to_encode: list, sample_rate: int, failed: dict) -> list[tuple[list, list, float]]:
         """Encode a batch; returns the batches finished by now (in submission order)."""
-        if self.pool is None:
-            return [self._encode(to_encode, sample_rate, failed)]
         self.in_flight.append(self.pool.submit(self._encode, to_encode, sample_rate, failed))
         finished = []
-        while len(self.in_flight) >= self.count or (self.in_flight and self.in_flight[0].done()):
+        while len(self.in_flight) > self.count or (self.in_flight and self.in_flight[0].done()):
             finished.append(self.in_flight.popleft().result())
         return finished
 
@@ -267,8 +271,7 @@ class _Encoder:
         return finished
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def extract_codes(
@@ -301,6 +304,7 @@ def extract_codes(
     codecs = [codec] if codec is not None else [load_codec(ckpt_dir, device=d) for d in codec_devices(device, devices)]
     codec = codecs[0]
     encoder = _Encoder(codecs)
+    encoder_count = encoder.count
     sample_rate = int(codec.sample_rate)
     cache_dir = Path(cache_dir)
     num_codebooks = codec_num_codebooks(codec)
@@ -315,63 +319,74 @@ def extract_codes(
 
     codes_paths: dict[str, str] = {}
     failed: dict[str, str] = {}
-    hits = computed = 0
-    audio_seconds = computed_seconds = 0.0
-    wait_s = first_wait_s = encode_s = 0.0
-    done = 0
+    tally = {"hits": 0, "computed": 0, "done": 0, "audio_s": 0.0, "computed_s": 0.0, "encode_s": 0.0}
+    wait_s = first_wait_s = 0.0
     load = _ClipLoader(sample_rate, codec_id, cache_dir, num_codebooks)
     threads = min(MAX_LOADER_THREADS, worker_count(loader_threads))
     bar = tqdm(total=len(items), desc="VQ codes", unit="clip", disable=progress is not None or not items)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="codes-loader")
     first_ready = None
+
+    def count_done(clips: int) -> None:
+        tally["done"] += clips
+        bar.update(clips)
+        if progress:
+            progress(tally["done"] / max(len(items), 1),
+                     f"VQ codes: {tally['done']}/{len(items)} clips ({tally['hits']} cached)")
+
+    def store(finished: list, announce: bool = True) -> None:
+        """Write the codes of finished batches; their clips count as done only once on disk."""
+        for done_group, encoded, seconds_encoding in finished:
+            tally["encode_s"] += seconds_encoding
+            for (item, _, path, seconds), codes in zip(done_group, encoded):
+                if codes is None:
+                    continue
+                save_codes(path, codes)
+                codes_paths[item["id"]] = str(path)
+                tally["computed"] += 1
+                tally["computed_s"] += seconds
+            if announce:
+                count_done(len(done_group))
+
     try:
         # the next groups decode, resample and hash on the loader threads while the codec encodes this one
         ahead: deque = deque()
         upcoming = iter(groups)
         for _ in range(LOOK_AHEAD_GROUPS + 1):
             _submit_next(pool, upcoming, load, ahead)
-        while ahead:
-            group, futures = ahead.popleft()
-            _submit_next(pool, upcoming, load, ahead)
-            waited = time.perf_counter()
-            loaded = [f.result() for f in futures]
-            waited = time.perf_counter() - waited
-            wait_s += waited
-            if first_ready is None:
-                first_wait_s, first_ready = waited, time.perf_counter()
-            to_encode = []
-            for item, clip in zip(group, loaded):
-                if isinstance(clip, str):
-                    failed[item["id"]] = clip
-                    continue
-                audio_seconds += clip.seconds
-                if clip.cached:
-                    codes_paths[item["id"]] = str(clip.path)
-                    hits += 1
-                else:
-                    to_encode.append((item, clip.audio, clip.path, clip.seconds))
-            finished = encoder.submit(to_encode, sample_rate, failed) if to_encode else []
-            for done_group, encoded, seconds_encoding in finished:
-                encode_s += seconds_encoding
-                for (item, _, path, seconds), codes in zip(done_group, encoded):
-                    if codes is None:
+        try:
+            while ahead:
+                group, futures = ahead.popleft()
+                _submit_next(pool, upcoming, load, ahead)
+                waited = time.perf_counter()
+                loaded = [f.result() for f in futures]
+                waited = time.perf_counter() - waited
+                wait_s += waited
+                if first_ready is None:
+                    first_wait_s, first_ready = waited, time.perf_counter()
+                to_encode, settled = [], 0
+                for item, clip in zip(group, loaded):
+                    if isinstance(clip, str):
+                        failed[item["id"]] = clip
+                        settled += 1
                         continue
-                    save_codes(path, codes)
-                    codes_paths[item["id"]] = str(path)
-                    computed += 1
-                    computed_seconds += seconds
-            done += len(group)
-            bar.update(len(group))
-            if progress:
-                progress(done / max(len(items), 1), f"VQ codes: {done}/{len(items)} clips ({hits} cached)")
-        for done_group, encoded, seconds_encoding in encoder.drain():  # the batches other GPUs still encode
-            encode_s += seconds_encoding
-            for (item, _, path, seconds), codes in zip(done_group, encoded):
-                if codes is not None:
-                    save_codes(path, codes)
-                    codes_paths[item["id"]] = str(path)
-                    computed += 1
-                    computed_seconds += seconds
+                    tally["audio_s"] += clip.seconds
+                    if clip.cached:
+                        codes_paths[item["id"]] = str(clip.path)
+                        tally["hits"] += 1
+                        settled += 1
+                    else:
+                        to_encode.append((item, clip.audio, clip.path, clip.seconds))
+                if settled:
+                    count_done(settled)
+                if to_encode:
+                    store(encoder.submit(to_encode, sample_rate, failed))
+            store(encoder.drain())  # the batches other GPUs, or the codec, still encode
+        except BaseException:
+            # a stop request keeps the batches already encoding: their codes are written (not
+            # recomputed by the next run), without progress calls that would stop again
+            store(encoder.drain(), announce=False)
+            raise
     finally:  # a stop request must not wait for the loads queued ahead
         pool.shutdown(wait=True, cancel_futures=True)
         encoder.close()
@@ -390,17 +405,18 @@ def extract_codes(
     out["codes_path"] = out["id"].astype(str).map(codes_paths)
     return ExtractReport(
         total=len(items),
-        hits=hits,
-        computed=computed,
+        hits=tally["hits"],
+        computed=tally["computed"],
         failed=failed,
-        audio_seconds=audio_seconds,
-        computed_seconds=computed_seconds,
+        audio_seconds=tally["audio_s"],
+        computed_seconds=tally["computed_s"],
         wall_seconds=time.perf_counter() - started,
         codes_paths=codes_paths,
         manifest=out,
         load_wait_seconds=wait_s,
         first_load_seconds=first_wait_s,
         busy_span_seconds=busy_span,
-        encode_seconds=encode_s,
+        encode_seconds=tally["encode_s"],
+        codecs=encoder_count,
         loader_threads=threads,
     )

@@ -245,3 +245,35 @@ def test_several_devices_encode_in_turn_and_give_the_same_codes(dataset, tiny_ch
         assert torch.equal(load_codes(path), encode_audio(codec, audio)), clip_id
     assert codec_devices("cpu") == [torch.device("cpu")]
     assert codec_devices(devices=["cpu", "cpu"]) == [torch.device("cpu")] * 2
+
+
+def test_the_codec_encodes_the_next_batch_while_the_codes_before_are_written(dataset, tiny_checkpoint, tmp_path,
+                                                                            codec, monkeypatch):
+    import threading
+    import time as time_module
+
+    import pipeline.model.codes as codes_module
+
+    events, lock = [], threading.Lock()
+    real_group, real_save = codes_module._encode_group, codes_module.save_codes
+
+    def encode_group(*args, **kwargs):
+        with lock:
+            events.append(("encode", time_module.perf_counter()))
+        return real_group(*args, **kwargs)
+
+    def slow_save(path, codes):
+        time_module.sleep(0.1)  # a slow disk
+        with lock:
+            events.append(("saved", time_module.perf_counter()))
+        return real_save(path, codes)
+
+    monkeypatch.setattr(codes_module, "_encode_group", encode_group)
+    monkeypatch.setattr(codes_module, "save_codes", slow_save)
+    report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=1.0, codec=codec,
+                           loader_threads=1)
+    assert report.computed == 5 and report.codecs == 1
+    encodes = [t for kind, t in events if kind == "encode"]
+    first_save = min(t for kind, t in events if kind == "saved")
+    # a later batch went to the codec before the first batch's codes were on disk
+    assert len(encodes) >= 2 and encodes[1] < first_save
