@@ -49,10 +49,21 @@ def _dataset(folder: Path, args, clips: int, max_frames: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _step_seconds(run_dir: Path, skip: int) -> list[float]:
+def _train_rows(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    elapsed = [r["elapsed_s"] for r in rows if r.get("kind") == "train"]
+    return [r for r in rows if r.get("kind") == "train"]
+
+
+def _step_seconds(run_dir: Path, skip: int) -> list[float]:
+    elapsed = [r["elapsed_s"] for r in _train_rows(run_dir)]
     return [b - a for a, b in zip(elapsed[skip:], elapsed[skip + 1:])]
+
+
+def _tokens_per_s(run_dir: Path, skip: int) -> float | None:
+    """The loop's own tokens/s (median of the timed steps' rows): what the cost estimate prefers
+    to the bare step's, being what a run gets."""
+    rates = [r["tokens_per_s"] for r in _train_rows(run_dir)[skip + 1:] if r.get("tokens_per_s")]
+    return round(float(np.median(rates)), 1) if rates else None
 
 
 def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None, modes=("lora", "full")) -> dict:
@@ -84,7 +95,8 @@ def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None, mod
                             "step_s_mean": round(float(np.mean(seconds)), 4) if seconds else None,
                             "slow_steps": len(slow), "slow_steps_extra_s": round(sum(slow) - median * len(slow), 1),
                             "step_seconds": [round(t, 3) for t in seconds],
-                            "timed_steps": len(seconds), "peak_gb": round(peak_gb(device), 2),
+                            "timed_steps": len(seconds), "tokens_per_s": _tokens_per_s(run_dir, skip),
+                            "peak_gb": round(peak_gb(device), 2),
                             "memory_plan": state.get("memory_plan")}
             print(f"loop {mode}: {result[mode]}", flush=True)
     return result

@@ -181,6 +181,8 @@ def _train_timing(phase_dir: Path, steps: int, full_steps: int, val_every: int, 
     extra_vals = max(full_steps // max(val_every, 1) - steps // max(val_every, 1), 0)
     row = {"steps": steps, "full_steps": full_steps, "step_s": round(step_s, 4),
            "first_steps_s": round(train_times[skip], 2) if train_times else None,
+           # when each of the first steps was logged: compilation, and recompilation for new shapes
+           "first_elapsed_s": [round(t, 2) for t in train_times[:6]],
            "validation_s": round(val_s, 2), "validations": len(val_costs)}
     if remaining:
         row["full_length_s"] = round(wall + remaining * step_s + extra_vals * val_s, 1)

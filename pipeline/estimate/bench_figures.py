@@ -57,10 +57,17 @@ def _variant(bench: dict, mode: str) -> dict:
     return next((v for v in variants if v.get("impl") == "project" and v.get("mode") == mode), {})
 
 
+def _tokens_per_s(bench: dict, mode: str) -> float | None:
+    """The training loop's tokens/s where the bench ran it (what a run gets: batches built ahead,
+    no waits for the host), else the bare step's."""
+    loop = ((bench.get("loop") or {}).get(mode) or {}).get("tokens_per_s")
+    return loop or ((bench.get("train") or {}).get(mode) or {}).get("tokens_per_s")
+
+
 # figure → (how to read it from a bench, whether it scales with the card's speed)
 FIGURES = {
-    "lora_tokens_per_s": (lambda b: ((b.get("train") or {}).get("lora") or {}).get("tokens_per_s"), True),
-    "full_tokens_per_s": (lambda b: ((b.get("train") or {}).get("full") or {}).get("tokens_per_s"), True),
+    "lora_tokens_per_s": (lambda b: _tokens_per_s(b, "lora"), True),
+    "full_tokens_per_s": (lambda b: _tokens_per_s(b, "full"), True),
     "lora_start_s": (lambda b: _start(_variant(b, "lora")), False),
     "full_start_s": (lambda b: _start(_variant(b, "full")), False),
     "extract_realtime": (lambda b: (b.get("extract") or {}).get("realtime_factor"), True),

@@ -241,3 +241,12 @@ def test_a_global_batch_that_does_not_split_over_the_gpus_is_named():
     row = _row(estimate(Config(), manifest({"a": 5}), benches=[], gpus=8), "H100-80GB", "quick_lora")
     assert "does not split evenly over 8 GPUs" in row.batch_split and "training.grad_accumulation" in row.batch_split
     assert _row(estimate(Config(), manifest({"a": 5}), benches=[], gpus=2), "H100-80GB", "quick_lora").batch_split == ""
+
+
+def test_the_training_loops_speed_is_preferred_to_the_bare_steps():
+    row = load_price_table()["gpus"]["H100-80GB"]
+    bench = _bench("NVIDIA H100 80GB HBM3", "2099-12-01T10:00:00Z", lora=50000)
+    assert card_figures("H100-80GB", row, [bench]).values["lora_tokens_per_s"] == 50000
+    bench["loop"] = {"lora": {"step_s": 0.2, "tokens_per_s": 65000.0}}  # what a run gets
+    figures = card_figures("H100-80GB", row, [bench]).values
+    assert figures["lora_tokens_per_s"] == 65000.0
