@@ -97,8 +97,13 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
                 elif name == "extract":
                     result["extract"] = sections.bench_extract(shapes, device, tiny)
                 elif name == "generate":
+                    from pipeline.bench.streaming import bench_streaming
+
                     result["generate"] = sections.bench_generate(shapes, device, tiny, out_dir if profile else None,
                                                                  config.speed)
+                    free_memory(device)
+                    # what the Playground's live player gets: time to the first audio of a sentence
+                    result["generate"]["streaming"] = bench_streaming(shapes, device, tiny, config.speed)
                 elif name == "evaluation":
                     from pipeline.bench.evaluation import bench_evaluation
 
@@ -161,6 +166,10 @@ def summary(result: dict) -> str:
     for key in ("extract", "generate"):
         if key in result:
             lines.append(f"  {key}: " + json.dumps({k: v for k, v in result[key].items() if not isinstance(v, (dict, list))}))
+    streamed = result.get("generate", {}).get("streaming")
+    if streamed:
+        lines.append(f"  streaming: first audio after {streamed['ttfa_ms']} ms, {streamed['audio_s']} s of audio in "
+                     f"{streamed['total_s']} s ({streamed['decoder']})")
     return "\n".join(lines)
 
 

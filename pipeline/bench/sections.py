@@ -248,6 +248,9 @@ def bench_extract(shapes, device, tiny) -> dict:
         t = time_calls(encode_bf16, 1, 3, device)
         same = np.mean([float((a == b).float().mean()) for a, b in zip(codes[-1], bf16[-1])])
         result["bf16_autocast"] = {"realtime_factor": round(audio_s / t["median_s"], 1), "codes_equal_share": round(same, 4)}
+    from pipeline.bench.extraction import bench_extract_dataset
+
+    result["dataset"] = bench_extract_dataset(codec, codec_config, device, tiny)
     codec = None
     return result
 

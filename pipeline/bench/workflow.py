@@ -36,7 +36,7 @@ _DERIVED_BUFFERS = ("causal_mask", "freqs_cis")  # rebuilt from the config at lo
 
 
 # -- measuring a stage --------------------------------------------------------------------------
-class _GpuSampler:
+class GpuSampler:
     """NVML utilization (share of time a kernel ran) sampled on a thread while a stage runs."""
 
     def __init__(self, device, every_s: float = 0.2):
@@ -78,7 +78,7 @@ def _stage(result: dict, name: str, device, workers: int | None = None):
     """Times the block into result["stages"][name]: wall, CPU cores busy, GPU idle share."""
     row: dict = {}
     before, started = os.times(), time.perf_counter()
-    with _GpuSampler(device) as gpu:
+    with GpuSampler(device) as gpu:
         yield row
     wall = time.perf_counter() - started
     after = os.times()

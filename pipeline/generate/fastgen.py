@@ -40,14 +40,15 @@ row 0 (the last 16 semantic tokens); here it is row 0. Without a GPU (or with `c
 cuda_graph=False`) the same functions run eagerly: that is what the CPU tests compare with the wheel.
 
 This module holds FastGenerator (buffers, weight preparation, compiling and graph capture, warm-up,
-prompt prefill, `generate`, `teacher_forced_logits`) and `effective_weight`; the five per-frame
-functions and the types they take live in pipeline.generate.fastgen_step.
+prompt prefill, `generate`, `generate_stream`, `teacher_forced_logits`) and `effective_weight`; the
+five per-frame functions and the types they take live in pipeline.generate.fastgen_step.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch._dynamo
@@ -427,6 +428,32 @@ class FastGenerator:
             ends = (row[0] == self.im_end).nonzero()
             results.append(row[:, : int(ends[0]) + 1] if stop_at_end and len(ends) else row)
         return results
+
+    @torch.inference_mode()
+    def generate_stream(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.7,
+                        top_p: float = 0.8, repetition_penalty: float = 1.1, first: int = 8, every: int = 16,
+                        check_every: int = 8) -> Iterator[torch.Tensor]:
+        """One prompt's new frames as they are made: (N+1, n) token rows on the CPU, the first
+        block after `first` frames, then every `every` (both rounded up to `check_every`, where
+        the host looks anyway), the rest at the end; never the <|im_end|> column. It steps and
+        checks exactly as `generate` (same random draws: a seed gives the same codes); closing the
+        iterator stops the decoding."""
+        self.start([prompt], temperature, top_p, repetition_penalty)
+        steps = max(0, min(max_new_tokens, self.S - self.lengths[0] + 1))
+        done = sent = 0
+        while done < steps:
+            self._run_step(self._bucket(self.lengths[0] - 1 + done))
+            done += 1
+            if done % check_every and done < steps:
+                continue
+            ends = (self.out[0, 0, sent:done] == self.im_end).nonzero()
+            end = sent + int(ends[0]) if len(ends) else done
+            if len(ends) or done == steps or done - sent >= (every if sent else first):
+                if end > sent:
+                    yield self.out[0, :, sent:end].cpu()
+                sent = end
+            if len(ends):
+                return
 
     @torch.inference_mode()
     def teacher_forced_logits(self, prompt: torch.Tensor, frames: torch.Tensor):

@@ -12,6 +12,7 @@ so a long text keeps one voice (as fish-speech's older iterative prompting did).
 
 `stream` yields before each chunk, so a caller that stops iterating (a web request whose client
 went away) stops the work between chunks; `speak` runs it to the end.
+pipeline.generate.streaming.stream_audio yields the audio itself while the codes are sampled.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pipeline.model.checkpoints import load_codec, load_lm
 from pipeline.model.codes import encode_audio, load_for_codec
 from pipeline.data.text import normalize, normalize_report, split_sentences
 from pipeline.model.tokens import Utterance, build_sequence
+from pipeline.generate.seeded import SeededRandom
 
 Progress = Callable[[float, str], None] | None
 PAUSE_SECONDS = 0.25  # silence between chunks
@@ -115,12 +117,20 @@ class Synthesizer:
 
         Eager decoding only: a compiled decoder would capture weights that training keeps changing.
         """
+        self = cls.from_parts(model, tokenizer, load_codec(Path(codec_dir), device=device), device, fast=False)
+        self.ckpt_dir = Path(codec_dir)
+        return self
+
+    @classmethod
+    def from_parts(cls, model, tokenizer, codec, device: str | torch.device, fast: bool | None = None,
+                   decode_options=None) -> "Synthesizer":
+        """Speak with a model and a codec already built (the bench: random weights of the real shape)."""
         self = cls.__new__(cls)
-        self.decode_options = None  # eager decoding: no fast decoder to configure
-        self.ckpt_dir, self.device = Path(codec_dir), torch.device(device)
+        self.decode_options = decode_options
+        self.ckpt_dir, self.device = None, torch.device(device)
         self.model, self.tokenizer, self.adapters = model, tokenizer, []
         self.dtype = next(model.parameters()).dtype
-        self._finish_init(load_codec(Path(codec_dir), device=self.device), fast=False)
+        self._finish_init(codec, fast)
         return self
 
     def weights_changed(self) -> None:
@@ -166,6 +176,19 @@ class Synthesizer:
                 f"{self.num_codebooks}; use the codec of this model (codec_dir)."
             )
 
+    def _prompt_tokens(self, text: str, prompt: list[Utterance], max_new_tokens: int) -> tuple[torch.Tensor, int]:
+        """One chunk's prompt tokens on the device, and how many frames fit after them."""
+        seq = build_sequence(self.tokenizer, self.num_codebooks, [*prompt, Utterance(text, None)],
+                             for_generation=True)
+        prompt_tokens = seq.tokens.to(device=self.device, dtype=torch.int)
+        length, limit = prompt_tokens.shape[1], self.model.config.max_seq_len
+        if length + MIN_NEW_TOKENS_ROOM > limit:
+            raise SynthError(
+                f"The prompt takes {length} of the model's {limit} positions; use a shorter "
+                "reference clip or shorter text."
+            )
+        return prompt_tokens, min(max_new_tokens, limit - length)
+
     def generate_codes(
         self,
         text: str,
@@ -176,18 +199,10 @@ class Synthesizer:
         max_new_tokens: int,
     ) -> torch.Tensor:
         """Codes `(num_codebooks, frames)` for one already normalized chunk."""
-        seq = build_sequence(self.tokenizer, self.num_codebooks, [*prompt, Utterance(text, None)],
-                             for_generation=True)
-        prompt_tokens = seq.tokens.to(device=self.device, dtype=torch.int)
-        length, limit = prompt_tokens.shape[1], self.model.config.max_seq_len
-        if length + MIN_NEW_TOKENS_ROOM > limit:
-            raise SynthError(
-                f"The prompt takes {length} of the model's {limit} positions; use a shorter "
-                "reference clip or shorter text."
-            )
+        prompt_tokens, room = self._prompt_tokens(text, prompt, max_new_tokens)
+        length = prompt_tokens.shape[1]
         if self.fast:
-            new = self._fast_generate(prompt_tokens, min(max_new_tokens, limit - length), temperature, top_p,
-                                      repetition_penalty)
+            new = self._fast_generate(prompt_tokens, room, temperature, top_p, repetition_penalty)
             if new is not None:
                 return new
         from fish_speech.models.text2semantic.inference import decode_one_token_ar, generate
@@ -195,7 +210,7 @@ class Synthesizer:
         out = generate(
             model=self.model,
             prompt=prompt_tokens,
-            max_new_tokens=min(max_new_tokens, limit - length),
+            max_new_tokens=room,
             audio_masks=None,
             audio_parts=None,
             decode_one_token=decode_one_token_ar,
@@ -214,14 +229,10 @@ class Synthesizer:
         """Codes from pipeline.generate.fastgen, or None when it cannot run here (then the wheel's generate)."""
         import logging
 
-        from pipeline.generate.fastgen import FastGenerator
-
         fused = None  # FastGenerator's choice (the Triton layers on CUDA), then the compiled layers
         while True:
             try:
-                if self._fastgen is None:
-                    self._fastgen = FastGenerator(self.model, batch_size=1, fused=fused, options=self.decode_options)
-                    self._fastgen.warmup(max_position=2048)  # longer contexts are captured when first needed
+                self._warm_fastgen(fused)
                 rows = self._fastgen.generate([prompt_tokens], max_new_tokens, temperature, top_p,
                                               repetition_penalty)[0]
                 break
@@ -238,6 +249,38 @@ class Synthesizer:
         if rows.shape[1] and int(rows[0, -1]) == self._im_end:
             rows = rows[:, :-1]  # <|im_end|> is not audio
         return rows[1:].to(torch.long)
+
+    def _warm_fastgen(self, fused: bool | None = None):
+        """The fast decoder, built and warmed up on first use."""
+        if self._fastgen is None:
+            from pipeline.generate.fastgen import FastGenerator
+
+            self._fastgen = FastGenerator(self.model, batch_size=1, fused=fused, options=self.decode_options)
+            self._fastgen.warmup(max_position=2048)  # longer contexts are captured when first needed
+        return self._fastgen
+
+    def code_blocks(self, text: str, prompt: list[Utterance], temperature: float, top_p: float,
+                    repetition_penalty: float, max_new_tokens: int, first: int = 8,
+                    every: int = 16) -> Iterator[torch.Tensor]:
+        """One normalized chunk's codes as blocks `(num_codebooks, n)` while they are sampled: with the
+        fast decoder the first after `first` frames, then every `every`; else the whole chunk as one
+        block (the wheel's generate hands out no frames). Joined, the blocks are `generate_codes`'
+        codes for the same random state."""
+        if self.fast:
+            prompt_tokens, room = self._prompt_tokens(text, prompt, max_new_tokens)
+            try:  # compile and graph errors surface before the first block
+                frames = self._warm_fastgen().generate_stream(prompt_tokens, room, temperature, top_p,
+                                                              repetition_penalty, first=first, every=every)
+                head = next(frames, None)
+            except (RuntimeError, NotImplementedError, *_triton_errors()):
+                head = frames = None  # generate_codes falls back through the other decoders, as speak does
+            if frames is not None:
+                for rows in ([] if head is None else [head]):
+                    yield rows[1:].to(torch.long)
+                for rows in frames:
+                    yield rows[1:].to(torch.long)
+                return
+        yield self.generate_codes(text, prompt, temperature, top_p, repetition_penalty, max_new_tokens)
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
@@ -286,6 +329,24 @@ class Synthesizer:
         The random state is kept per call across yields, so whatever runs between two chunks
         does not change the audio of a seeded call.
         """
+        chunks, notes, prompt = self.plan(text, reference_audio, reference_text, temperature, top_p,
+                                          repetition_penalty, max_new_tokens)
+        pieces, all_codes = [], []
+        with SeededRandom(self.device, seed) as rng:
+            for i, chunk in enumerate(chunks):
+                state = rng.save()
+                yield SpeechStep(i, len(chunks), chunk)
+                rng.restore(state)
+                codes = self.generate_codes(chunk, prompt, temperature, top_p, repetition_penalty, max_new_tokens)
+                if not prompt and codes.shape[1] > 0:
+                    prompt = [Utterance(chunk, codes)]  # later chunks continue in this voice
+                all_codes.append(codes.numpy().astype(np.int32))
+                pieces.append(self.decode(codes))
+        yield SpeechStep(len(chunks), len(chunks), result=self.result(chunks, notes, pieces, all_codes))
+
+    def plan(self, text: str, reference_audio: str | Path | None, reference_text: str | None, temperature: float,
+             top_p: float, repetition_penalty: float, max_new_tokens: int) -> tuple[list[str], list[str], list]:
+        """A call's options checked: its chunks, the normalizer's notes and the voice prompt."""
         if not 0 < temperature < 2:
             raise SynthError(f"temperature must be in (0, 2), got {temperature}.")
         if not 0 < top_p <= 1:
@@ -303,48 +364,29 @@ class Synthesizer:
             ref_codes = self.reference_codes(reference_audio)
             self._check_codes_fit(ref_codes, f"reference {reference_audio}")
             prompt = [Utterance(normalize(reference_text), ref_codes)]
+        return chunks, notes, prompt
 
-        pieces, all_codes, frames = [], [], 0
-        pause = np.zeros(int(PAUSE_SECONDS * self.sample_rate), dtype=np.float32)
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for i, chunk in enumerate(chunks):
-                state = _rng_state(cuda) if seed is not None else None
-                yield SpeechStep(i, len(chunks), chunk)
-                if state is not None:
-                    _set_rng_state(cuda, state)
-                codes = self.generate_codes(chunk, prompt, temperature, top_p, repetition_penalty, max_new_tokens)
-                if not prompt and codes.shape[1] > 0:
-                    prompt = [Utterance(chunk, codes)]  # later chunks continue in this voice
-                frames += codes.shape[1]
-                all_codes.append(codes.numpy().astype(np.int32))
-                if pieces:
-                    pieces.append(pause)
-                pieces.append(self.decode(codes))
-        audio = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+    def pause(self) -> np.ndarray:
+        """The silence between two chunks."""
+        return np.zeros(int(PAUSE_SECONDS * self.sample_rate), dtype=np.float32)
+
+    def result(self, chunks: list[str], notes: list[str], pieces: list[np.ndarray],
+               codes: list[np.ndarray]) -> SpeechResult:
+        """The chunks' audio joined with pauses, as one SpeechResult."""
+        joined = [part for i, piece in enumerate(pieces) for part in ([self.pause()] if i else []) + [piece]]
+        audio = np.concatenate(joined).astype(np.float32) if joined else np.zeros(0, np.float32)
         audio = np.clip(np.nan_to_num(audio), -1.0, 1.0)
-        yield SpeechStep(len(chunks), len(chunks), result=SpeechResult(
+        return SpeechResult(
             sample_rate=self.sample_rate,
             audio=audio,
             normalized_text=" ".join(chunks),
-            frames=frames,
+            frames=sum(c.shape[1] for c in codes),
             seconds=len(audio) / self.sample_rate,
             chunks=chunks,
-            codes=all_codes,
+            codes=codes,
             notes=notes,
-        ))
+        )
 
-
-def _rng_state(cuda: list[int]) -> tuple:
-    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
-
-
-def _set_rng_state(cuda: list[int], state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    for device, cuda_state in zip(cuda, state[1]):
-        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def save_wav(result: SpeechResult, path: str | Path) -> Path:

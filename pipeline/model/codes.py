@@ -108,17 +108,23 @@ def frames_for(codec, n_samples: int) -> int:
     return math.ceil(n_samples / codec.frame_length)
 
 
-@torch.inference_mode()
-def encode_batch(codec, audios: list[np.ndarray], device: str | torch.device | None = None) -> list[torch.Tensor]:
-    """Encode clips together (zero right-padding) and cut each to its own frame count."""
-    device = device or next(codec.parameters()).device
-    device = torch.device(device)
+def pad_batch(audios: list[np.ndarray], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips as one zero right-padded (clips, 1, samples) batch and their lengths; in pinned host
+    memory for a GPU, so the copy runs asynchronously at full bus speed."""
     lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
-    # pinned host memory: the copy to the GPU runs asynchronously, at full bus speed
-    batch = torch.zeros((len(audios), 1, int(lengths.max())), dtype=torch.float32,
-                        pin_memory=device.type == "cuda")
+    batch = torch.zeros((len(audios), 1, int(lengths.max())), dtype=torch.float32, pin_memory=pin)
     for i, audio in enumerate(audios):
         batch[i, 0, : len(audio)] = torch.from_numpy(audio)
+    return batch, lengths
+
+
+@torch.inference_mode()
+def encode_batch(codec, audios: list[np.ndarray], device: str | torch.device | None = None,
+                 padded: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Encode clips together (zero right-padding) and cut each to its own frame count; `padded`:
+    their pad_batch, when already built."""
+    device = torch.device(device or next(codec.parameters()).device)
+    batch, lengths = padded or pad_batch(audios, pin=device.type == "cuda")
     indices, frame_lens = codec.encode(batch.to(device, non_blocking=True), lengths.to(device))
     # one copy back (one wait for the GPU), not one per clip
     indices, frame_lens = indices.to("cpu", torch.long), frame_lens.cpu()
@@ -130,10 +136,10 @@ def encode_audio(codec, audio: np.ndarray) -> torch.Tensor:
     return encode_batch(codec, [audio])[0]
 
 
-def _encode_resilient(codec, audios: list[np.ndarray]) -> list[torch.Tensor]:
+def _encode_resilient(codec, audios: list[np.ndarray], padded=None) -> list[torch.Tensor]:
     """encode_batch, halving the batch on CUDA out-of-memory."""
     try:
-        return encode_batch(codec, audios)
+        return encode_batch(codec, audios, padded=padded)
     except torch.cuda.OutOfMemoryError:
         if len(audios) == 1:
             raise
@@ -207,10 +213,11 @@ def _submit_next(pool: ThreadPoolExecutor, groups, load: _ClipLoader, ahead: deq
         ahead.append((group, [pool.submit(load, item) for item in group]))
 
 
-def _encode_group(codec, to_encode: list, sample_rate: int, failed: dict[str, str]) -> list:
-    """Codes of each (item, audio, path, seconds), None where the codec cannot encode the clip."""
+def _encode_group(codec, to_encode: list, sample_rate: int, failed: dict[str, str], padded=None) -> list:
+    """Codes of each (item, audio, path, seconds), None where the codec cannot encode the clip;
+    `padded`: the group's pad_batch, built ahead."""
     try:
-        return _encode_resilient(codec, [a for _, a, _, _ in to_encode])
+        return _encode_resilient(codec, [a for _, a, _, _ in to_encode], padded)
     except (RuntimeError, IndexError):
         # One clip can spoil a batch (e.g. longer than the codec's attention table,
         # IndexError): encode one by one so only that clip is rejected.
@@ -246,20 +253,23 @@ class _Encoder:
         for codec in codecs:
             self.free.put(codec)
         self.count = len(codecs)
+        self.pinned = any(next(codec.parameters()).is_cuda for codec in codecs)
         self.pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="codes-encoder")
         self.in_flight: deque = deque()
 
-    def _encode(self, to_encode: list, sample_rate: int, failed: dict) -> tuple[list, list, float]:
+    def _encode(self, to_encode: list, sample_rate: int, failed: dict, padded) -> tuple[list, list, float]:
         codec = self.free.get()
         started = time.perf_counter()
         try:
-            return to_encode, _encode_group(codec, to_encode, sample_rate, failed), time.perf_counter() - started
+            return to_encode, _encode_group(codec, to_encode, sample_rate, failed, padded), time.perf_counter() - started
         finally:
             self.free.put(codec)
 
     def submit(self, to_encode: list, sample_rate: int, failed: dict) -> list[tuple[list, list, float]]:
-        """Encode a batch; returns the batches finished by now (in submission order)."""
-        self.in_flight.append(self.pool.submit(self._encode, to_encode, sample_rate, failed))
+        """Encode a batch; returns the batches finished by now (in submission order). The padded
+        batch is built here, while the codecs still encode the batches before it."""
+        padded = pad_batch([audio for _, audio, _, _ in to_encode], pin=self.pinned)
+        self.in_flight.append(self.pool.submit(self._encode, to_encode, sample_rate, failed, padded))
         finished = []
         while len(self.in_flight) > self.count or (self.in_flight and self.in_flight[0].done()):
             finished.append(self.in_flight.popleft().result())

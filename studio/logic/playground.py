@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 from pipeline.model.checkpoints import LM_FILES, describe_checkpoint, is_random_weights
 from pipeline.config import PROJECT_ROOT
 from pipeline.quality.agreement import model_id
+from pipeline.generate.streaming import AudioPiece, stream_audio
 from pipeline.generate.synth import SpeechResult, SpeechStep, Synthesizer, save_wav
 from pipeline.train.runs import read_run
 from studio.logic.playground_base import ADAPTER_FILES, PlaygroundError, has_files, run_dirs
@@ -259,17 +260,19 @@ def output_name(model: ModelOption, adapters: list[tuple[AdapterOption, float]])
 
 
 def speak_stream(config, cache: SynthCache, model_path: str, adapters: Adapters, text: str,
-                 file_name: str | None = None, **options) -> Iterator[tuple[SpeechStep, Path | None]]:
+                 file_name: str | None = None, live: bool = False,
+                 **options) -> Iterator[tuple[SpeechStep | AudioPiece, Path | None]]:
     """Speak `text` with a listed model (+ adapters) chunk by chunk: yields (step, None) before each
     chunk and (step with result, wav path) at the end, into workspace/playground/<time>-<name>-<id>.wav
-    (name: `file_name`, else the model and adapters; blind tests pass a neutral one). A caller that
-    stops iterating stops the work before the next chunk."""
+    (name: `file_name`, else the model and adapters; blind tests pass a neutral one). `live`: the
+    steps are pipeline.generate.streaming.stream_audio's pieces, with the audio while it is sampled.
+    A caller that stops iterating stops the work before the next chunk (`live`: block of frames)."""
     text = check_text(text)
     model = resolve_model(config, model_path)
     resolved = resolve_adapters(config, adapters)
     chosen = [(a.path, w) for a, w in resolved]
     with cache.use(model.path, chosen) as synth:
-        for step in synth.stream(text, **options):
+        for step in (stream_audio(synth, text, **options) if live else synth.stream(text, **options)):
             if step.result is None:
                 yield step, None
                 continue

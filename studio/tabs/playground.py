@@ -1,12 +1,14 @@
 """The Playground tab: speak Finnish with any model, compare two models blind, download artifacts.
 
-UI wiring only: models, warm synthesizers, votes and artifact listings come from
-`studio.logic.playground`. API names of the events (for gradio_client): refresh_models,
-normalize_text, reference_clips, reference_clip, speak, compare, vote_1, vote_2, vote_tie,
-artifacts, run_files, merged_zip, tiny_model.
+UI wiring only: models, warm synthesizers and votes come from `studio.logic.playground`; the
+Artifacts tab is `studio.tabs.playground_artifacts`. API names of the events (for gradio_client):
+refresh_models, normalize_text, reference_clips, reference_clip, speak, compare, vote_1, vote_2,
+vote_tie, tiny_model.
 
 Speech handlers are generators that yield between sentence chunks: when the browser goes away,
-Gradio closes the generator and the work stops before the next chunk.
+Gradio closes the generator and the work stops before the next chunk. "Generate" also yields the
+audio while it is sampled, into a streaming player (autoplay; needs ffmpeg, else hidden), then
+the whole file into the "Speech" player and the download button.
 """
 
 from __future__ import annotations
@@ -17,23 +19,20 @@ import time
 from dataclasses import dataclass
 
 import gradio as gr
-import pandas as pd
 
 from pipeline.generate.fastgen import DecodeOptions
-from studio.logic import downloads
 from studio.logic import playground as pg
+from studio.logic import playground_live
 from pipeline.data.selection import ReferenceClips, reference_clips
-from pipeline.train.jobs import delete_run
 from pipeline.data.text import example_sentences, normalize_report
 from studio.logic.warmup import WarmUp, warm_up_wanted
 
-from studio.tabs import scorecard_view
+from studio.tabs import playground_artifacts, scorecard_view
 from studio.tabs.dataset_view import esc, note
 
 log = logging.getLogger(__name__)
 MAX_ADAPTERS = 3
 NONE = "none"  # the adapter dropdowns' "no adapter" value
-RUN_COLUMNS = ["run", "mode", "status", "adapter zip", "merged model", "evaluation audio", "disk used"]
 SPOKEN_PREVIEW = 80  # characters of the normalized text shown before it is expanded
 VOTES = (("◀ Sample 1 is better", 1), ("No preference", None), ("Sample 2 is better ▶", 2))
 
@@ -163,6 +162,8 @@ def build(ctx) -> None:
                     warm_note = gr.Markdown(elem_classes="section-hint", elem_id="pg-warm-up")
                 with gr.Column(scale=1, min_width=340):
                     generate = gr.Button("Generate speech", variant="primary", elem_id="pg-generate")
+                    live = gr.Audio(streaming=True, autoplay=True, interactive=False, visible=playground_live.can_stream_audio(),
+                                    label="Live: plays while it is generated", elem_id="pg-live")
                     audio = gr.Audio(type="filepath", interactive=False, label="Speech", buttons=["download"],
                                      elem_id="pg-audio")
                     download = gr.DownloadButton("Download WAV", visible=False, elem_id="pg-download")
@@ -194,27 +195,7 @@ def build(ctx) -> None:
             scores = scorecard_view.build_model_scorecards()
         # -- downloads ------------------------------------------------------------------------------
         with gr.Tab("Artifacts", elem_id="pg-tab-artifacts") as artifacts_tab:
-            with gr.Row(equal_height=True):
-                usage = gr.HTML(elem_id="pg-usage")
-                refresh_artifacts = gr.Button("↻ Refresh", size="sm", scale=0, elem_id="pg-refresh-artifacts")
-            runs_table = gr.Dataframe(interactive=False, wrap=True, show_label=False, elem_id="pg-runs")
-            with gr.Row(equal_height=True):
-                run_choice = gr.Dropdown([], label="Files of run", interactive=True, elem_id="pg-run", scale=4)
-                delete_button = gr.Button("🗑 Delete this run", variant="stop", size="sm", scale=0, elem_id="pg-delete-run")
-                delete_confirmed = gr.Checkbox(False, visible=False)  # set by the browser's confirm dialog
-            with gr.Row(equal_height=False):
-                adapter_zip = gr.DownloadButton("Adapter zip", visible=False, variant="primary", elem_id="pg-adapter-zip")
-                with gr.Column(scale=0, min_width=220):
-                    zip_merged = gr.Button("Zip the merged model", visible=False, elem_id="pg-zip-merged")
-                    merged_zip = gr.DownloadButton("Merged model zip", visible=False, variant="primary",
-                                                   elem_id="pg-merged-zip")
-                    zip_phase1 = gr.Button("Zip the language-adapted model", visible=False, elem_id="pg-zip-phase1")
-                    phase1_zip = gr.DownloadButton("Language-adapted model zip", visible=False, variant="primary",
-                                                   elem_id="pg-phase1-zip")
-                merged_files = gr.File(label="Merged model files", file_count="multiple", interactive=False,
-                                       elem_id="pg-merged-files")
-                audio_files = gr.File(label="Evaluation audio", file_count="multiple", interactive=False,
-                                      elem_id="pg-audio-files")
+            playground_artifacts.build(config, artifacts_tab, _failure)
 
     pickers = [listen, pick_a, pick_b]
 
@@ -246,13 +227,14 @@ def build(ctx) -> None:
         clip = next((c for c in reference_clips(config, speaker).clips if c["path"] == path), None)
         return (clip["path"], clip["text"]) if clip else (gr.skip(), gr.skip())
 
-    def speak_steps(values, shared_values, file_name=None):
-        """pg.speak_stream's steps for one picker's model and the shared text and settings."""
+    def speak_steps(values, shared_values, file_name=None, speak=pg.speak_stream):
+        """`speak`'s steps (pg.speak_stream or playground_live.live_speech) for one picker's model and the shared
+        text and settings."""
         text_value, ref, ref_words, temp, p, rep, frames, seed_value = shared_values
         if seed_value is None:
             raise ValueError("Enter a seed (a whole number) or press “New seed”.")
         model, adapters = Picker.parse(values)
-        return pg.speak_stream(
+        return speak(
             config, cache, model, adapters, text_value, reference_audio=ref or None, reference_text=ref_words,
             temperature=float(temp), top_p=float(p), repetition_penalty=float(rep),
             max_new_tokens=int(frames), seed=int(seed_value), file_name=file_name)
@@ -260,13 +242,17 @@ def build(ctx) -> None:
     def on_generate(*values, progress=gr.Progress()):
         shared_values, picked = values[:len(shared)], values[len(shared):]
         started = time.perf_counter()
+        streaming = playground_live.can_stream_audio()
         try:
-            for step, path in speak_steps(picked, shared_values):
-                if path is None:
-                    progress(step.index / step.total, desc=step.message)
-                    yield {message: note(f"Generating {step.message}", "info")}  # Gradio stops here if the page closed
+            for update in speak_steps(picked, shared_values, speak=playground_live.live_speech):
+                if update.path is None:
+                    progress(update.fraction, desc=update.message)
+                    shown = {message: note(f"Generating {update.message}", "info")}
+                    if streaming and update.chunk is not None:
+                        shown[live] = update.chunk  # appended to the live player's stream
+                    yield shown  # Gradio stops here if the page closed
                 else:
-                    result = step.result
+                    result, path = update.result, update.path
         except Exception as exc:  # noqa: BLE001 - shown to the user, never as a traceback
             gr.Warning(_failure(exc))
             # the previous audio would read as this request's result: take it away with the error
@@ -346,65 +332,6 @@ def build(ctx) -> None:
                 captions[0]: first_caption, captions[1]: second_caption,
                 **{button: gr.update(interactive=False) for button in votes}}
 
-    def on_artifacts():
-        runs = downloads.list_run_artifacts(config)
-        total, shared_bytes = downloads.total_disk_usage(config)
-        cards = [("Runs", str(len(runs))), ("Disk used by runs", downloads.format_bytes(total)),
-                 ("Shared via hard links", downloads.format_bytes(shared_bytes))]
-        html = "<div class='stat-cards'>" + "".join(
-            f"<div class='stat-card'><div class='value'>{v}</div><div class='label'>{k}</div></div>" for k, v in cards) + "</div>"
-        if not runs:
-            html += "<p class='empty-note'>No runs yet: train one in the Training tab.</p>"
-        table = pd.DataFrame(columns=RUN_COLUMNS, data=[{
-            "run": r.run_id, "mode": r.mode, "status": r.status,
-            "adapter zip": downloads.format_bytes(r.adapter_zip.stat().st_size) if r.adapter_zip else "—",
-            "merged model": f"{len(r.merged_files)} files" if r.merged_files else "—",
-            "evaluation audio": len(r.audio_files), "disk used": downloads.format_bytes(r.size_bytes)} for r in runs])
-        ids = [r.run_id for r in runs]
-        shown = next((r.run_id for r in runs if r.adapter_zip or r.merged_files or r.audio_files),
-                     ids[0] if ids else None)  # newest run with files
-        return html, table, gr.update(choices=ids, value=shown)
-
-    def on_run_files(run_id):
-        hidden = gr.update(visible=False)
-        try:
-            run = downloads.prepare_downloads(config, run_id) if run_id else None  # downloads carry the model card
-        except Exception as exc:  # noqa: BLE001
-            gr.Warning(_failure(exc))
-            run = None
-        if run is None:
-            return hidden, None, None, hidden, hidden, hidden, hidden
-        zip_update = (gr.update(value=str(run.adapter_zip), visible=True,
-                                label=f"Download adapter zip ({downloads.format_bytes(run.adapter_zip.stat().st_size)})")
-                      if run.adapter_zip else hidden)
-        return (zip_update, [str(p) for p in run.merged_files] or None, [str(p) for p in run.audio_files] or None,
-                *_merged_zip_updates(run), *_merged_zip_updates(run, "phase1"))
-
-    def on_zip(run_id, which, progress):
-        progress(0.1, desc="Zipping the model (weights are stored, not compressed)")
-        try:
-            downloads.merged_zip(config, run_id, which)
-            return _merged_zip_updates(downloads.run_artifacts(config, run_id), which)
-        except Exception as exc:  # noqa: BLE001
-            gr.Warning(_failure(exc))
-            return gr.skip(), gr.update(visible=False)
-
-    def on_merged_zip(run_id, progress=gr.Progress()):
-        return on_zip(run_id, "merged", progress)
-
-    def on_phase1_zip(run_id, progress=gr.Progress()):
-        return on_zip(run_id, "phase1", progress)
-
-    def on_delete(run_id, confirmed):
-        if not run_id or not confirmed:
-            return gr.skip(), gr.skip(), gr.skip()
-        try:
-            deleted = delete_run(config, run_id)
-            gr.Info(f"Deleted run {deleted.name} and all its files.")
-        except Exception as exc:  # noqa: BLE001 - e.g. the run is training: said, not raised
-            gr.Warning(_failure(exc))
-        return on_artifacts()
-
     def on_tiny_model(*current):
         try:
             pg.create_tiny_model()
@@ -434,7 +361,7 @@ def build(ctx) -> None:
     ref_audio.upload(lambda: (None, ""), outputs=[ref_clip, ref_text], api_visibility="private", queue=False)
     ref_clip.input(on_reference_clip, inputs=[ref_speaker, ref_clip], outputs=[ref_audio, ref_text],
                    api_name="reference_clip")
-    generate.click(on_generate, inputs=[*shared, *listen.inputs], outputs=[audio, download, message],
+    generate.click(on_generate, inputs=[*shared, *listen.inputs], outputs=[live, audio, download, message],
                    api_name="speak", show_progress_on=[audio])
     compare.click(on_compare, inputs=[*shared, blind, *pick_a.inputs, *pick_b.inputs],
                   outputs=[*players, *captions, trial, ab_message, tally, *votes], api_name="compare",
@@ -443,19 +370,6 @@ def build(ctx) -> None:
                           outputs=[ab_message, tally, trial, *captions, *votes], api_name=f"vote_{value or 'tie'}")
              for button, (_, value) in zip(votes, VOTES)]
     scorecard_view.wire_model_scorecards(scores, config, [ctx.demo.load, ab_tab.select], after=voted)
-    file_outputs = [adapter_zip, merged_files, audio_files, zip_merged, merged_zip, zip_phase1, phase1_zip]
-    gr.on([artifacts_tab.select, refresh_artifacts.click], on_artifacts, outputs=[usage, runs_table, run_choice],
-          api_name="artifacts").then(on_run_files, inputs=run_choice, outputs=file_outputs, api_visibility="private")
-    run_choice.input(on_run_files, inputs=run_choice, outputs=file_outputs, api_name="run_files")
-    # the browser asks first: deleting removes checkpoints and artifacts for good
-    delete_button.click(on_delete, inputs=[run_choice, delete_confirmed], outputs=[usage, runs_table, run_choice],
-                     api_name="delete_run",
-                     js="(run, ok) => [run, run ? confirm(`Delete run ${run} and all its files?`) : false]"
-                     ).then(on_run_files, inputs=run_choice, outputs=file_outputs, api_visibility="private")
-    zip_merged.click(on_merged_zip, inputs=run_choice, outputs=[zip_merged, merged_zip], api_name="merged_zip",
-                     show_progress_on=[zip_merged])
-    zip_phase1.click(on_phase1_zip, inputs=run_choice, outputs=[zip_phase1, phase1_zip], api_name="phase1_zip",
-                     show_progress_on=[zip_phase1])
 
 
 def _spoken(text: str | None) -> str:
@@ -474,21 +388,6 @@ def _spoken(text: str | None) -> str:
     body = (f"<details><summary><b>Spoken as:</b> {esc(preview)} <i>({len(spoken):,} characters)</i></summary>"
             f"<div>{esc(spoken)}</div></details>" if spoken != preview else f"<b>Spoken as:</b> {esc(spoken)}")
     return body + "".join(f"<div class='pg-text-warning' style='color:#92400e'>⚠ {esc(w)}</div>" for w in warnings)
-
-
-def _merged_zip_updates(run: downloads.RunArtifacts, which: str = "merged") -> tuple:
-    """(zip button, download button) of the merged or the phase-1 model: the download once the zip
-    exists, else the button making it."""
-    folder, made = (run.merged_dir, run.merged_zip) if which == "merged" else (run.phase1_dir, run.phase1_zip)
-    what = "merged model" if which == "merged" else "language-adapted model (phase 1)"
-    if folder is None:
-        return gr.update(visible=False), gr.update(visible=False)
-    if made is not None:
-        size = downloads.format_bytes(made.stat().st_size)
-        return (gr.update(visible=False),
-                gr.update(value=str(made), visible=True, label=f"Download {what} zip ({size})"))
-    size = downloads.format_bytes(downloads.disk_usage(folder)[0])
-    return gr.update(visible=True, value=f"Zip the {what} ({size})"), gr.update(visible=False)
 
 
 def _clip_choices(refs: ReferenceClips) -> list[tuple[str, str]]:

@@ -184,11 +184,11 @@ def test_clip_the_codec_cannot_encode_is_rejected_not_fatal(dataset, tiny_checkp
 
     real = codes_module.encode_batch
 
-    def limited(codec, audios, device=None):
+    def limited(codec, audios, device=None, padded=None):
         # Like the real codec past its attention table (block_size): IndexError for long input.
         if max(len(a) for a in audios) > 1.2 * SR:
             raise IndexError("index 4096 is out of bounds for dimension 0 with size 4096")
-        return real(codec, audios, device)
+        return real(codec, audios, device, padded)
 
     monkeypatch.setattr(codes_module, "encode_batch", limited)
     report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=10.0, codec=codec)

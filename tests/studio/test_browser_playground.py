@@ -4,7 +4,8 @@ The server runs with a config whose base model is the tiny random checkpoint, ov
 holding one finished run (adapter checkpoint, merged model, adapter zip, evaluation audio) made
 by really merging, and a small dataset with a picked speaker. Speech from a stacked adapter with
 a dataset clip as voice prompt and from the merged model, a blind A/B vote, and the artifacts'
-downloads. Screenshots go to the test's tmp folder; with
+downloads. "Generate" streams into the live player while it samples (when ffmpeg is on the PATH,
+which gradio's streamed audio needs; else that player is hidden). Screenshots go to the test's tmp folder; with
 UPDATE_SCREENSHOTS=1 the Listen view is also copied to docs/screenshots/playground.png.
 """
 
@@ -25,6 +26,7 @@ from pipeline.data.dataset import load_dataset
 from pipeline.data.selection import save_selection
 from pipeline.data.source_spec import SourceSpec
 from pipeline.quality.overview import baseline_dir
+from studio.logic.playground_live import can_stream_audio
 from studio_server import CHROMIUM, PROJECT_ROOT, start_studio
 from test_playground import RUN, make_runs
 from test_scorecards import write_scorecard
@@ -119,6 +121,10 @@ def test_playground_speaks_with_adapter_and_merged_model(server, page, tmp_path)
     page.locator("#pg-generate").click()
     first = wait_for_new_audio(page, "pg-audio", None)
     assert wav_ok(page, first)
+    if can_stream_audio():  # the same speech was played while it was sampled
+        page.locator("#pg-live audio").first.wait_for(state="attached")
+    else:
+        assert not page.locator("#pg-live").is_visible()
     assert "base__20250101-120000-quick-lora-lora-step-4" in first  # the file names the stacked adapter
     page.locator("#pg-message .note.ok").get_by_text("reference clip as voice prompt").wait_for()
     listen_shot = tmp_path / "playground-listen.png"

@@ -304,7 +304,7 @@ def test_the_studio_has_the_playground_tab(world):
     assert "Playground" in [title for title, *_ in TABS]
     demo = build_app(world[0])
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    assert {"pg-text", "pg-normalized", "pg-model", "pg-adapter-0", "pg-weight-2", "pg-generate", "pg-audio",
+    assert {"pg-text", "pg-normalized", "pg-model", "pg-adapter-0", "pg-weight-2", "pg-generate", "pg-audio", "pg-live",
             "pg-a-model", "pg-b-model", "pg-blind", "pg-ab-audio-1", "pg-ab-audio-2", "pg-vote-1", "pg-tally",
             "pg-runs", "pg-merged-files", "pg-ref-clip", "pg-seed"} <= ids
     assert {"speak", "compare", "vote_1", "vote_2", "vote_tie", "artifacts", "run_files",
