@@ -108,11 +108,20 @@ def frames_for(codec, n_samples: int) -> int:
     return math.ceil(n_samples / codec.frame_length)
 
 
-def pad_batch(audios: list[np.ndarray], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clips as one zero right-padded (clips, 1, samples) batch and their lengths; in pinned host
-    memory for a GPU, so the copy runs asynchronously at full bus speed."""
+# Padded batches are a whole number of these frames long. Every new input shape costs the codec
+# host-side work (the convolutions' plans are chosen per shape) while the GPU waits: with lengths
+# in steps and `_batches` giving every group of a step the same clip count, shapes repeat. The
+# codec is causal, so the extra right padding leaves the codes unchanged.
+PAD_STEP_FRAMES = 32  # 1.49 s at the real codec's 2,048 samples per frame
+
+
+def pad_batch(audios: list[np.ndarray], pin: bool = False, step: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips as one zero right-padded (clips, 1, samples) batch, its length a multiple of `step`
+    samples, and their lengths; in pinned host memory for a GPU, so the copy runs asynchronously
+    at full bus speed."""
     lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
-    batch = torch.zeros((len(audios), 1, int(lengths.max())), dtype=torch.float32, pin_memory=pin)
+    width = -(-int(lengths.max()) // step) * step
+    batch = torch.zeros((len(audios), 1, width), dtype=torch.float32, pin_memory=pin)
     for i, audio in enumerate(audios):
         batch[i, 0, : len(audio)] = torch.from_numpy(audio)
     return batch, lengths
@@ -160,15 +169,20 @@ def _duration_of(row) -> float:
         return 0.0
 
 
-def _batches(items: list[dict], batch_seconds: float) -> list[list[dict]]:
-    """Consecutive groups (items are sorted by duration) whose padded size stays ≤ batch_seconds."""
-    groups, current = [], []
+def _batches(items: list[dict], batch_seconds: float, step_seconds: float = 0.0) -> list[list[dict]]:
+    """Consecutive groups (items are sorted by duration) whose padded size stays ≤ batch_seconds.
+    With `step_seconds`, clips are padded to whole steps and a group holds clips of one step
+    only, as many as fit: the groups of a step share one shape."""
+    groups, current, current_pad = [], [], 0.0
     for item in items:
-        longest = max([item["duration"]] + [c["duration"] for c in current])
-        if current and longest * (len(current) + 1) > batch_seconds:
+        duration = item["duration"]
+        padded = math.ceil(duration / step_seconds - 1e-9) * step_seconds if step_seconds > 0 else duration
+        longest = max(padded, current_pad)
+        if current and (longest * (len(current) + 1) > batch_seconds or (step_seconds > 0 and padded != current_pad)):
             groups.append(current)
-            current = []
+            current, longest = [], padded
         current.append(item)
+        current_pad = longest
     if current:
         groups.append(current)
     return groups
@@ -254,6 +268,7 @@ class _Encoder:
             self.free.put(codec)
         self.count = len(codecs)
         self.pinned = any(next(codec.parameters()).is_cuda for codec in codecs)
+        self.step = PAD_STEP_FRAMES * int(codecs[0].frame_length)  # samples
         self.pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="codes-encoder")
         self.in_flight: deque = deque()
 
@@ -268,7 +283,7 @@ class _Encoder:
     def submit(self, to_encode: list, sample_rate: int, failed: dict) -> list[tuple[list, list, float]]:
         """Encode a batch; returns the batches finished by now (in submission order). The padded
         batch is built here, while the codecs still encode the batches before it."""
-        padded = pad_batch([audio for _, audio, _, _ in to_encode], pin=self.pinned)
+        padded = pad_batch([audio for _, audio, _, _ in to_encode], pin=self.pinned, step=self.step)
         self.in_flight.append(self.pool.submit(self._encode, to_encode, sample_rate, failed, padded))
         finished = []
         while len(self.in_flight) > self.count or (self.in_flight and self.in_flight[0].done()):
@@ -325,7 +340,7 @@ def extract_codes(
         for _, row in ok.iterrows()
     ]
     items.sort(key=lambda it: it["duration"])
-    groups = _batches(items, batch_seconds)
+    groups = _batches(items, batch_seconds, PAD_STEP_FRAMES * codec.frame_length / sample_rate)
 
     codes_paths: dict[str, str] = {}
     failed: dict[str, str] = {}

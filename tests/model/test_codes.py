@@ -277,3 +277,24 @@ def test_the_codec_encodes_the_next_batch_while_the_codes_before_are_written(dat
     first_save = min(t for kind, t in events if kind == "saved")
     # a later batch went to the codec before the first batch's codes were on disk
     assert len(encodes) >= 2 and encodes[1] < first_save
+
+
+def test_batches_of_one_padding_step_share_one_shape():
+    from pipeline.model.codes import _batches, pad_batch
+
+    rng = np.random.default_rng(0)
+    items = sorted(({"id": str(i), "duration": float(d)} for i, d in enumerate(rng.uniform(2, 20, 500))),
+                   key=lambda it: it["duration"])
+    groups = _batches(items, batch_seconds=60.0, step_seconds=1.5)
+    assert [it["id"] for g in groups for it in g] == [it["id"] for it in items]  # every clip once, in order
+    shapes = set()
+    for group in groups:
+        steps = {math.ceil(it["duration"] / 1.5 - 1e-9) for it in group}
+        assert len(steps) == 1  # one padded length per group
+        padded = steps.pop() * 1.5
+        assert len(group) * padded <= 60.0 or len(group) == 1
+        shapes.add((len(group), padded))
+    # unpadded, nearly every group of sorted random lengths would be a shape of its own
+    assert len(shapes) <= 2 * 14 < len(groups) / 2
+    batch, lengths = pad_batch([np.ones(5, np.float32), np.ones(9, np.float32)], step=4)
+    assert batch.shape == (2, 1, 12) and lengths.tolist() == [5, 9] and float(batch[0, 0, 5:].abs().sum()) == 0
