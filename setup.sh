@@ -65,10 +65,27 @@ else
   "${PIP[@]}" -e .
 fi
 
+APT_UPDATED=0
+can_apt() { command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; }
+apt_install() {
+  if [ "$APT_UPDATED" = 0 ]; then apt-get update -q >/dev/null && APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
+
+# The Playground's live player: Gradio encodes streamed audio with ffmpeg (and reads files with ffprobe).
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+  if can_apt; then
+    say "installing Debian's ffmpeg (the Playground plays speech while it is generated)"
+    apt_install ffmpeg || say "WARNING: ffmpeg could not be installed: speech plays once it is complete"
+  else
+    say "WARNING: ffmpeg not found and apt-get unavailable: speech plays once it is complete, not live"
+  fi
+fi
+
 if [ "$TESTS" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  if can_apt; then
     say "installing Debian's chromium for the browser tests"
-    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+    apt_install chromium
   else
     say "WARNING: chromium not found and apt-get unavailable: browser tests will be skipped"
   fi

@@ -1,5 +1,5 @@
 """Machine rows: GPU, driver and CUDA, library versions, bf16, free disk, CPU cores, fast kernels,
-and how many GPUs a training uses."""
+how many GPUs a training uses, and whether the Playground can play speech live."""
 
 from __future__ import annotations
 
@@ -174,6 +174,22 @@ def data_parallel_row(config, count: int | None = None) -> Row:
     return Row(GROUP, "GPUs for training", PASS, detail)
 
 
+PLAYBACK_TOOLS = ("ffmpeg", "ffprobe")  # Gradio encodes streamed audio with ffmpeg and probes files with ffprobe
+
+
+def live_playback_available() -> bool:
+    """Whether the Playground can play speech while it is generated (what the studio asks too)."""
+    return all(shutil.which(tool) for tool in PLAYBACK_TOOLS)
+
+
+def playback_row() -> Row:
+    missing = [tool for tool in PLAYBACK_TOOLS if not shutil.which(tool)]
+    if missing:
+        return Row(GROUP, "live playback", WARN, f"{' and '.join(missing)} not found: speech plays once it is complete",
+                   "Install ffmpeg (Debian/Ubuntu: apt-get install ffmpeg, or re-run bash setup.sh as root).")
+    return Row(GROUP, "live playback", PASS, "ffmpeg and ffprobe found: the Playground plays speech as it is generated")
+
+
 def machine_rows(config, model_dir: Path) -> list[Row]:
     return [gpu_row(), data_parallel_row(config), software_row(), bf16_row(), disk_row(config, model_dir), cpu_row(),
-            kernels_row(config)]
+            kernels_row(config), playback_row()]

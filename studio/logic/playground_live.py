@@ -4,11 +4,11 @@ chunks for a streaming player, then the saved file (studio.logic.playground.spea
 from __future__ import annotations
 
 import io
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.doctor.machine import live_playback_available
 from pipeline.generate.synth import SpeechResult
 from studio.logic.playground import Adapters, SynthCache, speak_stream
 
@@ -37,8 +37,9 @@ def live_speech(config, cache: SynthCache, model_path: str, adapters: Adapters, 
 
 
 def can_stream_audio() -> bool:
-    """Gradio encodes streamed audio with ffmpeg: without it the speech is shown when complete."""
-    return shutil.which("ffmpeg") is not None
+    """Gradio encodes streamed audio with ffmpeg (and probes files with ffprobe): without them the
+    speech is shown when complete."""
+    return live_playback_available()
 
 
 def wav_bytes(audio, sample_rate: int) -> bytes:

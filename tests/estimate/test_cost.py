@@ -250,3 +250,11 @@ def test_the_training_loops_speed_is_preferred_to_the_bare_steps():
     bench["loop"] = {"lora": {"step_s": 0.2, "tokens_per_s": 65000.0}}  # what a run gets
     figures = card_figures("H100-80GB", row, [bench]).values
     assert figures["lora_tokens_per_s"] == 65000.0
+
+
+def test_extraction_over_a_dataset_is_preferred_to_one_repeated_batch():
+    row = load_price_table()["gpus"]["H100-80GB"]
+    bench = _bench("NVIDIA H100 80GB HBM3", "2099-12-01T10:00:00Z")
+    assert card_figures("H100-80GB", row, [bench]).values["extract_realtime"] == 500.0
+    bench["extract"]["dataset"] = {"batches": {"120": {"realtime_factor": 160.0}, "360": {"realtime_factor": 470.0}}}
+    assert card_figures("H100-80GB", row, [bench]).values["extract_realtime"] == 470.0  # the largest batch

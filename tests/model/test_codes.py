@@ -298,3 +298,16 @@ def test_batches_of_one_padding_step_share_one_shape():
     assert len(shapes) <= 2 * 14 < len(groups) / 2
     batch, lengths = pad_batch([np.ones(5, np.float32), np.ones(9, np.float32)], step=4)
     assert batch.shape == (2, 1, 12) and lengths.tolist() == [5, 9] and float(batch[0, 0, 5:].abs().sum()) == 0
+
+
+def test_the_batch_size_follows_the_free_gpu_memory(monkeypatch):
+    from pipeline.model.codes import MAX_BATCH_SECONDS, MIN_BATCH_SECONDS, default_batch_seconds
+
+    assert default_batch_seconds([torch.device("cpu")]) == 120.0
+    free = {0: 140e9, 1: 24e9}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free[device.index], 150e9))
+    assert default_batch_seconds([torch.device("cuda", 0)]) == MAX_BATCH_SECONDS  # a big card: the bound
+    assert default_batch_seconds([torch.device("cuda", 1)]) == pytest.approx(120.0)  # half of 24 GB at 0.1 GB/s
+    assert default_batch_seconds([torch.device("cuda", 0), torch.device("cuda", 1)]) == pytest.approx(120.0)
+    free[1] = 4e9
+    assert default_batch_seconds([torch.device("cuda", 1)]) == MIN_BATCH_SECONDS

@@ -54,7 +54,12 @@ def test_live_speech_of_the_fast_decoder_plays_before_the_sentence_ends(world, t
 
 
 def test_streaming_needs_ffmpeg(monkeypatch):
-    monkeypatch.setattr(live.shutil, "which", lambda name: None)
-    assert not live.can_stream_audio()
-    monkeypatch.setattr(live.shutil, "which", lambda name: f"/usr/bin/{name}")
-    assert live.can_stream_audio()
+    import pipeline.doctor.machine as machine
+
+    monkeypatch.setattr(machine.shutil, "which", lambda name: None)
+    assert not live.can_stream_audio() and machine.playback_row().status == machine.WARN
+    monkeypatch.setattr(machine.shutil, "which", lambda name: None if name == "ffprobe" else f"/usr/bin/{name}")
+    assert not live.can_stream_audio()  # gradio also needs ffprobe to serve audio files
+    assert "ffprobe not found" in machine.playback_row().detail
+    monkeypatch.setattr(machine.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert live.can_stream_audio() and machine.playback_row().status == machine.PASS
