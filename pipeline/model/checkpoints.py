@@ -247,8 +247,12 @@ def build_codec(config_path: str | Path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from pipeline.model.codec_masks import keep_window_masks
+
     cfg = OmegaConf.load(str(config_path))
-    return instantiate(cfg)
+    codec = instantiate(cfg)
+    keep_window_masks(codec)  # the wheel rebuilds its attention masks on the CPU at every call
+    return codec
 
 
 def load_codec(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
