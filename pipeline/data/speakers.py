@@ -13,11 +13,12 @@ import pandas as pd
 
 from pipeline.atomic import write_text
 
-PITCH_CLIPS = 8          # pyin is slow (~0.2 s per clip): bound its cost per speaker...
+PITCH_CLIPS = 8          # pyin is slow (~0.3-0.5 s per clip): bound its cost per speaker...
 PITCH_SPEAKERS = 16      # ...and per dataset: only the speakers with the most accepted audio
 PITCH_SECONDS = 6.0
 PITCH_SR = 16_000
 PITCH_CACHE = "pitch.json"
+CLIPS_PER_PITCH_WORKER = 8  # a worker's start-up costs about as much as pyin on 8-16 clips
 TIE_MARGIN = 0.05        # speakers within 5 % of the most minutes are compared on quality
 
 STAT_COLUMNS = ["speaker", "clips", "accepted", "rejected_share", "usable_minutes", "duration_mean",
@@ -36,25 +37,49 @@ def _median(values: pd.Series) -> float:
     return float(values.median()) if len(values) else math.nan
 
 
-def median_pitch(rows: pd.DataFrame) -> float:
-    """Median voiced f0 (Hz) over up to PITCH_CLIPS clips, PITCH_SECONDS each (after lead silence)."""
+def clip_f0(job: tuple[str, float]) -> np.ndarray:
+    """Voiced f0 values (Hz) of up to PITCH_SECONDS of one clip after its lead silence; empty when
+    the clip cannot be read (it then just does not contribute). Runs in a worker process."""
     import librosa
 
-    f0s = []
-    for _, row in rows.head(PITCH_CLIPS).iterrows():
-        path = row["audio_path"] or row["source_path"]
-        lead = row["lead_silence_s"] if np.isfinite(row["lead_silence_s"]) else 0.0
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                y, sr = librosa.load(path, sr=PITCH_SR, mono=True, offset=float(lead), duration=PITCH_SECONDS)
-                f0, voiced, _ = librosa.pyin(y, fmin=60.0, fmax=500.0, sr=sr,
-                                             frame_length=1024, hop_length=512)
-        except Exception:
-            continue  # an unreadable clip just doesn't contribute
-        f0s.append(f0[voiced & np.isfinite(f0)])
-    voiced_f0 = np.concatenate(f0s) if f0s else np.array([])
-    return float(np.median(voiced_f0)) if voiced_f0.size else math.nan
+    path, lead = job
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y, sr = librosa.load(path, sr=PITCH_SR, mono=True, offset=lead, duration=PITCH_SECONDS)
+            f0, voiced, _ = librosa.pyin(y, fmin=60.0, fmax=500.0, sr=sr, frame_length=1024, hop_length=512)
+    except Exception:
+        return np.array([])
+    return f0[voiced & np.isfinite(f0)]
+
+
+def _pitch_job(row) -> tuple[str, float]:
+    lead = row["lead_silence_s"] if np.isfinite(row["lead_silence_s"]) else 0.0
+    return str(row["audio_path"] or row["source_path"]), float(lead)
+
+
+def speaker_pitches(picks: dict[str, pd.DataFrame], workers: int | None = None) -> dict[str, float]:
+    """Median voiced f0 (Hz) of each speaker's picked clips (NaN without voiced frames). pyin takes
+    ~0.3-0.5 s per clip, so every clip of every speaker is one item of one process pool."""
+    from pipeline.data.parallel import map_in_processes, worker_count
+
+    jobs = [(speaker, _pitch_job(row)) for speaker, rows in picks.items() for _, row in rows.iterrows()]
+    if workers is None:  # a worker first imports librosa and compiles pyin's numba code (seconds)
+        workers = max(1, min(worker_count(), len(jobs) // CLIPS_PER_PITCH_WORKER))
+    f0s = map_in_processes(clip_f0, [job for _, job in jobs], workers=workers)
+    voiced: dict[str, list[np.ndarray]] = {speaker: [] for speaker in picks}
+    for (speaker, _), f0 in zip(jobs, f0s):
+        voiced[speaker].append(f0)
+    result = {}
+    for speaker, arrays in voiced.items():
+        values = np.concatenate(arrays) if arrays else np.array([])
+        result[speaker] = float(np.median(values)) if values.size else math.nan
+    return result
+
+
+def median_pitch(rows: pd.DataFrame) -> float:
+    """Median voiced f0 (Hz) over up to PITCH_CLIPS clips, PITCH_SECONDS each (after lead silence)."""
+    return speaker_pitches({"": rows.head(PITCH_CLIPS)})[""]
 
 
 def _pitch_by_speaker(manifest: pd.DataFrame, cache_dir: Path | None) -> dict[str, float]:
@@ -70,7 +95,7 @@ def _pitch_by_speaker(manifest: pd.DataFrame, cache_dir: Path | None) -> dict[st
     accepted = manifest[manifest["status"] == "ok"].sort_values("id")
     top = accepted.groupby("speaker")["duration_s"].sum().sort_values(ascending=False).index[:PITCH_SPEAKERS]
     accepted = accepted[accepted["speaker"].isin(top)]
-    result, changed = {}, False
+    result, to_measure, keys = {}, {}, {}
     for speaker, rows in accepted.groupby("speaker", sort=True):
         # spread the picks over the speaker's clips, deterministically
         picks = rows.iloc[np.linspace(0, len(rows) - 1, min(PITCH_CLIPS, len(rows))).astype(int)]
@@ -78,13 +103,14 @@ def _pitch_by_speaker(manifest: pd.DataFrame, cache_dir: Path | None) -> dict[st
         entry = cache.get(str(speaker))
         if entry and entry.get("key") == key:
             result[speaker] = entry["pitch_hz"] if entry["pitch_hz"] is not None else math.nan
-            continue
-        pitch = median_pitch(picks)
-        result[speaker] = pitch
-        cache[str(speaker)] = {"key": key, "pitch_hz": None if math.isnan(pitch) else pitch}
-        changed = True
-    if cache_path and changed:
-        write_text(cache_path, json.dumps(cache, indent=1))
+        else:
+            to_measure[speaker], keys[speaker] = picks, key
+    if to_measure:
+        for speaker, pitch in speaker_pitches(to_measure).items():
+            result[speaker] = pitch
+            cache[str(speaker)] = {"key": keys[speaker], "pitch_hz": None if math.isnan(pitch) else pitch}
+        if cache_path:
+            write_text(cache_path, json.dumps(cache, indent=1))
     return result
 
 

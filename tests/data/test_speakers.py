@@ -45,10 +45,10 @@ def test_pitch_is_cached_in_dataset_dir(manifest, monkeypatch):
     first = speaker_stats(frame, cache_dir=ds_dir)
     assert (ds_dir / "pitch.json").is_file()
 
-    def boom(rows):
+    def boom(picks, workers=None):
         raise AssertionError("pitch recomputed despite the cache")
 
-    monkeypatch.setattr(speakers_module, "median_pitch", boom)
+    monkeypatch.setattr(speakers_module, "speaker_pitches", boom)
     again = speaker_stats(frame, cache_dir=ds_dir)
     pd.testing.assert_frame_equal(first, again)
 
@@ -80,7 +80,8 @@ def test_pitch_only_for_the_speakers_with_most_audio(manifest, monkeypatch):
     frame, _ = manifest
     measured = []
     monkeypatch.setattr(speakers_module, "PITCH_SPEAKERS", 1)
-    monkeypatch.setattr(speakers_module, "median_pitch", lambda rows: measured.append(set(rows["speaker"])) or 100.0)
+    monkeypatch.setattr(speakers_module, "speaker_pitches",
+                        lambda picks, workers=None: measured.append(set(picks)) or dict.fromkeys(picks, 100.0))
     stats = speaker_stats(frame).set_index("speaker")
     assert measured == [{"low"}]
     assert stats.loc["low", "pitch_hz"] == 100.0 and math.isnan(stats.loc["high", "pitch_hz"])
@@ -111,3 +112,17 @@ def test_rankings_show_both_policies_and_match_the_recommendation():
     assert table.loc[["c", "b", "a"], "rank_clips"].tolist() == [1, 2, 3]
     assert pd.isna(table.loc["d", "rank_minutes"]) and pd.isna(table.loc["d", "rank_clips"])
     assert list(table.index) == ["b", "a", "c", "d"]  # minutes order, unranked last
+
+
+def test_pitch_in_worker_processes_equals_the_serial_one(manifest):
+    from pipeline.data.speakers import speaker_pitches
+
+    frame, _ = manifest
+    ok = frame[frame["status"] == "ok"]
+    picks = {speaker: rows for speaker, rows in ok.groupby("speaker")}
+    serial = speaker_pitches(picks, workers=1)
+    # more jobs than PARALLEL_MIN_ITEMS, so a real pool runs them
+    many = {f"{speaker}{i}": rows for i in range(3) for speaker, rows in picks.items()}
+    parallel = speaker_pitches(many, workers=2)
+    assert all(parallel[f"{speaker}{i}"] == serial[speaker] for i in range(3) for speaker in picks)
+    assert serial["low"] == pytest.approx(110, rel=0.05)
