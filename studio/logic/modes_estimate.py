@@ -16,7 +16,7 @@ from pipeline.estimate.recipe import check_recipe
 from studio.logic import estimate_gpus, run_charts
 from studio.logic.modes_settings import effective_config
 from studio.logic.modes_view import display_table, headline_html, modes_html, note, recipe_html, workload_html
-from studio.logic.runs_view import priced_table
+from studio.logic.run_estimate import priced_table
 
 
 def machine_has_gpu() -> bool:

@@ -13,7 +13,8 @@ from pipeline.config import Config
 from pipeline.estimate.cost import CPU_CHARGE, CPU_NAME, REFERENCE_QUOTE
 from pipeline.estimate.recipe import OVERFIT_EPOCHS, REFERENCE_RECIPE, TARGET_EPOCHS, format_epochs
 from studio.logic import estimate_gpus
-from studio.logic.runs_view import MODE_LABELS, money_range, short_source, time_range
+from studio.logic.run_format import money_range, short_source, time_range
+from studio.logic.runs_view import MODE_LABELS
 
 
 def esc(value) -> str:

@@ -1,18 +1,16 @@
-"""What the studio shows about a run, read from its directory: metrics, progress, time, money.
+"""What the studio shows about a run, read from its directory: metrics, progress, time, money, audio.
 
 Everything here is a pure read of `runs/<id>/` (layout in pipeline/train/workflow.py and
 pipeline/train/loop.py), so a browser reload or a restarted studio sees exactly what a running job
-has written. No gradio import.
+has written. The stages around training are read in `studio.logic.run_stages`, the estimate's side
+of the comparison in `studio.logic.run_estimate`, and numbers are worded by `studio.logic.run_format`.
+No gradio import.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import re
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -22,11 +20,14 @@ from pipeline.estimate.cost import charge
 from pipeline.train.metrics import read_metrics
 from pipeline.data.text import example_sentences
 from pipeline.train.runs import PHASES, read_json, read_run
-from pipeline.train.workflow import render_examples
 from studio.logic.estimate_gpus import gpu_label
+# the split-out modules' names stay importable from here, where the tabs and tests have read them
+from studio.logic.run_estimate import estimate_texts, planned_steps, priced_table  # noqa: F401
+from studio.logic.run_format import (format_duration, format_money, format_size, hourly_price,  # noqa: F401
+                                     money_range, short_source, time_range)
+from studio.logic.run_stages import (EVALUATION_SENTENCES, PROGRESS_LINE, STAGES, TRAINING_PHASES,  # noqa: F401
+                                     log_lines, stage_progress, stage_started, timestamp)
 
-TRAINING_PHASES = {"lora", "full", "speaker_lora"}
-STAGES = ("prepare", "extract", "merge", "evaluate")  # the workflow's steps around the training phases
 PHASE_LABELS = {
     "prepare": "Preparing the dataset", "extract": "Extracting VQ codes",
     "lora": "LoRA on all clips", "full": "Full fine-tune on all clips",
@@ -37,72 +38,10 @@ NO_PHASE_LABELS = {  # run.json has no phase yet: say why, by status
     "created": "Waiting to start", "starting": "Waiting to start", "running": "Loading the base model",
     "failed": "Failed before the first stage", "cancelled": "Cancelled before the first stage",
 }
-EVALUATION_SENTENCES = inspect.signature(render_examples).parameters["count"].default
-# pipeline.cli's progress lines in the job log: " 30.0% VQ codes: 12/40 clips (0 cached)"
-PROGRESS_LINE = re.compile(r"^\s*(\d{1,3}(?:\.\d+)?)% (.+)$")
 MODE_LABELS = {"quick_lora": "Quick LoRA", "full_finetune": "Full fine-tune + speaker LoRA",
                # single phases started with `python -m pipeline train --mode …`
                "lora": "LoRA (one phase)", "full": "Full fine-tune (one phase)", "speaker_lora": "Speaker LoRA"}
 ACTIVE = ("starting", "running")
-
-
-# -- formatting shared by both tabs ---------------------------------------------------------------
-def format_duration(seconds: float | None) -> str:
-    """`3 h 58 min`, `12 min`, `45 s`; an em dash when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = seconds / 60
-    if minutes < 60:
-        return f"{minutes:.0f} min" if minutes >= 10 else f"{minutes:.1f} min"
-    hours, rest = divmod(round(minutes), 60)
-    return f"{hours} h {rest:02d} min"
-
-
-def format_money(usd: float | None) -> str:
-    if usd is None or not math.isfinite(usd):
-        return "—"
-    return f"${usd:,.2f}" if usd >= 0.01 or usd == 0 else "< $0.01"
-
-
-def _money(usd: float) -> str:
-    return "< $0.01" if 0 < usd < 0.01 else format_money(usd)
-
-
-def _approx_time(minutes: float) -> str:
-    return "< 1 min" if minutes < 1 else format_duration(minutes * 60)
-
-
-def time_range(low: float, high: float) -> str:
-    """Minutes as `12–40 min`, `1 h 05 min – 3 h 10 min`, or one value when both ends agree."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "not measured"
-    if abs(high - low) <= 0.02 * max(high, 1e-9):
-        return _approx_time(high)
-    a, b = _approx_time(low), _approx_time(high)
-    if a.endswith(" min") and b.endswith(" min") and "h" not in a + b:
-        return f"{a[:-4]}–{b}"
-    return f"{a} – {b}"
-
-
-def money_range(low: float, high: float) -> str:
-    """Dollars as `$0.40–$1.20`, or one value when both ends agree."""
-    if abs(high - low) <= 0.02 * max(high, 1e-9):
-        return _money(high)
-    return f"{_money(low)}–{_money(high)}"
-
-
-def format_size(gb: float) -> str:
-    return f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1000:.0f} MB"
-
-
-def short_source(text: str) -> str:
-    """`estimated: <long reference> × 0.35` → `estimated: reference × 0.35` (for narrow tables)."""
-    if text.startswith("estimated:") and "×" in text:
-        return "estimated: reference × " + text.rsplit("×", 1)[1].strip()
-    return text
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -182,20 +121,11 @@ def run_config(run_dir: str | Path, fallback: Config | None = None) -> Config | 
         return fallback
 
 
-def _timestamp(value) -> float | None:
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
 def elapsed_seconds(run_dir: str | Path, run: dict, now: float | None = None) -> float:
     """Wall time the run has used so far, over all its attempts (what the GPU is billed for)."""
     now = time.time() if now is None else now
     before = float(run.get("elapsed_before_s") or 0.0)
-    started = _timestamp(run.get("started_at"))
+    started = timestamp(run.get("started_at"))
     if run.get("status") in ACTIVE and started:
         return max(0.0, before + now - started)
     if run.get("elapsed_s") is not None:
@@ -255,10 +185,6 @@ def run_gpus(run: dict) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
-def hourly_price(price: float, gpus: int) -> str:
-    return f"${price:.2f}/h" if gpus == 1 else f"{gpus} × ${price:.2f}/h"
-
-
 def run_device(run_dir: str | Path, run: dict) -> str | None:
     """Where the run trains ("cuda…" or "cpu"), from its phases' state.json: the device when the
     trainer records it, else the memory plan, which the trainer makes for a GPU only (null on the
@@ -289,109 +215,7 @@ def _next_note(phases: list[str], phase: str, cfg: Config | None) -> str:
     return "then merge and evaluation audio (a few minutes)"
 
 
-# -- progress of the stages around training -----------------------------------------------------
-def stage_started(run: dict) -> float | None:
-    """When the current stage began: `stage_started_at` when the workflow records it, else run.json's
-    `updated` (the workflow writes run.json when a stage begins and not again until the next one)."""
-    return _timestamp(run.get("stage_started_at")) or _timestamp(run.get("updated"))
-
-
-def log_lines(run_dir: str | Path, max_bytes: int = 65536) -> list[str]:
-    """The last lines of the run's log, a carriage return (a progress bar's update) read as a new line."""
-    path = Path(run_dir) / "log.txt"
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, path.stat().st_size - max_bytes))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).replace("\r", "\n").split("\n")
-
-
-def _logged_progress(lines: list[str], stage: str) -> tuple[float, str] | None:
-    """(fraction, message) of the last progress line the job logged for `stage`."""
-    for line in reversed(lines):
-        match = PROGRESS_LINE.match(line)
-        if not match:
-            continue
-        message = match.group(2).strip()
-        codes = message.startswith("VQ codes")
-        if (stage == "extract") == codes and not message.startswith("step "):
-            return min(float(match.group(1)) / 100, 1.0), message
-    return None
-
-
-def _remaining(fraction: float | None, seconds: float | None) -> float | None:
-    """Time left in a stage at a steady pace: `seconds` spent on `fraction` of it."""
-    if fraction is None or seconds is None or fraction <= 0:
-        return None
-    return max(0.0, seconds * (1 - fraction) / fraction)
-
-
-def stage_progress(run_dir: str | Path, run: dict, now: float | None = None) -> tuple[float | None, float | None, str]:
-    """(fraction, ETA in seconds, what is done) of the stage the run is in outside training.
-
-    Read from run.json's `stage_progress`/`stage_message` when the workflow records them, else from
-    the job log's progress lines (dataset, VQ codes) or the evaluation wavs written so far.
-    """
-    run_dir, now = Path(run_dir), time.time() if now is None else now
-    stage = run.get("phase")
-    started = stage_started(run)
-    spent = max(0.0, now - started) if started else None
-    if isinstance(run.get("stage_progress"), (int, float)):
-        fraction = min(max(float(run["stage_progress"]), 0.0), 1.0)
-        return fraction, _remaining(fraction, spent), _detail(str(run.get("stage_message") or ""), fraction)
-    if stage == "evaluate":
-        return _evaluation_progress(run_dir, started, spent)
-    logged = _logged_progress(log_lines(run_dir), stage) if stage in ("prepare", "extract") else None
-    if logged is None:  # nothing measurable (merge, or before the first progress line)
-        return None, None, f"running for {format_duration(spent)}" if spent and spent >= 1 else "starting…"
-    fraction, message = logged
-    return fraction, _remaining(fraction, spent), _detail(message, fraction)
-
-
-def _detail(message: str, fraction: float) -> str:
-    """`VQ codes: 12/40 clips (3 cached)` → `12 / 40 clips`; otherwise the percentage."""
-    match = re.search(r"(\d+)/(\d+) clips", message)
-    return f"{match.group(1)} / {match.group(2)} clips" if match else f"{fraction:.0%}"
-
-
-def _evaluation_progress(run_dir: Path, started: float | None, spent: float | None):
-    total = EVALUATION_SENTENCES
-    written = [p for p in (run_dir / "audio").glob("example_*.wav")
-               if started is None or p.stat().st_mtime >= started - 1]
-    done = min(len(written), total)
-    fraction = done / total if total else None
-    if done:
-        eta = _remaining(fraction, spent)
-    else:  # nothing spoken yet: the pace of the last validation audio, if training rendered some
-        per_sentence = _seconds_per_sentence(run_dir)
-        eta = max(0.0, per_sentence * total - (spent or 0.0)) if per_sentence else None
-    return fraction, eta, f"{done} / {total} sentences"
-
-
-def _seconds_per_sentence(run_dir: Path) -> float | None:
-    """Seconds between consecutive validation wavs of the latest step that rendered several."""
-    folders = sorted((run_dir / "phases").glob("*/audio/step_*"), key=lambda p: p.stat().st_mtime)
-    for folder in reversed(folders):
-        times = sorted(p.stat().st_mtime for p in folder.glob("*.wav"))
-        if len(times) >= 2 and times[-1] > times[0]:
-            return (times[-1] - times[0]) / (len(times) - 1)
-    return None
-
-
 # -- after a run: estimate beside actual ---------------------------------------------------------
-def priced_table(config: Config) -> dict:
-    """The GPU price table with the configured hourly price for the configured GPU."""
-    from pipeline.estimate.cost import load_price_table
-
-    prices = load_price_table()
-    row = prices.get("gpus", {}).get(config.gpu.type)
-    if row is not None:
-        row["price_per_hour"] = config.gpu.price_per_hour
-    return prices
-
-
 def actual_numbers(run_dir: str | Path, run: dict) -> dict:
     """Training steps, training seconds and median throughput over the run's phases."""
     steps, seconds, speeds = 0, 0.0, []
@@ -431,42 +255,10 @@ def estimate_vs_actual(run_dir: str | Path, run: dict | None = None, config: Con
         {"": "Wall time (all stages)", column: est["wall"], "This run": format_duration(progress.elapsed_s)},
         {"": f"Cost at {hourly_price(cfg.gpu.price_per_hour, gpus)}", column: est["cost"],
          "This run": progress.charge + ("" if progress.on_cpu else " (wall time)")},
-        {"": "Training steps", column: _planned_steps(cfg, run.get("mode")), "This run": str(actual["steps"])},
+        {"": "Training steps", column: planned_steps(cfg, run.get("mode")), "This run": str(actual["steps"])},
         {"": "Throughput", column: short_source(est["source"]),
          "This run": f"{speed:,.0f} tokens/s (median)" if speed else "—"},
     ])
-
-
-def estimate_texts(table: pd.DataFrame, gpu: str, mode: str | None) -> dict[str, str]:
-    """The estimate of one GPU and mode in words: training time, wall time and cost (ranges), and
-    where the throughput came from. A speaker run is the speaker phase of a full fine-tune's row."""
-    rows = table[table["gpu"] == gpu] if not table.empty else table
-    looked_up = "full_finetune" if mode == "speaker_lora" else mode
-    row = rows[rows["mode"] == looked_up] if not rows.empty else rows
-    if row.empty:
-        why = f"{gpu} is not in the price table" if rows.empty else f"no estimate for mode {mode}"
-        return {"training": "—", "wall": "—", "cost": "—", "source": why}
-    r = row.iloc[0]
-    phases = [p for p in r["phases"] if p["phase"] in TRAINING_PHASES
-              and (mode != "speaker_lora" or p["phase"] == "speaker_lora")]
-    train_low = sum(p["seconds_min"] for p in phases) / 60
-    train_high = r["train_minutes"] if mode != "speaker_lora" else sum(p["seconds_max"] for p in phases) / 60
-    source = r["throughput_source"]
-    if mode == "speaker_lora":  # its own stages are not estimated apart: training only
-        cost = money_range(sum(p["cost_min"] for p in phases), sum(p["cost_max"] for p in phases))
-        return {"training": time_range(train_low, train_high), "wall": "not estimated for a speaker run",
-                "cost": f"{cost} (training)", "source": source}
-    return {"training": time_range(train_low, train_high), "wall": time_range(r["minutes_min"], r["minutes"]),
-            "cost": f"{money_range(r['cost_usd_min'], r['cost_usd'])} (all stages)", "source": source}
-
-
-def _planned_steps(cfg: Config, mode: str | None) -> str:
-    if mode == "quick_lora":
-        return str(cfg.training.quick_lora.steps)
-    ff = cfg.training.full_finetune
-    if mode == "speaker_lora":
-        return f"up to {ff.speaker_max_steps}"
-    return f"{ff.epochs:g} epochs + up to {ff.speaker_max_steps}"
 
 
 # -- audio ----------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import gradio as gr
 from pipeline.quality.overview import score_run
 from pipeline.train.jobs import JobError, current_job
 from studio.logic import scorecards as sc
-from studio.tabs.training_view import checked_run_id, failure, note, training_config
+from studio.logic.training_html import note
+from studio.logic.training_plan import training_config
+from studio.tabs.training_view import checked_run_id, failure
 
 # model, CER, similarity, DNSMOS OVRL, quality score, flagged, note (as studio.logic.scorecards.table)
 TABLE_WIDTHS = ["24%", "14%", "14%", "14%", "8%", "7%", "19%"]

@@ -2,8 +2,8 @@
 
 Training runs in its own process (pipeline.train.jobs), so this tab only reads the run directory: a
 `gr.Timer` refreshes the view every few seconds, and a browser reload re-attaches to the running
-job (or shows the most recent run). What is shown comes from `studio.tabs.training_view`; this module
-wires it. Start trains the mode chosen in Modes & cost, or, when a finished full fine-tune's
+job (or shows the most recent run). What is shown comes from `studio.tabs.training_view` (with
+`studio.logic.training_plan` and `studio.logic.training_html`); this module wires it. Start trains the mode chosen in Modes & cost, or, when a finished full fine-tune's
 language-adapted model is picked, a new speaker's LoRA on it; Start and Resume run on the GPUs chosen
 here. API names: start_training (its inputs: that pick's run id, empty for the mode, and the GPU
 count), cancel_training, resume_training (the run id and the GPU count), show_run, and the JSON
@@ -19,11 +19,13 @@ import gradio as gr
 from pipeline.train.jobs import JobError, cancel_job, current_job, job_status
 from studio.logic.runs_view import ACTIVE, PHASE_LABELS, run_progress
 from studio.logic import run_charts, scorecards, training_gpus as gpu_logic
+from studio.logic.training_html import note
+from studio.logic.training_plan import FROM_BASE, language_model_choices, language_model_info, plan_html
 from studio.tabs import scorecard_view, training_gpus
 
-from studio.tabs.training_view import (AUDIO_SLOTS, CSS, FROM_BASE, LOG_LINES, REFRESH_SECONDS, RunView, checked_run_id,
-                            comparison_html, default_run, empty_view, failure, language_model_choices,
-                            language_model_info, note, plan_html, run_choices, run_view, start_label, start_run)
+from studio.tabs.training_view import (AUDIO_SLOTS, CSS, LOG_LINES, REFRESH_SECONDS, RunView, checked_run_id,
+                                       comparison_html, default_run, empty_view, failure, run_choices, run_view,
+                                       start_label, start_run)
 
 # Start and Resume both launch the one training job: one queue for the two, so that two requests
 # sent at the same instant run one after the other and the second sees the first job

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.logic import training_gpus
-from studio.tabs.training_view import training_config
+from studio.logic.training_plan import training_config
 
 
 def control(config) -> gr.Dropdown:

@@ -1,34 +1,34 @@
-"""What the Training tab shows, as plain values: the run plan, a run's progress card, curves,
-log, estimate-vs-actual table, outputs and audio, and the Start/Resume entry point.
+"""What the Training tab shows about a run, as plain values: the run list, a run's view (progress
+card, curves, log, estimate-vs-actual table, outputs and audio) and the Start/Resume entry point.
 
 Pure functions of the config and the run directories (studio.logic.runs_view, pipeline.train.jobs), kept
-apart from the event wiring in `training_tab.py` so they can be tested without a server.
+apart from the event wiring in `training.py` so they can be tested without a server. The plan of what
+Start trains is `studio.logic.training_plan`, the run's HTML `studio.logic.training_html`, the log's
+cleaning `studio.logic.job_log`.
 """
 
 from __future__ import annotations
 
-import html
 import logging
-import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from studio.logic import run_charts, training_gpus
-from pipeline.model.checkpoints import describe_checkpoint
 from pipeline.config import Config
-from pipeline.estimate.cost import CPU_CHARGE
 from pipeline.data.dataset import list_datasets
 from pipeline.train.jobs import JobError, current_job, job_status, log_tail, start_job
-from studio.logic.runs_view import (ACTIVE, MODE_LABELS, PHASE_LABELS, STAGES, RunProgress, estimate_vs_actual,
-                                evaluation_audio, format_duration, format_money, hourly_price, phase_metrics,
-                                run_phases, run_progress, validation_audio, viewed_phase)
-from pipeline.data.selection import apply_selection, load_selection
+from studio.logic.runs_view import (ACTIVE, PHASE_LABELS, estimate_vs_actual, evaluation_audio, phase_metrics,
+                                    run_phases, run_progress, validation_audio, viewed_phase)
+from pipeline.data.selection import load_selection
 from pipeline.train.runs import is_run, list_runs, run_dir_for, run_file
-from pipeline.train.workflow import language_models
+# the split-out modules' names stay importable from here, where the tabs and tests have read them
+from studio.logic.job_log import TQDM_LINE, WARNING_LINE, clean_log  # noqa: F401
+from studio.logic.training_html import esc, eta_text, note, outputs_html, progress_html  # noqa: F401
+from studio.logic.training_plan import (FROM_BASE, NO_LANGUAGE_MODELS, language_model,  # noqa: F401
+                                        language_model_choices, language_model_info, plan_html, training_config)
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 3.0
@@ -73,143 +73,12 @@ CSS = """
 .artifacts { margin-top: 10px; }
 """
 
-
-def _esc(value) -> str:
-    return html.escape("" if value is None else str(value))
-
-
 def failure(exc: Exception) -> str:
     """A one-line message for the UI; an unexpected error's traceback goes to the console only."""
     if isinstance(exc, ValueError):
         return str(exc)
     log.exception("Training tab: unexpected error")
     return f"Unexpected error ({type(exc).__name__}): {exc}. The server console has the details."
-
-
-def note(message: str, kind: str = "info") -> str:
-    return f"<div class='note {kind}'>{_esc(message)}</div>"
-
-
-# -- what Start will run --------------------------------------------------------------------------
-def training_config(config: Config) -> Config:
-    """The studio config + the saved selection (dataset, speaker, Modes & cost settings)."""
-    return apply_selection(config, load_selection(config))
-
-
-def plan_html(config: Config, base_run: str | None = None, gpus=None) -> str:
-    """A compact table of what the Start button will train, with the base model's state; with
-    `base_run` (a finished full fine-tune) a new speaker's LoRA on that run's language-adapted model;
-    on `gpus` GPUs (None: training.gpus)."""
-    selection = load_selection(config)
-    try:
-        cfg = training_config(config)
-    except ValueError as exc:
-        return note(f"The saved settings are invalid: {exc}", "error")
-    t, mode = cfg.training, cfg.training_mode.selected
-    dataset = selection.get("dataset_id")
-    if not dataset or dataset not in list_datasets(config):
-        dataset_text = "<span class='warn'>none loaded: load one in the Dataset tab first</span>"
-    else:
-        dataset_text = _esc(dataset)
-    picked_voice = selection.get("speaker") or "the recommended speaker"
-    if base_run:
-        rows = _speaker_run_rows(config, cfg, base_run, picked_voice)
-    else:
-        rows = _mode_rows(cfg, mode, picked_voice)
-    rows.insert(1, ("Dataset", dataset_text))
-    rows += [("Batch", _esc(f"{t.batch_size} × {t.max_length} tokens, LoRA rank {t.lora.rank}")),
-             ("Billed at", _billing_text(cfg)), *training_gpus.plan_rows(cfg, gpus)]
-    body = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
-    return f"<div class='plan'><table>{body}</table></div>"
-
-
-def _mode_rows(cfg: Config, mode: str, picked_voice: str) -> list[tuple[str, str]]:
-    """Mode, voice, recipe and base model of the mode chosen in Modes & cost."""
-    t = cfg.training
-    if mode == "quick_lora":  # one LoRA over every clip: no speaker is picked
-        voice = "all speakers (every accepted clip)"
-        recipe = f"{t.quick_lora.steps} steps at learning rate {t.quick_lora.learning_rate:g}"
-    else:
-        voice = picked_voice + (" (speaker LoRA after the full fine-tune)" if mode == "full_finetune" else "")
-        ff = t.full_finetune
-        recipe = (f"{ff.epochs:g} epochs at {ff.learning_rate:g}, then up to {ff.speaker_max_steps} speaker "
-                  f"steps at {ff.speaker_learning_rate:g}")
-    base = cfg.base_model_dir
-    if (base / "model.pth").is_file():
-        model_text = _esc(describe_checkpoint(base))
-        if "random weights" in model_text:
-            model_text = f"<span class='warn'>{model_text}</span>"
-    else:
-        model_text = (f"<span class='warn'>not downloaded yet: {_esc(cfg.base_model.repo)} is fetched at start "
-                      "(needs HF_TOKEN of an account that accepted the licence)</span>")
-    return [("Mode", _esc(MODE_LABELS.get(mode, mode))), ("Voice", _esc(voice)), ("Recipe", _esc(recipe)),
-            ("Base model", model_text)]
-
-
-def _speaker_run_rows(config: Config, cfg: Config, base_run: str, picked_voice: str) -> list[tuple[str, str]]:
-    """What a new speaker run on `base_run`'s language-adapted model trains."""
-    ff = cfg.training.full_finetune
-    model = language_model(config, base_run)
-    if model is None:
-        trains = (f"<span class='warn'>{_esc(base_run)} is not a finished full fine-tune with a language-adapted "
-                  "model (any more): pick another, or ↻ Refresh</span>")
-        base_text = "—"
-    else:
-        trains = _esc(f"a speaker LoRA on {base_run}'s language-adapted model (phase 1 of that full fine-tune), "
-                      "then merge and evaluation audio")
-        base_text = _esc(f"{model['path']} (its own voice was {model.get('speaker') or '?'})")
-    recipe = (f"up to {ff.speaker_max_steps} steps at learning rate {ff.speaker_learning_rate:g}, stopping early "
-              "when held-out loss stalls")
-    return [("Mode", _esc(MODE_LABELS["speaker_lora"] + " on a language-adapted model")), ("Trains", trains),
-            ("Voice", _esc(f"{picked_voice} (new speaker)")), ("Recipe", _esc(recipe)),
-            ("Base model", base_text)]
-
-
-def _billing_text(cfg: Config) -> str:
-    text = _esc(f"{cfg.gpu.type}, ${cfg.gpu.price_per_hour:.2f}/h")
-    if not _has_gpu():
-        text += _esc(f" — {CPU_CHARGE}: this machine has no GPU, a run here trains on the CPU")
-    return text
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-# -- new speakers on a finished full fine-tune's language-adapted model ----------------------------
-NO_LANGUAGE_MODELS = ("None yet: a finished “Full fine-tune + speaker LoRA” run provides one (its phase-1, "
-                      "language-adapted model); ↻ Refresh lists it once that run has finished.")
-FROM_BASE = ("— no: train the mode chosen in Modes & cost —", "")
-
-
-def language_model(config: Config, run_id: str | None) -> dict | None:
-    """The language-adapted model of finished full fine-tune `run_id`, if it has one."""
-    return next((m for m in language_models(config) if m["run_id"] == run_id), None) if run_id else None
-
-
-def language_model_choices(config: Config) -> list[tuple[str, str]]:
-    """The dropdown's choices: train from the base model, or (run id · its voice · date) of each
-    finished full fine-tune's language-adapted model, newest first."""
-    return [FROM_BASE] + [(f"{m['run_id']} · voice {m.get('speaker') or '?'} · {_date(m.get('created'))}",
-                           m["run_id"]) for m in language_models(config)]
-
-
-def language_model_info(config: Config) -> str:
-    """The dropdown's help line: what picking one does, or where one comes from when there is none."""
-    if not language_models(config):
-        return NO_LANGUAGE_MODELS
-    return ("Trains only a speaker LoRA for the voice picked in the Dataset tab on that run's language-adapted "
-            "model: no second full fine-tune.")
-
-
-def _date(value) -> str:
-    try:
-        return datetime.fromisoformat(str(value)).strftime("%Y-%m-%d %H:%M")
-    except (TypeError, ValueError):
-        return "date unknown"
-
 
 def start_label(base_run: str | None) -> str:
     return "Start speaker run" if base_run else "Start training"
@@ -272,43 +141,6 @@ class RunView:
     signature: tuple = ()
 
 
-# a Python warning's first line: "/path/file.py:12: FutureWarning: message"
-WARNING_LINE = re.compile(r"^\S.*?:\d+: (\w*Warning): (.*)$")
-# a tqdm bar's state: "desc: 40%|####      | 4/10 [00:02<00:03, 2.00it/s]"
-TQDM_LINE = re.compile(r"^(?P<desc>.*?)\s*(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<rest>.*)$")
-
-
-def clean_log(text: str, keep: int | None = None) -> str:
-    """The log as a terminal would leave it, readable in a text box: the last state of each
-    carriage-return-updated line, progress bars as plain lines, each distinct Python warning once
-    (its source line dropped); the last `keep` lines."""
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
-    lines, warned, after_warning = [], set(), False
-    for raw in text.split("\n"):
-        line = raw.rsplit("\r", 1)[-1].rstrip()
-        warning = WARNING_LINE.match(line)
-        if warning:
-            after_warning = True
-            key = (warning.group(1), warning.group(2).strip())
-            if key not in warned:
-                warned.add(key)
-                lines.append(f"{key[0]}: {key[1]} (shown once)")
-            continue
-        if after_warning and raw.startswith((" ", "\t")):  # the warning's source line
-            continue
-        after_warning = False
-        bar = TQDM_LINE.match(line)
-        if bar:
-            desc = bar.group("desc").strip().rstrip(":")
-            line = f"{desc + ': ' if desc else ''}{bar.group('pct')}% {bar.group('rest')}".strip()
-        lines.append(line)
-    while lines and not lines[0]:
-        lines.pop(0)
-    while lines and not lines[-1]:
-        lines.pop()
-    return "\n".join(lines[-keep:] if keep else lines)
-
-
 def _signature(run_dir: Path, phase: str | None) -> tuple:
     def stamp(path: Path):
         try:
@@ -322,81 +154,16 @@ def _signature(run_dir: Path, phase: str | None) -> tuple:
     return tuple(stamp(f) for f in files)
 
 
-def progress_html(progress: RunProgress) -> str:
-    status = progress.status
-    fraction = progress.fraction if progress.fraction is not None else (1.0 if status == "finished" else 0.0)
-    in_stage = progress.phase in STAGES and status in ACTIVE
-    if progress.phase_number:
-        where = f"Phase {progress.phase_number} of {progress.phase_count}: {progress.phase_label}"
-    else:
-        where = progress.phase_label
-    if in_stage:
-        done = ("progress", progress.stage_detail or "—")
-    else:
-        done = ("step", f"{progress.step} / {progress.total_steps}" if progress.total_steps else "—")
-    facts = [done, (f"ETA (this {'stage' if in_stage else 'phase'})", eta_text(progress)),
-             ("elapsed", format_duration(progress.elapsed_s)),
-             ("spent so far", progress.charge or format_money(progress.spent_usd))]
-    facts_html = "".join(f"<div class='fact'><div class='value'>{_esc(v)}</div><div class='label'>{_esc(k)}</div></div>"
-                         for k, v in facts)
-    voice = f" · voice {_esc(progress.speaker)}" if progress.speaker else ""
-    sub = [f"{_esc(where)}" + (f" — {_esc(progress.eta_note)}" if progress.eta_note else ""),
-           (f"{CPU_CHARGE}: this run trains on the CPU; the price (${progress.price_per_hour:.2f}/h, "
-            f"{_esc(progress.gpu)}) is for GPU time only." if progress.on_cpu else
-            f"Cost at {hourly_price(progress.price_per_hour, progress.gpus)} ({_esc(progress.gpu)}): elapsed × price.")]
-    if progress.speaker_reason:
-        sub.append(f"Voice: {_esc(progress.speaker)} — {_esc(progress.speaker_reason)}")
-    if progress.memory_plan:
-        sub.append(f"Memory plan for this GPU: {_esc(progress.memory_plan)}")
-    if progress.message and status != "failed":
-        sub.append(_esc(progress.message))
-    extra = ""
-    if status == "failed":
-        extra = note(f"The run failed: {progress.error or progress.message or 'see the log below'}. "
-                      "Fix the cause, then Resume to continue from the last checkpoint.", "error")
-    return (f"<div class='run-card' id='run-card'><div class='run-head'><span class='badge {_esc(status)}'>"
-            f"{_esc(status)}</span><span class='id'>{_esc(progress.run_id)}</span>"
-            f"<span>· {_esc(MODE_LABELS.get(progress.mode, progress.mode))}{voice}</span></div>"
-            f"<div class='bar'><div class='fill' style='width: {100 * fraction:.1f}%'></div></div>"
-            f"<div class='facts'>{facts_html}</div>"
-            + "".join(f"<div class='sub'>{line}</div>" for line in sub) + extra + "</div>")
-
-
-def eta_text(progress: RunProgress) -> str:
-    """The ETA fact: a duration, "finishing" once the last step or item is done, "done" at the end."""
-    if progress.status == "finished":
-        return "done"
-    if progress.eta_s is None or progress.status not in ACTIVE:
-        return "—"
-    if progress.eta_s < 1:
-        return "finishing" if progress.phase in STAGES else "finishing (validation, checkpoint)"
-    return format_duration(progress.eta_s)
-
-
 def comparison_html(view: "RunView") -> str:
     """The estimate-vs-actual table (or why there is none) as a compact HTML table."""
     if view.comparison is None:
         return note(view.comparison_note, "info") if view.comparison_note else ""
     frame = view.comparison
-    head = "".join(f"<th>{_esc(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>"
+    head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
     return (f"<div class='plan compare'><div class='title'>Estimate vs this run</div>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
-
-
-def _artifacts(run: dict) -> tuple[str, str | None]:
-    artifacts = run.get("artifacts") or {}
-    if not artifacts:
-        return "", None
-    rows = [("Merged model (for the Playground)", artifacts.get("merged")),
-            ("Adapter", artifacts.get("adapter")),
-            ("Phase 1 full model", artifacts.get("phase1_model")),
-            ("Language-adapted model it was trained on", artifacts.get("language_model"))]
-    body = "".join(f"<tr><td>{_esc(k)}</td><td><code>{_esc(v)}</code></td></tr>" for k, v in rows if v)
-    zip_path = artifacts.get("adapter_zip")
-    return (f"<div class='plan artifacts'><div class='title'>Outputs</div><table>{body}</table></div>",
-            zip_path if zip_path and Path(zip_path).is_file() else None)
 
 
 def checked_run_id(config: Config, run_id) -> str:
@@ -461,7 +228,7 @@ def run_view(config: Config, run_id: str | None, phase: str | None = None) -> Ru
     view.log = part("log", lambda: clean_log(log_tail(run_dir, LOG_SCAN_LINES), keep=LOG_LINES), "")
     view.eval_audio = part("evaluation audio", lambda: evaluation_audio(run_dir, run), [])
     view.val_audio = part("validation audio", lambda: validation_audio(run_dir, shown) if shown else [], [])
-    view.artifacts_html, view.adapter_zip = part("outputs", lambda: _artifacts(run), ("", None))
+    view.artifacts_html, view.adapter_zip = part("outputs", lambda: outputs_html(run), ("", None))
     # files and the job: a process still exiting after writing "finished" must not freeze Cancel on
     view.signature = (*_signature(run_dir, shown), running_job and running_job["run_id"])
     if status not in ACTIVE and len(train):
