@@ -17,14 +17,14 @@ decoded). The final result is decoded in one piece per chunk, exactly as `speak`
 from __future__ import annotations
 
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from pipeline.generate.seeded import SeededRandom
-from pipeline.generate.synth import SpeechResult, Synthesizer
+from pipeline.generate.synth import SpeechStep, Synthesizer
 from pipeline.model.tokens import Utterance
 
 FIRST_FRAMES = 8  # ~0.37 s of audio: the first piece comes early
@@ -38,19 +38,11 @@ LOOKAHEAD_FRAMES = 0
 
 
 @dataclass
-class AudioPiece:
-    """One step of `stream_audio`: `audio` to play next (empty when chunk `index` of `total` is
-    announced, before its work starts), or the finished `result` (audio then empty)."""
-    audio: np.ndarray
-    sample_rate: int
-    index: int
-    total: int
-    chunk: str = ""
-    result: SpeechResult | None = None
-
-    @property
-    def message(self) -> str:
-        return f"chunk {self.index + 1}/{self.total}: {self.chunk[:60]}" if self.result is None else "done"
+class AudioPiece(SpeechStep):
+    """One step of `stream_audio`: a SpeechStep with the `audio` to play next (empty when chunk
+    `index` is announced, before its work starts, and with the finished `result`)."""
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    sample_rate: int = 0
 
 
 class WindowDecoder:
@@ -98,27 +90,26 @@ def stream_audio(synth: Synthesizer, text: str, reference_audio=None, reference_
     pieces, all_codes = [], []
     with SeededRandom(synth.device, seed) as rng:
         for i, chunk in enumerate(chunks):
-            yield from _held(rng, AudioPiece(np.zeros(0, np.float32), rate, i, len(chunks), chunk))
+            yield from _held(rng, AudioPiece(i, len(chunks), chunk, sample_rate=rate))
             if i:
-                yield from _held(rng, AudioPiece(synth.pause(), rate, i, len(chunks), chunk))
+                yield from _held(rng, AudioPiece(i, len(chunks), chunk, audio=synth.pause(), sample_rate=rate))
             window = WindowDecoder(synth.decode, hop)
             with closing(synth.code_blocks(chunk, prompt, temperature, top_p, repetition_penalty, max_new_tokens,
                                            first=first, every=every)) as blocks:
                 for block in blocks:
                     audio = window.push(block)
                     if audio.size:
-                        yield from _held(rng, AudioPiece(audio, rate, i, len(chunks), chunk))
+                        yield from _held(rng, AudioPiece(i, len(chunks), chunk, audio=audio, sample_rate=rate))
             audio = window.finish()
             if audio.size:
-                yield from _held(rng, AudioPiece(audio, rate, i, len(chunks), chunk))
+                yield from _held(rng, AudioPiece(i, len(chunks), chunk, audio=audio, sample_rate=rate))
             codes = torch.cat(window.blocks, dim=1) if window.blocks else torch.zeros((synth.num_codebooks, 0),
                                                                                        dtype=torch.long)
             if not prompt and codes.shape[1] > 0:
                 prompt = [Utterance(chunk, codes)]  # later chunks continue in this voice
             all_codes.append(codes.numpy().astype(np.int32))
             pieces.append(synth.decode(codes))
-    yield AudioPiece(np.zeros(0, np.float32), rate, len(chunks), len(chunks),
-                     result=synth.result(chunks, notes, pieces, all_codes))
+    yield AudioPiece(len(chunks), len(chunks), result=synth.result(chunks, notes, pieces, all_codes), sample_rate=rate)
 
 
 def _held(rng: SeededRandom, piece: AudioPiece) -> Iterator[AudioPiece]:
