@@ -361,7 +361,7 @@ def build(ctx) -> None:
     ref_audio.upload(lambda: (None, ""), outputs=[ref_clip, ref_text], api_visibility="private", queue=False)
     ref_clip.input(on_reference_clip, inputs=[ref_speaker, ref_clip], outputs=[ref_audio, ref_text],
                    api_name="reference_clip")
-    generate.click(on_generate, inputs=[*shared, *listen.inputs], outputs=[live, audio, download, message],
+    generate.click(on_generate, inputs=[*shared, *listen.inputs], outputs=[audio, download, message, live],
                    api_name="speak", show_progress_on=[audio])
     compare.click(on_compare, inputs=[*shared, blind, *pick_a.inputs, *pick_b.inputs],
                   outputs=[*players, *captions, trial, ab_message, tally, *votes], api_name="compare",

@@ -48,8 +48,9 @@ def test_twenty_concurrent_synthesis_requests_are_all_served(server, tiny_checkp
 
     with ThreadPoolExecutor(REQUESTS) as pool:
         results = list(pool.map(speak, range(REQUESTS)))
+    # outputs: the finished speech, its download, the message, the live player's stream
     audio_paths = [result[0] for result in results]
-    messages = [str(result[-1]) for result in results]
+    messages = [str(result[2]) for result in results]
     assert all(audio_paths), messages
     assert not any("error" in m.lower() or "failed" in m.lower() for m in messages), messages
     assert len(set(map(str, audio_paths))) == REQUESTS  # one file each, none overwritten
