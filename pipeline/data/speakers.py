@@ -77,11 +77,6 @@ def speaker_pitches(picks: dict[str, pd.DataFrame], workers: int | None = None) 
     return result
 
 
-def median_pitch(rows: pd.DataFrame) -> float:
-    """Median voiced f0 (Hz) over up to PITCH_CLIPS clips, PITCH_SECONDS each (after lead silence)."""
-    return speaker_pitches({"": rows.head(PITCH_CLIPS)})[""]
-
-
 def _pitch_by_speaker(manifest: pd.DataFrame, cache_dir: Path | None) -> dict[str, float]:
     """Median pitch of the PITCH_SPEAKERS speakers with the most audio (others: absent), cached in
     `cache_dir/pitch.json` keyed by the clips measured."""

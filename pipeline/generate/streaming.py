@@ -10,8 +10,8 @@ come per sentence chunk.
 before it and only the window's samples are kept, so the pieces join to (nearly) one decode of
 all the codes. The codec is causal (its convolutions and windowed attention look back only), so
 frames after a window do not change it: measured on the tiny codec, holding back 2-8 frames of
-look-ahead changes nothing, hence LOOKAHEAD_FRAMES = 0 (every frame is played as soon as it is
-decoded). The final result is decoded in one piece per chunk, exactly as `speak` decodes.
+look-ahead changes nothing, so every frame is played as soon as it is decoded. The final result
+is decoded in one piece per chunk, exactly as `speak` decodes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ EVERY_FRAMES = 16  # later pieces: fewer, longer decodes
 # what is left comes from the windowed attention, whose window (128 latent steps = 32 frames in
 # the real codec's configuration) 32 frames cover.
 LEFT_CONTEXT = 32
-LOOKAHEAD_FRAMES = 0
 
 
 @dataclass
@@ -48,9 +47,8 @@ class AudioPiece(SpeechStep):
 class WindowDecoder:
     """Audio of codes that arrive in blocks; each window decoded with `context` frames before it."""
 
-    def __init__(self, decode: Callable[[torch.Tensor], np.ndarray], hop: int, context: int = LEFT_CONTEXT,
-                 lookahead: int = LOOKAHEAD_FRAMES):
-        self.decode, self.hop, self.context, self.lookahead = decode, hop, context, lookahead
+    def __init__(self, decode: Callable[[torch.Tensor], np.ndarray], hop: int, context: int = LEFT_CONTEXT):
+        self.decode, self.hop, self.context = decode, hop, context
         self.blocks: list[torch.Tensor] = []
         self.frames = 0  # frames received
         self.played = 0  # frames whose audio was handed out
@@ -59,7 +57,7 @@ class WindowDecoder:
         """Add `(num_codebooks, n)` codes; the audio of the frames now final (maybe none)."""
         self.blocks.append(block)
         self.frames += block.shape[1]
-        return self._emit(self.frames - self.lookahead)
+        return self._emit(self.frames)
 
     def finish(self) -> np.ndarray:
         """The audio of every frame not handed out yet."""
