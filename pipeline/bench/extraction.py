@@ -18,8 +18,18 @@ from pipeline.bench.common import free_memory
 from pipeline.bench.synthetic_dataset import write_dataset
 from pipeline.bench.workflow import GpuSampler
 from pipeline.data.parallel import worker_count
+from pipeline.model.codec_batches import CODECS_PER_GPU
 
-BATCH_SECONDS = (120.0, 360.0)  # extract_codes' default, and three times it
+BATCH_SECONDS = (120.0, 360.0)  # audio per batch: a 24 GB card's default, and a big card's
+
+
+def _twin(codec, codec_config: Path, device):
+    """Another codec with the same weights, as extract_codes loads one more per GPU."""
+    from pipeline.model.checkpoints import build_codec
+
+    twin = build_codec(codec_config).to(device).eval()
+    twin.load_state_dict(codec.state_dict())
+    return twin
 
 
 def _manifest(folder: Path) -> pd.DataFrame:
@@ -29,7 +39,9 @@ def _manifest(folder: Path) -> pd.DataFrame:
 
 
 def bench_extract_dataset(codec, codec_config: Path, device, tiny: bool, clips: int | None = None) -> dict:
-    """{"clips", "audio_s", "batches": {batch seconds: {"realtime_factor", "gpu_idle_share", ...}}}."""
+    """{"clips", "audio_s", "batches": {"<batch seconds>" or "<batch seconds>x<codecs>": {"realtime_factor",
+    "gpu_idle_share", ...}}}: one codec at each of BATCH_SECONDS, then CODECS_PER_GPU codecs (each on
+    its own CUDA stream, as a run encodes) at the largest."""
     from pipeline.model.checkpoints import CODEC_CONFIG_NAME
     from pipeline.model.codes import extract_codes
 
@@ -42,13 +54,17 @@ def bench_extract_dataset(codec, codec_config: Path, device, tiny: bool, clips: 
         manifest = _manifest(tmp / "data")
         shutil.copy(codec_config, tmp / CODEC_CONFIG_NAME)
         torch.save({}, tmp / "codec.pth")  # the cache key's codec identity only; the codec is given
-        for batch_seconds in BATCH_SECONDS[:1] if tiny else BATCH_SECONDS:
+        runs = [(seconds, [codec]) for seconds in (BATCH_SECONDS[:1] if tiny else BATCH_SECONDS)]
+        runs.append((runs[-1][0], [codec] + [_twin(codec, codec_config, device)
+                                             for _ in range(CODECS_PER_GPU - 1)]))
+        for batch_seconds, codecs in runs:
             free_memory(device)
+            label = f"{batch_seconds:.0f}" + (f"x{len(codecs)}" if len(codecs) > 1 else "")
             with GpuSampler(device) as gpu:
-                report = extract_codes(manifest, tmp, tmp / f"codes-{batch_seconds:.0f}", batch_seconds=batch_seconds,
-                                       codec=codec, progress=lambda *_: None)
+                report = extract_codes(manifest, tmp, tmp / f"codes-{label}", batch_seconds=batch_seconds,
+                                       codec=codecs, progress=lambda *_: None)
             result["audio_s"] = round(report.audio_seconds, 1)
-            result["batches"][f"{batch_seconds:.0f}"] = {
+            result["batches"][label] = {
                 "realtime_factor": round(report.throughput, 1), "wall_s": round(report.wall_seconds, 2),
                 "gpu_idle_share": gpu.idle_share(), "gpu_idle_note": gpu.note,
                 "codec_idle_share": round(report.gpu_idle_share, 3), "failed": len(report.failed),

@@ -64,14 +64,20 @@ def _tokens_per_s(bench: dict, mode: str) -> float | None:
     return loop or ((bench.get("train") or {}).get(mode) or {}).get("tokens_per_s")
 
 
+def _batch_label(label: str) -> tuple[float, int]:
+    """"360" → (360.0, 1) and "360x2" → (360.0, 2): audio seconds per batch, codecs at once."""
+    seconds, _, codecs = label.partition("x")
+    return float(seconds), int(codecs or 1)
+
+
 def _extract_realtime(bench: dict) -> float | None:
-    """Extraction over a written dataset at the largest batch measured (extract_codes' default on
-    a big card: loading, the encoder thread and cache writes included), else the codec's speed
-    on one repeated batch."""
+    """Extraction over a written dataset at the largest batch measured, with the most codecs
+    (extract_codes' default on a big card: loading, the encoder threads and cache writes
+    included), else the codec's speed on one repeated batch."""
     extract = bench.get("extract") or {}
     batches = (extract.get("dataset") or {}).get("batches") or {}
     if batches:
-        return batches[max(batches, key=float)].get("realtime_factor")
+        return batches[max(batches, key=_batch_label)].get("realtime_factor")
     return extract.get("realtime_factor")
 
 

@@ -95,6 +95,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             end = min(start + chunk_rows, x.shape[0])
             xc = x[start:end] if x_extra is None else torch.cat([x[start:end], x_extra[start:end]], 1)
             logits = xc @ w.T
+            if compiled:  # the last chunk is shorter: one symbolic graph for all chunk sizes
+                runtime.varying(logits, 0)
             if not grad_mode:
                 loss, h1, h5 = loss_fn(logits, targets[start:end])
             else:

@@ -43,12 +43,24 @@ _compiled: dict[object, object] = {}
 
 
 def compiled(fn):
-    """fn through torch.compile, one wrapper per function, kept for the process. dynamic=None: the
-    first shape compiles static, a second one recompiles with the varying sizes symbolic, and later
-    shapes reuse that graph (no compile per batch width or frame count)."""
+    """fn through torch.compile, one wrapper per function, kept for the process. dynamic=None: sizes
+    marked `varying` are symbolic from the first call; any other size that changes recompiles once
+    with it symbolic, and later shapes reuse that graph (no compile per batch width or frame count)."""
     if fn not in _compiled:
         _compiled[fn] = torch.compile(fn, dynamic=None)
     return _compiled[fn]
+
+
+def varying(tensor: torch.Tensor, *dims: int) -> torch.Tensor:
+    """tensor, with `dims` marked as sizes that change from call to call (a batch's width, its
+    frame count), so that a compiled function's first call already compiles the symbolic graph
+    its later calls reuse. Without the mark the first call compiles for the exact shape and the
+    second compiles again: at the real shape that was two of the first step's ~55 s."""
+    import torch._dynamo
+
+    for dim in dims:
+        torch._dynamo.maybe_mark_dynamic(tensor, dim)
+    return tensor
 
 
 def raise_dynamo_limits(limit: int = 64) -> None:

@@ -18,7 +18,6 @@ padding leaking in. Clips are sorted by length so little compute is wasted on pa
 from __future__ import annotations
 
 import math
-import queue
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,18 @@ import torch
 from pipeline.data.audio import AudioError, load_audio
 from pipeline.data.parallel import worker_count
 from pipeline.model.checkpoints import codec_identity, load_codec
+from pipeline.model.codec_batches import (  # noqa: F401  (encode_batch, pad_batch, ...: this module's API too)
+    MAX_BATCH_SECONDS,
+    MIN_BATCH_SECONDS,
+    PAD_STEP_FRAMES,
+    BatchEncoder,
+    codec_devices,
+    codec_slots,
+    default_batch_seconds,
+    encode_audio,
+    encode_batch,
+    pad_batch,
+)
 from pipeline.model.code_cache import (  # noqa: F401  (the cache's names are this module's API too)
     CodesError,
     cache_key,
@@ -60,13 +71,15 @@ class ExtractReport:
     first_load_seconds: float = 0.0  # of which before the first batch (nothing to overlap with yet)
     busy_span_seconds: float = 0.0  # from the first batch loaded to the end
     encode_seconds: float = 0.0  # in the codecs (GPU busy), cache writes excluded; summed over codecs
-    codecs: int = 1  # codecs encoding in turn (one per GPU)
+    codecs: int = 1  # codecs encoding at once (codec_batches.CODECS_PER_GPU per GPU)
     loader_threads: int = 0
 
     @property
     def gpu_idle_share(self) -> float:
         """Share of the time after the first batch was loaded that the codecs were not encoding
-        (waiting for audio, for the cache writes, or for Python between batches)."""
+        (waiting for audio, for the cache writes, or for Python between batches). With two codecs
+        on one GPU this is the codecs' idle share, not the GPU's: `python -m pipeline bench`
+        measures the GPU's own (NVML)."""
         span = self.busy_span_seconds * max(self.codecs, 1)
         return min(max(1.0 - self.encode_seconds / span, 0.0), 1.0) if span > 0 and self.computed else 0.0
 
@@ -106,55 +119,6 @@ def codec_num_codebooks(codec) -> int | None:
 def frames_for(codec, n_samples: int) -> int:
     """Code frames of a clip of `n_samples`: ceil(len / frame_length), as DAC.encode reports."""
     return math.ceil(n_samples / codec.frame_length)
-
-
-# Padded batches are a whole number of these frames long. Every new input shape costs the codec
-# host-side work (the convolutions' plans are chosen per shape) while the GPU waits: with lengths
-# in steps and `_batches` giving every group of a step the same clip count, shapes repeat. The
-# codec is causal, so the extra right padding leaves the codes unchanged.
-PAD_STEP_FRAMES = 32  # 1.49 s at the real codec's 2,048 samples per frame
-
-
-def pad_batch(audios: list[np.ndarray], pin: bool = False, step: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clips as one zero right-padded (clips, 1, samples) batch, its length a multiple of `step`
-    samples, and their lengths; in pinned host memory for a GPU, so the copy runs asynchronously
-    at full bus speed."""
-    lengths = torch.tensor([len(a) for a in audios], dtype=torch.long)
-    width = -(-int(lengths.max()) // step) * step
-    batch = torch.zeros((len(audios), 1, width), dtype=torch.float32, pin_memory=pin)
-    for i, audio in enumerate(audios):
-        batch[i, 0, : len(audio)] = torch.from_numpy(audio)
-    return batch, lengths
-
-
-@torch.inference_mode()
-def encode_batch(codec, audios: list[np.ndarray], device: str | torch.device | None = None,
-                 padded: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """Encode clips together (zero right-padding) and cut each to its own frame count; `padded`:
-    their pad_batch, when already built."""
-    device = torch.device(device or next(codec.parameters()).device)
-    batch, lengths = padded or pad_batch(audios, pin=device.type == "cuda")
-    indices, frame_lens = codec.encode(batch.to(device, non_blocking=True), lengths.to(device))
-    # one copy back (one wait for the GPU), not one per clip
-    indices, frame_lens = indices.to("cpu", torch.long), frame_lens.cpu()
-    return [indices[i, :, : int(frame_lens[i])].clone() for i in range(len(audios))]
-
-
-def encode_audio(codec, audio: np.ndarray) -> torch.Tensor:
-    """Codes `(num_codebooks, frames)` of one mono clip at the codec's rate."""
-    return encode_batch(codec, [audio])[0]
-
-
-def _encode_resilient(codec, audios: list[np.ndarray], padded=None) -> list[torch.Tensor]:
-    """encode_batch, halving the batch on CUDA out-of-memory."""
-    try:
-        return encode_batch(codec, audios, padded=padded)
-    except torch.cuda.OutOfMemoryError:
-        if len(audios) == 1:
-            raise
-        torch.cuda.empty_cache()
-        half = len(audios) // 2
-        return _encode_resilient(codec, audios[:half]) + _encode_resilient(codec, audios[half:])
 
 
 def _duration_of(row) -> float:
@@ -227,95 +191,6 @@ def _submit_next(pool: ThreadPoolExecutor, groups, load: _ClipLoader, ahead: deq
         ahead.append((group, [pool.submit(load, item) for item in group]))
 
 
-def _encode_group(codec, to_encode: list, sample_rate: int, failed: dict[str, str], padded=None) -> list:
-    """Codes of each (item, audio, path, seconds), None where the codec cannot encode the clip;
-    `padded`: the group's pad_batch, built ahead."""
-    try:
-        return _encode_resilient(codec, [a for _, a, _, _ in to_encode], padded)
-    except (RuntimeError, IndexError):
-        # One clip can spoil a batch (e.g. longer than the codec's attention table,
-        # IndexError): encode one by one so only that clip is rejected.
-        encoded = []
-        for item, audio, _, _ in to_encode:
-            try:
-                encoded.extend(_encode_resilient(codec, [audio]))
-            except (RuntimeError, IndexError) as single:
-                seconds = len(audio) / sample_rate
-                failed[item["id"]] = f"the codec cannot encode this clip ({seconds:.1f} s): {str(single)[:160]}"
-                encoded.append(None)
-        return encoded
-
-
-def codec_devices(device=None, devices: list | None = None) -> list[torch.device]:
-    """Where codecs run: `devices`, else `device`, else every visible GPU (the CPU without one)."""
-    if devices:
-        return [torch.device(d) for d in devices]
-    if device is not None:
-        return [torch.device(device)]
-    count = torch.cuda.device_count()
-    return [torch.device("cuda", i) for i in range(count)] if count else [torch.device("cpu")]
-
-
-class _Encoder:
-    """Batches to the codecs, on a thread per codec (one per GPU), finished batches returned in
-    order. One batch more than there are codecs is in flight: while a codec encodes, the caller
-    writes the codes of the batch before and hands over the next, so the GPU never waits for the
-    disk or for Python between batches."""
-
-    def __init__(self, codecs: list):
-        self.free: queue.SimpleQueue = queue.SimpleQueue()
-        for codec in codecs:
-            self.free.put(codec)
-        self.count = len(codecs)
-        self.pinned = any(next(codec.parameters()).is_cuda for codec in codecs)
-        self.step = PAD_STEP_FRAMES * int(codecs[0].frame_length)  # samples
-        self.pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="codes-encoder")
-        self.in_flight: deque = deque()
-
-    def _encode(self, to_encode: list, sample_rate: int, failed: dict, padded) -> tuple[list, list, float]:
-        codec = self.free.get()
-        started = time.perf_counter()
-        try:
-            return to_encode, _encode_group(codec, to_encode, sample_rate, failed, padded), time.perf_counter() - started
-        finally:
-            self.free.put(codec)
-
-    def submit(self, to_encode: list, sample_rate: int, failed: dict) -> list[tuple[list, list, float]]:
-        """Encode a batch; returns the batches finished by now (in submission order). The padded
-        batch is built here, while the codecs still encode the batches before it."""
-        padded = pad_batch([audio for _, audio, _, _ in to_encode], pin=self.pinned, step=self.step)
-        self.in_flight.append(self.pool.submit(self._encode, to_encode, sample_rate, failed, padded))
-        finished = []
-        while len(self.in_flight) > self.count or (self.in_flight and self.in_flight[0].done()):
-            finished.append(self.in_flight.popleft().result())
-        return finished
-
-    def drain(self) -> list[tuple[list, list, float]]:
-        finished = [future.result() for future in self.in_flight]
-        self.in_flight.clear()
-        return finished
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-# Audio seconds per batch: the codec's host-side cost per call is large, so big batches keep the
-# GPU busy (H200, clips of 2-20 s: 163x real time and the GPU idle 67 % of the time at 120 s per
-# batch, 473x and 13 % at 360 s); a 120 s batch of 10 s clips peaked at 10.1 GB.
-MIN_BATCH_SECONDS, MAX_BATCH_SECONDS = 60.0, 360.0
-GB_PER_BATCH_SECOND = 12.0 / 120.0  # peak memory per second of audio in a batch, with margin
-
-
-def default_batch_seconds(devices: list[torch.device]) -> float:
-    """As many seconds per batch as half the smallest GPU's free memory holds, within the bounds;
-    120 s on the CPU."""
-    gpus = [d for d in devices if d.type == "cuda"]
-    if not gpus:
-        return 120.0
-    free_gb = min(torch.cuda.mem_get_info(d)[0] for d in gpus) / 1e9
-    return float(min(max(0.5 * free_gb / GB_PER_BATCH_SECOND, MIN_BATCH_SECONDS), MAX_BATCH_SECONDS))
-
-
 def extract_codes(
     manifest: pd.DataFrame,
     ckpt_dir: str | Path,
@@ -329,7 +204,8 @@ def extract_codes(
 ) -> ExtractReport:
     """Encode every `status == "ok"` clip of `manifest`; cached clips are not recomputed.
 
-    `codec` lets a caller pass an already-loaded codec (it is loaded from `ckpt_dir` otherwise).
+    `codec` lets a caller pass an already-loaded codec, or a list of them to encode at once (loaded
+    from `ckpt_dir` otherwise: codec_batches.CODECS_PER_GPU per device).
     `batch_seconds`: audio per batch (default: default_batch_seconds, from the GPUs' free memory).
     Audio is read on `loader_threads` threads (default: the cores, or PIPELINE_WORKERS; at most
     MAX_LOADER_THREADS) up to LOOK_AHEAD_GROUPS batches ahead of the codec; the report says how
@@ -344,9 +220,12 @@ def extract_codes(
             raise CodesError(f"The manifest has no '{column}' column; rebuild the dataset.")
     started = time.perf_counter()
     codec_id = codec_identity(ckpt_dir)
-    codecs = [codec] if codec is not None else [load_codec(ckpt_dir, device=d) for d in codec_devices(device, devices)]
+    if codec is None:
+        codecs = [load_codec(ckpt_dir, device=d) for d in codec_slots(codec_devices(device, devices))]
+    else:
+        codecs = list(codec) if isinstance(codec, (list, tuple)) else [codec]
     codec = codecs[0]
-    encoder = _Encoder(codecs)
+    encoder = BatchEncoder(codecs)
     encoder_count = encoder.count
     sample_rate = int(codec.sample_rate)
     cache_dir = Path(cache_dir)

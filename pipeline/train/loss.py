@@ -25,6 +25,7 @@ from pipeline.train.forward import (
 )
 from pipeline.model.adapters import unwrap
 from pipeline.kernels.linear_ce import linear_cross_entropy, rank_hits
+from pipeline.kernels.runtime import varying
 from pipeline.model.tokens import RESIDUAL_VOCAB
 
 # compiled path: frames through the fast transformer, padded to a multiple of this (the graphs are
@@ -63,6 +64,8 @@ def _token_loss_sum(model, hidden, targets, chunk_rows: int, fused: bool, compil
     final norm. Fused: pipeline.kernels.linear_ce. Otherwise in row chunks whose logits are recomputed in
     backward: (rows x 155k) fp32 logits would otherwise stay alive for backward."""
     if fused and not model.config.tie_word_embeddings:
+        if compiled:
+            varying(hidden, 0)
         features = maybe_compiled(_normed, compiled)(model.norm, hidden)
         return linear_cross_entropy(model.output, features, targets, chunk_rows=chunk_rows, compiled=compiled,
                                     dropout_kernel=dropout_kernel)
@@ -83,10 +86,10 @@ def _normed(norm, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
-def _frame_features(norm, out: torch.Tensor, frames: int) -> torch.Tensor:
-    """fast_norm of outputs 1.. (those predicting codebooks 1..N-1) of the first `frames` frames, as
-    rows (122k x 1024 for the bench batch: eagerly, seven fp32 passes each way)."""
-    return norm(out[:frames, 1:]).reshape(-1, out.shape[-1])
+def _frame_features(norm, out: torch.Tensor) -> torch.Tensor:
+    """fast_norm of outputs 1.. (those predicting codebooks 1..N-1) of the frames `out`, as rows
+    (122k x 1024 for the bench batch: eagerly, seven fp32 passes each way)."""
+    return norm(out[:, 1:]).reshape(-1, out.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,10 @@ def _codebook_loss(base, hidden, labels, where: _Positions, vocab: int, gradient
     if where.all_rows:  # every position went through: keep the frames'
         out, frame_codes = out.index_select(0, where.frames), codes.index_select(0, where.frames)
     targets = frame_codes[:real, 1:].reshape(-1)
-    features = maybe_compiled(_frame_features, compile_blocks)(base.fast_norm, out, real)
+    out = out[:real]  # the padding rows out (a view): the compiled norm sees the frame count as a size
+    if compile_blocks:
+        varying(out, 0)
+    features = maybe_compiled(_frame_features, compile_blocks)(base.fast_norm, out)
     if options.fused_ce:
         loss, h1, h5 = linear_cross_entropy(base.fast_output, features, targets, rows=vocab, chunk_rows=1 << 15,
                                             compiled=compile_blocks, dropout_kernel=options.lora_dropout_kernel)

@@ -41,6 +41,9 @@ def test_tiny_bench_writes_the_json_cost_reads(tiny_bench):
     for mode in ("lora", "full"):  # pipeline.train.loop.train itself ran, and its metrics gave step times
         assert data["loop"][mode]["status"] == "finished" and data["loop"][mode]["step_s"] > 0
     assert data["extract"]["realtime_factor"] > 0 and data["extract"]["frames"] > 0
+    # over a written dataset: one codec, then two at once (as a run on a GPU encodes)
+    assert set(data["extract"]["dataset"]["batches"]) == {"120", "120x2"}
+    assert all(b["realtime_factor"] > 0 and b["failed"] == 0 for b in data["extract"]["dataset"]["batches"].values())
     gen = data["generate"]
     assert gen["frames_per_s"] > 0 and gen["batched_frames_per_s"] > 0 and gen["time_to_first_audio_s"] > 0
     assert gen["check"]["head_rel_diff"] < 1e-4 and gen["check"]["fast_rel_diff"] < 1e-4

@@ -180,7 +180,7 @@ def test_manifest_without_columns_and_bad_codes_file(tiny_checkpoint, tmp_path, 
 
 
 def test_clip_the_codec_cannot_encode_is_rejected_not_fatal(dataset, tiny_checkpoint, tmp_path, codec, monkeypatch):
-    import pipeline.model.codes as codes_module
+    import pipeline.model.codec_batches as codes_module
 
     real = codes_module.encode_batch
 
@@ -252,10 +252,11 @@ def test_the_codec_encodes_the_next_batch_while_the_codes_before_are_written(dat
     import threading
     import time as time_module
 
+    import pipeline.model.codec_batches as batches_module
     import pipeline.model.codes as codes_module
 
     events, lock = [], threading.Lock()
-    real_group, real_save = codes_module._encode_group, codes_module.save_codes
+    real_group, real_save = batches_module.encode_group, codes_module.save_codes
 
     def encode_group(*args, **kwargs):
         with lock:
@@ -268,7 +269,7 @@ def test_the_codec_encodes_the_next_batch_while_the_codes_before_are_written(dat
             events.append(("saved", time_module.perf_counter()))
         return real_save(path, codes)
 
-    monkeypatch.setattr(codes_module, "_encode_group", encode_group)
+    monkeypatch.setattr(batches_module, "encode_group", encode_group)
     monkeypatch.setattr(codes_module, "save_codes", slow_save)
     report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=1.0, codec=codec,
                            loader_threads=1)
@@ -309,5 +310,15 @@ def test_the_batch_size_follows_the_free_gpu_memory(monkeypatch):
     assert default_batch_seconds([torch.device("cuda", 0)]) == MAX_BATCH_SECONDS  # a big card: the bound
     assert default_batch_seconds([torch.device("cuda", 1)]) == pytest.approx(120.0)  # half of 24 GB at 0.1 GB/s
     assert default_batch_seconds([torch.device("cuda", 0), torch.device("cuda", 1)]) == pytest.approx(120.0)
+    # two codecs on one GPU (codec_slots) share its memory: each batch gets half
+    assert default_batch_seconds([torch.device("cuda", 1)] * 2) == pytest.approx(60.0)
     free[1] = 4e9
     assert default_batch_seconds([torch.device("cuda", 1)]) == MIN_BATCH_SECONDS
+
+
+def test_each_gpu_gets_two_codecs_and_the_cpu_one():
+    from pipeline.model.codec_batches import CODECS_PER_GPU, codec_slots
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert codec_slots([cpu]) == [cpu]
+    assert codec_slots([gpu, torch.device("cuda", 1)]) == [gpu] * CODECS_PER_GPU + [torch.device("cuda", 1)] * CODECS_PER_GPU
