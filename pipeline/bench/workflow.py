@@ -238,6 +238,8 @@ def _run_stages(config, result: dict, ckpt: Path, device, tiny: bool) -> None:
         waited = time.perf_counter()
         row["compile_warmup"] = warmup.finish()  # what is left of it is the user's wait too
         row["compile_warmup_wait_s"] = round(time.perf_counter() - waited, 1)
+        if warmup.log_path is not None and not row["compile_warmup"].startswith("finished"):
+            row["compile_warmup_log"] = warmup.log_path.read_text(errors="replace")[-1500:]
         outcome = train(phase_dir, ckpt, report.manifest, settings)
     row.update(status=outcome.status)
     row.update(_train_timing(phase_dir, settings.steps, result["full_steps"], settings.val_every, row["wall_s"]))
