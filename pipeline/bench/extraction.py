@@ -16,7 +16,7 @@ import torch
 
 from pipeline.bench.common import free_memory
 from pipeline.bench.synthetic_dataset import write_dataset
-from pipeline.bench.workflow import GpuSampler
+from pipeline.bench.workflow import GpuSampler, encoding_since
 from pipeline.data.parallel import worker_count
 from pipeline.model.codec_batches import CODECS_PER_GPU
 
@@ -63,10 +63,12 @@ def bench_extract_dataset(codec, codec_config: Path, device, tiny: bool, clips: 
             with GpuSampler(device) as gpu:
                 report = extract_codes(manifest, tmp, tmp / f"codes-{label}", batch_seconds=batch_seconds,
                                        codec=codecs, progress=lambda *_: None)
+                since = encoding_since(report)
             result["audio_s"] = round(report.audio_seconds, 1)
             result["batches"][label] = {
                 "realtime_factor": round(report.throughput, 1), "wall_s": round(report.wall_seconds, 2),
-                "gpu_idle_share": gpu.idle_share(), "gpu_idle_note": gpu.note,
+                "gpu_idle_share": gpu.idle_share(), "gpu_idle_share_encoding": gpu.idle_share(since),
+                "gpu_idle_note": gpu.note,
                 "codec_idle_share": round(report.gpu_idle_share, 3), "failed": len(report.failed),
                 "loader_threads": report.loader_threads}
     return result

@@ -57,7 +57,7 @@ class GpuSampler:
     def _run(self):
         while not self._stop.wait(self.every_s):
             with contextlib.suppress(Exception):
-                self.samples.append(torch.cuda.utilization(self.device))
+                self.samples.append((time.perf_counter(), torch.cuda.utilization(self.device)))
 
     def __enter__(self):
         if self._thread:
@@ -69,8 +69,16 @@ class GpuSampler:
         if self._thread:
             self._thread.join()
 
-    def idle_share(self) -> float | None:
-        return round(1.0 - float(np.mean(self.samples)) / 100.0, 3) if self.samples else None
+    def idle_share(self, since: float | None = None) -> float | None:
+        """1 - mean utilization of the samples (those after perf_counter time `since`, if given)."""
+        values = [u for t, u in self.samples if since is None or t >= since]
+        return round(1.0 - float(np.mean(values)) / 100.0, 3) if values else None
+
+
+def encoding_since(report) -> float:
+    """perf_counter time at which an extraction that just returned had its first batch ready:
+    the GPU idle share from then on is the one "once started" (codec loading left out)."""
+    return time.perf_counter() - report.busy_span_seconds
 
 
 @contextlib.contextmanager
@@ -88,6 +96,8 @@ def _stage(result: dict, name: str, device, workers: int | None = None):
     row.update(wall_s=round(wall, 2), cpu_cores=os.cpu_count(), cpu_cores_busy=round(cpu / wall, 2) if wall > 0 else None)
     row.setdefault("workers", workers)
     row.setdefault("gpu_idle_share", gpu.idle_share())
+    if "encoding_since" in row:
+        row["gpu_idle_share_encoding"] = gpu.idle_share(row.pop("encoding_since"))
     if gpu.note or row["gpu_idle_share"] is None:
         row.setdefault("gpu_idle_note", gpu.note or "too short to sample")
     result["stages"][name] = row
@@ -226,6 +236,7 @@ def _run_stages(config, result: dict, ckpt: Path, device, tiny: bool) -> None:
     with _stage(result, "extract", device) as row:
         report = extract_codes(dataset.manifest, ckpt, config.workspace / "codes", device=device,
                                batch_seconds=batch_seconds)
+        row["encoding_since"] = encoding_since(report)
         row.update(workers=report.loader_threads, clips=report.computed, failed=len(report.failed),
                    audio_s=round(report.audio_seconds, 1), realtime_factor=round(report.throughput, 1),
                    load_wait_s=round(report.load_wait_seconds, 2), first_load_s=round(report.first_load_seconds, 2),

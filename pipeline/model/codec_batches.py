@@ -118,9 +118,9 @@ def codec_devices(device=None, devices: list | None = None) -> list[torch.device
 
 class BatchEncoder:
     """Batches to the codecs, on a thread per codec (codec_slots: CODECS_PER_GPU per GPU, each
-    with its own CUDA stream), finished batches returned in order. One batch more than there are
-    codecs is in flight: while the codecs encode, the caller writes the codes of the batch before
-    and hands over the next, so the GPU never waits for the disk or for Python between batches."""
+    with its own CUDA stream), finished batches returned in order. Besides the batches the codecs
+    encode, one more waits queued: while the codecs encode, the caller writes the codes of the
+    batches before and builds the next, so a codec never waits for the disk or for Python."""
 
     def __init__(self, codecs: list):
         self.free: queue.SimpleQueue = queue.SimpleQueue()
@@ -150,7 +150,8 @@ class BatchEncoder:
         padded = pad_batch([audio for _, audio, _, _ in to_encode], pin=self.pinned, step=self.step)
         self.in_flight.append(self.pool.submit(self._encode, to_encode, sample_rate, failed, padded))
         finished = []
-        while len(self.in_flight) > self.count or (self.in_flight and self.in_flight[0].done()):
+        # one batch more than the codecs queued: a codec that finishes finds its next batch waiting
+        while len(self.in_flight) > self.count + 1 or (self.in_flight and self.in_flight[0].done()):
             finished.append(self.in_flight.popleft().result())
         return finished
 

@@ -153,7 +153,7 @@ def _batches(items: list[dict], batch_seconds: float, step_seconds: float = 0.0)
 
 
 MAX_LOADER_THREADS = 8  # decoding, resampling and hashing release the GIL; more only contend for it
-LOOK_AHEAD_GROUPS = 2  # batches loaded ahead of the codec (each ≤ batch_seconds of audio in memory)
+LOOK_AHEAD_GROUPS = 2  # batches loaded ahead of the codecs' (each ≤ batch_seconds of audio in memory)
 
 
 @dataclass
@@ -276,7 +276,7 @@ def extract_codes(
         # the next groups decode, resample and hash on the loader threads while the codec encodes this one
         ahead: deque = deque()
         upcoming = iter(groups)
-        for _ in range(LOOK_AHEAD_GROUPS + 1):
+        for _ in range(LOOK_AHEAD_GROUPS + encoder_count):
             _submit_next(pool, upcoming, load, ahead)
         try:
             while ahead:

@@ -185,9 +185,9 @@ def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_bloc
                 segment_kernel: bool = True) -> torch.Tensor:
     block = compiled_block(stack) if compile_blocks else _block
     args = (block_mask, fused, dropout_kernel, segment_kernel)
-    if compile_blocks:  # the slow stack's width and the fast stack's frame count change per batch
-        if stack == "slow":
-            runtime.varying(x, 1), runtime.varying(freqs_cis, 0)
+    if compile_blocks:  # the slow stack's batch and width and the fast stack's frame count change
+        if stack == "slow":  # (a symbolic batch also lets pipeline.train.warmup compile at a smaller one)
+            runtime.varying(x, 0, 1), runtime.varying(freqs_cis, 0)
         else:
             runtime.varying(x, 0)
     for layer in layers:

@@ -1,13 +1,15 @@
 """Compile the training step while the codec extracts the dataset's codes.
 
 A compiled training phase spends its first step compiling (about a minute cold at the s1-mini
-shape on an H200). Extraction before it keeps the GPU's codecs busy but leaves most of the GPU's
-memory and the CPU's compile workers free, so the workflow starts this module as a second process
-when extraction starts: it runs two steps and a validation of the phase's own settings (same
-memory plan, same micro-batch, same compiled functions) on synthetic clips, filling the on-disk
+shape on an H200). Extraction before it keeps the GPU's codecs busy but leaves GPU memory and
+most CPU cores free, so the workflow starts this module as a second process (at a lower CPU
+priority) when extraction starts: it runs two steps and a validation of the phase's own settings
+(same recomputation choice, same compiled functions) on synthetic clips, filling the on-disk
 caches of torch's compiler and Triton. The training process then loads the compiled graphs
-instead of building them. The sizes that change between batches are symbolic from the first
-call (pipeline.kernels.runtime.varying), so graphs compiled on synthetic batches fit real ones.
+instead of building them. The sizes that change between batches (the batch itself, its width,
+its frame count) are symbolic from the first call (pipeline.kernels.runtime.varying), so graphs
+compiled on synthetic batches at micro-batch 2 fit the phase's real ones, at half the memory
+(a phase at 4).
 
 Nothing depends on it: when it cannot run (not enough free GPU memory beside extraction, a CPU,
 compilation off) or fails, the training process compiles as before.
@@ -32,6 +34,7 @@ import pandas as pd
 from pipeline.model.tokens import RESIDUAL_VOCAB
 
 WARMUP_STEPS = 2  # the second step runs the graphs again: compiled once, reused
+WARMUP_MICRO_BATCH = 2  # the smallest batch whose compiled graphs serve larger ones
 WAIT_LIMIT_S = 600.0  # the training process waits at most this long for a warm-up still compiling
 MEMORY_MARGIN_GB = 4.0
 
@@ -54,11 +57,22 @@ def synthetic_clips(folder: Path, num_codebooks: int, codebook_size: int, texts:
     return pd.DataFrame(rows)
 
 
-def warmup_settings(settings):
-    """The phase's settings for the warm-up: WARMUP_STEPS steps and one validation, nothing spoken,
-    no checkpoints kept beyond the last."""
+def warmup_settings(settings, phase_plan):
+    """The phase's settings for the warm-up: WARMUP_STEPS steps and one validation at micro-batch
+    2 (1 where the phase's is 1: dynamo specializes a size of 1, so a graph compiled at 1 would
+    not serve 4; one compiled at 2 serves any larger batch) with the recomputation choice of the
+    phase's plan, nothing spoken, no checkpoints kept beyond the last."""
     return dataclasses.replace(settings, steps=WARMUP_STEPS, epochs=None, val_every=WARMUP_STEPS,
-                               save_every=10**9, patience=None, eval_texts=(), warmup_steps=1, init_adapter=None)
+                               save_every=10**9, patience=None, eval_texts=(), warmup_steps=1, init_adapter=None,
+                               batch_size=min(WARMUP_MICRO_BATCH, phase_plan.micro_batch), grad_accumulation=1,
+                               gradient_checkpointing="on" if phase_plan.gradient_checkpointing else "off")
+
+
+def warmup_plan(settings):
+    """The TrainPlan the warm-up of a phase with `settings` runs under."""
+    from pipeline.train.plan import plan_phase
+
+    return plan_phase(warmup_settings(settings, plan_phase(settings)))
 
 
 def fits_beside_extraction(plan, free_gb: float) -> tuple[bool, str]:
@@ -83,7 +97,10 @@ def warm_up(config_path: Path, phase: str, base_dir: Path) -> dict:
 
     started = time.perf_counter()
     config = load_config(config_path)
-    settings = warmup_settings(TrainSettings.from_config(config, phase))
+    from pipeline.train.plan import plan_phase
+
+    phase_settings = TrainSettings.from_config(config, phase)
+    settings = warmup_settings(phase_settings, plan_phase(phase_settings))
     model_args = json.loads((Path(base_dir) / "config.json").read_text())
     with tempfile.TemporaryDirectory(prefix="compile-warmup-") as tmp:
         manifest = synthetic_clips(Path(tmp) / "codes", model_args["num_codebooks"], model_args["codebook_size"],
@@ -105,13 +122,12 @@ class CompileWarmup:
         """Start the warm-up when it fits (else a CompileWarmup that did not start, and why)."""
         import torch
 
-        from pipeline.train.plan import plan_phase
         from pipeline.train.settings import TrainSettings
 
         if not torch.cuda.is_available():
             return cls(None, None, "no GPU")
         free_gb = free_gb if free_gb is not None else torch.cuda.mem_get_info()[0] / 1e9
-        fits, reason = fits_beside_extraction(plan_phase(TrainSettings.from_config(config, phase)), free_gb)
+        fits, reason = fits_beside_extraction(warmup_plan(TrainSettings.from_config(config, phase)), free_gb)
         if not fits:
             return cls(None, None, reason)
         return cls(spawn(config_path, phase, base_dir, log_path), log_path, reason)
@@ -170,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parent:
         _exit_with_parent(args.parent)
+    os.nice(10)  # extraction's loader threads first: the warm-up only has to end before extraction does
     outcome = warm_up(args.config, args.phase, args.base)
     print(f"compile warm-up: {outcome}", flush=True)
     return 0 if outcome["status"] == "finished" else 1

@@ -13,7 +13,7 @@ from pipeline.train.memory_plan import MemoryPlan
 from pipeline.train.plan import plan_phase
 from pipeline.train.settings import TrainSettings
 from pipeline.train.warmup import (WARMUP_STEPS, CompileWarmup, fits_beside_extraction, spawn, synthetic_clips,
-                                   warm_up, warmup_settings)
+                                   warm_up, warmup_plan, warmup_settings)
 from run_fixtures import run_config
 
 
@@ -33,10 +33,16 @@ def test_the_warmup_runs_only_where_its_step_fits_beside_extraction():
 
 def test_warmup_settings_keep_the_phase_recipe_but_run_two_steps_and_one_validation():
     settings = TrainSettings(mode="lora", steps=2800, batch_size=4, max_length=4096, lora_rank=16, val_every=100,
-                             eval_texts=("Hei.",), init_adapter="/somewhere")
-    warm = warmup_settings(settings)
+                             eval_texts=("Hei.",), init_adapter="/somewhere", device="cpu")
+    phase_plan = dataclasses.replace(plan_phase(settings), micro_batch=4, gradient_checkpointing=True)
+    warm = warmup_settings(settings, phase_plan)
     assert (warm.steps, warm.val_every, warm.eval_texts, warm.init_adapter) == (WARMUP_STEPS, WARMUP_STEPS, (), None)
-    assert (warm.batch_size, warm.max_length, warm.lora_rank, warm.mode) == (4, 4096, 16, "lora")  # what shapes graphs
+    assert (warm.max_length, warm.lora_rank, warm.mode) == (4096, 16, "lora")  # what shapes the graphs
+    # micro-batch 2 (a symbolic size in the graphs) with the phase's own recomputation choice
+    assert (warm.batch_size, warm.grad_accumulation, warm.gradient_checkpointing) == (2, 1, "on")
+    assert warmup_plan(settings).micro_batch == 2
+    # a phase at micro-batch 1 warms at 1: dynamo specializes a size of 1
+    assert warmup_settings(settings, dataclasses.replace(phase_plan, micro_batch=1)).batch_size == 1
 
 
 def test_synthetic_clips_are_training_input_with_real_code_shapes(tmp_path):
