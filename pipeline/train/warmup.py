@@ -8,8 +8,8 @@ priority) when extraction starts: it runs two steps and a validation of the phas
 caches of torch's compiler and Triton. The training process then loads the compiled graphs
 instead of building them. The sizes that change between batches (the batch itself, its width,
 its frame count) are symbolic from the first call (pipeline.kernels.runtime.varying), so graphs
-compiled on synthetic batches at micro-batch 2 fit the phase's real ones, at half the memory
-(a phase at 4).
+compiled on small synthetic batches (2 sequences of at most 1,024 positions) fit the phase's
+real ones, at a fraction of their memory.
 
 Nothing depends on it: when it cannot run (not enough free GPU memory beside extraction, a CPU,
 compilation off) or fails, the training process compiles as before.
@@ -35,6 +35,9 @@ from pipeline.model.tokens import RESIDUAL_VOCAB
 
 WARMUP_STEPS = 2  # the second step runs the graphs again: compiled once, reused
 WARMUP_MICRO_BATCH = 2  # the smallest batch whose compiled graphs serve larger ones
+# Short sequences: extraction's codecs hold most of the GPU's memory meanwhile (at 2 x 4,096
+# the warm-up ran out of memory beside them on an H200)
+WARMUP_MAX_LENGTH = 1024
 WAIT_LIMIT_S = 600.0  # the training process waits at most this long for a warm-up still compiling
 MEMORY_MARGIN_GB = 4.0
 
@@ -60,11 +63,13 @@ def synthetic_clips(folder: Path, num_codebooks: int, codebook_size: int, texts:
 def warmup_settings(settings, phase_plan):
     """The phase's settings for the warm-up: WARMUP_STEPS steps and one validation at micro-batch
     2 (1 where the phase's is 1: dynamo specializes a size of 1, so a graph compiled at 1 would
-    not serve 4; one compiled at 2 serves any larger batch) with the recomputation choice of the
-    phase's plan, nothing spoken, no checkpoints kept beyond the last."""
+    not serve 4; one compiled at 2 serves any larger batch) and sequences of at most
+    WARMUP_MAX_LENGTH (the width is symbolic too), with the recomputation choice of the phase's
+    plan, nothing spoken, no checkpoints kept beyond the last."""
     return dataclasses.replace(settings, steps=WARMUP_STEPS, epochs=None, val_every=WARMUP_STEPS,
                                save_every=10**9, patience=None, eval_texts=(), warmup_steps=1, init_adapter=None,
                                batch_size=min(WARMUP_MICRO_BATCH, phase_plan.micro_batch), grad_accumulation=1,
+                               max_length=min(WARMUP_MAX_LENGTH, settings.max_length),
                                gradient_checkpointing="on" if phase_plan.gradient_checkpointing else "off")
 
 

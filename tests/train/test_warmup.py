@@ -12,7 +12,7 @@ import torch
 from pipeline.train.memory_plan import MemoryPlan
 from pipeline.train.plan import plan_phase
 from pipeline.train.settings import TrainSettings
-from pipeline.train.warmup import (WARMUP_STEPS, CompileWarmup, fits_beside_extraction, spawn, synthetic_clips,
+from pipeline.train.warmup import (WARMUP_MAX_LENGTH, WARMUP_STEPS, CompileWarmup, fits_beside_extraction, spawn, synthetic_clips,
                                    warm_up, warmup_plan, warmup_settings)
 from run_fixtures import run_config
 
@@ -37,7 +37,8 @@ def test_warmup_settings_keep_the_phase_recipe_but_run_two_steps_and_one_validat
     phase_plan = dataclasses.replace(plan_phase(settings), micro_batch=4, gradient_checkpointing=True)
     warm = warmup_settings(settings, phase_plan)
     assert (warm.steps, warm.val_every, warm.eval_texts, warm.init_adapter) == (WARMUP_STEPS, WARMUP_STEPS, (), None)
-    assert (warm.max_length, warm.lora_rank, warm.mode) == (4096, 16, "lora")  # what shapes the graphs
+    assert (warm.lora_rank, warm.mode) == (16, "lora")  # what shapes the graphs
+    assert warm.max_length == WARMUP_MAX_LENGTH  # short sequences: the width is a symbolic size
     # micro-batch 2 (a symbolic size in the graphs) with the phase's own recomputation choice
     assert (warm.batch_size, warm.grad_accumulation, warm.gradient_checkpointing) == (2, 1, "on")
     assert warmup_plan(settings).micro_batch == 2
