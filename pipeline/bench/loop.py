@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from pipeline.bench.common import SENTENCES, free_memory, peak_gb, bench_tokenizer
-from pipeline.train.warmup import synthetic_clips
+from pipeline.model.tokens import RESIDUAL_VOCAB
 
 
 def _checkpoint(folder: Path, args, device) -> Path:
@@ -35,7 +35,18 @@ def _checkpoint(folder: Path, args, device) -> Path:
 
 def _dataset(folder: Path, args, clips: int, max_frames: int) -> pd.DataFrame:
     """`clips` clips of 4 speakers, 2-15 s (25-172 frames at 21.5 frames/s, scaled to max_frames)."""
-    return synthetic_clips(folder, args.num_codebooks, args.codebook_size, SENTENCES, clips, max_frames)
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(clips):
+        frames = int(rng.integers(max(4, max_frames // 7), max_frames))
+        codes = rng.integers(0, min(RESIDUAL_VOCAB, args.codebook_size), (args.num_codebooks, frames)).astype(np.int16)
+        path = folder / f"clip{i:04d}.npy"
+        np.save(path, codes)
+        text = SENTENCES[i % len(SENTENCES)]
+        rows.append({"id": f"clip{i:04d}", "speaker": f"spk{i % 4}", "text": text, "normalized_text": text,
+                     "codes_path": str(path), "status": "ok"})
+    return pd.DataFrame(rows)
 
 
 def _train_rows(run_dir: Path) -> list[dict]:

@@ -213,29 +213,20 @@ def _adapter_of(phase_dir: Path) -> Path:
 def _run_stages(config, result: dict, ckpt: Path, device, tiny: bool) -> None:
     from pipeline.data.dataset import load_configured_dataset
     from pipeline.generate.fastgen import DecodeOptions
-    from pipeline.model.codec_batches import codec_devices, codec_slots, default_batch_seconds
     from pipeline.model.codes import extract_codes
     from pipeline.model.merge import export_adapter, merge_lora
     from pipeline.model.model_card import run_card_facts
     from pipeline.train.loop import train
     from pipeline.train.runs import create_run, read_run
     from pipeline.train.settings import TrainSettings
-    from pipeline.train.warmup import CompileWarmup
     from pipeline.train.workflow import render_examples
 
     with _stage(result, "prepare", device, worker_count()) as row:
         dataset = load_configured_dataset(config)
         row.update(accepted=dataset.summary["accepted"], total=dataset.summary["total"],
                    accepted_hours=round(dataset.summary["accepted_minutes"] / 60, 3))
-    run_dir = create_run(config, "bench-workflow", "quick_lora")
-    phase_dir = run_dir / "phases" / "lora"
-    # as the workflow does: the batch size chosen first, then the training step compiles in
-    # another process while the codec extracts (pipeline.train.warmup; on one GPU, where it fits)
-    batch_seconds = default_batch_seconds(codec_slots(codec_devices(device)))
-    warmup = CompileWarmup.start(config, run_dir / "config.yaml", "lora", ckpt, run_dir / "warmup.log")
     with _stage(result, "extract", device) as row:
-        report = extract_codes(dataset.manifest, ckpt, config.workspace / "codes", device=device,
-                               batch_seconds=batch_seconds)
+        report = extract_codes(dataset.manifest, ckpt, config.workspace / "codes", device=device)
         row["encoding_since"] = encoding_since(report)
         row.update(workers=report.loader_threads, clips=report.computed, failed=len(report.failed),
                    audio_s=round(report.audio_seconds, 1), realtime_factor=round(report.throughput, 1),
@@ -244,13 +235,10 @@ def _run_stages(config, result: dict, ckpt: Path, device, tiny: bool) -> None:
         if device.type != "cuda":  # no NVML: the codec's own wait for audio is the idle share
             row["gpu_idle_share"] = round(report.gpu_idle_share, 3)
     free_memory(device)
+    run_dir = create_run(config, "bench-workflow", "quick_lora")
+    phase_dir = run_dir / "phases" / "lora"
     settings = TrainSettings.from_config(config, "lora", device=str(device))
     with _stage(result, "train", device) as row:
-        waited = time.perf_counter()
-        row["compile_warmup"] = warmup.finish()  # what is left of it is the user's wait too
-        row["compile_warmup_wait_s"] = round(time.perf_counter() - waited, 1)
-        if warmup.log_path is not None and not row["compile_warmup"].startswith("finished"):
-            row["compile_warmup_log"] = warmup.log_path.read_text(errors="replace")[-1500:]
         outcome = train(phase_dir, ckpt, report.manifest, settings)
     row.update(status=outcome.status)
     row.update(_train_timing(phase_dir, settings.steps, result["full_steps"], settings.val_every, row["wall_s"]))

@@ -55,7 +55,7 @@ def varying(tensor: torch.Tensor, *dims: int) -> torch.Tensor:
     """tensor, with `dims` marked as sizes that change from call to call (a batch's width, its
     frame count), so that a compiled function's first call already compiles the symbolic graph
     its later calls reuse. Without the mark the first call compiles for the exact shape and the
-    second compiles again: at the real shape that was two of the first step's ~55 s."""
+    first call of another shape compiles the whole function again, symbolic."""
     import torch._dynamo
 
     for dim in dims:

@@ -185,9 +185,10 @@ def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_bloc
                 segment_kernel: bool = True) -> torch.Tensor:
     block = compiled_block(stack) if compile_blocks else _block
     args = (block_mask, fused, dropout_kernel, segment_kernel)
-    if compile_blocks:  # the slow stack's batch and width and the fast stack's frame count change
-        if stack == "slow":  # (a symbolic batch also lets pipeline.train.warmup compile at a smaller one)
-            runtime.varying(x, 0, 1), runtime.varying(freqs_cis, 0)
+    if compile_blocks:  # the slow stack's width and the fast stack's frame count change per batch
+        if stack == "slow":
+            runtime.varying(x, 1)
+            runtime.varying(freqs_cis, 0)
         else:
             runtime.varying(x, 0)
     for layer in layers:
@@ -270,7 +271,8 @@ def fast_hidden(model, hidden: torch.Tensor, codes: torch.Tensor, gradient_check
     model = unwrap(model)
     n = model.config.num_codebooks
     if compile_blocks:
-        runtime.varying(hidden, 0), runtime.varying(codes, 0)
+        runtime.varying(hidden, 0)
+        runtime.varying(codes, 0)
     x = maybe_compiled(_fast_inputs, compile_blocks)(model, hidden, codes)
     dropout = any(layer.attention.dropout for layer in model.fast_layers) and model.training
     mask = segment_block_mask(x.shape[0], n, x.device) if flex_attention and not dropout else None

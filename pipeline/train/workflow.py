@@ -136,51 +136,17 @@ def _chosen_adapter(config: Config, run_dir: Path, phase: str) -> Path:
     return _best_checkpoint(run_dir, phase)
 
 
-def _prepare(config: Config, base_dir: Path, progress: Progress, stage: Callable[..., None] = lambda **_: None,
-             warm: tuple[Path, str] | None = None):
-    """The configured dataset and its codes for `base_dir`'s codec: (dataset, manifest with
-    codes_path, CompileWarmup or None). warm = (run_dir, phase): that phase's training step
-    compiles in another process while the codec extracts (pipeline.train.warmup); finish it
-    (_finish_warmup) before the phase trains."""
-    from pipeline.model.codec_batches import codec_devices, codec_slots, default_batch_seconds
+def _prepare(config: Config, base_dir: Path, progress: Progress, stage: Callable[..., None] = lambda **_: None):
+    """The configured dataset and its codes for `base_dir`'s codec: (dataset, manifest with codes_path)."""
     from pipeline.model.codes import extract_codes
     from pipeline.data.dataset import load_configured_dataset
 
     stage(phase="prepare", base_model=str(base_dir))
     dataset = load_configured_dataset(config, progress=progress)
     stage(phase="extract", dataset=dataset.id)
-    devices = _training_gpus(config)
-    # sized before the warm-up takes its share of the GPU's memory
-    batch_seconds = default_batch_seconds(codec_slots(codec_devices(devices=devices)))
-    warmup = _start_warmup(config, base_dir, *warm) if warm and devices and len(devices) == 1 else None
-    try:
-        codes = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress,
-                              devices=devices, batch_seconds=batch_seconds)
-    except BaseException:
-        if warmup is not None:
-            warmup.stop()
-        raise
-    return dataset, codes.manifest, warmup
-
-
-def _start_warmup(config: Config, base_dir: Path, run_dir: Path, phase: str):
-    from pipeline.train.warmup import CompileWarmup
-
-    warmup = CompileWarmup.start(config, run_dir / "config.yaml", phase, base_dir, run_dir / "warmup.log")
-    if warmup.process is not None:
-        print(f"compile warm-up: started for phase {phase} ({warmup.reason})", flush=True)
-    return warmup
-
-
-def _finish_warmup(run_dir: Path, warmup, stop_event: threading.Event | None, progress: Progress) -> None:
-    """Wait for the warm-up still compiling (the phase would compile the same graphs itself)."""
-    if warmup is None:
-        return
-    if warmup.process is not None and warmup.process.poll() is None:
-        progress(1.0, "VQ codes done; the training step is still compiling (started during extraction)")
-    note = warmup.finish(stop_event)
-    print(f"compile warm-up: {note}", flush=True)
-    update_run(run_dir, compile_warmup=note)
+    codes = extract_codes(dataset.manifest, base_dir, config.workspace / "codes", progress=progress,
+                          devices=_training_gpus(config))
+    return dataset, codes.manifest
 
 
 def _training_gpus(config: Config) -> list[str] | None:
@@ -336,11 +302,9 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mo
             check_stop()
             update_run(run_dir, **info)
 
-        phases = PHASES[mode]
-        first = next((phase for phase in phases if not _phase_finished(run_dir, phase)), None)
-        dataset, manifest, warmup = _prepare(config, base_dir, progress, stage, (run_dir, first) if first else None)
-        _finish_warmup(run_dir, warmup, stop_event, progress)
+        dataset, manifest = _prepare(config, base_dir, progress, stage)
         check_stop()
+        phases = PHASES[mode]
         trained_base = base_dir
         for phase in phases:
             phase_manifest = manifest
@@ -432,9 +396,7 @@ def _train_only(config, mode, model_dir, run_id, speaker, progress, overrides, s
     base_dir = Path(model_dir) if model_dir else ensure_base_model(config)
     update_run(run_dir, status="running", pid=os.getpid(), error=None, base_model=str(base_dir))
     try:
-        dataset, manifest, warmup = _prepare(config, base_dir, progress, lambda **info: update_run(run_dir, **info),
-                                             (run_dir, mode))
-        _finish_warmup(run_dir, warmup, None, progress)
+        dataset, manifest = _prepare(config, base_dir, progress, lambda **info: update_run(run_dir, **info))
         if mode == "speaker_lora":
             picked, reason = choose_speaker(config, dataset)
             if speaker:

@@ -47,21 +47,11 @@ def _check_outputs(run_dir, result):
         assert path.startswith(str(run_dir / "audio")) and info.frames > 0 and info.samplerate == 44100
 
 
-def test_quick_lora_end_to_end(workspace, tiny_checkpoint, monkeypatch):
-    import pipeline.train.workflow as workflow
-    from pipeline.train.warmup import CompileWarmup, spawn
-
-    # the compile warm-up beside extraction starts only on one GPU: forced here, on the CPU
-    monkeypatch.setattr(workflow, "_training_gpus", lambda config: ["cpu"])
-    monkeypatch.setattr(CompileWarmup, "start", classmethod(
-        lambda cls, config, config_path, phase, base_dir, log_path: cls(spawn(config_path, phase, base_dir, log_path),
-                                                                         log_path, "forced by the test")))
+def test_quick_lora_end_to_end(workspace, tiny_checkpoint):
     config = run_config(tiny_checkpoint)
     messages = []
     result = run_workflow(config, progress=lambda fraction, message: messages.append(message))
     run_dir = config.runs_dir / result["id"]
-    assert result["compile_warmup"].startswith("finished"), result["compile_warmup"]
-    assert "compile warm-up: {'status': 'finished'" in (run_dir / "warmup.log").read_text()
     assert (result["status"], result["phase"], result["mode"]) == ("finished", "done", "quick_lora")
     assert result["dataset"] == "sample" and result["elapsed_s"] > 0 and result["error"] is None
     assert load_config(run_dir / "config.yaml").training.quick_lora.steps == 6   # settings snapshot
