@@ -30,8 +30,9 @@ def _bench_time(bench: dict) -> str:
 
 
 def latest_benchmarks(runs_dir: Path) -> list[dict]:
-    """Benchmark JSON files written by `python -m pipeline bench` with training or scaling figures
-    (the workspace's and the ones committed with the project), newest first by the time recorded in them."""
+    """Benchmark JSON files written by `python -m pipeline bench` with training, extraction or scaling
+    figures (the workspace's and the ones committed with the project), newest first by the time
+    recorded in them."""
     paths = list((Path(runs_dir) / "bench").glob("*.json")) + list(COMMITTED_BENCH_DIR.glob("*.json"))
     results = []
     for path in paths:
@@ -40,7 +41,7 @@ def latest_benchmarks(runs_dir: Path) -> list[dict]:
             mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat()
         except (OSError, json.JSONDecodeError):
             continue
-        measured = isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("train", "scaling"))
+        measured = isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("train", "extract", "scaling"))
         if measured and not data.get("tiny"):
             results.append(data | {"path": str(path), "_mtime": mtime})  # tiny CPU benches time nothing real
     return sorted(results, key=_bench_time, reverse=True)
@@ -125,7 +126,7 @@ class CardFigures:
 def card_figures(gpu: str, row: dict, benches: list[dict], reference: dict | None = None) -> CardFigures:
     """Each speed figure for `gpu`: from its newest own benchmark, else the newest benchmark that has
     the figure scaled by bf16 peak (start-up times are CPU work: taken as they are)."""
-    benches = [b for b in benches if isinstance(b.get("train"), dict)]  # a scaling-only bench times no step
+    # each figure from the newest bench that has it (an extraction-only call has no step times)
     own = [b for b in benches if card_matches(gpu, row, b)]
     values, sources = {}, {}
     for name, (read, scales) in FIGURES.items():
@@ -151,8 +152,10 @@ def card_figures(gpu: str, row: dict, benches: list[dict], reference: dict | Non
             values[name] = 0.0 if name.endswith("_start_s") else math.nan
             sources[name] = "not measured"
     stale = ""
-    if own and benches and _bench_time(own[0]) < _bench_time(benches[0]) and not card_matches(gpu, row, benches[0]):
-        stale = bench_label(benches[0])
+    timed = [b for b in benches if isinstance(b.get("train"), dict)]  # a scaling or extraction call times no step
+    timed_own = [b for b in timed if card_matches(gpu, row, b)]
+    if timed_own and _bench_time(timed_own[0]) < _bench_time(timed[0]) and not card_matches(gpu, row, timed[0]):
+        stale = bench_label(timed[0])
     return CardFigures(values, sources, stale)
 
 

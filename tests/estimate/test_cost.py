@@ -260,3 +260,9 @@ def test_extraction_over_a_dataset_is_preferred_to_one_repeated_batch():
     assert card_figures("H100-80GB", row, [bench]).values["extract_realtime"] == 470.0  # the largest batch
     bench["extract"]["dataset"]["batches"]["360x2"] = {"realtime_factor": 520.0}  # two codecs at once, as a run
     assert card_figures("H100-80GB", row, [bench]).values["extract_realtime"] == 520.0
+    # a newer extraction-only call (`--only extract`) gives extraction's figure, not the step times
+    newer = {"card": bench["card"], "time": "2099-12-02T10:00:00Z", "peak_tflops": 989.0,
+             "extract": {"realtime_factor": 600.0, "dataset": {"batches": {"360x2": {"realtime_factor": 540.0}}}}}
+    figures = card_figures("H100-80GB", row, [newer, bench])
+    assert figures.values["extract_realtime"] == 540.0 and figures.values["lora_tokens_per_s"] == 100000.0
+    assert figures.stale == ""
