@@ -189,8 +189,12 @@ def _train_timing(phase_dir: Path, steps: int, full_steps: int, val_every: int, 
     val_s = float(np.mean(val_costs)) if val_costs else 0.0
     remaining = max(full_steps - steps, 0)
     extra_vals = max(full_steps // max(val_every, 1) - steps // max(val_every, 1), 0)
+    setup = json.loads((phase_dir / "state.json").read_text()).get("setup_s") or {}
     row = {"steps": steps, "full_steps": full_steps, "step_s": round(step_s, 4),
            "first_steps_s": round(train_times[skip], 2) if train_times else None,
+           # before the first step: loading, packing, the optimizer; the first row's rest is compilation
+           "setup_s": setup,
+           "first_step_s": round(train_times[0] - sum(setup.values()), 2) if train_times and setup else None,
            # when each of the first steps was logged: compilation, and recompilation for new shapes
            "first_elapsed_s": [round(t, 2) for t in train_times[:6]],
            "validation_s": round(val_s, 2), "validations": len(val_costs)}

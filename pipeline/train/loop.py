@@ -77,6 +77,7 @@ class _Trainer(ResumableCheckpoints, SpokenExamples):
         self.prior_elapsed, self.started = 0.0, time.time()
         self.unread, self.prefetched, self.last_read, self.state_written = None, None, 0.0, 0.0
         self.builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+        self.setup_s: dict[str, float] = {}
         self._setup(manifest)
 
     # -- setup ----------------------------------------------------------------------------------
@@ -99,14 +100,17 @@ class _Trainer(ResumableCheckpoints, SpokenExamples):
                                                 grad_accumulation=plan.grad_accumulation)
         self.step_micro_batches = plan.grad_accumulation * self.world.size  # of all ranks
         _seed_everything(s.seed)
+        mark = time.perf_counter()
         model, tokenizer = load_lm(self.ckpt_dir, self.device, plan.weights_dtype)
         self.tokenizer = tokenizer
         reference = torch.load(self.ckpt_dir / "model.pth", map_location="cpu", mmap=True, weights_only=True)
         self.base_is_fp32 = all(v.dtype == torch.float32 for v in reference.values() if torch.is_tensor(v))
         max_length = min(s.max_length, model.config.max_seq_len)
+        loaded = time.perf_counter()
         self.data = make_training_data(manifest, tokenizer, model.config.num_codebooks, max_length=max_length,
                                        batch_size=s.batch_size, val_fraction=s.val_fraction, seed=s.seed,
                                        width_multiple=512 if self.compile else 1)
+        packed = time.perf_counter()
         self.model = model = trainable_model(model, s)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer([p for _, p in self.params], s, self.device)
@@ -123,6 +127,9 @@ class _Trainer(ResumableCheckpoints, SpokenExamples):
             self.optimizer, lambda i: lr_factor(i, s.warmup_steps, self.total, s.schedule))
         self._resume()
         self.writer = self._tensorboard() if self.world.main else None
+        # where the wait before the first step goes (the rest, to the first row, is its compilation)
+        self.setup_s = {"load_model": round(loaded - mark, 2), "pack_data": round(packed - loaded, 2),
+                        "prepare": round(time.perf_counter() - packed, 2)}
 
     def _tensorboard(self):
         try:
@@ -150,6 +157,7 @@ class _Trainer(ResumableCheckpoints, SpokenExamples):
             "epoch": round(self.data.train.epoch_progress(self.position), 4), "best": self.best,
             "best_val_loss": self.best_val_loss, "latest": self.latest, "message": message,
             "base_checkpoint": str(self.ckpt_dir), "data": self.data.summary(), "memory_plan": self.memory_plan,
+            "setup_s": self.setup_s,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def _log(self, row: dict) -> None:

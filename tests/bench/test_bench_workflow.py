@@ -39,6 +39,7 @@ def test_tiny_workflow_times_every_stage_and_labels_the_extrapolation(monkeypatc
     train = result["stages"]["train"]
     assert train["status"] == "finished" and train["step_s"] > 0 and train["steps"] < train["full_steps"]
     assert train["full_length_label"].startswith("extrapolated") and train["full_length_s"] > train["wall_s"]
+    assert set(train["setup_s"]) == {"load_model", "pack_data", "prepare"} and train["first_step_s"] >= 0
     assert result["stages"]["evaluate"]["sentences"] == 1
     compare = result["prepare_workers"]
     assert compare["clips"] == 24 and compare["serial_s"] > 0 and compare["parallel_s"] > 0

@@ -142,6 +142,9 @@ def test_lora_training_lowers_held_out_loss(tmp_path, tiny_checkpoint):
     assert rows[0]["lr"] == pytest.approx(3e-3 / 3) and rows[-1]["lr"] == pytest.approx(3e-3)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["status"] == "finished" and state["step"] == 70
+    # where the wait before the first step went, and it comes before the first row
+    assert set(state["setup_s"]) == {"load_model", "pack_data", "prepare"}
+    assert 0 <= sum(state["setup_s"].values()) <= rows[0]["elapsed_s"]
     best = tmp_path / "run" / state["best"]
     assert (best / "adapter_model.safetensors").is_file() and str(best) == result.best
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
