@@ -9,68 +9,13 @@ import time
 
 import pytest
 
-from audio_fixtures import speech_like, write_audio, write_clip
-from studio.logic import runs_view, training_gpus
-from pipeline.config import Config
+from audio_fixtures import speech_like, write_audio
+from studio.logic import runs_view
 from pipeline.train.jobs import JobError
 from pipeline.data.selection import save_selection
 from pipeline.atomic import write_json
 from studio.tabs import training_view
-from studio.tabs.training import JOB_QUEUE
-
-
-@pytest.fixture
-def config(tmp_path, monkeypatch) -> Config:
-    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
-    monkeypatch.setattr(training_gpus, "visible_gpus", lambda: [])  # the same answer on machines with GPUs
-    return Config().with_overrides({"base_model.local_dir": str(tmp_path / "no-model"), "gpu.type": "H100-80GB",
-                                    "gpu.price_per_hour": 3.0})
-
-
-@pytest.fixture(scope="module")
-def voices(tmp_path_factory):
-    root = tmp_path_factory.mktemp("voices")
-    for i in range(4):
-        write_clip(root, "aino", f"aino{i}", text=f"Tämä on lause numero {i}.", seed=i)
-    return root
-
-
-@pytest.fixture
-def dataset(config, voices):
-    from pipeline.data.dataset import load_dataset
-    from pipeline.data.source_spec import SourceSpec
-
-    ds = load_dataset(SourceSpec(kind="folder", path=str(voices)), config)
-    save_selection(config, dataset_id=ds.id)
-    return ds
-
-
-def _run(config, run_id, *, status, phase="lora", steps=8, total=20, pid=None, audio=False, **extra):
-    """A quick_lora run directory with metrics, as pipeline.train.workflow and pipeline.train.loop write it."""
-    run_dir = config.runs_dir / run_id
-    config.save(run_dir / "config.yaml")
-    write_json(run_dir / "run.json", {"id": run_id, "mode": "quick_lora", "phases": ["lora"], "phase": phase,
-                                      "status": status, "pid": pid, "started_at": time.time() - 120,
-                                      "elapsed_before_s": 0.0, **extra})
-    phase_dir = run_dir / "phases" / "lora"
-    phase_dir.mkdir(parents=True)
-    rows = [{"kind": "val", "step": 0, "val_loss": 9.1, "val_top1": 0.01, "val_top5": 0.05, "elapsed_s": 0.2}]
-    for s in range(1, steps + 1):
-        rows.append({"kind": "train", "step": s, "loss": 9 - 0.1 * s, "top1": 0.01 * s, "top5": 0.05 * s,
-                     "lr": 1e-4, "tokens_per_s": 900.0 + s, "elapsed_s": 2.0 * s})
-        if s % 4 == 0:
-            rows.append({"kind": "val", "step": s, "val_loss": 9 - 0.09 * s, "val_top1": 0.01, "val_top5": 0.05,
-                         "elapsed_s": 2.0 * s})
-    (phase_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    write_json(phase_dir / "state.json", {"status": "running" if status == "running" else status, "step": steps,
-                                          "total_steps": total})
-    (run_dir / "log.txt").write_text("loading\rVQ codes:  10%|#         | 1/10 [00:01<00:09, 1.00it/s]\r"
-                                     "VQ codes: 100%|##########| 10/10 [00:10<00:00, 1.00it/s]\n"
-                                     "step 8/20 loss 8.2\n")
-    if audio:
-        for i in (1, 2, 3):
-            write_audio(run_dir / "audio" / f"example_{i}.wav", speech_like(seconds=0.5))
-    return run_dir
+from training_fixtures import _live, _run, _tab
 
 
 def test_plan_shows_what_start_will_train(config, dataset):
@@ -214,12 +159,6 @@ def test_plan_of_a_full_finetune_names_the_speaker(config, dataset):
 
 
 # -- the live view survives every state of a run's files ------------------------------------------
-def _live(config, run_id):
-    """`run_id` is the job running now (this test's pid stands in for the training process)."""
-    write_json(config.workspace / "job.json", {"run_id": run_id, "pid": os.getpid(),
-                                               "run_dir": str(config.runs_dir / run_id)})
-
-
 VAL0 = {"kind": "val", "step": 0, "val_loss": 9.1, "val_top1": 0.01, "val_top5": 0.05, "elapsed_s": 0.2}
 TRAIN1 = {"kind": "train", "step": 1, "loss": 9.0, "top1": 0.01, "top5": 0.05, "lr": 1e-4, "tokens_per_s": 900.0,
           "elapsed_s": 2.0}
@@ -367,17 +306,6 @@ def test_the_log_shows_each_warning_once_and_bars_as_lines():
 
 
 # -- the tab's handlers (no server) ---------------------------------------------------------------
-def _tab(config):
-    """The built app's Training-tab handlers by API name, and its run dropdown."""
-    from studio.app import build_app
-
-    demo = build_app(config)
-    run_dd = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "run-choice")
-    handlers = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
-    handlers["tick"] = next(fn for fn in demo.fns.values() if fn.name == "on_tick" and run_dd in fn.inputs)
-    return handlers, run_dd
-
-
 def test_start_and_resume_share_one_queue(config):
     handlers, _ = _tab(config)
     start, resume = handlers["start_training"], handlers["resume_training"]
@@ -433,203 +361,3 @@ def test_start_shows_the_new_run_at_once(config, monkeypatch):
     out = handlers["start_training"].fn("")
     assert "Started run r-started" in out[0] and out[1]["value"] == "r-started"
     assert out[9]["interactive"] is True and "Waiting to start" in out[3]
-
-
-# -- a new speaker on a finished full fine-tune's language-adapted model ---------------------------
-def _finished_full(config, run_id, model, *, status="finished", speaker="aino",
-                   created="2026-01-02T10:30:00+00:00"):
-    """A full fine-tune's run.json as the workflow leaves it (its phase-1 model = `model`)."""
-    write_json(config.runs_dir / run_id / "run.json", {
-        "id": run_id, "mode": "full_finetune", "phases": ["full", "speaker_lora"], "phase": "done",
-        "status": status, "speaker": speaker, "created": created, "artifacts": {"phase1_model": str(model)}})
-
-
-def test_language_models_are_offered_with_their_run_voice_and_date(config, tiny_checkpoint):
-    assert training_view.language_model_choices(config) == [training_view.FROM_BASE]
-    assert training_view.language_model_info(config) == training_view.NO_LANGUAGE_MODELS
-    assert "finished" in training_view.NO_LANGUAGE_MODELS and "Full fine-tune" in training_view.NO_LANGUAGE_MODELS
-    _finished_full(config, "20260102-full", tiny_checkpoint)
-    _finished_full(config, "20260103-failed", tiny_checkpoint, status="failed")
-    choices = training_view.language_model_choices(config)
-    assert choices == [training_view.FROM_BASE, ("20260102-full · voice aino · 2026-01-02 10:30", "20260102-full")]
-    assert "speaker LoRA" in training_view.language_model_info(config)
-
-
-def test_the_plan_says_what_a_speaker_run_trains(config, dataset, tiny_checkpoint):
-    _finished_full(config, "20260102-full", tiny_checkpoint, speaker="someone")
-    save_selection(config, speaker="aino", **{"training.full_finetune.speaker_max_steps": 77})
-    plan = html.unescape(training_view.plan_html(config, "20260102-full"))
-    assert "a speaker LoRA on 20260102-full's language-adapted model" in plan
-    assert "aino (new speaker)" in plan and "up to 77 steps" in plan and str(tiny_checkpoint) in plan
-    assert "all speakers" not in plan and dataset.id in plan
-    gone = html.unescape(training_view.plan_html(config, "20260109-gone"))
-    assert "20260109-gone is not a finished full fine-tune" in gone
-
-
-def test_start_with_a_language_model_starts_a_speaker_run_on_it(config, dataset, tiny_checkpoint, monkeypatch):
-    _finished_full(config, "20260102-full", tiny_checkpoint)
-    save_selection(config, speaker="aino")
-    calls = []
-    monkeypatch.setattr(training_view, "start_job", lambda cfg, **kw: calls.append((cfg, kw)) or {"run_id": "x"})
-    training_view.start_run(config, base_run="20260102-full")
-    cfg, kwargs = calls[-1]
-    assert kwargs == {"model_dir": str(tiny_checkpoint), "mode": "speaker_lora", "gpus": 1}
-    assert cfg.speaker.policy == "manual" and cfg.speaker.name == "aino"       # the voice picked in Dataset
-    training_view.start_run(config)                                              # no pick: the mode as before
-    assert calls[-1][1] == {"gpus": 1}
-    with pytest.raises(JobError, match="'20260109-gone' is not a finished full fine-tune"):
-        training_view.start_run(config, base_run="20260109-gone")
-    assert len(calls) == 2
-
-
-def test_the_tab_starts_a_speaker_run_from_the_pick(config, dataset, tiny_checkpoint, monkeypatch):
-    _finished_full(config, "20260102-full", tiny_checkpoint)
-    handlers, _ = _tab(config)
-    picked = []
-
-    def fake_start_job(cfg, run_id=None, model_dir=None, mode=None, gpus=None):
-        picked.append((model_dir, mode))
-        _run(config, "r-speaker", status="starting", pid=os.getpid(), phase=None)
-        _live(config, "r-speaker")
-        return {"run_id": "r-speaker", "pid": os.getpid()}
-
-    monkeypatch.setattr(training_view, "start_job", fake_start_job)
-    out = html.unescape(handlers["start_training"].fn("20260102-full")[0])
-    assert picked == [(str(tiny_checkpoint), "speaker_lora")]
-    assert "Started speaker run r-speaker on 20260102-full's language-adapted model" in out
-
-
-def test_picking_a_language_model_changes_the_plan_and_the_start_button(config, dataset, tiny_checkpoint):
-    from studio.app import build_app
-
-    _finished_full(config, "20260102-full", tiny_checkpoint)
-    demo = build_app(config)
-    on_base = next(fn for fn in demo.fns.values() if fn.name == "on_base")
-    plan, button = on_base.fn("20260102-full")
-    assert "20260102-full&#x27;s language-adapted model" in plan and button["value"] == "Start speaker run"
-    plan, button = on_base.fn("")
-    assert "Quick LoRA" in plan and button["value"] == "Start training"
-    start = next(fn for fn in demo.fns.values() if fn.api_name == "start_training")
-    assert [getattr(block, "elem_id", None) for block in start.inputs] == ["language-model", "training-gpus"]
-    assert start.concurrency_id == JOB_QUEUE and start.concurrency_limit == 1    # one queue with Resume
-
-
-def test_a_finished_speaker_run_names_its_language_model(config, dataset, tiny_checkpoint):
-    run_dir = _run(config, "r-spk", status="finished", phase="done", mode="speaker_lora", phases=["speaker_lora"],
-                   dataset=dataset.id, speaker="aino", elapsed_s=60.0,
-                   artifacts={"merged": "/m", "language_model": str(tiny_checkpoint)})
-    (run_dir / "phases" / "lora").rename(run_dir / "phases" / "speaker_lora")
-    view = training_view.run_view(config, "r-spk")
-    assert "· Speaker LoRA" in view.progress_html and "voice aino" in view.progress_html
-    assert "Language-adapted model it was trained on" in view.artifacts_html and str(tiny_checkpoint) in view.artifacts_html
-    estimated = dict(zip(view.comparison[""], view.comparison["Estimate (H100-80GB)"]))
-    assert estimated["Training steps"].startswith("up to") and estimated["Cost at $3.00/h"].endswith("(training)")
-
-
-# -- the GPUs of this machine: found, chosen, checked before a start ------------------------------
-H100 = {"name": "NVIDIA H100 80GB HBM3", "memory_gb": 85.5}
-
-
-def _gpus(monkeypatch, count: int) -> list[dict]:
-    devices = [dict(H100) for _ in range(count)]
-    monkeypatch.setattr(training_gpus, "visible_gpus", lambda: devices)
-    return devices
-
-
-def _block(demo, elem_id):
-    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
-
-
-def test_the_gpus_found_and_the_counts_on_offer(config):
-    four = [dict(H100) for _ in range(4)]
-    assert training_gpus.found_text(four) == "GPUs found: 4 × NVIDIA H100 80GB HBM3 (85.5 GB)"
-    mixed = [H100, {"name": "NVIDIA L4", "memory_gb": 23.6}]
-    assert training_gpus.found_text(mixed) == "GPUs found: 1 × NVIDIA H100 80GB HBM3 (85.5 GB), 1 × NVIDIA L4 (23.6 GB)"
-    assert training_gpus.found_text([]) == "no GPU: training runs on the CPU, one process"
-    assert training_gpus.counts(four) == [1, 2, 3, 4] and training_gpus.counts([]) == [1]
-    assert training_gpus.selectable(four) and not training_gpus.selectable([H100]) and not training_gpus.selectable([])
-    assert training_gpus.default_count(config, four) == 4                       # training.gpus: auto = all
-    assert training_gpus.default_count(config.with_overrides({"training.gpus": 2}), four) == 2
-    assert training_gpus.default_count(config.with_overrides({"training.gpus": 8}), four) == 4   # capped
-    assert training_gpus.default_count(config.with_overrides({"training.gpus": 2}), []) == 1     # one CPU process
-
-
-@pytest.mark.parametrize("count, shown", [(4, True), (1, False), (0, False)])
-def test_the_tab_shows_the_gpus_found_and_the_choice(config, monkeypatch, count, shown):
-    from studio.app import build_app
-
-    devices = _gpus(monkeypatch, count)
-    demo = build_app(config)
-    line, choice = _block(demo, "gpus-found"), _block(demo, "training-gpus")
-    assert line.value == training_gpus.found_text(devices)
-    assert choice.visible is shown and choice.label == "GPUs for this run"
-    assert [value for _, value in choice.choices] == list(range(1, max(count, 1) + 1))
-    assert choice.value == max(count, 1)                                         # default: every GPU
-
-
-def test_start_and_resume_pass_the_chosen_count(config, dataset, monkeypatch):
-    _gpus(monkeypatch, 4)
-    calls = []
-
-    def fake_start_job(cfg, run_id=None, model_dir=None, mode=None, gpus=None):
-        calls.append({"run_id": run_id, "gpus": gpus})
-        return {"run_id": run_id or "r-new", "pid": os.getpid()}
-
-    monkeypatch.setattr(training_view, "start_job", fake_start_job)
-    handlers, _ = _tab(config)
-    out = html.unescape(handlers["start_training"].fn("", 2)[0])
-    assert calls[-1] == {"run_id": None, "gpus": 2} and "on 2 GPUs (data-parallel)" in out
-    training_view.start_run(config)                                              # no choice: training.gpus (auto)
-    assert calls[-1]["gpus"] == 4
-    _run(config, "r-stopped", status="cancelled")
-    out = html.unescape(handlers["resume_training"].fn("r-stopped", 1)[0])       # a resume may change the count
-    assert calls[-1] == {"run_id": "r-stopped", "gpus": 1} and "Resumed run r-stopped" in out
-    refused = html.unescape(handlers["start_training"].fn("", 5)[0])
-    assert "GPUs for this run: choose a whole number from 1 to 4" in refused and len(calls) == 3
-
-
-def test_a_global_batch_that_does_not_split_is_refused_before_starting(config, dataset, monkeypatch):
-    from pipeline.train.distributed import World, rank_share
-    from pipeline.train.settings import TrainError
-
-    _gpus(monkeypatch, 4)
-    save_selection(config, **{"training.batch_size": 4, "training.grad_accumulation": 1})
-    with pytest.raises(TrainError) as expected:
-        rank_share(4, World(0, 3))
-    calls = []
-    monkeypatch.setattr(training_view, "start_job", lambda cfg, **kw: calls.append(kw) or {"run_id": "x", "pid": 1})
-    with pytest.raises(TrainError) as refused:
-        training_view.start_run(config, gpus=3)
-    assert str(refused.value) == str(expected.value) and "training.grad_accumulation" in str(refused.value)
-    handlers, _ = _tab(config)
-    assert str(expected.value) in html.unescape(handlers["start_training"].fn("", 3)[0])
-    # the plan says so before Start is pressed, and says the split when there is one
-    assert str(expected.value) in html.unescape(training_view.plan_html(config, gpus=3))
-    assert "on 2 GPUs (data-parallel): 2 of the 4 sequences" in training_view.plan_html(config, gpus=2)
-    assert "data-parallel" not in training_view.plan_html(config, gpus=1)
-    # a resume is checked against the run's own batch (3 sequences here), not the current settings
-    _run(config, "r-odd", status="failed")
-    config.with_overrides({"training.batch_size": 3}).save(config.runs_dir / "r-odd" / "config.yaml")
-    assert "does not split evenly over 2 GPUs" in html.unescape(handlers["resume_training"].fn("r-odd", 2)[0])
-    assert calls == []
-    training_view.start_run(config, "r-odd", gpus=3)
-    assert calls == [{"run_id": "r-odd", "gpus": 3}]
-
-
-def test_the_estimate_beside_an_n_gpu_run_is_for_that_many_gpus(config, dataset, monkeypatch):
-    from pipeline.estimate import cost
-
-    asked = []
-    real = cost.estimate
-    monkeypatch.setattr(cost, "estimate", lambda *a, **kw: asked.append(kw.get("gpus")) or real(*a, **kw))
-    _run(config, "r-one", status="finished", phase="done", elapsed_s=3600.0, dataset=dataset.id)
-    _run(config, "r-two", status="finished", phase="done", elapsed_s=3600.0, dataset=dataset.id, gpus=2)
-    one = runs_view.estimate_vs_actual(config.runs_dir / "r-one", config=config)
-    two = runs_view.estimate_vs_actual(config.runs_dir / "r-two", config=config)
-    assert asked == [1, 2]
-    assert list(two.columns) == ["", "Estimate (2 × H100-80GB)", "This run"]
-    rows = dict(zip(two[""], two["This run"]))
-    assert rows["Cost at 2 × $3.00/h"].startswith("$6.00")                      # 1 h on 2 GPUs at $3/h each
-    assert dict(zip(one[""], one["This run"]))["Cost at $3.00/h"].startswith("$3.00")
-    view = training_view.run_view(config, "r-two")
-    assert "Cost at 2 × $3.00/h" in html.unescape(view.progress_html)
