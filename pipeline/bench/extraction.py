@@ -23,15 +23,6 @@ from pipeline.model.codec_batches import CODECS_PER_GPU
 BATCH_SECONDS = (120.0, 360.0)  # audio per batch: a 24 GB card's default, and a big card's
 
 
-def _twin(codec, codec_config: Path, device):
-    """Another codec with the same weights, as extract_codes loads one more per GPU."""
-    from pipeline.model.checkpoints import build_codec
-
-    twin = build_codec(codec_config).to(device).eval()
-    twin.load_state_dict(codec.state_dict())
-    return twin
-
-
 def _manifest(folder: Path) -> pd.DataFrame:
     rows = [{"id": path.stem, "audio_path": str(path), "duration_s": sf.info(str(path)).duration, "status": "ok"}
             for path in sorted(folder.rglob("*.flac"))]
@@ -42,7 +33,7 @@ def bench_extract_dataset(codec, codec_config: Path, device, tiny: bool, clips: 
     """{"clips", "audio_s", "batches": {"<batch seconds>" or "<batch seconds>x<codecs>": {"realtime_factor",
     "gpu_idle_share", ...}}}: one codec at each of BATCH_SECONDS, then CODECS_PER_GPU codecs (each on
     its own CUDA stream, as a run encodes) at the largest."""
-    from pipeline.model.checkpoints import CODEC_CONFIG_NAME
+    from pipeline.model.checkpoints import CODEC_CONFIG_NAME, codec_copy
     from pipeline.model.codes import extract_codes
 
     clips = clips or (6 if tiny else 400)
@@ -55,8 +46,8 @@ def bench_extract_dataset(codec, codec_config: Path, device, tiny: bool, clips: 
         shutil.copy(codec_config, tmp / CODEC_CONFIG_NAME)
         torch.save({}, tmp / "codec.pth")  # the cache key's codec identity only; the codec is given
         runs = [(seconds, [codec]) for seconds in (BATCH_SECONDS[:1] if tiny else BATCH_SECONDS)]
-        runs.append((runs[-1][0], [codec] + [_twin(codec, codec_config, device)
-                                             for _ in range(CODECS_PER_GPU - 1)]))
+        # as extract_codes loads them: copies of the first on the same GPU
+        runs.append((runs[-1][0], [codec] + [codec_copy(codec, codec_config) for _ in range(CODECS_PER_GPU - 1)]))
         for batch_seconds, codecs in runs:
             free_memory(device)
             label = f"{batch_seconds:.0f}" + (f"x{len(codecs)}" if len(codecs) > 1 else "")

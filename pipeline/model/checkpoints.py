@@ -290,6 +290,14 @@ def load_codec(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval()
 
 
+def codec_copy(codec, config_path: str | Path):
+    """Another codec with `codec`'s weights on its device, without reading the checkpoint again
+    (extraction runs two per GPU)."""
+    twin = build_codec(config_path)
+    twin.load_state_dict(codec.state_dict())
+    return twin.to(next(codec.parameters()).device).eval()
+
+
 _IDENTITY_CACHE: dict[tuple, str] = {}
 
 

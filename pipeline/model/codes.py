@@ -31,7 +31,7 @@ import torch
 
 from pipeline.data.audio import AudioError, load_audio
 from pipeline.data.parallel import worker_count
-from pipeline.model.checkpoints import codec_identity, load_codec
+from pipeline.model.checkpoints import codec_config_path, codec_copy, codec_identity, load_codec
 from pipeline.model.codec_batches import (  # noqa: F401  (encode_batch, pad_batch, ...: this module's API too)
     MAX_BATCH_SECONDS,
     MIN_BATCH_SECONDS,
@@ -153,7 +153,7 @@ def _batches(items: list[dict], batch_seconds: float, step_seconds: float = 0.0)
 
 
 MAX_LOADER_THREADS = 8  # decoding, resampling and hashing release the GIL; more only contend for it
-LOOK_AHEAD_GROUPS = 2  # batches loaded ahead of the codecs' (each ≤ batch_seconds of audio in memory)
+LOOK_AHEAD_GROUPS = 2  # batches loaded ahead beyond one per codec (each ≤ batch_seconds of audio in memory)
 
 
 @dataclass
@@ -220,8 +220,11 @@ def extract_codes(
             raise CodesError(f"The manifest has no '{column}' column; rebuild the dataset.")
     started = time.perf_counter()
     codec_id = codec_identity(ckpt_dir)
-    if codec is None:
-        codecs = [load_codec(ckpt_dir, device=d) for d in codec_slots(codec_devices(device, devices))]
+    if codec is None:  # the checkpoint read once per device, the other codecs there copied
+        codecs, first = [], {}
+        for slot in codec_slots(codec_devices(device, devices)):
+            codecs.append(codec_copy(first[slot], codec_config_path(ckpt_dir)) if slot in first
+                          else first.setdefault(slot, load_codec(ckpt_dir, device=slot)))
     else:
         codecs = list(codec) if isinstance(codec, (list, tuple)) else [codec]
     codec = codecs[0]

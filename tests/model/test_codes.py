@@ -316,6 +316,30 @@ def test_the_batch_size_follows_the_free_gpu_memory(monkeypatch):
     assert default_batch_seconds([torch.device("cuda", 1)]) == MIN_BATCH_SECONDS
 
 
+def test_a_codec_copy_has_the_same_weights_and_gives_the_same_codes(tiny_checkpoint, codec):
+    from pipeline.model.checkpoints import codec_config_path, codec_copy
+
+    twin = codec_copy(codec, codec_config_path(tiny_checkpoint))
+    assert twin is not codec and not twin.training
+    assert all(torch.equal(a, b) for a, b in zip(codec.state_dict().values(), twin.state_dict().values()))
+    audio = np.random.default_rng(0).standard_normal(int(codec.sample_rate)).astype(np.float32) * 0.1
+    assert torch.equal(encode_audio(twin, audio), encode_audio(codec, audio))
+
+
+def test_codecs_sharing_a_device_read_the_checkpoint_once(dataset, tiny_checkpoint, tmp_path, codec, monkeypatch):
+    import pipeline.model.codes as codes_module
+
+    loads = []
+    real_load = codes_module.load_codec
+    monkeypatch.setattr(codes_module, "codec_slots", lambda devices: devices * 2)  # as a GPU gets two
+    monkeypatch.setattr(codes_module, "load_codec", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    report = extract_codes(dataset, tiny_checkpoint, tmp_path / "two", batch_seconds=1.0, device="cpu")
+    assert report.codecs == 2 and len(loads) == 1
+    rows = dataset.set_index("id")
+    for clip_id, path in report.codes_paths.items():
+        assert torch.equal(load_codes(path), encode_audio(codec, load_for_codec(rows.loc[clip_id, "audio_path"], SR)))
+
+
 def test_each_gpu_gets_two_codecs_and_the_cpu_one():
     from pipeline.model.codec_batches import CODECS_PER_GPU, codec_slots
 
