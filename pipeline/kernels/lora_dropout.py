@@ -36,10 +36,10 @@ MAX_ADAPTERS = 8
 # where that differs (measured: docs/PERFORMANCE.md); the mask does not depend on them (a function
 # of seed, row and column only)
 TILES = {
-    "down": {"ROWS": 32, "COLS": 128, "num_warps": 4, "num_stages": 2},
+    "down": {"ROWS": 32, "COLS": 128, "num_warps": 4, "num_stages": 3},
     "grad_input": {"ROWS": 32, "COLS": 128, "num_warps": 4, "num_stages": 1},
     "grad_input_glu": {"ROWS": 16, "COLS": 128, "num_warps": 4, "num_stages": 1},
-    "grad_weight": {"ROWS": 32, "COLS": 256, "num_warps": 8, "num_stages": 4},
+    "grad_weight": {"ROWS": 32, "COLS": 256, "num_warps": 8, "num_stages": 3},
 }
 MASK_TILE = (64, 128)
 
