@@ -158,6 +158,7 @@ SPEED_ENVIRONMENT = {  # speed.<key> ← the environment variable that overrides
     "fused_decoder": "FASTGEN_FUSED",
     "gemv": "FASTGEN_GEMV",
     "compile_mode": "FASTGEN_COMPILE_MODE",
+    "programmatic_launch": "FASTGEN_PDL",
 }
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
@@ -170,6 +171,7 @@ class SpeedConfig(_Section):
     fused_decoder: bool = True             # one stream decodes through fused Triton layers (off: compiled layers)
     gemv: bool = True                      # compiled decode layers use the one-row Triton product (off: cuBLAS)
     compile_mode: CompileMode | None = None  # torch.compile mode of the decoder (null: torch's default)
+    programmatic_launch: bool = True       # fused decoder on Hopper+: each kernel starts before the last ends
 
     @model_validator(mode="before")
     @classmethod

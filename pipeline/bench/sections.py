@@ -300,6 +300,12 @@ def bench_generate(shapes, device, tiny, profile_dir=None, speed=None) -> dict:
     t = time_calls(lambda: gen.generate([one], frames, stop_at_end=False), 1, 1 if tiny else 3, device)
     result["single"] = {"frames_per_s": round(frames / t["median_s"], 1), **t}
     result["frames_per_s"] = result["single"]["frames_per_s"]
+    if gen.pdl:  # the same stream with every kernel launched plainly: what programmatic launches bring
+        plain = FastGenerator(model, 1, max_len=max_len, options=dataclasses.replace(options, pdl=False))
+        plain.warmup()
+        t = time_calls(lambda: plain.generate([one], frames, stop_at_end=False), 1, 3, device)
+        result["single_plain_launch"] = {"frames_per_s": round(frames / t["median_s"], 1), **t}
+        plain = None
     if profile_dir and device.type == "cuda":
         result["profile"] = _profile_generation(gen, one, Path(profile_dir) / "generate-one-stream.txt")
 

@@ -100,6 +100,7 @@ class DecodeOptions:
     fused: bool = True  # one stream on an Ampere+ GPU: each layer as pipeline.kernels.decode_layer's kernels
     gemv: bool = True  # compiled layers: one-row products through pipeline.kernels.gemv (off: cuBLAS)
     compile_mode: str | None = None  # torch.compile mode, e.g. max-autotune-no-cudagraphs (longer warm-up)
+    pdl: bool = True  # fused decoder on Hopper+: kernels launched as programmatic dependents
 
     @classmethod
     def from_speed(cls, speed=None) -> "DecodeOptions":
@@ -109,7 +110,8 @@ class DecodeOptions:
             from pipeline.config import SpeedConfig
 
             speed = SpeedConfig()
-        return cls(fused=speed.fused_decoder, gemv=speed.gemv, compile_mode=speed.compile_mode)
+        return cls(fused=speed.fused_decoder, gemv=speed.gemv, compile_mode=speed.compile_mode,
+                   pdl=speed.programmatic_launch)
 
 
 def effective_weight(module: torch.nn.Module) -> torch.Tensor:
@@ -171,6 +173,7 @@ class FastGenerator(DecodingLoops):
             else fused
         if self.fused and not (small and runtime.AVAILABLE):
             raise ValueError(f"The fused decoder needs Triton and at most {decode_kernels.MAX_STREAMS} streams.")
+        self.pdl = self.fused and options.pdl and decode_kernels.programmatic(self.device)
         self.S = min(int(max_len or cfg.max_seq_len), cfg.max_seq_len)
         tok = m.tokenizer
         self.im_end = tok.get_token_id("<|im_end|>")
@@ -287,23 +290,23 @@ class FastGenerator(DecodingLoops):
         self.noise.exponential_()
         tail = (self.window, self.noise, (self.temperature, self.top_p, self.penalty), self.force_flag, self.force,
                 self.frame)
-        logits = decode_kernels.product(x, self.head0, self.norm, c.head_eps)
-        y = x if self.proj is None else decode_kernels.product(x, self.proj[0], bias=self.proj[1])
+        logits = decode_kernels.product(x, self.head0, self.norm, c.head_eps, pdl=self.pdl)
+        y = x if self.proj is None else decode_kernels.product(x, self.proj[0], bias=self.proj[1], pdl=self.pdl)
         fast = (self.fast_blocks, self._fkc, self._fvc, self.fast_dims)
         # position 0: the last layer only writes its K/V
         self._fused_layers(*fast, y, m.fast_freqs_cis, self.codebook_index[0], kv_only_last=True)
         y = self._pick0(c, logits, self.fast_embedding, *tail, self.last_logits0)
         for k in range(1, self.N):
             y = self._fused_layers(*fast, y, m.fast_freqs_cis, self.codebook_index[k])
-            logits = decode_kernels.product(y, self.head_fast, self.fast_norm, c.fast_eps)
+            logits = decode_kernels.product(y, self.head_fast, self.fast_norm, c.fast_eps, pdl=self.pdl)
             y = self._pick(self.codebook_index[k], logits, self.fast_embedding, *tail, self.last_fast_logits)
         self._finish(c, self.frame, self.cur, self.out, self.window, self.pos, self.t)
 
-    @staticmethod
-    def _fused_layers(blocks, k_caches, v_caches, dims, x, freqs, pos, kv_only_last=False):
+    def _fused_layers(self, blocks, k_caches, v_caches, dims, x, freqs, pos, kv_only_last=False):
         """x through `blocks` as decode_kernels.layer launches."""
         for i, (b, kc, vc) in enumerate(zip(blocks, k_caches, v_caches)):
-            x = decode_kernels.layer(b, dims, x, freqs, pos, kc, vc, kv_only=kv_only_last and i == len(blocks) - 1)
+            x = decode_kernels.layer(b, dims, x, freqs, pos, kc, vc, kv_only=kv_only_last and i == len(blocks) - 1,
+                                     pdl=self.pdl)
         return x
 
     def _frame(self, length: int) -> None:

@@ -27,6 +27,9 @@ import torch
 
 from pipeline.kernels.runtime import AVAILABLE, tl, triton
 
+if AVAILABLE:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
 # epilogues of the weight product
 PLAIN, RESIDUAL, SWIGLU = 0, 1, 2
 
@@ -36,13 +39,17 @@ if AVAILABLE:
     def product_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, res_ptr, bias_ptr, eps, N,
                         K: tl.constexpr, PRE_NORM: tl.constexpr, EPILOGUE: tl.constexpr,
                         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        STREAMS: tl.constexpr):
+                        STREAMS: tl.constexpr, PDL: tl.constexpr = False):
         """y[s, rows] = epilogue(W[rows] @ prologue(x[s])) for each of STREAMS rows of x; SWIGLU: W
         holds w1 rows then w3 rows (2N).
 
         One memory round trip: the weight rows over the whole K (BLOCK_K columns, a power of two)
         are loaded first, once for all streams, then x, the norm weight and the residual (L2 hits),
-        all before the first reduction waits on them."""
+        all before the first reduction waits on them. PDL (launched as a programmatic dependent):
+        the next kernel may start once every program got here, and this one loads its weights
+        (never written while decoding) before it waits for the kernel before it to finish."""
+        if PDL:
+            gdc_launch_dependents()
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         cols = tl.arange(0, BLOCK_K)
@@ -56,6 +63,8 @@ if AVAILABLE:
             bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         if PRE_NORM:
             g = tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if PDL:  # x and the residual are the previous kernel's output
+            gdc_wait()
         for stream in tl.static_range(STREAMS):
             xv = tl.load(x_ptr + stream * K + cols, mask=col_ok, other=0.0).to(tl.float32)
             if EPILOGUE == 1:
@@ -110,14 +119,20 @@ if AVAILABLE:
     def _attention_kernel(qkv_ptr, q_norm_ptr, k_norm_ptr, eps, freqs_ptr, pos_ptr, k_cache_ptr, v_cache_ptr,
                           cache_stride, out_ptr, scale, part_ptr, stat_ptr, count_ptr, chunk, pos_stride,
                           N_HEAD: tl.constexpr, N_KV: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr,
-                          BLOCK_L: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr):
+                          BLOCK_L: tl.constexpr, SPLITS: tl.constexpr, SPLITS_POW2: tl.constexpr,
+                          PDL: tl.constexpr = False):
         """Query head h (axis 0) of stream b (axis 2) over cache positions [split * chunk, (split + 1)
         * chunk) ∩ [0, pos) (axis 1: split), online softmax in fp32; pos = pos_ptr[b * pos_stride],
         the stream's cache rows b * N_KV + kv. Split 0 also takes the new key at pos, and the first
         head of each group writes that key/value into the cache (the other programs never read
         position pos from the cache: no program reads what another writes). With several splits,
         each writes its partial (max, sum, weighted values); the last split of a head to finish
-        (an atomic count) combines them and resets the count for the next launch."""
+        (an atomic count) combines them and resets the count for the next launch. PDL: started
+        early, it waits for the previous kernel before its first load (everything it reads may
+        be written just before)."""
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
         h = tl.program_id(0)
         split = tl.program_id(1)
         b = tl.program_id(2)
@@ -192,10 +207,10 @@ ROWS_PER_PROGRAM, PRODUCT_WARPS = 2, 4
 ATTENTION_BLOCK, ATTENTION_WARPS, MAX_SPLITS = 128, 8, 16
 
 
-def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=False):
+def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=False, pdl=False):
     """epilogue(weight @ prologue(x)) for each row of x (B, K): prologue = fish-speech RMSNorm with
     `norm` (if given); epilogue = + bias, + residual (B, N), or silu(first half) * second half of
-    the rows (swiglu). Returns (B, N)."""
+    the rows (swiglu). Returns (B, N). pdl: launched as a programmatic dependent (`programmatic`)."""
     if not all(t is None or t.is_contiguous() for t in (weight, norm, residual, bias)):
         raise ValueError("decode_kernels.product takes contiguous tensors (row-major weights).")
     k = weight.shape[1]
@@ -205,7 +220,8 @@ def product(x, weight, norm=None, eps=0.0, residual=None, bias=None, swiglu=Fals
     grid, consts = product_launch(n, k, x.shape[0], norm is not None,
                                   SWIGLU if swiglu else RESIDUAL if residual is not None else PLAIN, bias is not None)
     product_kernel[grid](x, weight, out, norm if norm is not None else x, residual if residual is not None else x,
-                          bias if bias is not None else x, eps, n, **consts, num_warps=PRODUCT_WARPS)
+                          bias if bias is not None else x, eps, n, **consts, num_warps=PRODUCT_WARPS,
+                          PDL=pdl, launch_pdl=pdl)
     return out
 
 
@@ -232,7 +248,7 @@ def _split_scratch(device, heads: int, splits: int, head_dim: int):
     return _scratch[key]
 
 
-def attention(qkv, dims, freqs, pos, k_cache, v_cache, q_norm=None, k_norm=None):
+def attention(qkv, dims, freqs, pos, k_cache, v_cache, q_norm=None, k_norm=None, pdl=False):
     """Attention of one new position per stream: qkv (B, wqkv rows), freqs (positions, D/2, 2), pos
     (B,) or (1,) long (one position for every stream), caches (B * kv_heads, positions, D)
     contiguous, written at pos in place. A long cache is split over up to MAX_SPLITS programs per
@@ -250,19 +266,30 @@ def attention(qkv, dims, freqs, pos, k_cache, v_cache, q_norm=None, k_norm=None)
         qkv, q_norm if qk else qkv, k_norm if qk else qkv, dims.qk_eps or 0.0, freqs, pos, k_cache, v_cache,
         k_cache.stride(0), out, 1.0 / math.sqrt(head_dim), part, stat, count, chunk, int(pos.numel() > 1),
         N_HEAD=dims.n_head, N_KV=dims.n_local_heads, D=head_dim, QK_NORM=qk, BLOCK_L=block, SPLITS=splits,
-        SPLITS_POW2=triton.next_power_of_2(splits), num_warps=ATTENTION_WARPS if block * head_dim >= 16384 else 4)
+        SPLITS_POW2=triton.next_power_of_2(splits), num_warps=ATTENTION_WARPS if block * head_dim >= 16384 else 4,
+        PDL=pdl, launch_pdl=pdl)
     return out
 
 
-def layer(b, dims, x, freqs, pos, k_cache, v_cache, kv_only: bool = False):
+def layer(b, dims, x, freqs, pos, k_cache, v_cache, kv_only: bool = False, pdl: bool = False):
     """One decode layer, x (B, dim) → (B, dim) (b: pipeline.generate.fastgen_step.Block).
-    kv_only: write this position's K/V and stop (the last fast layer at position 0)."""
-    qkv = product(x, b.wqkv, b.attention_norm, dims.eps, bias=b.wqkv_bias)
-    attn = attention(qkv, dims, freqs, pos, k_cache, v_cache, b.q_norm, b.k_norm)
+    kv_only: write this position's K/V and stop (the last fast layer at position 0); pdl: each
+    kernel launched as a programmatic dependent of the one before (`programmatic`)."""
+    qkv = product(x, b.wqkv, b.attention_norm, dims.eps, bias=b.wqkv_bias, pdl=pdl)
+    attn = attention(qkv, dims, freqs, pos, k_cache, v_cache, b.q_norm, b.k_norm, pdl=pdl)
     if kv_only:
         return x
-    h = product(attn, b.wo, residual=x, bias=b.wo_bias)
-    return product(product(h, b.w13, b.ffn_norm, dims.eps, swiglu=True), b.w2, residual=h)
+    h = product(attn, b.wo, residual=x, bias=b.wo_bias, pdl=pdl)
+    return product(product(h, b.w13, b.ffn_norm, dims.eps, swiglu=True, pdl=pdl), b.w2, residual=h, pdl=pdl)
+
+
+def programmatic(device) -> bool:
+    """Whether the kernels can be launched as programmatic dependents on `device`: Hopper or newer
+    (compute capability 9.0), compiled (not Triton's interpreter). Decoding one stream is bound by
+    the gaps between ~350 small kernels per frame; a programmatic dependent is started while the
+    kernel before it still runs, and a product loads its weight rows before it waits."""
+    device = torch.device(device)
+    return AVAILABLE and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 MAX_STREAMS = 16  # the weight tile stays in registers while each stream's row is multiplied

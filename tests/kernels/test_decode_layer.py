@@ -128,3 +128,36 @@ def test_kernels_compile_for_sm90():
                   "SPLITS_POW2": triton.next_power_of_2(splits)}
         triton.compile(ASTSource(decode_kernels._attention_kernel, attention_sig | {c: "constexpr" for c in consts},
                                  consts), target=target, options={"num_warps": 8 if block * d >= 16384 else 4})
+
+
+def test_programmatic_launch_waits_before_reading_what_the_previous_kernel_wrote():
+    """Launched as programmatic dependents, a product loads its weight rows before it waits for the
+    kernel before it (the point of starting early) and x after; attention waits before any load.
+    Checked in the sm_90 PTX: a load of x moved above the wait would read a stale activation."""
+    triton = decode_kernels.triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", 90, 32)
+    ptr = {"x_ptr", "w_ptr", "y_ptr", "norm_ptr", "res_ptr", "bias_ptr"}
+    product_sig = {**{p: "*bf16" for p in ptr}, "eps": "fp32", "N": "i32"}
+    consts = decode_kernels.product_launch(1024, 1024, 1, True, decode_kernels.RESIDUAL)[1] | {"PDL": True}
+    ptx = triton.compile(ASTSource(decode_kernels.product_kernel, product_sig | {c: "constexpr" for c in consts},
+                                   consts), target=target, options={"num_warps": 4, "launch_pdl": True}).asm["ptx"]
+    body = ptx[ptx.index(".entry"):]
+    assert body.count("griddepcontrol.wait") == 1 and "griddepcontrol.launch_dependents" in body
+    before, after = body.split("griddepcontrol.wait")
+    assert "ld.global" in before  # the weight rows are in flight while the wait lasts
+    assert "ld.global" in after  # x, the norm's input, and the residual only after it
+
+    attention_sig = {"qkv_ptr": "*bf16", "q_norm_ptr": "*bf16", "k_norm_ptr": "*bf16", "eps": "fp32",
+                     "freqs_ptr": "*bf16", "pos_ptr": "*i64", "k_cache_ptr": "*bf16", "v_cache_ptr": "*bf16",
+                     "cache_stride": "i32", "out_ptr": "*bf16", "scale": "fp32", "part_ptr": "*fp32",
+                     "stat_ptr": "*fp32", "count_ptr": "*i32", "chunk": "i32", "pos_stride": "i32"}
+    consts = {"N_HEAD": 16, "N_KV": 8, "D": 128, "QK_NORM": True, "BLOCK_L": 128, "SPLITS": 9, "SPLITS_POW2": 16,
+              "PDL": True}
+    ptx = triton.compile(ASTSource(decode_kernels._attention_kernel, attention_sig | {c: "constexpr" for c in consts},
+                                   consts), target=target, options={"num_warps": 8, "launch_pdl": True}).asm["ptx"]
+    body = ptx[ptx.index(".entry"):]
+    before = body.split("griddepcontrol.wait")[0]
+    assert "ld.global" not in before and "st.global" not in before
