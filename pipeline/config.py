@@ -155,6 +155,7 @@ class EvaluationConfig(_Section):
 SPEED_ENVIRONMENT = {  # speed.<key> ← the environment variable that overrides it
     "lora_dropout_kernel": "LORA_DROPOUT_KERNEL",
     "segment_attention_kernel": "SEGMENT_ATTENTION_KERNEL",
+    "cudnn_attention": "CUDNN_ATTENTION",
     "fused_decoder": "FASTGEN_FUSED",
     "gemv": "FASTGEN_GEMV",
     "compile_mode": "FASTGEN_COMPILE_MODE",
@@ -168,6 +169,7 @@ class SpeedConfig(_Section):
 
     lora_dropout_kernel: bool = True       # LoRA dropout drawn inside Triton kernels (off: torch's dropout)
     segment_attention_kernel: bool = True  # fast-transformer attention in Triton kernels (off: flex attention)
+    cudnn_attention: bool = True           # slow-stack training attention: cuDNN on Hopper+ (off: torch's choice)
     fused_decoder: bool = True             # one stream decodes through fused Triton layers (off: compiled layers)
     gemv: bool = True                      # compiled decode layers use the one-row Triton product (off: cuBLAS)
     compile_mode: CompileMode | None = None  # torch.compile mode of the decoder (null: torch's default)

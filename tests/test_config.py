@@ -129,12 +129,13 @@ def test_non_utf8_or_unreadable_config_names_the_file(tmp_path):
 
 def test_speed_section_defaults_file_set_and_environment(monkeypatch):
     for name in ("LORA_DROPOUT_KERNEL", "SEGMENT_ATTENTION_KERNEL", "FASTGEN_FUSED", "FASTGEN_GEMV",
-                 "FASTGEN_COMPILE_MODE", "FASTGEN_PDL"):
+                 "FASTGEN_COMPILE_MODE", "FASTGEN_PDL", "CUDNN_ATTENTION"):
         monkeypatch.delenv(name, raising=False)
     speed = load_config().speed
     assert speed == Config().speed  # launchable.yaml states the defaults
     assert (speed.lora_dropout_kernel, speed.segment_attention_kernel, speed.fused_decoder, speed.gemv,
-            speed.compile_mode, speed.programmatic_launch) == (True, True, True, True, None, True)
+            speed.compile_mode, speed.programmatic_launch, speed.cudnn_attention) == (True, True, True, True, None, True,
+                                                                                      True)
     changed = load_config(overrides=dict([parse_override("speed.gemv=false"),
                                           parse_override("speed.compile_mode=max-autotune-no-cudagraphs")])).speed
     assert changed.gemv is False and changed.compile_mode == "max-autotune-no-cudagraphs"

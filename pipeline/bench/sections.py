@@ -36,6 +36,8 @@ TOGGLES = {
     "sdpa": "fast-transformer attention: one SDPA call per frame instead of all frames packed (segment_attention)",
     "flex": "fast-transformer attention: the packed frames through compiled flex attention instead of "
             "pipeline.kernels.segment_attention's kernels",
+    "torchsdpa": "slow-transformer attention: whichever kernel torch picks instead of asking for cuDNN's "
+                 "(Hopper+; torch 2.11 with cuDNN 9.19 picks cuDNN's itself)",
     "chunked": "cross-entropy: fp32 logits in checkpointed chunks instead of the fused linear cross-entropy",
     "allpos": "every position through the compiled fast transformer instead of audio frames only",
     "peft": "each (LoRA) linear through its own module instead of fused matmuls (LoRA columns, w1|w3)",
@@ -54,6 +56,7 @@ TOGGLE_OPTIONS = {
     "allpos": "frames_only",
     "peft": "fused_linears",
     "torchdropout": "lora_dropout_kernel",
+    "torchsdpa": "cudnn_attention",
 }
 
 

@@ -29,6 +29,17 @@ def triton_kernels_run_on(device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def cudnn_attention_runs_on(device) -> bool:
+    """cuDNN's fused attention is available and measured faster than torch's flash kernel here:
+    CUDA on a Hopper or newer GPU with cuDNN 9. On an H200, at the slow stack's training shape,
+    it runs forward and backward in 2.09 ms against flash's 3.52 (docs/PERFORMANCE.md). torch 2.11
+    with cuDNN 9.19 picks it there by itself; whether another torch or cuDNN does depends on their
+    versions, so training asks for it by name."""
+    device = torch.device(device)
+    return (device.type == "cuda" and torch.backends.cudnn.is_available()
+            and (torch.backends.cudnn.version() or 0) >= 90000 and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
 def launch_direct(kernel, grid):
     """kernel[grid], launched by Triton itself (the CPU and the interpreter)."""
     return kernel[grid]

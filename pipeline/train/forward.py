@@ -7,7 +7,8 @@ This module computes, for a batch of packed sequences, exactly the logits that g
 
 - slow transformer: embed like `forward_generate` (semantic token embedding + sum of all codebook
   embeddings at audio frames, divided by sqrt(num_codebooks + 1) when the config says so), causal
-  attention with no mask (flash path; sequences are padded only at the end), token logits.
+  attention with no mask (a fused causal kernel: cuDNN's on Hopper+, else flash; sequences are padded
+  only at the end), token logits.
 - fast transformer, at every position whose next column is an audio frame: input
   [slow hidden state (pre-norm, through fast_project_in), emb(c0), ..., emb(c_{N-2})] of that next
   frame; its outputs at positions 1..N-1 predict codebooks 1..N-1.
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from fish_speech.models.text2semantic.llama import DualARTransformer, apply_rotary_emb
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from pipeline.kernels import runtime, segment_attention
@@ -52,13 +54,14 @@ class ForwardOptions:
     fused_linears: bool = True  # LoRA branches as extra matmul columns, w1|w3 as one matmul (fused_linear)
     lora_dropout_kernel: bool = True  # LoRA dropout drawn inside pipeline.kernels.lora_dropout's kernels
     segment_attention_kernel: bool = True  # packed frames through pipeline.kernels.segment_attention
+    cudnn_attention: bool = True  # slow stack's causal attention through cuDNN where it is faster (Hopper+)
 
     @classmethod
     def for_run(cls, compile_blocks: bool, lora_dropout_kernel: bool = True,
-                segment_attention_kernel: bool = True) -> "ForwardOptions":
+                segment_attention_kernel: bool = True, cudnn_attention: bool = True) -> "ForwardOptions":
         # flex attention is only fast compiled; eagerly it materialises the whole score matrix
         return cls(flex_fast_attention=compile_blocks, lora_dropout_kernel=lora_dropout_kernel,
-                   segment_attention_kernel=segment_attention_kernel)
+                   segment_attention_kernel=segment_attention_kernel, cudnn_attention=cudnn_attention)
 
 
 def embed(model: DualARTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -95,7 +98,7 @@ def _linear(module, x: torch.Tensor, fused: bool, dropout_kernel: bool = True) -
 
 
 def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False,
-               dropout_kernel: bool = True, segment_kernel: bool = True) -> torch.Tensor:
+               dropout_kernel: bool = True, segment_kernel: bool = True, cudnn: bool = False) -> torch.Tensor:
     """The wheel's Attention.forward with is_causal=True and native grouped-query attention.
 
     With a block_mask (fast transformer: x is (frames, 10, dim)) every frame is its own causal
@@ -134,9 +137,13 @@ def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, 
         return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused, dropout_kernel)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     dropout = attn.dropout if attn.training else 0.0
-    y = F.scaled_dot_product_attention(
-        q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa
-    )
+    # the device check is made outside the compiled block (runtime.cudnn_attention_runs_on); cuDNN
+    # takes half precision and head sizes that are multiples of 8 up to 128
+    if cudnn and dropout == 0.0 and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in range(8, 129, 8):
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
     return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused, dropout_kernel)
 
 
@@ -149,20 +156,20 @@ def _feed_forward(ff, x: torch.Tensor, fused: bool, dropout_kernel: bool = True)
 
 
 def _block(layer, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, fused: bool = False,
-           dropout_kernel: bool = True, segment_kernel: bool = True) -> torch.Tensor:
+           dropout_kernel: bool = True, segment_kernel: bool = True, cudnn: bool = False) -> torch.Tensor:
     h = x + _attention(layer.attention, layer.attention_norm(x), freqs_cis, block_mask, fused, dropout_kernel,
-                       segment_kernel)
+                       segment_kernel, cudnn)
     return h + _feed_forward(layer.feed_forward, layer.ffn_norm(h), fused, dropout_kernel)
 
 
 def _slow_block(layer, x, freqs_cis, block_mask=None, fused: bool = False, dropout_kernel: bool = True,
-                segment_kernel: bool = True):
-    return _block(layer, x, freqs_cis, block_mask, fused, dropout_kernel, segment_kernel)
+                segment_kernel: bool = True, cudnn: bool = False):
+    return _block(layer, x, freqs_cis, block_mask, fused, dropout_kernel, segment_kernel, cudnn)
 
 
 def _fast_block(layer, x, freqs_cis, block_mask=None, fused: bool = False, dropout_kernel: bool = True,
-                segment_kernel: bool = True):
-    return _block(layer, x, freqs_cis, block_mask, fused, dropout_kernel, segment_kernel)
+                segment_kernel: bool = True, cudnn: bool = False):
+    return _block(layer, x, freqs_cis, block_mask, fused, dropout_kernel, segment_kernel, cudnn)
 
 
 def maybe_compiled(fn, compiled: bool):
@@ -182,9 +189,10 @@ def compiled_block(stack: str = "slow"):
 
 def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_blocks: bool = False,
                 block_mask=None, fused: bool = False, stack: str = "slow", dropout_kernel: bool = True,
-                segment_kernel: bool = True) -> torch.Tensor:
+                segment_kernel: bool = True, cudnn_attention: bool = False) -> torch.Tensor:
     block = compiled_block(stack) if compile_blocks else _block
-    args = (block_mask, fused, dropout_kernel, segment_kernel)
+    cudnn = cudnn_attention and block_mask is None and runtime.cudnn_attention_runs_on(x.device)
+    args = (block_mask, fused, dropout_kernel, segment_kernel, cudnn)
     if compile_blocks:  # the slow stack's width and the fast stack's frame count change per batch
         if stack == "slow":
             runtime.varying(x, 1)
@@ -234,7 +242,8 @@ def segment_block_mask(segments: int, length: int, device: torch.device):
 
 
 def slow_forward(model, tokens: torch.Tensor, gradient_checkpointing: bool = False,
-                 compile_blocks: bool = False, fused_linears: bool = False, dropout_kernel: bool = True) -> torch.Tensor:
+                 compile_blocks: bool = False, fused_linears: bool = False, dropout_kernel: bool = True,
+                 cudnn_attention: bool = False) -> torch.Tensor:
     """Slow transformer hidden states (B, L, dim), before the final norm (as forward_generate returns)."""
     model = unwrap(model)
     seq_len = tokens.shape[-1]
@@ -242,7 +251,7 @@ def slow_forward(model, tokens: torch.Tensor, gradient_checkpointing: bool = Fal
         raise ValueError(f"Sequence length {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}.")
     x = residual_dtype(embed(model, tokens))
     return _run_layers(model.layers, x, model.freqs_cis[:seq_len], gradient_checkpointing, compile_blocks,
-                       fused=fused_linears, dropout_kernel=dropout_kernel)
+                       fused=fused_linears, dropout_kernel=dropout_kernel, cudnn_attention=cudnn_attention)
 
 
 def token_logits(model, hidden: torch.Tensor) -> torch.Tensor:

@@ -186,7 +186,7 @@ def compute_loss(model, batch: dict, gradient_checkpointing: bool = False, chunk
 
     host, copied = _labels_to_host(labels)
     hidden = slow_forward(base, tokens, gradient_checkpointing, compile_blocks, options.fused_linears,
-                          options.lora_dropout_kernel)
+                          options.lora_dropout_kernel, options.cudnn_attention)
     vocab = min(RESIDUAL_VOCAB, base.fast_output.out_features)
     where = _positions(host, copied, labels.device, n, vocab, compile_blocks, options.frames_only)
     n_tokens = where.n_tokens

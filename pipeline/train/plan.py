@@ -79,7 +79,8 @@ def plan_phase(settings: TrainSettings, device=None, total_gb: float | None = No
     # full fine-tuning keeps fp32 master weights (bf16 would round away 1e-5 updates); a frozen
     # LoRA base can live in bf16
     frozen_bf16 = bf16 and settings.mode == "lora" and device.type == "cuda"
-    options = ForwardOptions.for_run(compiled, settings.lora_dropout_kernel, settings.segment_attention_kernel)
+    options = ForwardOptions.for_run(compiled, settings.lora_dropout_kernel, settings.segment_attention_kernel,
+                                     settings.cudnn_attention)
     return TrainPlan(device, bf16, torch.bfloat16 if frozen_bf16 else torch.float32, compiled, checkpointing,
                      micro, accumulation, options, memory)
 

@@ -49,6 +49,7 @@ class TrainSettings:
     eval_max_frames: int = 300
     lora_dropout_kernel: bool = True  # speed.lora_dropout_kernel: how, never what, is computed
     segment_attention_kernel: bool = True  # speed.segment_attention_kernel
+    cudnn_attention: bool = True  # speed.cudnn_attention
 
     def __post_init__(self):
         checks = {
@@ -79,6 +80,7 @@ class TrainSettings:
             eval_texts=tuple(example_sentences()[: t.eval_sentences]), eval_max_frames=t.eval_max_frames,
             lora_dropout_kernel=config.speed.lora_dropout_kernel,
             segment_attention_kernel=config.speed.segment_attention_kernel,
+            cudnn_attention=config.speed.cudnn_attention,
         )
         if mode == "lora":
             specific = dict(mode="lora", steps=t.quick_lora.steps, lr=t.quick_lora.learning_rate)

@@ -1,5 +1,6 @@
 """Every ForwardOptions combination (the GPU speed-ups) computes the same loss and gradients."""
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -107,3 +108,50 @@ def test_flex_attention_of_packed_frames_equals_per_frame_attention(lora_model):
         shuffled = fw.fast_hidden(base, hidden.flip(0), codes.flip(0), flex_attention=True).flip(0)
     torch.testing.assert_close(packed, per_frame, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shuffled, per_frame, rtol=1e-5, atol=1e-5)  # frames do not see each other
+
+
+def test_cudnn_attention_is_asked_for_in_the_slow_stack_only_where_it_runs(lora_model, monkeypatch):
+    """The option reaches the slow transformer's SDPA call (and nothing else) only on a device where
+    runtime says cuDNN attention runs; on the CPU nothing changes."""
+    model, batch = lora_model
+    assert not fw.runtime.cudnn_attention_runs_on(torch.device("cpu"))
+    plain = _loss_and_grads(model, batch, options=fw.ForwardOptions(cudnn_attention=False))
+    asked = []
+
+    def recording(backends):
+        asked.append(list(backends))
+        return contextlib.nullcontext()  # the CPU has no cuDNN attention: the default kernel computes
+
+    monkeypatch.setattr(fw, "sdpa_kernel", recording)
+    _assert_same(_loss_and_grads(model, batch, options=fw.ForwardOptions(cudnn_attention=True)), plain)
+    assert not asked  # not a Hopper GPU: never asked for
+    monkeypatch.setattr(fw.runtime, "cudnn_attention_runs_on", lambda device: True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # cuDNN takes half precision only
+        loss_module.compute_loss(model, batch, options=fw.ForwardOptions(cudnn_attention=True))
+        assert asked == [[fw.SDPBackend.CUDNN_ATTENTION]] * len(unwrap(model).layers)  # slow layers only
+        asked.clear()
+        loss_module.compute_loss(model, batch, options=fw.ForwardOptions(cudnn_attention=False))
+    loss_module.compute_loss(model, batch, options=fw.ForwardOptions(cudnn_attention=True))  # fp32: never
+    assert not asked
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and fw.runtime.cudnn_attention_runs_on(torch.device("cuda"))),
+                    reason="needs a Hopper+ GPU with cuDNN 9")
+def test_cudnn_attention_gives_the_written_out_attentions_loss_and_gradients(tiny_checkpoint):
+    base, tokenizer = load_lm(tiny_checkpoint)
+    args = dataclasses.replace(base.config, head_dim=64, dim=256, n_head=4, n_local_heads=2, initializer_range=0.1)
+    torch.manual_seed(0)
+    model = attach_lora(DualARTransformer(args, tokenizer=tokenizer), rank=4, dropout=0.0).cuda().train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    batch = synthetic_batch(tokenizer, args, 2, 512, device=torch.device("cuda"))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        with fw.sdpa_kernel([fw.SDPBackend.MATH]):  # attention written out: the meaning of GQA, no fused kernel
+            plain, plain_grads = _loss_and_grads(model, batch, options=fw.ForwardOptions(cudnn_attention=False))
+        cudnn, cudnn_grads = _loss_and_grads(model, batch, options=fw.ForwardOptions(cudnn_attention=True))
+    torch.testing.assert_close(cudnn.loss, plain.loss, rtol=1e-2, atol=1e-2)
+    for name in plain_grads:
+        rel = float((cudnn_grads[name] - plain_grads[name]).norm() / plain_grads[name].norm().clamp(min=1e-12))
+        assert rel < 3e-2, (name, rel)  # bf16 attention: a different kernel's rounding only
