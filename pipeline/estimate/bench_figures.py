@@ -30,9 +30,10 @@ def _bench_time(bench: dict) -> str:
 
 
 def latest_benchmarks(runs_dir: Path) -> list[dict]:
-    """Benchmark JSON files written by `python -m pipeline bench` with training, extraction or scaling
-    figures (the workspace's and the ones committed with the project), newest first by the time
-    recorded in them."""
+    """Benchmark JSON files written by `python -m pipeline bench` with training, extraction,
+    generation or scaling figures (the workspace's and the ones committed with the project), newest
+    first by the time recorded in them. Sub-folders are not read: assets/bench/profiles/ keeps
+    profiled calls, whose step times the profiler slows."""
     paths = list((Path(runs_dir) / "bench").glob("*.json")) + list(COMMITTED_BENCH_DIR.glob("*.json"))
     results = []
     for path in paths:
@@ -41,7 +42,7 @@ def latest_benchmarks(runs_dir: Path) -> list[dict]:
             mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat()
         except (OSError, json.JSONDecodeError):
             continue
-        measured = isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("train", "extract", "scaling"))
+        measured = isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("train", "extract", "generate", "scaling"))
         if measured and not data.get("tiny"):
             results.append(data | {"path": str(path), "_mtime": mtime})  # tiny CPU benches time nothing real
     return sorted(results, key=_bench_time, reverse=True)
