@@ -125,6 +125,21 @@ def test_the_newest_bench_of_each_card_is_used_and_others_are_scaled_by_bf16_pea
     assert h200.throughput_source.startswith("measured on NVIDIA H200") and "older than the newest" in h200.figures
 
 
+def test_a_generation_only_bench_counts_and_profiled_calls_kept_aside_do_not(tmp_path):
+    bench_dir = tmp_path / "runs" / "bench"
+    (bench_dir / "profiles").mkdir(parents=True)
+    generation = {"card": "NVIDIA H200", "time": "2099-12-02T10:00:00Z", "generate": {"frames_per_s": 900.0}}
+    (bench_dir / "nvidia-h200-2099-12-02.json").write_text(json.dumps(generation))
+    profiled = _bench("NVIDIA H200", "2099-12-03T10:00:00Z", lora=1.0) | {"generate": {"frames_per_s": 1.0}}
+    (bench_dir / "profiles" / "nvidia-h200-2099-12-03.json").write_text(json.dumps(profiled))
+    benches = latest_benchmarks(tmp_path / "runs")
+    assert benches[0]["time"] == "2099-12-02T10:00:00Z"
+    h200 = card_figures("H200-141GB", load_price_table()["gpus"]["H200-141GB"], benches)
+    assert h200.values["generate_frames_per_s"] == 900.0
+    assert h200.values["lora_tokens_per_s"] > 1.0  # from an older bench with training figures
+    assert h200.sources["lora_tokens_per_s"].startswith("measured on NVIDIA H200")
+
+
 def test_a_card_name_matches_whole_words_only():
     prices = load_price_table()["gpus"]
     l40s_bench = _bench("NVIDIA L40S", "2026-12-01")
