@@ -10,12 +10,11 @@ training forward asks for cuDNN's kernel on Hopper: docs/PERFORMANCE.md.
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from pipeline.bench.common import sweep_command
 
 BATCH, HEADS, KV_HEADS, LENGTH, HEAD_DIM, LAYERS = 4, 16, 8, 4096, 128, 28
 BACKENDS = [  # (name, backend, K/V repeated to every query head)
@@ -96,15 +95,7 @@ def measure(device) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="write the results to this JSON file")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("The attention benchmark needs a CUDA GPU.")
-    report = measure(torch.device("cuda"))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    report = sweep_command(__doc__, "a CUDA GPU", lambda device: True, measure, argv)
     print(f"card: {report['card']}  torch {report['torch']}  cuDNN {report['cudnn']}")
     for row in report["results"]:
         if "error" in row:

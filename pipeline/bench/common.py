@@ -184,6 +184,22 @@ def time_calls(fn, warmup: int, repeat: int, device) -> dict:
             "min_s": round(min(timed), 4), "max_s": round(max(timed), 4)}
 
 
+def sweep_command(doc: str, needs: str, usable, measure, argv=None) -> dict:
+    """The command line of a one-kernel sweep (`python -m pipeline.bench.<sweep>`): `--out FILE`,
+    a clear exit where no usable GPU is (`needs` says what it takes), the report written as JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", help="write the whole report to this JSON file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available() or not usable(torch.device("cuda")):
+        raise SystemExit(f"This benchmark needs {needs}.")
+    report = measure(torch.device("cuda"))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return report
+
+
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))

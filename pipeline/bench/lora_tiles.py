@@ -7,13 +7,13 @@ JSON (`--out`) keeps every timing. `pipeline/kernels/lora_dropout.py`'s TILES ho
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import dataclass
 
 import torch
 
+from pipeline.bench.common import sweep_command
 from pipeline.kernels import lora_dropout, runtime
 
 RANK = 8
@@ -154,15 +154,7 @@ def best_tiles(results: list[dict], current: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="write every timing to this JSON file")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available() or not lora_dropout.usable(torch.device("cuda")):
-        raise SystemExit("The tile sweep needs a CUDA GPU of Ampere or newer with Triton.")
-    report = sweep(torch.device("cuda"))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    report = sweep_command(__doc__, "a CUDA GPU of Ampere or newer with Triton", lora_dropout.usable, sweep, argv)
     print(f"card: {report['card']}")
     for row in report["results"]:
         if "ms" in row:
