@@ -4,6 +4,7 @@ and a compile of every kernel for the H100/H200 architecture (sm_90, no GPU need
 speed is measured by `python -m pipeline bench --only generate` on a GPU (docs/PERFORMANCE.md)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,8 +143,14 @@ def test_programmatic_launch_waits_before_reading_what_the_previous_kernel_wrote
     ptr = {"x_ptr", "w_ptr", "y_ptr", "norm_ptr", "res_ptr", "bias_ptr"}
     product_sig = {**{p: "*bf16" for p in ptr}, "eps": "fp32", "N": "i32"}
     consts = decode_kernels.product_launch(1024, 1024, 1, True, decode_kernels.RESIDUAL)[1] | {"PDL": True}
-    ptx = triton.compile(ASTSource(decode_kernels.product_kernel, product_sig | {c: "constexpr" for c in consts},
-                                   consts), target=target, options={"num_warps": 4, "launch_pdl": True}).asm["ptx"]
+    compiled = triton.compile(ASTSource(decode_kernels.product_kernel, product_sig | {c: "constexpr" for c in consts},
+                                        consts), target=target, options={"num_warps": 4, "launch_pdl": True})
+    # which values load on which side of the wait, by their names in Triton's IR
+    ir = compiled.asm["ttir"].split("griddepcontrol.wait")
+    assert len(ir) == 2
+    early, late = ({re.sub(r"_\d+$", "", name) for name in re.findall(r"%(\w+) = tt\.load", part)} for part in ir)
+    assert early == {"w", "g"} and late == {"xv", "res"}, (early, late)  # weights and norm weight; x, residual
+    ptx = compiled.asm["ptx"]
     body = ptx[ptx.index(".entry"):]
     assert body.count("griddepcontrol.wait") == 1 and "griddepcontrol.launch_dependents" in body
     before, after = body.split("griddepcontrol.wait")
