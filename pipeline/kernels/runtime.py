@@ -4,6 +4,7 @@ Whether a kernel is used at all is an option of the caller (`launchable.yaml`'s 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -38,6 +39,29 @@ def cudnn_attention_runs_on(device) -> bool:
     device = torch.device(device)
     return (device.type == "cuda" and torch.backends.cudnn.is_available()
             and (torch.backends.cudnn.version() or 0) >= 90000 and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
+@functools.lru_cache(maxsize=None)
+def cudnn_attention_takes(device, heads: int, kv_heads: int, head_dim: int, dtype) -> bool:
+    """Whether cuDNN's attention runs here (`cudnn_attention_runs_on`) and takes causal attention of
+    `heads` query heads over `kv_heads` K/V heads of `head_dim` values in `dtype`, forward and
+    backward. What it accepts differs between torch and cuDNN releases, so one tiny call per shape
+    asks it instead of a list of rules."""
+    if dtype not in (torch.float16, torch.bfloat16) or not cudnn_attention_runs_on(device):
+        return False
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def tensor(count):  # not random: the probe must not move the random state training draws from
+        return torch.ones(1, count, 64, head_dim, device=device, dtype=dtype, requires_grad=True)
+
+    try:  # asked with gradients even from inside an evaluation: the answer is kept for training
+        with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            torch.nn.functional.scaled_dot_product_attention(
+                tensor(heads), tensor(kv_heads), tensor(kv_heads), is_causal=True,
+                enable_gqa=heads != kv_heads).sum().backward()
+    except RuntimeError:  # "No available kernel", or cuDNN refusing the shape
+        return False
+    return True
 
 
 def launch_direct(kernel, grid):

@@ -137,9 +137,8 @@ def _attention(attn, x: torch.Tensor, freqs_cis: torch.Tensor, block_mask=None, 
         return _linear(attn.wo, y.transpose(1, 2).reshape(bsz, seqlen, q_size), fused, dropout_kernel)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     dropout = attn.dropout if attn.training else 0.0
-    # the device check is made outside the compiled block (runtime.cudnn_attention_runs_on); cuDNN
-    # takes half precision and head sizes that are multiples of 8 up to 128
-    if cudnn and dropout == 0.0 and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in range(8, 129, 8):
+    # whether cuDNN takes this shape is asked outside the compiled block (_cudnn_attention_takes)
+    if cudnn and dropout == 0.0 and q.dtype in (torch.float16, torch.bfloat16):
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     else:
@@ -187,11 +186,18 @@ def compiled_block(stack: str = "slow"):
     return maybe_compiled(_slow_block if stack == "slow" else _fast_block, True)
 
 
+def _cudnn_attention_takes(attn, x: torch.Tensor) -> bool:
+    """cuDNN's attention for these layers on x's device, in the dtype the blocks compute in."""
+    device_type = x.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    return runtime.cudnn_attention_takes(x.device, attn.n_head, attn.n_local_heads, attn.head_dim, dtype)
+
+
 def _run_layers(layers, x, freqs_cis, gradient_checkpointing: bool, compile_blocks: bool = False,
                 block_mask=None, fused: bool = False, stack: str = "slow", dropout_kernel: bool = True,
                 segment_kernel: bool = True, cudnn_attention: bool = False) -> torch.Tensor:
     block = compiled_block(stack) if compile_blocks else _block
-    cudnn = cudnn_attention and block_mask is None and runtime.cudnn_attention_runs_on(x.device)
+    cudnn = cudnn_attention and block_mask is None and _cudnn_attention_takes(layers[0].attention, x)
     args = (block_mask, fused, dropout_kernel, segment_kernel, cudnn)
     if compile_blocks:  # the slow stack's width and the fast stack's frame count change per batch
         if stack == "slow":

@@ -125,7 +125,7 @@ def test_cudnn_attention_is_asked_for_in_the_slow_stack_only_where_it_runs(lora_
     monkeypatch.setattr(fw, "sdpa_kernel", recording)
     _assert_same(_loss_and_grads(model, batch, options=fw.ForwardOptions(cudnn_attention=True)), plain)
     assert not asked  # not a Hopper GPU: never asked for
-    monkeypatch.setattr(fw.runtime, "cudnn_attention_runs_on", lambda device: True)
+    monkeypatch.setattr(fw.runtime, "cudnn_attention_takes", lambda *shape: True)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # cuDNN takes half precision only
         loss_module.compute_loss(model, batch, options=fw.ForwardOptions(cudnn_attention=True))
         assert asked == [[fw.SDPBackend.CUDNN_ATTENTION]] * len(unwrap(model).layers)  # slow layers only
@@ -133,6 +133,18 @@ def test_cudnn_attention_is_asked_for_in_the_slow_stack_only_where_it_runs(lora_
         loss_module.compute_loss(model, batch, options=fw.ForwardOptions(cudnn_attention=False))
     loss_module.compute_loss(model, batch, options=fw.ForwardOptions(cudnn_attention=True))  # fp32: never
     assert not asked
+
+
+def test_a_cudnn_that_refuses_the_shape_leaves_the_choice_to_torch(monkeypatch):
+    """Where cuDNN's attention runs but refuses this attention (here: a CPU posing as a Hopper GPU,
+    where no cuDNN kernel exists), the probe says no and training keeps torch's own kernel."""
+    fw.runtime.cudnn_attention_takes.cache_clear()
+    monkeypatch.setattr(fw.runtime, "cudnn_attention_runs_on", lambda device: True)
+    try:
+        assert not fw.runtime.cudnn_attention_takes(torch.device("cpu"), 4, 2, 16, torch.bfloat16)
+        assert not fw.runtime.cudnn_attention_takes(torch.device("cpu"), 4, 2, 16, torch.float32)  # never fp32
+    finally:
+        fw.runtime.cudnn_attention_takes.cache_clear()
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and fw.runtime.cudnn_attention_runs_on(torch.device("cuda"))),
