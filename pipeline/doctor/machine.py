@@ -149,6 +149,27 @@ def kernels_row(config) -> Row:
     return Row(GROUP, "fast kernels", PASS, "used: fused Triton decoder, segment attention and LoRA kernels")
 
 
+def attention_row(config) -> Row:
+    """Which kernel computes the slow transformer's attention in training here (speed.cudnn_attention)."""
+    from pipeline.kernels.runtime import cudnn_attention_runs_on, cudnn_attention_takes
+    from pipeline.model.checkpoints import real_shape_args
+
+    name = "training attention"
+    if not torch.cuda.is_available():
+        return Row(GROUP, name, PASS, "torch's choice (no CUDA GPU)")
+    if not config.speed.cudnn_attention:
+        return Row(GROUP, name, PASS, "torch's choice (speed.cudnn_attention: false, or CUDNN_ATTENTION=0)")
+    gpu = torch.device("cuda", 0)
+    if not cudnn_attention_runs_on(gpu):
+        return Row(GROUP, name, PASS, "torch's choice (cuDNN's kernel is asked for on Hopper or newer GPUs with cuDNN 9)")
+    shape = real_shape_args()
+    if cudnn_attention_takes(gpu, shape.n_head, shape.n_local_heads, shape.head_dim, torch.bfloat16):
+        return Row(GROUP, name, PASS, "cuDNN's fused kernel, asked for by name")
+    return Row(GROUP, name, WARN, f"torch's choice: cuDNN {torch.backends.cudnn.version()} refuses s1-mini's "
+               "grouped-query attention", "Training still runs; a newer torch (bash setup.sh) may bring a cuDNN that "
+               "takes it (docs/PERFORMANCE.md: 1.7x faster than flash on an H200).")
+
+
 def data_parallel_row(config, count: int | None = None) -> Row:
     """How many processes training.gpus starts here, and whether the global batch splits over them."""
     from pipeline.train.distributed import training_gpus
@@ -192,4 +213,4 @@ def playback_row() -> Row:
 
 def machine_rows(config, model_dir: Path) -> list[Row]:
     return [gpu_row(), data_parallel_row(config), software_row(), bf16_row(), disk_row(config, model_dir), cpu_row(),
-            kernels_row(config), playback_row()]
+            kernels_row(config), attention_row(config), playback_row()]

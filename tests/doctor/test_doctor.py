@@ -221,3 +221,24 @@ def test_the_gpus_for_training_row(monkeypatch):
     assert row.status == WARN and row.detail.startswith("4 of 8 GPUs") and "multiple of 8" in row.advice
     row = data_parallel_row(Config().with_overrides({"training.gpus": 3}), count=8)
     assert row.status == FAIL and "does not split evenly over 3 GPUs" in row.advice
+
+
+def test_the_training_attention_row(monkeypatch):
+    import pipeline.kernels.runtime as runtime
+    from pipeline.doctor.machine import attention_row
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert attention_row(Config()).detail == "torch's choice (no CUDA GPU)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    off = attention_row(Config().with_overrides({"speed.cudnn_attention": False}))
+    assert off.status == PASS and "speed.cudnn_attention: false" in off.detail
+    monkeypatch.setattr(runtime, "cudnn_attention_runs_on", lambda device: False)  # an A100, say
+    assert attention_row(Config()).status == PASS and "Hopper" in attention_row(Config()).detail
+    monkeypatch.setattr(runtime, "cudnn_attention_runs_on", lambda device: True)
+    asked = []
+    monkeypatch.setattr(runtime, "cudnn_attention_takes", lambda *shape: asked.append(shape[1:4]) or True)
+    assert attention_row(Config()).detail == "cuDNN's fused kernel, asked for by name"
+    assert asked == [(16, 8, 128)]  # s1-mini's slow transformer: 16 query heads over 8 K/V heads of 128
+    monkeypatch.setattr(runtime, "cudnn_attention_takes", lambda *shape: False)
+    refused = attention_row(Config())
+    assert refused.status == WARN and "refuses" in refused.detail and "Training still runs" in refused.advice
