@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline.bench.common import bench_shapes, rel_diff, sweep_command, time_calls
-from pipeline.kernels import decode_layer
+from pipeline.kernels import decode_layer, runtime
 
 FRAMES, MAX_LEN = 200, 1024
 SETTINGS = [  # (ROWS_PER_PROGRAM, PRODUCT_WARPS, ATTENTION_BLOCK, ATTENTION_WARPS); the first is the one in use
@@ -78,8 +78,7 @@ def measure(device) -> dict:
 
 
 def main(argv=None) -> None:
-    report = sweep_command(__doc__, "a CUDA GPU of Ampere or newer with Triton",
-                           lambda device: decode_layer.AVAILABLE and torch.cuda.get_device_capability(device) >= (8, 0),
+    report = sweep_command(__doc__, "a CUDA GPU of Ampere or newer with Triton", runtime.triton_kernels_run_on,
                            measure, argv)
     best = max(report["results"], key=lambda row: row["frames_per_s"])
     print(f"card: {report['card']}\nin use: {report['results'][0]}\nbest:   {best}")

@@ -104,9 +104,9 @@ def sweep(device) -> dict:
             inputs = _inputs(shape, device)
             for kernel in GRID:
                 key = _key(kernel, shape)
-                lora_dropout.TILES[key] = dict(saved.get(key, saved[kernel]))
-                reference = _call(kernel, shape, inputs)().float()
                 current = dict(saved.get(key, saved[kernel]))
+                lora_dropout.TILES[key] = current
+                reference = _call(kernel, shape, inputs)().float()
                 grid = list(_tiles(kernel))
                 for tile in grid if current in grid else [current] + grid:  # each tile timed once
                     lora_dropout.TILES[key] = tile
@@ -119,12 +119,9 @@ def sweep(device) -> dict:
                         continue
                     results.append(dict(shape=shape.name, kernel=key, tile=tile, ms=ms, rel_error=error,
                                         per_step=shape.per_step, gbps=_bytes(kernel, shape) / ms / 1e6))
-                lora_dropout.TILES[key] = saved.get(key, saved[kernel])
-                if key not in saved:
-                    del lora_dropout.TILES[key]
             del inputs
             torch.cuda.empty_cache()
-    finally:
+    finally:  # the tiles in use back, without the keys the sweep added
         lora_dropout.TILES.clear()
         lora_dropout.TILES.update(saved)
     return {"card": torch.cuda.get_device_name(device), "current": saved, "results": results,
