@@ -5,18 +5,20 @@
 #   bash setup.sh --offline       never touch the Hugging Face Hub; the studio uses the bundled sample
 #   bash setup.sh --no-model      skip the base-model download (dataset download still tried)
 #   bash setup.sh --tests         also the test tools: pytest, playwright, Debian's chromium
+#   bash setup.sh --no-warmup     on a GPU, skip compiling the training steps ahead (a run's first step then compiles)
 #
 # Needs Python >= 3.10. Downloading the gated base model needs HF_TOKEN (see README).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-OFFLINE=0; NO_MODEL=0; TESTS=0
+OFFLINE=0; NO_MODEL=0; TESTS=0; WARMUP=1
 for arg in "$@"; do
   case "$arg" in
     --offline) OFFLINE=1 ;;
     --no-model) NO_MODEL=1 ;;
     --tests) TESTS=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --no-warmup) WARMUP=0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -111,6 +113,13 @@ if [ -n "$MODEL_DIR" ] && [ -d "$MODEL_DIR" ]; then
   else
     say "doctor found problems: see the ✗ rows above and their advice (the set-up itself is done)"
   fi
+fi
+
+# On a GPU, compile the training steps now (a minute or two per mode, random codes) so that a run's
+# first step loads them instead of compiling: pipeline.train.warmup. Never fails set-up.
+if [ "$WARMUP" = 1 ] && "$VENV/bin/python" -c "import torch; raise SystemExit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  say "compiling the training steps ahead (python -m pipeline warmup; skip with --no-warmup)"
+  "$VENV/bin/python" -m pipeline warmup || say "warm-up failed (see above): a run's first step compiles instead"
 fi
 
 say "done. Start the studio with: $VENV/bin/python -m studio"

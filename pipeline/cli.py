@@ -189,6 +189,28 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
+def cmd_warmup(args) -> int:
+    from pipeline.model.checkpoints import has_all_files
+    from pipeline.train.warmup import MODE_PHASES, warm_compile_cache
+
+    config = _config(args)
+    modes = tuple(MODE_PHASES) if args.mode == "all" else (args.mode,)
+    model_dir = Path(args.model) if args.model else config.base_model_dir
+    if not args.model and not has_all_files(model_dir):
+        console.print(f"[dim]{model_dir} is not downloaded: compiling for the s1-mini shape with random weights "
+                      "(the compiled graphs depend on the shape only)[/dim]")
+        model_dir = None
+    result = warm_compile_cache(config, model_dir, modes, force=args.force, progress=_progress)
+    for phase, row in result["phases"].items():
+        if "skipped" in row:
+            console.print(f"  {phase:13s} {row['skipped']}")
+        else:
+            console.print(f"  {phase:13s} compiled in {row['seconds']:.0f} s (first step {row['first_step_s']:.0f} s)")
+    console.print(f"[green]compile cache ready[/green] in {result['cache']}: a run's first step loads these graphs "
+                  "instead of compiling them")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from pipeline.bench.runner import run_from_args
 
@@ -256,6 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="checkpoints/tiny-random")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
+
+    p = sub.add_parser("warmup", parents=[common],
+                       help="compile the training steps into the workspace's cache now, so a run's first step "
+                            "does not wait for it (GPU; setup.sh runs it)")
+    p.add_argument("--mode", choices=["all", "quick_lora", "full_finetune"], default="all",
+                   help="which training modes' phases to compile (default: all)")
+    p.add_argument("--model", help="model folder whose shape and weights to compile with (default: the base model "
+                                   "when downloaded, else random weights of its s1-mini shape; never downloads)")
+    p.add_argument("--force", action="store_true", help="compile again even where the cache says it holds them")
+    p.set_defaults(func=cmd_warmup)
 
     p = sub.add_parser("bench", parents=[common], help="GPU benchmark on the real model shape (random weights)")
     add_bench_arguments(p)

@@ -31,19 +31,9 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40
 # -- shapes -------------------------------------------------------------------------------------
 def bench_tokenizer(folder: Path, n_semantic: int):
     """The tiny checkpoint's BPE with `n_semantic` semantic tokens (4096 = s1-mini)."""
-    from fish_speech.tokenizer import ALL_SPECIAL_TOKENS, SEMANTIC_TOKEN_TEMPLATE
+    from pipeline.model.synthetic import shaped_tokenizer
 
-    from pipeline.model.checkpoints import load_tokenizer
-    from pipeline.model.tiny_checkpoint import TINY_SPEAKERS, tiny_bpe_lines
-
-    folder.mkdir(parents=True, exist_ok=True)
-    bpe = tiny_bpe_lines()
-    names = [t for t in ALL_SPECIAL_TOKENS if not t.startswith("<|semantic:")]
-    names += [f"<|speaker:{i}|>" for i in range(TINY_SPEAKERS)]
-    names += [SEMANTIC_TOKEN_TEMPLATE.format(i=i) for i in range(n_semantic)]
-    (folder / "tokenizer.tiktoken").write_text("\n".join(bpe) + "\n")
-    (folder / "special_tokens.json").write_text(json.dumps({n: len(bpe) + i for i, n in enumerate(names)}))
-    return load_tokenizer(folder)
+    return shaped_tokenizer(folder, n_semantic)
 
 
 def bench_shapes(folder: Path, tiny: bool):

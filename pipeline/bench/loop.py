@@ -14,39 +14,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
-from pipeline.bench.common import SENTENCES, free_memory, peak_gb, bench_tokenizer
-from pipeline.model.tokens import RESIDUAL_VOCAB
-
-
-def _checkpoint(folder: Path, args, device) -> Path:
-    from fish_speech.models.text2semantic.llama import DualARTransformer
-
-    tokenizer = bench_tokenizer(folder, args.codebook_size)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = DualARTransformer(args, tokenizer=tokenizer)
-    args.save(folder / "config.json")
-    torch.save({k: v.to("cpu", torch.bfloat16) for k, v in model.state_dict().items()}, folder / "model.pth")
-    return folder
-
-
-def _dataset(folder: Path, args, clips: int, max_frames: int) -> pd.DataFrame:
-    """`clips` clips of 4 speakers, 2-15 s (25-172 frames at 21.5 frames/s, scaled to max_frames)."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(clips):
-        frames = int(rng.integers(max(4, max_frames // 7), max_frames))
-        codes = rng.integers(0, min(RESIDUAL_VOCAB, args.codebook_size), (args.num_codebooks, frames)).astype(np.int16)
-        path = folder / f"clip{i:04d}.npy"
-        np.save(path, codes)
-        text = SENTENCES[i % len(SENTENCES)]
-        rows.append({"id": f"clip{i:04d}", "speaker": f"spk{i % 4}", "text": text, "normalized_text": text,
-                     "codes_path": str(path), "status": "ok"})
-    return pd.DataFrame(rows)
+from pipeline.bench.common import SENTENCES, free_memory, peak_gb
+from pipeline.model.synthetic import random_codes_manifest, write_random_lm
 
 
 def _train_rows(run_dir: Path) -> list[dict]:
@@ -77,8 +47,8 @@ def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None, mod
     result = {"steps": steps, "batch_size": batch_size, "max_length": max_length}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = _checkpoint(tmp / "ckpt", args, device)
-        manifest = _dataset(tmp / "codes", args, 24 if tiny else 600, 20 if tiny else 172)
+        ckpt = write_random_lm(tmp / "ckpt", args, device)
+        manifest = random_codes_manifest(tmp / "codes", args, 24 if tiny else 600, 20 if tiny else 172, SENTENCES)
         for mode in modes:
             free_memory(device)
             settings = TrainSettings.from_config(

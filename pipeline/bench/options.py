@@ -8,7 +8,7 @@ import argparse
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m pipeline bench` and `python -m pipeline.bench` (one definition)."""
-    parser.add_argument("--only", choices=["train", "loop", "extract", "generate", "evaluation", "workflow", "scaling"], action="append",
+    parser.add_argument("--only", choices=["train", "loop", "extract", "generate", "evaluation", "workflow", "scaling", "compile"], action="append",
                         help="run only this section (repeatable; default: all)")
     parser.add_argument("--out", help="folder for the JSON (default: the workspace's runs/bench)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, any device (CI)")

@@ -46,7 +46,7 @@ def result_path(out_dir: Path, card: str, date: str, tiny: bool, clock: str | No
 # -- the run ------------------------------------------------------------------------------------
 BENCH_SECTIONS = ["train", "loop", "extract", "generate"]  # the default run
 # long or multi-GPU sections: only on request (--only)
-EXTRA_SECTIONS = ["evaluation", "workflow", "scaling"]
+EXTRA_SECTIONS = ["evaluation", "workflow", "scaling", "compile"]
 
 
 def run_bench(config, which: list[str] | None = None, out_dir: Path | None = None, tiny: bool = False,
@@ -112,6 +112,10 @@ def run_bench(config, which: list[str] | None = None, out_dir: Path | None = Non
                     from pipeline.bench.workflow import bench_workflow
 
                     result["workflow"] = bench_workflow(config, shapes, device, tiny, steps, clips)
+                elif name == "compile":
+                    from pipeline.bench.compile import bench_compile
+
+                    result["compile"] = bench_compile(config, device, tiny)
                 elif name == "scaling":
                     from pipeline.bench.scaling import bench_scaling
 

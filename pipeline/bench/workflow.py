@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench.common import bench_tokenizer, free_memory
+from pipeline.bench.common import free_memory
 from pipeline.data.parallel import worker_count
+from pipeline.model.synthetic import write_random_lm
 
 FULL_CLIPS = 3000  # the issue's realistic dataset: ~8 h of 2-20 s clips
 TARGET_MINUTES = 20.0
@@ -122,8 +123,6 @@ def _workspace(path: Path):
 def write_checkpoint(folder: Path, shapes, tiny: bool) -> Path:
     """A random-weight checkpoint of the bench shape in the Hub layout, codec included (tiny: the
     tests' tiny checkpoint, whose tokenizer and vocabulary generation is known to accept)."""
-    from fish_speech.models.text2semantic.llama import DualARTransformer
-
     from pipeline.model.checkpoints import (CODEC_CONFIG_NAME, RANDOM_WEIGHTS_MARKER, RANDOM_WEIGHTS_TEXT,
                                             build_codec)
     from pipeline.model.tiny_checkpoint import write_tiny_checkpoint
@@ -132,12 +131,7 @@ def write_checkpoint(folder: Path, shapes, tiny: bool) -> Path:
         return write_tiny_checkpoint(folder)
 
     args, _, codec_config = shapes[:3]
-    tokenizer = bench_tokenizer(folder, args.codebook_size)
-    torch.manual_seed(0)
-    model = DualARTransformer(args, tokenizer=tokenizer)
-    args.save(folder / "config.json")
-    torch.save({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, folder / "model.pth")
-    del model
+    write_random_lm(folder, args)
     shutil.copy(codec_config, folder / CODEC_CONFIG_NAME)
     codec = build_codec(folder / CODEC_CONFIG_NAME)
     torch.save({k: v for k, v in codec.state_dict().items() if not k.endswith(_DERIVED_BUFFERS)},

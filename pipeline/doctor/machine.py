@@ -170,6 +170,29 @@ def attention_row(config) -> Row:
                "takes it (docs/PERFORMANCE.md: 1.7x faster than flash on an H200).")
 
 
+def compile_cache_row(config, model_dir: Path) -> Row:
+    """Whether the selected mode's training steps are compiled ahead (`python -m pipeline warmup`)."""
+    from pipeline.model.checkpoints import has_all_files
+    from pipeline.train.settings import TrainError
+    from pipeline.train.warmup import cache_state, compile_cache_dir, compiles_here
+
+    name = "compile cache"
+    if not compiles_here(config):
+        return Row(GROUP, name, PASS, "not used: training here runs uncompiled (no CUDA GPU, or training.compile: off)")
+    mode = config.training_mode.selected
+    try:
+        state = cache_state(config, model_dir if has_all_files(model_dir) else None, modes=(mode,))
+    except TrainError:  # a batch that does not split over the GPUs: the GPUs row says so
+        return Row(GROUP, name, WARN, "not checked: the training settings do not split over this machine's GPUs")
+    cold = [phase for phase, warm in state.items() if not warm]
+    if not cold:
+        return Row(GROUP, name, PASS, f"{mode}'s steps compiled ahead ({compile_cache_dir(config)}): a run's first "
+                   "step loads them instead of compiling")
+    return Row(GROUP, name, WARN, f"not compiled ahead for these settings ({', '.join(cold)}): a run's first step "
+               "compiles, about a minute longer", "Run `python -m pipeline warmup` once (bash setup.sh does on a GPU "
+               "machine): it compiles every mode's steps on random codes, a minute or two each.")
+
+
 def data_parallel_row(config, count: int | None = None) -> Row:
     """How many processes training.gpus starts here, and whether the global batch splits over them."""
     from pipeline.train.distributed import training_gpus
@@ -213,4 +236,4 @@ def playback_row() -> Row:
 
 def machine_rows(config, model_dir: Path) -> list[Row]:
     return [gpu_row(), data_parallel_row(config), software_row(), bf16_row(), disk_row(config, model_dir), cpu_row(),
-            kernels_row(config), attention_row(config), playback_row()]
+            kernels_row(config), attention_row(config), compile_cache_row(config, model_dir), playback_row()]

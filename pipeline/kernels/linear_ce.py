@@ -68,10 +68,12 @@ def _ce_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor):
     return (loss, *rank_hits(lf, targets), grad.to(logits.dtype))
 
 
-def _chunk_fns(compiled: bool):
+def _chunk_fns(compiled: bool, vocab: int):
+    """The chunk functions, compiled (the softmax passes fuse into a few reductions) once per head:
+    each head's vocabulary stays a fixed size of its own graphs."""
     if not compiled:
         return _ce_loss, _ce_loss_and_grad
-    return runtime.compiled(_ce_loss), runtime.compiled(_ce_loss_and_grad)  # softmax passes fuse into a few reductions
+    return runtime.compiled_copy(_ce_loss, vocab), runtime.compiled_copy(_ce_loss_and_grad, vocab)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -81,7 +83,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, x_extra, w_extra, targets, chunk_rows: int, compiled: bool):
         need = ctx.needs_input_grad[:4]
         grad_mode = any(need)
-        loss_fn, grad_fn = _chunk_fns(compiled)
+        loss_fn, grad_fn = _chunk_fns(compiled, weight.shape[0])  # logits columns: the head's vocabulary
         k = x.shape[1]
         w = weight if w_extra is None else torch.cat([weight, w_extra], 1)
         grads = [torch.empty_like(x) if need[0] else None,
@@ -95,12 +97,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             end = min(start + chunk_rows, x.shape[0])
             xc = x[start:end] if x_extra is None else torch.cat([x[start:end], x_extra[start:end]], 1)
             logits = xc @ w.T
+            chunk_targets = targets[start:end]
             if compiled:  # the last chunk is shorter: one symbolic graph for all chunk sizes
                 runtime.varying(logits, 0)
+                runtime.varying(chunk_targets, 0)
             if not grad_mode:
-                loss, h1, h5 = loss_fn(logits, targets[start:end])
+                loss, h1, h5 = loss_fn(logits, chunk_targets)
             else:
-                loss, h1, h5, g = grad_fn(logits, targets[start:end])
+                loss, h1, h5, g = grad_fn(logits, chunk_targets)
                 del logits
                 if need[0] or need[2]:
                     gx = g @ w

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 
 import torch
 
@@ -84,6 +85,17 @@ def compiled(fn):
     if fn not in _compiled:
         _compiled[fn] = torch.compile(fn, dynamic=None)
     return _compiled[fn]
+
+
+def compiled_copy(fn, key):
+    """`compiled` for a copy of fn with its own code object, one per key. Dynamo keeps its graphs
+    and its automatic-dynamic decisions per code object: a function called with two fixed sizes
+    (two heads' vocabularies) gets one static graph per size instead of a third, symbolic one."""
+    if (fn, key) not in _compiled:
+        code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{key}")
+        copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        _compiled[(fn, key)] = torch.compile(copy, dynamic=None)
+    return _compiled[(fn, key)]
 
 
 def varying(tensor: torch.Tensor, *dims: int) -> torch.Tensor:

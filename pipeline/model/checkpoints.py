@@ -44,7 +44,8 @@ def _present(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
-def _has_all_files(local_dir: Path) -> bool:
+def has_all_files(local_dir: Path) -> bool:
+    """Every file of the Hub layout is in `local_dir` (a finished download)."""
     return all(_present(local_dir / name) for name in HUB_FILES)
 
 
@@ -57,7 +58,7 @@ def download_base_model(
 ) -> Path:
     """Download the base model's five files into `local_dir`; no network when they are all there."""
     local_dir = Path(local_dir)
-    if _has_all_files(local_dir):
+    if has_all_files(local_dir):
         if progress:
             progress(1.0, f"{repo} already in {local_dir}")
         return local_dir

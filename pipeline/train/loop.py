@@ -287,6 +287,9 @@ class _Trainer(ResumableCheckpoints, SpokenExamples):
 
     def run(self) -> TrainResult:
         s = self.settings
+        if self.compile and self.progress:  # the one silent wait of a run: say what it is
+            self.progress(self.step / self.total, "compiling the training step (its graphs load from the compile "
+                          "cache when `python -m pipeline warmup` ran; otherwise a minute or two)")
         if self.step == 0:
             self._truncate_metrics(0)
             if self.data.val is not None:

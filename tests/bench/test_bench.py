@@ -123,3 +123,25 @@ def test_gpu_idle_merges_overlapping_kernels_and_reports_the_gaps():
     assert idle["span_ms"] == 1.3 and idle["idle_ms"] == 0.4 and idle["gaps_over_50us"] == 2
     assert [(g["ms"], g["after"], g["before"]) for g in idle["longest"]] == [(0.3, "c", "d"), (0.1, "b", "c")]
     assert gpu_idle(SimpleNamespace(events=lambda: [])) == {}
+
+
+def test_the_compile_section_runs_two_fresh_processes_on_one_workspace(tmp_path, monkeypatch):
+    """Skipped where training does not compile; on a GPU, a cold process then a warm one on the cache
+    it filled (each process's numbers are its own: pipeline.bench.compile_worker)."""
+    import pipeline.bench.compile as compile_section
+    import pipeline.train.warmup as warmup
+
+    skipped = run_bench(load_config(), which=["compile"], out_dir=tmp_path, tiny=True, device="cpu")["compile"]
+    assert "needs a CUDA GPU" in skipped["skipped"]
+
+    calls = []
+
+    def worker(workspace, max_frames, clips):
+        calls.append((workspace, max_frames, clips))
+        return {"first_step_s": 90.0 if len(calls) == 1 else 30.5, "graphs": 15}
+
+    monkeypatch.setattr(warmup, "compiles_here", lambda config: True)
+    monkeypatch.setattr(compile_section, "_worker", worker)
+    result = compile_section.bench_compile(load_config(), "cuda", tiny=False)
+    assert len({workspace for workspace, *_ in calls}) == 1 and calls[0][1:] != calls[1][1:]
+    assert result["cold"]["first_step_s"] == 90.0 and result["first_step_saved_s"] == 59.5

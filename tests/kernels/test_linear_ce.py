@@ -126,3 +126,19 @@ def test_no_grad_evaluation_and_bf16_autocast():
     low.backward()
     assert low.dtype == torch.float32 and abs(float(low) - float(ref)) / float(ref) < 2e-2
     assert xa.grad.dtype == torch.float32 and head.weight.grad.dtype == torch.float32
+
+
+def test_compiled_chunks_keep_one_graph_per_head_for_every_row_count():
+    """Each head's chunk function compiles once, its rows symbolic and its vocabulary fixed: a
+    second head, or a shorter last chunk, must not recompile (each recompilation is seconds of a
+    GPU run's first step). Both marks are needed: without the per-head copies the second head's
+    vocabulary recompiles the first head's function, without the targets' mark the new row count does."""
+    torch._dynamo.reset()
+    heads = {vocab: _Head(vocab=vocab).out for vocab in (300, 40)}
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for vocab, head in heads.items():
+            for rows in (37, 29, 11):
+                x, targets = _inputs(rows=rows, vocab=vocab)
+                with torch.no_grad():
+                    got = linear_cross_entropy(head, x, targets, chunk_rows=16, compiled=True)
+                torch.testing.assert_close(got[0], _reference(head, x, targets)[0], rtol=1e-5, atol=1e-4)

@@ -1,0 +1,235 @@
+"""Compile the training phases ahead of a user's first run, into a compile cache in the workspace.
+
+A fresh training process waits at its first step for torch.compile: tracing, inductor's code
+generation and Triton's kernel builds, about 45-55 s for LoRA at the s1-mini shape on an H200.
+torch keeps what it compiled on disk (FX and AOT-autograd graphs, Triton kernels, autotuning
+picks), keyed by what defines a graph: model shape, micro-batch, sequence length, precision, LoRA
+settings, torch version and GPU. Weights and data do not enter the key. So `warm_compile_cache`
+runs a few real steps and a validation of every phase the training modes have. It uses random
+codes and the base model's shape (its weights when downloaded, random ones otherwise). A user's
+run then finds its graphs compiled and only loads them.
+
+Runs keep the cache in `<workspace>/compile_cache/<code version>` (`use_compile_cache`), not in
+torch's default under /tmp, which a reboot may empty. TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR,
+when set, win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pipeline.atomic import write_json
+from pipeline.train.settings import TrainSettings, resolve_device, use_compile
+
+CACHE_DIR_NAME = "compile_cache"
+MARKER = "warmup.json"  # what was compiled into the cache, for the doctor and for skipping
+CACHE_ENV, TRITON_ENV = "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"
+WARMUP_STEPS = 3  # the first step compiles; a validation at step 2 compiles the no-grad graphs
+WARMUP_CLIPS = 400  # enough 2-20 s clips for the steps and a held-out set
+WARMUP_MAX_FRAMES = 430  # 20 s at 21.5 frames/s
+MODE_PHASES = {"quick_lora": ("lora",), "full_finetune": ("full", "speaker_lora")}
+# the settings a compiled graph depends on (not the step count, learning rate or seed)
+_GRAPH_SETTINGS = ("mode", "batch_size", "max_length", "lora_rank", "lora_alpha", "lora_dropout",
+                   "lora_train_embeddings", "gradient_checkpointing", "precision", "compile",
+                   "lora_dropout_kernel", "segment_attention_kernel", "cudnn_attention")
+_MODEL_SHAPE = ("dim", "n_layer", "n_head", "n_local_heads", "head_dim", "intermediate_size", "vocab_size",
+                "codebook_size", "num_codebooks", "n_fast_layer", "fast_dim", "fast_n_head",
+                "fast_n_local_heads", "fast_head_dim", "fast_intermediate_size", "attention_qk_norm",
+                "fast_attention_qk_norm", "tie_word_embeddings")
+
+_SDPA_KERNEL_NODES = ("_sdpa_kernel", "_backend_from_string")  # what dynamo records for `with sdpa_kernel(...)`
+
+Progress = Callable[[float, str], None] | None
+
+
+class WarmupError(ValueError):
+    """A warm-up that cannot run here; the message says why."""
+
+
+# -- where the cache lives ----------------------------------------------------------------------
+def code_version() -> str:
+    """A hash of the pipeline package's source: the cache of one version is never read by another."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _chosen_by_user(name: str) -> str | None:
+    """The environment's cache folder when a person set it (torch writes its own default there too)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    value = os.environ.get(name)
+    return value if value and value != default_cache_dir() else None
+
+
+def compile_cache_dir(config) -> Path:
+    chosen = _chosen_by_user(CACHE_ENV)
+    return Path(chosen) if chosen else Path(config.workspace) / CACHE_DIR_NAME / code_version()
+
+
+def use_compile_cache(config) -> Path:
+    """Point torch.compile's on-disk cache of this process, and of the processes it starts (the
+    data-parallel ranks), at the workspace's. Call it before anything compiles."""
+    directory = compile_cache_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[CACHE_ENV] = str(directory)
+    # Triton's own cache (kernels launched outside compiled graphs) beside inductor's: one folder
+    # holds all a run compiles
+    os.environ.setdefault(TRITON_ENV, str(directory / "triton"))
+    # The blocks' custom autograd Functions (frozen-base linears, LoRA dropout, segment attention)
+    # keep torch from caching their AOT-autograd graphs unless allowed: each warm start then
+    # traces them again (~15 s). torch's caution is stale code; the folder above is per code
+    # version, so no other version's graphs are ever read.
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    functorch_config.autograd_cache_allow_custom_autograd_functions = True
+    # the graph nodes of the slow stack's `sdpa_kernel` (cuDNN attention) are private torch functions
+    # that only name and set the backend: cacheable, keyed by the torch version
+    inductor_config.unsafe_marked_cacheable_functions = {
+        **inductor_config.unsafe_marked_cacheable_functions,
+        **{f"torch.nn.attention.{name}": torch.__version__ for name in _SDPA_KERNEL_NODES}}
+    return directory
+
+
+# -- what a run compiles -----------------------------------------------------------------------
+def model_args(model_dir: Path | None):
+    """The model's DualARModelArgs: from its config.json, or the s1-mini shape when there is none."""
+    if model_dir is not None and (Path(model_dir) / "config.json").is_file():
+        from fish_speech.models.text2semantic.llama import BaseModelArgs
+
+        return BaseModelArgs.from_pretrained(str(Path(model_dir) / "config.json"))
+    from pipeline.model.checkpoints import real_shape_args
+
+    return real_shape_args()
+
+
+def model_shape(model_dir: Path | None) -> dict:
+    """The fields of the model's shape (what its compiled graphs depend on)."""
+    fields = dataclasses.asdict(model_args(model_dir))
+    return {key: fields.get(key) for key in _MODEL_SHAPE}
+
+
+def phase_settings(config, phase: str) -> TrainSettings:
+    """A phase's settings with the micro-batch each data-parallel rank runs (what it compiles for)."""
+    from pipeline.train.distributed import World, rank_split, training_gpus
+
+    settings = TrainSettings.from_config(config, phase)
+    gpus = training_gpus(config)
+    if gpus > 1:
+        micro, accumulation = rank_split(settings.batch_size, settings.grad_accumulation, World(0, gpus))
+        settings = dataclasses.replace(settings, batch_size=micro, grad_accumulation=accumulation)
+    return settings
+
+
+def graph_key(settings: TrainSettings, shape: dict) -> dict:
+    """Everything a phase's compiled graphs depend on, as recorded in the cache's marker."""
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"settings": {name: getattr(settings, name) for name in _GRAPH_SETTINGS}, "model": shape,
+            "torch": torch.__version__, "card": card}
+
+
+def _marker(directory: Path) -> list[dict]:
+    try:
+        entries = json.loads((directory / MARKER).read_text()).get("warm", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return entries if isinstance(entries, list) else []
+
+
+def _is_warm(entries: list[dict], key: dict) -> bool:
+    return any(entry.get("key") == key for entry in entries)
+
+
+def compiles_here(config) -> bool:
+    """Whether training on this machine goes through torch.compile (a CUDA GPU, training.compile not off)."""
+    settings = TrainSettings.from_config(config, "lora")
+    return use_compile(settings, resolve_device(settings))
+
+
+def cache_state(config, model_dir: Path | None, modes=tuple(MODE_PHASES)) -> dict:
+    """{phase: True when the cache holds its graphs for this configuration, model shape, torch and GPU}."""
+    entries, shape = _marker(compile_cache_dir(config)), model_shape(model_dir)
+    return {phase: _is_warm(entries, graph_key(phase_settings(config, phase), shape))
+            for mode in modes for phase in MODE_PHASES[mode]}
+
+
+# -- warming it ---------------------------------------------------------------------------------
+def warmup_steps(settings: TrainSettings, ckpt: Path, manifest, work: Path) -> dict:
+    """A few steps and a validation of `settings`' phase in `work`: what a run's start compiles."""
+    from pipeline.train.loop import train
+
+    warm = dataclasses.replace(settings, steps=WARMUP_STEPS, epochs=None, val_every=2, save_every=10**6,
+                               patience=None, eval_texts=(), warmup_steps=1, init_adapter=None)
+    started = time.perf_counter()
+    outcome = train(work, ckpt, manifest, warm)
+    if outcome.status != "finished":
+        raise WarmupError(f"The warm-up's {settings.mode} steps did not finish: {outcome.message}")
+    rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    first = next((r["elapsed_s"] for r in rows if r.get("kind") == "train"), None)
+    return {"seconds": round(time.perf_counter() - started, 1), "first_step_s": first}
+
+
+def warm_compile_cache(config, model_dir: Path | None = None, modes=tuple(MODE_PHASES), force: bool = False,
+                       progress: Progress = None) -> dict:
+    """Compile every phase of `modes` into the workspace's compile cache (see the module doc).
+
+    model_dir: the base model (its shape and weights); None: random weights of the s1-mini shape.
+    Phases whose graphs the cache already holds are skipped unless `force`. Returns
+    {"cache": dir, "phases": {phase: {"seconds", "first_step_s"} or {"skipped": reason}}}.
+    Holds the machine's training lock: it and a training never share the GPU."""
+    from pipeline.train.lock import TrainingLock
+
+    if not compiles_here(config):
+        raise WarmupError("Nothing to compile: training here runs uncompiled (no CUDA GPU, or training.compile: off).")
+    directory = use_compile_cache(config)
+    with TrainingLock(config.workspace, directory):  # the GPU is a training's, or the warm-up's
+        return _warm(config, directory, model_dir, modes, force, progress)
+
+
+def _warm(config, directory: Path, model_dir: Path | None, modes, force: bool, progress: Progress) -> dict:
+    from pipeline.model.synthetic import random_codes_manifest, write_random_lm
+    from pipeline.data.text import example_sentences
+
+    shape = model_shape(model_dir)
+    phases = [phase for mode in modes for phase in MODE_PHASES[mode]]
+    result = {"cache": str(directory), "phases": {}}
+    settings = {phase: phase_settings(config, phase) for phase in phases}
+    with tempfile.TemporaryDirectory(prefix="warmup-") as tmp:
+        tmp = Path(tmp)
+        ckpt, manifest = model_dir, None
+        for i, phase in enumerate(phases):
+            key = graph_key(settings[phase], shape)
+            entries = _marker(directory)
+            if _is_warm(entries, key) and not force:
+                result["phases"][phase] = {"skipped": "already compiled for these settings"}
+                continue
+            if progress:
+                progress(i / len(phases), f"compiling the {phase} phase's training step (one to two minutes)")
+            if ckpt is None:
+                ckpt = write_random_lm(tmp / "model", model_args(None))
+            if manifest is None:
+                manifest = random_codes_manifest(tmp / "codes", model_args(model_dir), WARMUP_CLIPS, WARMUP_MAX_FRAMES,
+                                                 example_sentences())
+            timing = warmup_steps(settings[phase], Path(ckpt), manifest, tmp / phase)
+            result["phases"][phase] = timing
+            entries = [e for e in _marker(directory) if e.get("key") != key]
+            entries.append({"phase": phase, "key": key, **timing, "date": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            write_json(directory / MARKER, {"warm": entries})
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    if progress:
+        progress(1.0, f"compile cache ready: {directory}")
+    return result

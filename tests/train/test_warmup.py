@@ -1,0 +1,176 @@
+"""The compile warm-up (pipeline.train.warmup): where the cache lives, that its settings let torch
+cache the graphs the blocks make, what the warm-up compiles and skips, and what it says on a CPU.
+
+The warm-up's effect on a GPU's first step is a benchmark figure (docs/PERFORMANCE.md), not a test:
+here torch caches real graphs on the CPU, in fresh processes, as a GPU run would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import Config
+from pipeline.train import warmup
+from pipeline.train.lock import TrainingBusy, TrainingLock
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp_path: Path, **overrides) -> Config:
+    return Config().with_overrides({"studio.workspace": str(tmp_path / "ws"), **overrides})
+
+
+def test_the_cache_lives_in_the_workspace_one_folder_per_code_version(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    config = _config(tmp_path)
+    version = warmup.code_version()
+    assert len(version) == 12 and version == warmup.code_version()
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert warmup.compile_cache_dir(config) == tmp_path / "ws" / "compile_cache" / version
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # torch's own default: not a choice
+    assert warmup.compile_cache_dir(config) == tmp_path / "ws" / "compile_cache" / version
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # a person's choice wins
+    assert warmup.compile_cache_dir(config) == tmp_path / "mine"
+
+
+# A block like the slow transformer's: attention under sdpa_kernel (as cuDNN's is asked for) and
+# a custom autograd Function (as the frozen-base linears and LoRA dropout are), forward and backward.
+_BLOCK_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    from torch._dynamo.utils import counters
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from pipeline.config import Config
+
+    if sys.argv[1] == "workspace":
+        from pipeline.train.warmup import use_compile_cache
+        use_compile_cache(Config().with_overrides({"studio.workspace": sys.argv[2]}))
+
+    class Doubled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2
+
+    def block(q):
+        with sdpa_kernel([SDPBackend.MATH]):
+            out = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+        return Doubled.apply(out)
+
+    q = torch.randn(1, 2, 8, 4, requires_grad=True)
+    torch.compile(block)(q).sum().backward()
+    print(json.dumps(dict(counters["aot_autograd"])))
+""")
+
+
+def _block_counters(tmp_path: Path, where: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    if where == "default":
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "default")
+    out = subprocess.run([sys.executable, "-c", _BLOCK_SCRIPT, where, str(tmp_path / "ws")], cwd=PROJECT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_workspace_cache_keeps_the_blocks_graphs_for_the_next_process(tmp_path):
+    """torch refuses to cache a graph with a custom autograd Function or sdpa_kernel's node unless
+    told it may; the blocks have both. With the workspace's cache a second process loads the graph
+    instead of tracing it again; with torch's defaults it cannot."""
+    first = _block_counters(tmp_path, "workspace")
+    assert first.get("autograd_cache_bypass", 0) == 0 and first.get("autograd_cache_saved", 0) >= 1, first
+    second = _block_counters(tmp_path, "workspace")
+    assert second.get("autograd_cache_hit", 0) >= 1 and second.get("autograd_cache_miss", 0) == 0, second
+    assert _block_counters(tmp_path, "default").get("autograd_cache_bypass", 0) >= 1  # what the settings change
+
+
+@pytest.fixture
+def compiled_here(monkeypatch):
+    """The warm-up's bookkeeping on a CPU: training "compiles", and each phase's steps are recorded
+    instead of run (the real steps are the training loop's, tested with it)."""
+    runs = []
+
+    def fake_phase(settings, ckpt, manifest, work):
+        runs.append((settings.mode, settings.batch_size, Path(ckpt), len(manifest)))
+        return {"seconds": 1.0, "first_step_s": 0.5}
+
+    monkeypatch.setattr(warmup, "compiles_here", lambda config: True)
+    monkeypatch.setattr(warmup, "warmup_steps", fake_phase)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    return runs
+
+
+def test_the_warmup_compiles_each_set_of_graphs_once_and_remembers_it(tmp_path, tiny_checkpoint, compiled_here):
+    config = _config(tmp_path)
+    result = warmup.warm_compile_cache(config, tiny_checkpoint)
+    # the speaker LoRA compiles the same graphs as quick_lora's (same settings): compiled once
+    assert [mode for mode, *_ in compiled_here] == ["lora", "full"]
+    assert result["phases"]["speaker_lora"] == {"skipped": "already compiled for these settings"}
+    assert all(ckpt == tiny_checkpoint and rows == warmup.WARMUP_CLIPS for _, _, ckpt, rows in compiled_here)
+    assert warmup.cache_state(config, tiny_checkpoint) == {"lora": True, "full": True, "speaker_lora": True}
+
+    compiled_here.clear()
+    again = warmup.warm_compile_cache(config, tiny_checkpoint)
+    assert compiled_here == [] and all("skipped" in row for row in again["phases"].values())
+    warmup.warm_compile_cache(config, tiny_checkpoint, modes=("quick_lora",), force=True)
+    assert [mode for mode, *_ in compiled_here] == ["lora"]
+
+    # what a graph depends on: another batch, LoRA rank or model shape is not warm
+    assert not any(warmup.cache_state(_config(tmp_path, **{"training.batch_size": 2}), tiny_checkpoint).values())
+    assert not warmup.cache_state(_config(tmp_path, **{"training.lora.rank": 16}), tiny_checkpoint)["lora"]
+    assert not any(warmup.cache_state(config, None).values())  # the s1-mini shape, not the tiny one
+    # ...but not the step count or learning rate
+    assert warmup.cache_state(_config(tmp_path, **{"training.quick_lora.steps": 50}), tiny_checkpoint)["lora"]
+
+
+def test_the_warmup_compiles_the_share_of_the_batch_each_gpu_runs(tmp_path, tiny_checkpoint, compiled_here,
+                                                                   monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    warmup.warm_compile_cache(_config(tmp_path, **{"training.gpus": 2}), tiny_checkpoint, modes=("quick_lora",))
+    assert compiled_here[0][:2] == ("lora", 2)  # a global batch of 4 over two ranks
+
+
+def test_the_warmup_waits_for_no_training_and_no_training_for_it(tmp_path, tiny_checkpoint, compiled_here):
+    config = _config(tmp_path)
+    with TrainingLock(config.workspace, config.runs_dir / "busy"):
+        with pytest.raises(TrainingBusy, match="run 'busy'"):
+            warmup.warm_compile_cache(config, tiny_checkpoint)
+    assert compiled_here == []
+
+
+def test_warmup_on_a_cpu_says_there_is_nothing_to_compile(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["warmup"]) == 2
+    err = capsys.readouterr().err
+    assert "Nothing to compile: training here runs uncompiled" in err and "Traceback" not in err
+    assert not (tmp_path / "ws" / "compile_cache").exists()
+
+
+def test_the_doctor_row_says_whether_the_steps_are_compiled_ahead(tmp_path, tiny_checkpoint, compiled_here,
+                                                                  monkeypatch):
+    from pipeline.doctor.machine import compile_cache_row
+    from pipeline.doctor.row import PASS, WARN
+
+    config = _config(tmp_path)
+    cold = compile_cache_row(config, tiny_checkpoint)
+    assert cold.status == WARN and "python -m pipeline warmup" in cold.advice and "lora" in cold.detail
+    warmup.warm_compile_cache(config, tiny_checkpoint, modes=("quick_lora",))
+    warm = compile_cache_row(config, tiny_checkpoint)
+    assert warm.status == PASS and "compiled ahead" in warm.detail
+    monkeypatch.setattr(warmup, "compiles_here", lambda config: False)
+    assert compile_cache_row(config, tiny_checkpoint).detail.startswith("not used")
