@@ -102,6 +102,13 @@ else
   "$VENV/bin/python" -m pipeline download "${flags[@]}" || say "some downloads failed (see above); the bundled sample still works"
 fi
 
+# On a GPU, compile the training steps now (a minute or two per mode, random codes) so that a run's
+# first step loads them instead of compiling: pipeline.train.warmup. Never fails set-up.
+if [ "$WARMUP" = 1 ] && "$VENV/bin/python" -c "from pipeline.config import load_config; from pipeline.train.warmup import compiles_here; raise SystemExit(0 if compiles_here(load_config()) else 1)" 2>/dev/null; then
+  say "compiling the training steps ahead (python -m pipeline warmup; skip with --no-warmup)"
+  "$VENV/bin/python" -m pipeline warmup || say "warm-up failed (see above): a run's first step compiles instead"
+fi
+
 # Prove the machine and the model match the code's assumptions (a minute); never fails set-up.
 MODEL_DIR=$("$VENV/bin/python" -c "from pipeline.config import load_config; print(load_config().base_model_dir)" 2>/dev/null || true)
 if [ -n "$MODEL_DIR" ] && [ -d "$MODEL_DIR" ]; then
@@ -113,13 +120,6 @@ if [ -n "$MODEL_DIR" ] && [ -d "$MODEL_DIR" ]; then
   else
     say "doctor found problems: see the ✗ rows above and their advice (the set-up itself is done)"
   fi
-fi
-
-# On a GPU, compile the training steps now (a minute or two per mode, random codes) so that a run's
-# first step loads them instead of compiling: pipeline.train.warmup. Never fails set-up.
-if [ "$WARMUP" = 1 ] && "$VENV/bin/python" -c "import torch; raise SystemExit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  say "compiling the training steps ahead (python -m pipeline warmup; skip with --no-warmup)"
-  "$VENV/bin/python" -m pipeline warmup || say "warm-up failed (see above): a run's first step compiles instead"
 fi
 
 say "done. Start the studio with: $VENV/bin/python -m studio"

@@ -36,3 +36,30 @@ def hub_reachable(monkeypatch):
     import pipeline.data.hub
 
     monkeypatch.setattr(pipeline.data.hub, "unreachable_reason", lambda: None)
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache_settings():
+    """pipeline.train.warmup.use_compile_cache sets environment variables and torch settings for
+    its whole process; a test that runs a workflow in this process must not hand them to the next."""
+    import os
+
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    from pipeline.train import warmup
+
+    names = (warmup.CACHE_ENV, warmup.TRITON_ENV)
+    env, set_here = {name: os.environ.get(name) for name in names}, dict(warmup._SET_HERE)
+    custom = functorch_config.autograd_cache_allow_custom_autograd_functions
+    marked = dict(inductor_config.unsafe_marked_cacheable_functions)
+    yield
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    warmup._SET_HERE.clear()
+    warmup._SET_HERE.update(set_here)
+    functorch_config.autograd_cache_allow_custom_autograd_functions = custom
+    inductor_config.unsafe_marked_cacheable_functions = marked

@@ -94,7 +94,8 @@ def compiled_copy(fn, key):
     if (fn, key) not in _compiled:
         code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{key}")
         copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-        _compiled[(fn, key)] = torch.compile(copy, dynamic=None)
+        copy.__kwdefaults__ = fn.__kwdefaults__
+        _compiled[(fn, key)] = torch.compile(functools.update_wrapper(copy, fn), dynamic=None)
     return _compiled[(fn, key)]
 
 

@@ -154,6 +154,8 @@ class ResumableCheckpoints:
 
     def _save(self) -> None:
         """Rank 0 writes the checkpoint (every rank holds the same weights); all ranks keep the bookkeeping."""
+        if not self.settings.save_checkpoints:
+            return
         final = self.run_dir / "checkpoints" / f"step_{self.step:06d}"
         if self.world.main:
             with atomic.replacing(final) as tmp:  # a hidden temp folder: _checkpoints never lists a half-written one

@@ -58,7 +58,8 @@ def current_job(config: Config) -> dict | None:
         return job
     holder = training_lock.holder(config.workspace)
     # a holder that is already a zombie still holds the lock until its last thread has exited
-    if holder and _alive(holder.get("pid")) and holder.get("run_id"):
+    is_run = holder and holder.get("run_id") and holder["run_id"] != training_lock.WARMUP_HOLDER
+    if is_run and _alive(holder.get("pid")):
         return {"run_id": holder["run_id"], "run_dir": holder.get("run_dir") or str(config.runs_dir / holder["run_id"]),
                 "pid": holder["pid"], "started": holder.get("started")}
     return None
@@ -101,6 +102,10 @@ def start_job(config: Config, run_id: str | None = None, model_dir: str | None =
 
 
 def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: str | None, gpus) -> dict:
+    holder = training_lock.holder(config.workspace) or {}
+    if holder.get("run_id") == training_lock.WARMUP_HOLDER and _alive(holder.get("pid")):
+        raise JobError(f"The training steps are being compiled ahead (`python -m pipeline warmup`, pid {holder['pid']}); "
+                       "start when it has finished, in a minute or two.")
     running = current_job(config)
     if running:
         raise JobError(f"A training job is already running: run '{running['run_id']}' (pid {running['pid']}). "

@@ -23,6 +23,7 @@ class TrainingBusy(ValueError):
 
 WORKSPACE_LOCK = "training.lock"
 RUN_LOCK = "run.lock"
+WARMUP_HOLDER = "compile-warmup"  # the holder's name while `python -m pipeline warmup` compiles: not a run
 
 
 def _try_lock(path: Path) -> int | None:

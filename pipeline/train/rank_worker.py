@@ -23,6 +23,7 @@ from pipeline.train.distributed import start_world, stop_world
 from pipeline.train.launch import PROGRESS_TAG, RESULT_FILE, STOP_FILE, error_file, log_file, pid_file, ranks_dir
 from pipeline.train.loop import train
 from pipeline.train.settings import TrainSettings, resolve_device
+from pipeline.train.warmup import cache_whole_blocks
 
 
 def build_scorer(factory: str | None, config_path: str | None, in_ranks: bool = False):
@@ -63,6 +64,7 @@ def run(spec_path: str) -> int:
         stop.set()
     if rank:
         _own_output(phase_dir, rank)
+    cache_whole_blocks()  # the compile cache folder the workflow chose came with the environment
     try:
         settings = TrainSettings(**spec["settings"])
         world = start_world(spec["timeout_s"], use_cuda=resolve_device(settings).type == "cuda")

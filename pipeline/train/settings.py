@@ -50,6 +50,7 @@ class TrainSettings:
     lora_dropout_kernel: bool = True  # speed.lora_dropout_kernel: how, never what, is computed
     segment_attention_kernel: bool = True  # speed.segment_attention_kernel
     cudnn_attention: bool = True  # speed.cudnn_attention
+    save_checkpoints: bool = True  # False: steps run only to compile (pipeline.train.warmup) write nothing
 
     def __post_init__(self):
         checks = {

@@ -1,7 +1,8 @@
 """Compile the training phases ahead of a user's first run, into a compile cache in the workspace.
 
-A fresh training process waits at its first step for torch.compile: tracing, inductor's code
-generation and Triton's kernel builds, about 45-55 s for LoRA at the s1-mini shape on an H200.
+A fresh training process waits at its first step for torch.compile: tracing, AOT autograd,
+inductor's code generation and Triton's kernel builds. For LoRA at the s1-mini shape on an H200
+with nothing compiled that is 83-95 s, and about 30 s once the cache holds the graphs.
 torch keeps what it compiled on disk (FX and AOT-autograd graphs, Triton kernels, autotuning
 picks), keyed by what defines a graph: model shape, micro-batch, sequence length, precision, LoRA
 settings, torch version and GPU. Weights and data do not enter the key. So `warm_compile_cache`
@@ -17,9 +18,11 @@ when set, win.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ from pipeline.train.settings import TrainSettings, resolve_device, use_compile
 CACHE_DIR_NAME = "compile_cache"
 MARKER = "warmup.json"  # what was compiled into the cache, for the doctor and for skipping
 CACHE_ENV, TRITON_ENV = "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"
-WARMUP_STEPS = 3  # the first step compiles; a validation at step 2 compiles the no-grad graphs
+WARMUP_STEPS = 3  # the first step compiles (the validation before it, the no-grad graphs); later ones check reuse
 WARMUP_CLIPS = 400  # enough 2-20 s clips for the steps and a held-out set
 WARMUP_MAX_FRAMES = 430  # 20 s at 21.5 frames/s
 MODE_PHASES = {"quick_lora": ("lora",), "full_finetune": ("full", "speaker_lora")}
@@ -56,6 +59,7 @@ class WarmupError(ValueError):
 
 
 # -- where the cache lives ----------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def code_version() -> str:
     """A hash of the pipeline package's source: the cache of one version is never read by another."""
     digest = hashlib.sha256()
@@ -66,12 +70,23 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
+_SET_HERE: dict[str, str] = {}  # what use_compile_cache put in this process's environment
+
+
 def _chosen_by_user(name: str) -> str | None:
-    """The environment's cache folder when a person set it (torch writes its own default there too)."""
+    """The environment's cache folder when a person set it: not torch's own default (torch writes
+    it into the environment at its first compile) and not what use_compile_cache set before."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     value = os.environ.get(name)
-    return value if value and value != default_cache_dir() else None
+    if not value or value == _SET_HERE.get(name):
+        return None
+    default = default_cache_dir()
+    return None if value == default or value.startswith(default + os.sep) else value
+
+
+def _set(name: str, value: str) -> None:
+    os.environ[name] = _SET_HERE[name] = value
 
 
 def compile_cache_dir(config) -> Path:
@@ -84,24 +99,33 @@ def use_compile_cache(config) -> Path:
     data-parallel ranks), at the workspace's. Call it before anything compiles."""
     directory = compile_cache_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
-    os.environ[CACHE_ENV] = str(directory)
-    # Triton's own cache (kernels launched outside compiled graphs) beside inductor's: one folder
-    # holds all a run compiles
-    os.environ.setdefault(TRITON_ENV, str(directory / "triton"))
-    # The blocks' custom autograd Functions (frozen-base linears, LoRA dropout, segment attention)
-    # keep torch from caching their AOT-autograd graphs unless allowed: each warm start then
-    # traces them again (~15 s). torch's caution is stale code; the folder above is per code
-    # version, so no other version's graphs are ever read.
+    _set(CACHE_ENV, str(directory))
+    if not _chosen_by_user(TRITON_ENV):  # Triton's kernels beside inductor's: one folder holds all a run compiles
+        _set(TRITON_ENV, str(directory / "triton"))
+    cache_whole_blocks()
+    return directory
+
+
+def cache_whole_blocks() -> None:
+    """Let torch cache the AOT-autograd graphs of the transformer blocks too, where this process's
+    compile cache is a folder of this code version (use_compile_cache's; data-parallel ranks inherit it).
+
+    The blocks hold custom autograd Functions (frozen-base linears, LoRA dropout, segment
+    attention) and the nodes `sdpa_kernel` leaves (cuDNN attention). torch refuses to cache such
+    graphs by default, since a changed Function could be read back stale; a new process then
+    traces them again (~15 s of a warm start). A folder per code version rules that out. A cache
+    folder chosen in the environment keeps torch's defaults."""
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
+    directory = os.environ.get(CACHE_ENV)
+    if not directory or Path(directory).name != code_version():
+        return
     functorch_config.autograd_cache_allow_custom_autograd_functions = True
-    # the graph nodes of the slow stack's `sdpa_kernel` (cuDNN attention) are private torch functions
-    # that only name and set the backend: cacheable, keyed by the torch version
+    # sdpa_kernel's nodes only name and set the backend: cacheable, keyed by the torch version
     inductor_config.unsafe_marked_cacheable_functions = {
         **inductor_config.unsafe_marked_cacheable_functions,
         **{f"torch.nn.attention.{name}": torch.__version__ for name in _SDPA_KERNEL_NODES}}
-    return directory
 
 
 # -- what a run compiles -----------------------------------------------------------------------
@@ -123,22 +147,25 @@ def model_shape(model_dir: Path | None) -> dict:
 
 
 def phase_settings(config, phase: str) -> TrainSettings:
-    """A phase's settings with the micro-batch each data-parallel rank runs (what it compiles for)."""
+    """A phase's settings as a run of `config` trains it (steps and data aside)."""
+    return TrainSettings.from_config(config, phase)
+
+
+def graph_key(config, settings: TrainSettings, shape: dict) -> dict:
+    """Everything a phase's compiled graphs depend on, as recorded in the cache's marker: the
+    settings, the GPU count and what the memory plan makes of them on this card (each rank's
+    micro-batch and recomputation), the model's shape, torch and the GPU."""
     from pipeline.train.distributed import World, rank_split, training_gpus
+    from pipeline.train.plan import plan_phase
 
-    settings = TrainSettings.from_config(config, phase)
     gpus = training_gpus(config)
-    if gpus > 1:
-        micro, accumulation = rank_split(settings.batch_size, settings.grad_accumulation, World(0, gpus))
-        settings = dataclasses.replace(settings, batch_size=micro, grad_accumulation=accumulation)
-    return settings
-
-
-def graph_key(settings: TrainSettings, shape: dict) -> dict:
-    """Everything a phase's compiled graphs depend on, as recorded in the cache's marker."""
+    micro, accumulation = rank_split(settings.batch_size, settings.grad_accumulation, World(0, gpus))
+    plan = plan_phase(dataclasses.replace(settings, batch_size=micro, grad_accumulation=accumulation),
+                      "cuda" if torch.cuda.is_available() else "cpu")
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {"settings": {name: getattr(settings, name) for name in _GRAPH_SETTINGS}, "model": shape,
-            "torch": torch.__version__, "card": card}
+    return {"settings": {name: getattr(settings, name) for name in _GRAPH_SETTINGS},
+            "plan": {"gpus": gpus, "micro_batch": plan.micro_batch, "recompute": bool(plan.gradient_checkpointing)},
+            "model": shape, "torch": torch.__version__, "card": card}
 
 
 def _marker(directory: Path) -> list[dict]:
@@ -162,19 +189,27 @@ def compiles_here(config) -> bool:
 def cache_state(config, model_dir: Path | None, modes=tuple(MODE_PHASES)) -> dict:
     """{phase: True when the cache holds its graphs for this configuration, model shape, torch and GPU}."""
     entries, shape = _marker(compile_cache_dir(config)), model_shape(model_dir)
-    return {phase: _is_warm(entries, graph_key(phase_settings(config, phase), shape))
+    return {phase: _is_warm(entries, graph_key(config, phase_settings(config, phase), shape))
             for mode in modes for phase in MODE_PHASES[mode]}
 
 
 # -- warming it ---------------------------------------------------------------------------------
-def warmup_steps(settings: TrainSettings, ckpt: Path, manifest, work: Path) -> dict:
-    """A few steps and a validation of `settings`' phase in `work`: what a run's start compiles."""
-    from pipeline.train.loop import train
-
+def warmup_steps(settings: TrainSettings, ckpt: Path, manifest, work: Path, gpus: int = 1,
+                 timeout_s: float = 900) -> dict:
+    """A few steps and a validation of `settings`' phase in `work`, on `gpus` processes as a run
+    starts them (each rank compiles for its own GPU), keeping no checkpoint."""
     warm = dataclasses.replace(settings, steps=WARMUP_STEPS, epochs=None, val_every=2, save_every=10**6,
-                               patience=None, eval_texts=(), warmup_steps=1, init_adapter=None)
+                               patience=None, eval_texts=(), warmup_steps=1, init_adapter=None,
+                               save_checkpoints=False)
     started = time.perf_counter()
-    outcome = train(work, ckpt, manifest, warm)
+    if gpus > 1:
+        from pipeline.train.launch import train_data_parallel
+
+        outcome = train_data_parallel(work, ckpt, manifest, warm, gpus, timeout_s=timeout_s)
+    else:
+        from pipeline.train.loop import train
+
+        outcome = train(work, ckpt, manifest, warm)
     if outcome.status != "finished":
         raise WarmupError(f"The warm-up's {settings.mode} steps did not finish: {outcome.message}")
     rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -190,18 +225,31 @@ def warm_compile_cache(config, model_dir: Path | None = None, modes=tuple(MODE_P
     Phases whose graphs the cache already holds are skipped unless `force`. Returns
     {"cache": dir, "phases": {phase: {"seconds", "first_step_s"} or {"skipped": reason}}}.
     Holds the machine's training lock: it and a training never share the GPU."""
-    from pipeline.train.lock import TrainingLock
+    from pipeline.train.lock import WARMUP_HOLDER, TrainingLock
 
     if not compiles_here(config):
         raise WarmupError("Nothing to compile: training here runs uncompiled (no CUDA GPU, or training.compile: off).")
     directory = use_compile_cache(config)
-    with TrainingLock(config.workspace, directory):  # the GPU is a training's, or the warm-up's
+    # the GPU is a training's or the warm-up's: the studio names this holder (pipeline.train.jobs)
+    with TrainingLock(config.workspace, Path(config.workspace) / CACHE_DIR_NAME / WARMUP_HOLDER):
+        _remove_other_versions(directory)
         return _warm(config, directory, model_dir, modes, force, progress)
 
 
+def _remove_other_versions(directory: Path) -> None:
+    """Other code versions' cache folders beside this one: never read again, ~100 MB each."""
+    if directory.name != code_version():  # a folder chosen in the environment: not ours to clean
+        return
+    for other in directory.parent.iterdir():
+        if other.is_dir() and other != directory and len(other.name) == len(directory.name) and \
+                all(c in "0123456789abcdef" for c in other.name):
+            shutil.rmtree(other, ignore_errors=True)
+
+
 def _warm(config, directory: Path, model_dir: Path | None, modes, force: bool, progress: Progress) -> dict:
-    from pipeline.model.synthetic import random_codes_manifest, write_random_lm
     from pipeline.data.text import example_sentences
+    from pipeline.model.synthetic import random_codes_manifest, write_random_lm
+    from pipeline.train.distributed import training_gpus
 
     shape = model_shape(model_dir)
     phases = [phase for mode in modes for phase in MODE_PHASES[mode]]
@@ -211,7 +259,7 @@ def _warm(config, directory: Path, model_dir: Path | None, modes, force: bool, p
         tmp = Path(tmp)
         ckpt, manifest = model_dir, None
         for i, phase in enumerate(phases):
-            key = graph_key(settings[phase], shape)
+            key = graph_key(config, settings[phase], shape)
             entries = _marker(directory)
             if _is_warm(entries, key) and not force:
                 result["phases"][phase] = {"skipped": "already compiled for these settings"}
@@ -223,7 +271,8 @@ def _warm(config, directory: Path, model_dir: Path | None, modes, force: bool, p
             if manifest is None:
                 manifest = random_codes_manifest(tmp / "codes", model_args(model_dir), WARMUP_CLIPS, WARMUP_MAX_FRAMES,
                                                  example_sentences())
-            timing = warmup_steps(settings[phase], Path(ckpt), manifest, tmp / phase)
+            timing = warmup_steps(settings[phase], Path(ckpt), manifest, tmp / phase, training_gpus(config),
+                                  config.training.collective_timeout_s)
             result["phases"][phase] = timing
             entries = [e for e in _marker(directory) if e.get("key") != key]
             entries.append({"phase": phase, "key": key, **timing, "date": time.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -50,9 +50,8 @@ _BLOCK_SCRIPT = textwrap.dedent("""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from pipeline.config import Config
 
-    if sys.argv[1] == "workspace":
-        from pipeline.train.warmup import use_compile_cache
-        use_compile_cache(Config().with_overrides({"studio.workspace": sys.argv[2]}))
+    from pipeline.train.warmup import use_compile_cache
+    use_compile_cache(Config().with_overrides({"studio.workspace": sys.argv[2]}))
 
     class Doubled(torch.autograd.Function):
         @staticmethod
@@ -76,8 +75,8 @@ _BLOCK_SCRIPT = textwrap.dedent("""
 
 def _block_counters(tmp_path: Path, where: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
-    if where == "default":
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "default")
+    if where == "chosen":  # a folder set in the environment: torch's own rules
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "chosen")
     out = subprocess.run([sys.executable, "-c", _BLOCK_SCRIPT, where, str(tmp_path / "ws")], cwd=PROJECT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -87,12 +86,13 @@ def _block_counters(tmp_path: Path, where: str) -> dict:
 def test_the_workspace_cache_keeps_the_blocks_graphs_for_the_next_process(tmp_path):
     """torch refuses to cache a graph with a custom autograd Function or sdpa_kernel's node unless
     told it may; the blocks have both. With the workspace's cache a second process loads the graph
-    instead of tracing it again; with torch's defaults it cannot."""
+    instead of tracing it again. In a cache folder chosen in the environment (not one per code
+    version) torch's defaults stay, and it cannot."""
     first = _block_counters(tmp_path, "workspace")
     assert first.get("autograd_cache_bypass", 0) == 0 and first.get("autograd_cache_saved", 0) >= 1, first
     second = _block_counters(tmp_path, "workspace")
     assert second.get("autograd_cache_hit", 0) >= 1 and second.get("autograd_cache_miss", 0) == 0, second
-    assert _block_counters(tmp_path, "default").get("autograd_cache_bypass", 0) >= 1  # what the settings change
+    assert _block_counters(tmp_path, "chosen").get("autograd_cache_bypass", 0) >= 1  # what the settings change
 
 
 @pytest.fixture
@@ -101,8 +101,8 @@ def compiled_here(monkeypatch):
     instead of run (the real steps are the training loop's, tested with it)."""
     runs = []
 
-    def fake_phase(settings, ckpt, manifest, work):
-        runs.append((settings.mode, settings.batch_size, Path(ckpt), len(manifest)))
+    def fake_phase(settings, ckpt, manifest, work, gpus=1, timeout_s=900):
+        runs.append((settings.mode, gpus, Path(ckpt), len(manifest)))
         return {"seconds": 1.0, "first_step_s": 0.5}
 
     monkeypatch.setattr(warmup, "compiles_here", lambda config: True)
@@ -135,19 +135,67 @@ def test_the_warmup_compiles_each_set_of_graphs_once_and_remembers_it(tmp_path, 
     assert warmup.cache_state(_config(tmp_path, **{"training.quick_lora.steps": 50}), tiny_checkpoint)["lora"]
 
 
-def test_the_warmup_compiles_the_share_of_the_batch_each_gpu_runs(tmp_path, tiny_checkpoint, compiled_here,
-                                                                   monkeypatch):
+def test_the_warmup_runs_as_many_processes_as_a_run_and_keys_on_the_gpu_count(tmp_path, tiny_checkpoint,
+                                                                              compiled_here, monkeypatch):
+    """Each data-parallel rank compiles for its own GPU (the device is part of torch's cache key):
+    the warm-up starts the ranks a run would, and a warm cache for one GPU is not warm for two."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    warmup.warm_compile_cache(_config(tmp_path, **{"training.gpus": 2}), tiny_checkpoint, modes=("quick_lora",))
-    assert compiled_here[0][:2] == ("lora", 2)  # a global batch of 4 over two ranks
+    two = _config(tmp_path, **{"training.gpus": 2})
+    warmup.warm_compile_cache(two, tiny_checkpoint, modes=("quick_lora",))
+    assert compiled_here[0][:2] == ("lora", 2)
+    assert warmup.cache_state(two, tiny_checkpoint, modes=("quick_lora",)) == {"lora": True}
+    one = _config(tmp_path, **{"training.gpus": 1})
+    assert warmup.cache_state(one, tiny_checkpoint, modes=("quick_lora",)) == {"lora": False}
 
 
-def test_the_warmup_waits_for_no_training_and_no_training_for_it(tmp_path, tiny_checkpoint, compiled_here):
+def test_the_warmup_waits_for_no_training_and_no_training_for_it(tmp_path, tiny_checkpoint, compiled_here,
+                                                                   monkeypatch):
+    from pipeline.train import jobs
+
     config = _config(tmp_path)
     with TrainingLock(config.workspace, config.runs_dir / "busy"):
         with pytest.raises(TrainingBusy, match="run 'busy'"):
             warmup.warm_compile_cache(config, tiny_checkpoint)
     assert compiled_here == []
+
+    # while the warm-up holds the GPU, the studio sees no run, and Start says what is happening
+    seen = {}
+
+    def during_warmup(settings, ckpt, manifest, work, gpus=1, timeout_s=900):
+        seen["job"] = jobs.current_job(config)
+        with pytest.raises(jobs.JobError, match="being compiled ahead") as refused:
+            jobs.start_job(config)
+        seen["refused"] = str(refused.value)
+        return {"seconds": 1.0, "first_step_s": 0.5}
+
+    monkeypatch.setattr(warmup, "warmup_steps", during_warmup)
+    warmup.warm_compile_cache(config, tiny_checkpoint, modes=("quick_lora",))
+    assert seen["job"] is None and "python -m pipeline warmup" in seen["refused"]
+    assert [run.name for run in config.runs_dir.iterdir()] == ["busy"]  # Start made no run folder
+
+
+def test_the_warmup_removes_other_code_versions_caches(tmp_path, tiny_checkpoint, compiled_here):
+    config = _config(tmp_path)
+    old = tmp_path / "ws" / "compile_cache" / "0123456789ab"
+    (old / "fxgraph").mkdir(parents=True)
+    keep = tmp_path / "ws" / "compile_cache" / "notes"
+    keep.mkdir()
+    warmup.warm_compile_cache(config, tiny_checkpoint, modes=("quick_lora",))
+    assert not old.exists() and keep.exists() and warmup.compile_cache_dir(config).is_dir()
+
+
+def test_a_second_call_in_one_process_follows_the_new_workspace(tmp_path, monkeypatch):
+    """What use_compile_cache put in the environment is not mistaken for a person's choice, and
+    neither is torch's own default that torch writes there (Triton's included)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", f"{default_cache_dir()}/triton/0")
+    first = warmup.use_compile_cache(_config(tmp_path / "a"))
+    assert os.environ["TRITON_CACHE_DIR"] == str(first / "triton")
+    second = warmup.use_compile_cache(_config(tmp_path / "b"))
+    assert second == tmp_path / "b" / "ws" / "compile_cache" / warmup.code_version()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(second) and os.environ["TRITON_CACHE_DIR"] == str(second / "triton")
 
 
 def test_warmup_on_a_cpu_says_there_is_nothing_to_compile(tmp_path, monkeypatch, capsys):
