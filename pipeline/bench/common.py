@@ -29,25 +29,19 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40
 
 
 # -- shapes -------------------------------------------------------------------------------------
-def bench_tokenizer(folder: Path, n_semantic: int):
-    """The tiny checkpoint's BPE with `n_semantic` semantic tokens (4096 = s1-mini)."""
-    from pipeline.model.synthetic import shaped_tokenizer
-
-    return shaped_tokenizer(folder, n_semantic)
-
-
 def bench_shapes(folder: Path, tiny: bool):
     """(model args, tokenizer, codec config path, batch_size, max_length)."""
     from pipeline.model.checkpoints import CODEC_CONFIG_NAME, codec_config_path, real_shape_args
+    from pipeline.model.synthetic import shaped_tokenizer
     from pipeline.model.tiny_checkpoint import TINY_SEMANTIC, tiny_codec_config, tiny_model_args
 
     if tiny:
-        tokenizer = bench_tokenizer(folder, TINY_SEMANTIC)
+        tokenizer = shaped_tokenizer(folder, TINY_SEMANTIC)
         args = tiny_model_args(vocab_size=len(tokenizer.all_special_tokens_with_ids) + 300)
         (folder / CODEC_CONFIG_NAME).write_text(tiny_codec_config())
         return args, tokenizer, folder / CODEC_CONFIG_NAME, 2, 128
     args = real_shape_args()
-    tokenizer = bench_tokenizer(folder, args.codebook_size)
+    tokenizer = shaped_tokenizer(folder, args.codebook_size)
     return args, tokenizer, codec_config_path(folder), 4, 4096
 
 

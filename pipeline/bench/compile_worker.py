@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
     from pipeline.data.text import example_sentences
     from pipeline.model.synthetic import random_codes_manifest, write_random_lm
-    from pipeline.train.warmup import model_args, phase_settings, use_compile_cache, warmup_steps
+    from pipeline.train.settings import TrainSettings
+    from pipeline.train.warmup import model_args, use_compile_cache, warmup_steps
 
     workspace, max_frames, clips = (argv or sys.argv[1:])[:3]
     config = load_config(None).with_overrides({"studio.workspace": workspace})
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp, args = Path(tmp), model_args(None)
         ckpt = write_random_lm(tmp / "model", args)
         manifest = random_codes_manifest(tmp / "codes", args, int(clips), int(max_frames), example_sentences())
-        timing = warmup_steps(phase_settings(config, "lora"), ckpt, manifest, tmp / "run")
+        timing = warmup_steps(TrainSettings.from_config(config, "lora"), ckpt, manifest, tmp / "run")
     cache = {f"{group}.{key}": value for group in ("aot_autograd", "inductor") for key, value in counters[group].items()
              if "cache" in key and value}
     print(json.dumps({**timing, "graphs": counters["stats"]["unique_graphs"], "cache": cache,

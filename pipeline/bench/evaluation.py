@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench.common import SENTENCES, bench_tokenizer, sync
+from pipeline.bench.common import SENTENCES, sync
+from pipeline.model.synthetic import shaped_tokenizer
 from pipeline.data.source_spec import SAMPLE_DIR
 from pipeline.data.text import example_sentences
 from pipeline.model.checkpoints import CODEC_CONFIG_NAME, RANDOM_WEIGHTS_MARKER, build_codec
@@ -47,7 +48,7 @@ def _checkpoint(folder: Path, args, tokenizer, codec_config: Path, device) -> Pa
     from fish_speech.models.text2semantic.llama import DualARTransformer
 
     folder.mkdir(parents=True)
-    bench_tokenizer(folder, len(tokenizer.semantic_id_to_token_id))
+    shaped_tokenizer(folder, len(tokenizer.semantic_id_to_token_id))
     torch.manual_seed(0)
     with torch.device(device):  # the real shape initialises in seconds on the GPU, not minutes
         model = DualARTransformer(args, tokenizer=tokenizer)

@@ -172,7 +172,6 @@ def attention_row(config) -> Row:
 
 def compile_cache_row(config, model_dir: Path) -> Row:
     """Whether the selected mode's training steps are compiled ahead (`python -m pipeline warmup`)."""
-    from pipeline.model.checkpoints import has_all_files
     from pipeline.train.settings import TrainError
     from pipeline.train.warmup import cache_state, compile_cache_dir, compiles_here
 
@@ -181,7 +180,7 @@ def compile_cache_row(config, model_dir: Path) -> Row:
         return Row(GROUP, name, PASS, "not used: training here runs uncompiled (no CUDA GPU, or training.compile: off)")
     mode = config.training_mode.selected
     try:
-        state = cache_state(config, model_dir if has_all_files(model_dir) else None, modes=(mode,))
+        state = cache_state(config, model_dir, modes=(mode,))  # its shape; the s1-mini shape before a download
     except TrainError:  # a batch that does not split over the GPUs: the GPUs row says so
         return Row(GROUP, name, WARN, "not checked: the training settings do not split over this machine's GPUs")
     cold = [phase for phase, warm in state.items() if not warm]

@@ -146,11 +146,6 @@ def model_shape(model_dir: Path | None) -> dict:
     return {key: fields.get(key) for key in _MODEL_SHAPE}
 
 
-def phase_settings(config, phase: str) -> TrainSettings:
-    """A phase's settings as a run of `config` trains it (steps and data aside)."""
-    return TrainSettings.from_config(config, phase)
-
-
 def graph_key(config, settings: TrainSettings, shape: dict) -> dict:
     """Everything a phase's compiled graphs depend on, as recorded in the cache's marker: the
     settings, the GPU count and what the memory plan makes of them on this card (each rank's
@@ -189,7 +184,7 @@ def compiles_here(config) -> bool:
 def cache_state(config, model_dir: Path | None, modes=tuple(MODE_PHASES)) -> dict:
     """{phase: True when the cache holds its graphs for this configuration, model shape, torch and GPU}."""
     entries, shape = _marker(compile_cache_dir(config)), model_shape(model_dir)
-    return {phase: _is_warm(entries, graph_key(config, phase_settings(config, phase), shape))
+    return {phase: _is_warm(entries, graph_key(config, TrainSettings.from_config(config, phase), shape))
             for mode in modes for phase in MODE_PHASES[mode]}
 
 
@@ -254,7 +249,7 @@ def _warm(config, directory: Path, model_dir: Path | None, modes, force: bool, p
     shape = model_shape(model_dir)
     phases = [phase for mode in modes for phase in MODE_PHASES[mode]]
     result = {"cache": str(directory), "phases": {}}
-    settings = {phase: phase_settings(config, phase) for phase in phases}
+    settings = {phase: TrainSettings.from_config(config, phase) for phase in phases}
     with tempfile.TemporaryDirectory(prefix="warmup-") as tmp:
         tmp = Path(tmp)
         ckpt, manifest = model_dir, None
