@@ -25,8 +25,11 @@ def _train_rows(run_dir: Path) -> list[dict]:
 
 
 def _step_seconds(run_dir: Path, skip: int) -> list[float]:
+    """Intervals between the rows after the first `skip`, except the last: a row is stamped when
+    the next step is queued, and the final row right after the one before it (no step follows),
+    so that interval is no step's time (on a CPU it can read 0)."""
     elapsed = [r["elapsed_s"] for r in _train_rows(run_dir)]
-    return [b - a for a, b in zip(elapsed[skip:], elapsed[skip + 1:])]
+    return [b - a for a, b in zip(elapsed[skip:], elapsed[skip + 1:])][:-1]
 
 
 def _tokens_per_s(run_dir: Path, skip: int) -> float | None:
@@ -42,7 +45,7 @@ def bench_loop(config, shapes, device, tiny: bool, steps: int | None = None, mod
     from pipeline.train.settings import TrainSettings
 
     args, _, _, batch_size, max_length = shapes
-    steps = steps or (3 if tiny else 30)
+    steps = steps or (4 if tiny else 30)
     skip = 1 if tiny else 4  # compilation happens in the first steps
     result = {"steps": steps, "batch_size": batch_size, "max_length": max_length}
     with tempfile.TemporaryDirectory() as tmp:
