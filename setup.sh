@@ -41,6 +41,12 @@ import torch, torchaudio
 major, minor = map(int, torch.__version__.split(".")[:2])
 raise SystemExit(0 if (major, minor) >= (2, 9) else 1)
 EOF
+  # the CUDA build with its libraries takes ~8 GB in the venv, plus pip's temporary copy
+  free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "${free_gb:-0}" -lt 10 ]; then
+    say "warning: only ${free_gb} GB free on this disk; torch needs about 10 GB. If pip stops with" \
+        "'No space left on device', free space (old venvs, /tmp) and run setup.sh again."
+  fi
   say "installing torch 2.9.1 + torchaudio 2.9.1 (large download, once)"
   "${PIP[@]}" "torch==2.9.1" "torchaudio==2.9.1"
 fi

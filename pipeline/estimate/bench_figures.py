@@ -1,7 +1,9 @@
 """The figures the cost estimate takes from `python -m pipeline bench`: which benchmark JSONs
 exist (the workspace's `runs/bench/` and the committed `assets/bench/`), newest first, and each
-card's throughput and start-up seconds, measured on that card or scaled from another by bf16 peak
-(every figure says which)."""
+card's throughput and start-up seconds, measured on that card or scaled from another (every
+figure says which): training and extraction by the ratio of bf16 peaks, since their kernels are
+bound by arithmetic; one generated stream by the ratio of memory bandwidths, since each frame
+reads every weight once and does little arithmetic on it."""
 
 from __future__ import annotations
 
@@ -83,16 +85,17 @@ def _extract_realtime(bench: dict) -> float | None:
     return extract.get("realtime_factor")
 
 
-# figure → (how to read it from a bench, whether it scales with the card's speed)
+COMPUTE, MEMORY = "compute", "memory"  # what limits a figure: it scales with bf16 peak, or with bandwidth
+# figure → (how to read it from a bench, what limits it on another card; None: CPU work, taken as it is)
 FIGURES = {
-    "lora_tokens_per_s": (lambda b: _tokens_per_s(b, "lora"), True),
-    "full_tokens_per_s": (lambda b: _tokens_per_s(b, "full"), True),
-    "lora_start_s": (lambda b: _start(_variant(b, "lora")), False),
-    "full_start_s": (lambda b: _start(_variant(b, "full")), False),
-    "extract_realtime": (lambda b: _extract_realtime(b), True),
-    "extract_start_s": (lambda b: (b.get("extract") or {}).get("first_s"), False),
-    "generate_frames_per_s": (lambda b: (b.get("generate") or {}).get("frames_per_s"), True),
-    "generate_start_s": (lambda b: (b.get("generate") or {}).get("warmup_s"), False),
+    "lora_tokens_per_s": (lambda b: _tokens_per_s(b, "lora"), COMPUTE),
+    "full_tokens_per_s": (lambda b: _tokens_per_s(b, "full"), COMPUTE),
+    "lora_start_s": (lambda b: _start(_variant(b, "lora")), None),
+    "full_start_s": (lambda b: _start(_variant(b, "full")), None),
+    "extract_realtime": (lambda b: _extract_realtime(b), COMPUTE),
+    "extract_start_s": (lambda b: (b.get("extract") or {}).get("first_s"), None),
+    "generate_frames_per_s": (lambda b: (b.get("generate") or {}).get("frames_per_s"), MEMORY),
+    "generate_start_s": (lambda b: (b.get("generate") or {}).get("warmup_s"), None),
 }
 FIGURE_GROUPS = {"training": ("lora_tokens_per_s", "full_tokens_per_s", "lora_start_s", "full_start_s"),
                  "extraction": ("extract_realtime", "extract_start_s"),
@@ -112,11 +115,12 @@ def bench_label(bench: dict) -> str:
 @dataclass(frozen=True)
 class CardFigures:
     values: dict[str, float]
-    sources: dict[str, str]          # figure → "measured on …" / "scaled from … by bf16 peak …" / "taken from …"
+    sources: dict[str, str]          # figure → "measured on …" / "scaled from … by bf16 peak …" (or
+                                     # "… by memory bandwidth …") / "taken from …"
     stale: str = ""                  # the card's own bench is older than the newest one: which that is
 
     def summary(self) -> str:
-        """Per group of speeds: measured on which bench, or scaled from which by bf16 peak."""
+        """Per group of speeds: measured on which bench, or scaled from which and by what."""
         parts = [f"{group} {self.sources[names[0]]}" for group, names in FIGURE_GROUPS.items()]
         if self.stale:
             parts.append(f"its benchmark is older than the newest ({self.stale}): re-run "
@@ -124,13 +128,37 @@ class CardFigures:
         return "; ".join(parts)
 
 
-def card_figures(gpu: str, row: dict, benches: list[dict], reference: dict | None = None) -> CardFigures:
-    """Each speed figure for `gpu`: from its newest own benchmark, else the newest benchmark that has
-    the figure scaled by bf16 peak (start-up times are CPU work: taken as they are)."""
+def _ratio(limit: str | None, row: dict, donor: dict) -> tuple[float, str]:
+    """How much faster `row`'s card is than the donor's for a figure `limit` bounds, and the words
+    for it. `donor` holds the donor card's bf16_tflops and, where known, memory_tb_s. A card
+    without bandwidth figures on both sides falls back to bf16 peak, and says so."""
+    if limit is None:
+        return 1.0, ""
+    if limit == MEMORY and row.get("memory_tb_s") and donor.get("memory_tb_s"):
+        mine, theirs = float(row["memory_tb_s"]), float(donor["memory_tb_s"])
+        return mine / theirs, f"by memory bandwidth {mine:g}/{theirs:g} TB/s"
+    mine, theirs = float(row["bf16_tflops"]), float(donor["bf16_tflops"])
+    return mine / theirs, f"by bf16 peak {mine:g}/{theirs:g}"
+
+
+def _donor_card(bench: dict, reference: dict | None, row: dict, cards: dict | None) -> dict:
+    """The peaks of the card a bench ran on: its row in the price table when listed, its recorded
+    bf16 peak, else the reference's (the last resort: this card's own, a ratio of 1)."""
+    listed = next((r for name, r in (cards or {}).items() if card_matches(name, r, bench)), {})
+    peak = bench.get("peak_tflops") or listed.get("bf16_tflops") or (reference or {}).get("bf16_tflops") \
+        or row["bf16_tflops"]
+    return {"bf16_tflops": peak, "memory_tb_s": listed.get("memory_tb_s")}
+
+
+def card_figures(gpu: str, row: dict, benches: list[dict], reference: dict | None = None,
+                 cards: dict | None = None) -> CardFigures:
+    """Each speed figure for `gpu`: from its newest own benchmark, else from the newest benchmark
+    that has the figure, scaled by the bound that limits it (see the module doc; start-up times are
+    CPU work: taken as they are). `cards`: the price table's rows, for the donor card's bandwidth."""
     # each figure from the newest bench that has it (an extraction-only call has no step times)
     own = [b for b in benches if card_matches(gpu, row, b)]
     values, sources = {}, {}
-    for name, (read, scales) in FIGURES.items():
+    for name, (read, limit) in FIGURES.items():
         got = next(((b, read(b)) for b in own if isinstance(read(b), (int, float)) and read(b) > 0), None)
         if got:
             values[name], sources[name] = float(got[1]), f"measured on {bench_label(got[0])}"
@@ -138,20 +166,18 @@ def card_figures(gpu: str, row: dict, benches: list[dict], reference: dict | Non
         donor = next(((b, read(b)) for b in benches if isinstance(read(b), (int, float)) and read(b) >= 0), None)
         if donor:
             bench, value = donor
-            peak = float(bench.get("peak_tflops") or (reference or {}).get("bf16_tflops") or row["bf16_tflops"])
-            ratio = row["bf16_tflops"] / peak if scales else 1.0
-            values[name] = float(value) * ratio
-            sources[name] = (f"scaled from {bench_label(bench)} by bf16 peak {row['bf16_tflops']:g}/{peak:g}"
-                             if scales else f"taken from {bench_label(bench)}")
+            label = bench_label(bench)
+            ratio, words = _ratio(limit, row, _donor_card(bench, reference, row, cards))
         elif reference and isinstance(reference.get(name), (int, float)):
-            peak = float(reference.get("bf16_tflops", row["bf16_tflops"]))
-            ratio = row["bf16_tflops"] / peak if scales else 1.0
-            values[name] = float(reference[name]) * ratio
-            sources[name] = (f"scaled from {reference.get('source', 'the reference speeds')} by bf16 peak "
-                             f"{row['bf16_tflops']:g}/{peak:g}" if scales else f"taken from {reference.get('source')}")
+            value, label = reference[name], reference.get("source", "the reference speeds")
+            ratio, words = _ratio(limit, row, {"bf16_tflops": reference.get("bf16_tflops", row["bf16_tflops"]),
+                                               "memory_tb_s": reference.get("memory_tb_s")})
         else:
             values[name] = 0.0 if name.endswith("_start_s") else math.nan
             sources[name] = "not measured"
+            continue
+        values[name] = float(value) * ratio
+        sources[name] = f"scaled from {label} {words}" if words else f"taken from {label}"
     stale = ""
     timed = [b for b in benches if isinstance(b.get("train"), dict)]  # a scaling or extraction call times no step
     timed_own = [b for b in timed if card_matches(gpu, row, b)]

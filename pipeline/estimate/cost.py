@@ -7,8 +7,9 @@ and from packing this dataset the way training packs it (epochs → steps), the 
 range between its earliest early stop and `speaker_max_steps`. Throughput and the other speeds
 come from the newest benchmark of each card (`python -m pipeline bench`, JSON under the
 workspace's `runs/bench/` or `assets/bench/`); a card without one gets the newest benchmark's
-figures scaled by the ratio of bf16 peaks. Every row says which figures are measured and which
-are scaled. On N GPUs (`gpus`), training divides by N x the card's recorded scaling efficiency
+figures scaled to it: training and extraction by the ratio of bf16 peaks, generation by the ratio
+of memory bandwidths (pipeline.estimate.bench_figures). Every row says which figures are measured
+and which are scaled. On N GPUs (`gpus`), training divides by N x the card's recorded scaling efficiency
 (pipeline.estimate.scaling; linear, said as "not measured", where none is recorded) and money
 multiplies by N.
 """
@@ -117,6 +118,10 @@ def load_price_table(path: Path = PRICES_PATH) -> dict:
                 raise ValueError(f"{path}: gpus.{name}.{key} must be a number.")
         if row["price_per_hour"] < 0 or row["bf16_tflops"] <= 0 or row["memory_gb"] <= 0:
             raise ValueError(f"{path}: gpus.{name}: price_per_hour must be ≥ 0, bf16_tflops and memory_gb > 0.")
+        bandwidth = row.get("memory_tb_s")  # optional: without it generation scales by bf16 peak
+        if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float))
+                                      or bandwidth <= 0):
+            raise ValueError(f"{path}: gpus.{name}.memory_tb_s must be a number > 0 (TB/s), or left out.")
     return table
 
 
@@ -348,7 +353,7 @@ def estimate(config: Config, manifest: pd.DataFrame, speaker: str | None = None,
     split_problem = rank_batch(config, gpus)[2]
     rows = []
     for gpu, row in prices["gpus"].items():
-        figures = card_figures(gpu, row, benches, prices.get("reference_throughput"))
+        figures = card_figures(gpu, row, benches, prices.get("reference_throughput"), prices["gpus"])
         scaling = card_scaling(gpus, gpu, [(bench_label(b), b) for b in benches if card_matches(gpu, row, b)])
         lora_plan, lora_speed = _planned("lora", config, row, figures.values["lora_tokens_per_s"], scaling)
         full_plan, full_speed = _planned("full", config, row, figures.values["full_tokens_per_s"], scaling)

@@ -147,6 +147,29 @@ def test_a_card_name_matches_whole_words_only():
     assert figures.sources["lora_tokens_per_s"].startswith("scaled")          # an L40S bench is not an L4's
 
 
+def test_one_stream_scales_by_memory_bandwidth_and_training_by_bf16_peak():
+    """One generated stream reads every weight per frame (bandwidth-bound); training's matmuls are
+    compute-bound. An L4 has 12 % of an H200's bf16 peak but 6 % of its bandwidth."""
+    prices = load_price_table()["gpus"]
+    h200_bench = _bench("NVIDIA H200", "2026-12-01")
+    l4 = card_figures("L4-24GB", prices["L4-24GB"], [h200_bench], cards=prices)
+    assert l4.values["generate_frames_per_s"] == pytest.approx(400.0 * 0.3 / 4.8)
+    assert l4.sources["generate_frames_per_s"] == "scaled from NVIDIA H200, 2026-12-01 by memory bandwidth 0.3/4.8 TB/s"
+    assert l4.values["lora_tokens_per_s"] == pytest.approx(100000 * 121 / 989)
+    assert l4.values["extract_realtime"] == pytest.approx(500.0 * 121 / 989)
+    assert "bf16 peak 121/989" in l4.sources["lora_tokens_per_s"]
+    # a row without a bandwidth (a card someone added) falls back to bf16 peak, and says so
+    custom = {k: v for k, v in prices["L4-24GB"].items() if k != "memory_tb_s"} | {"bench_name": "X9"}
+    fallback = card_figures("X9", custom, [h200_bench], cards=prices)
+    assert fallback.values["generate_frames_per_s"] == pytest.approx(400.0 * 121 / 989)
+    assert "by bf16 peak 121/989" in fallback.sources["generate_frames_per_s"]
+    # the estimate's own rows use the table's bandwidths
+    table = estimate(Config(), manifest({"a": 5}), benches=[h200_bench])
+    assert _row(table, "H200-141GB", "quick_lora").measured
+    l4_row = _row(table, "L4-24GB", "quick_lora")
+    assert "generation scaled from NVIDIA H200, 2026-12-01 by memory bandwidth 0.3/4.8 TB/s" in l4_row.figures
+
+
 def test_cpu_rows_charge_nothing():
     table = estimate(Config(), manifest({"a": 5}), benches=[], include_cpu=True)
     cpu = table[table.gpu == CPU_NAME]
@@ -163,6 +186,9 @@ def test_bad_price_table_is_named(tmp_path):
         load_price_table(bad)
     bad.write_text("gpus:\n  X:\n    price_per_hour: -1\n    bf16_tflops: 1\n    memory_gb: 10\n")
     with pytest.raises(ValueError, match=r"gpus\.X"):
+        load_price_table(bad)
+    bad.write_text("gpus:\n  X:\n    price_per_hour: 1\n    bf16_tflops: 1\n    memory_gb: 10\n    memory_tb_s: fast\n")
+    with pytest.raises(ValueError, match=r"gpus\.X\.memory_tb_s must be a number > 0"):
         load_price_table(bad)
 
 
