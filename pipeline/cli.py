@@ -205,7 +205,9 @@ def cmd_warmup(args) -> int:
         if "skipped" in row:
             console.print(f"  {phase:13s} {row['skipped']}")
         else:
-            console.print(f"  {phase:13s} compiled in {row['seconds']:.0f} s (first step {row['first_step_s']:.0f} s)")
+            first = row.get("first_step_s")
+            console.print(f"  {phase:13s} compiled in {row['seconds']:.0f} s"
+                          + (f" (first step {first:.0f} s)" if isinstance(first, (int, float)) else ""))
     console.print(f"[green]compile cache ready[/green] in {result['cache']}: a run's first step loads these graphs "
                   "instead of compiling them")
     return 0

@@ -27,9 +27,12 @@ RUNS = (("cold", 430, 400), ("warm", 172, 600))
 WORKER_TIMEOUT_S = 900
 
 
-def _worker(workspace: Path, max_frames: int, clips: int) -> dict:
+def _worker(config_path: Path, workspace: Path, max_frames: int, clips: int) -> dict:
+    # the bench's workspace, never the person's: STUDIO_WORKSPACE would win over the saved config,
+    # and a cache folder set in the environment would be read instead of the empty one
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
-    out = subprocess.run([sys.executable, "-m", "pipeline.bench.compile_worker", str(workspace), str(max_frames),
+    env["STUDIO_WORKSPACE"] = str(workspace)
+    out = subprocess.run([sys.executable, "-m", "pipeline.bench.compile_worker", str(config_path), str(max_frames),
                           str(clips)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                          timeout=WORKER_TIMEOUT_S)
     if out.returncode != 0:
@@ -46,9 +49,10 @@ def bench_compile(config, device, tiny: bool) -> dict:
         return {"skipped": "training runs uncompiled here (the section needs a CUDA GPU and the real shape)"}
     result: dict = {"batch_size": config.training.batch_size, "max_length": config.training.max_length}
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
+        config_path = config.save(Path(tmp) / "config.yaml")  # the bench's settings (--config, --set) in each worker
         for name, max_frames, clips in RUNS:
-            result[name] = _worker(Path(tmp) / "workspace", max_frames, clips) | {"clips": clips,
-                                                                                  "max_frames": max_frames}
+            result[name] = _worker(config_path, Path(tmp) / "workspace", max_frames, clips) | {
+                "clips": clips, "max_frames": max_frames}
             print(f"compile {name}: {result[name]}", flush=True)
     cold, warm = result["cold"].get("first_step_s"), result["warm"].get("first_step_s")
     if cold and warm:

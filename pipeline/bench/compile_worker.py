@@ -1,7 +1,9 @@
 """One process of the `compile` bench section: a training phase's first steps on random codes,
 with the workspace's compile cache, and what torch compiled or loaded for them (JSON on stdout).
 
-    python -m pipeline.bench.compile_worker WORKSPACE MAX_FRAMES CLIPS
+    python -m pipeline.bench.compile_worker CONFIG MAX_FRAMES CLIPS
+
+CONFIG is the bench's settings, saved; the workspace (and so the cache) is STUDIO_WORKSPACE's.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.train.settings import TrainSettings
     from pipeline.train.warmup import model_args, use_compile_cache, warmup_steps
 
-    workspace, max_frames, clips = (argv or sys.argv[1:])[:3]
-    config = load_config(None).with_overrides({"studio.workspace": workspace})
+    config_path, max_frames, clips = (argv or sys.argv[1:])[:3]
+    config = load_config(config_path)
     use_compile_cache(config)
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
         tmp, args = Path(tmp), model_args(None)

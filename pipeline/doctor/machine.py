@@ -183,6 +183,9 @@ def compile_cache_row(config, model_dir: Path) -> Row:
         state = cache_state(config, model_dir, modes=(mode,))  # its shape; the s1-mini shape before a download
     except TrainError:  # a batch that does not split over the GPUs: the GPUs row says so
         return Row(GROUP, name, WARN, "not checked: the training settings do not split over this machine's GPUs")
+    except (OSError, ValueError, KeyError, TypeError) as error:  # an unreadable config.json: the checkpoint rows say why
+        return Row(GROUP, name, WARN, f"not checked: the model's config.json could not be read ({type(error).__name__}: "
+                   f"{error})", "See the checkpoint rows; once the model loads, run `python -m pipeline warmup`.")
     cold = [phase for phase, warm in state.items() if not warm]
     if not cold:
         return Row(GROUP, name, PASS, f"{mode}'s steps compiled ahead ({compile_cache_dir(config)}): a run's first "

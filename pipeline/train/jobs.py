@@ -65,8 +65,16 @@ def current_job(config: Config) -> dict | None:
     return None
 
 
+def compile_warmup(config: Config) -> dict | None:
+    """The compile warm-up (`python -m pipeline warmup`) while it holds the GPU, else None: no
+    run, so current_job leaves it out, but nothing else should take the GPU meanwhile."""
+    holder = training_lock.holder(config.workspace) or {}
+    alive = holder.get("run_id") == training_lock.WARMUP_HOLDER and _alive(holder.get("pid"))
+    return holder if alive else None
+
+
 @contextmanager
-def _starting(config: Config):
+def start_lock(config: Config):
     """Serialise start requests (two clicks at the same instant, the studio and a script): the
     check that nothing runs and the record of the new job happen under one lock."""
     path = config.workspace / "job-start.lock"
@@ -97,15 +105,14 @@ def start_job(config: Config, run_id: str | None = None, model_dir: str | None =
     run_id = _checked_run_id(config, run_id)
     if mode == "speaker_lora" and not run_id and not model_dir:
         raise JobError("A new speaker run needs the language-adapted model of a finished full fine-tune; pick one.")
-    with _starting(config):
+    with start_lock(config):
         return _start_job(config, run_id, model_dir, mode, gpus)
 
 
 def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: str | None, gpus) -> dict:
-    holder = training_lock.holder(config.workspace) or {}
-    if holder.get("run_id") == training_lock.WARMUP_HOLDER and _alive(holder.get("pid")):
-        raise JobError(f"The training steps are being compiled ahead (`python -m pipeline warmup`, pid {holder['pid']}); "
-                       "start when it has finished, in a minute or two.")
+    warming = compile_warmup(config)
+    if warming:
+        raise JobError(training_lock.warmup_busy_message(warming["pid"]))
     running = current_job(config)
     if running:
         raise JobError(f"A training job is already running: run '{running['run_id']}' (pid {running['pid']}). "
@@ -177,7 +184,7 @@ def delete_run(config: Config, run_id: str) -> Path:
     run_dir = config.runs_dir / _checked_run_id(config, run_id)
     if not is_run(run_dir):
         raise JobError(f"There is no run '{run_id}' under {config.runs_dir.name}/ (deleted already?).")
-    with _starting(config):  # no start or resume of this run can slip in while it goes
+    with start_lock(config):  # no start or resume of this run can slip in while it goes
         running = current_job(config)
         if running and running.get("run_id") == run_dir.name:
             raise JobError(f"Run '{run_dir.name}' is training now (pid {running['pid']}): cancel it first.")

@@ -45,8 +45,16 @@ def _read_holder(path: Path) -> dict:
         return {}
 
 
+def warmup_busy_message(pid, then: str = "start") -> str:
+    """What to say while the compile warm-up holds the GPU: it is no run, and cannot be cancelled here."""
+    return (f"The training steps are being compiled ahead (`python -m pipeline warmup`, pid {pid}); "
+            f"{then} when it has finished, in a minute or two.")
+
+
 def _busy_message(holder: dict, where: str) -> str:
     run, pid = holder.get("run_id") or "?", holder.get("pid") or "?"
+    if run == WARMUP_HOLDER:
+        return warmup_busy_message(pid)
     return (f"A training job is already running {where}: run '{run}' (pid {pid}). "
             "Cancel it or wait for it to finish before starting another.")
 

@@ -17,6 +17,7 @@ when set, win.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -81,7 +82,10 @@ def _chosen_by_user(name: str) -> str | None:
     value = os.environ.get(name)
     if not value or value == _SET_HERE.get(name):
         return None
-    default = default_cache_dir()
+    try:
+        default = default_cache_dir()
+    except (KeyError, OSError):  # no user name for this uid (a container): torch has no default to tell apart
+        return value
     return None if value == default or value.startswith(default + os.sep) else value
 
 
@@ -94,11 +98,16 @@ def compile_cache_dir(config) -> Path:
     return Path(chosen) if chosen else Path(config.workspace) / CACHE_DIR_NAME / code_version()
 
 
-def use_compile_cache(config) -> Path:
+def use_compile_cache(config, prune: bool = False) -> Path:
     """Point torch.compile's on-disk cache of this process, and of the processes it starts (the
-    data-parallel ranks), at the workspace's. Call it before anything compiles."""
+    data-parallel ranks), at the workspace's. Call it before anything compiles.
+
+    prune: also remove other code versions' cache folders (never read again, ~100 MB each); only
+    under the training lock, where no other training can be reading one."""
     directory = compile_cache_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
+    if prune:
+        _remove_other_versions(directory)
     _set(CACHE_ENV, str(directory))
     if not _chosen_by_user(TRITON_ENV):  # Triton's kernels beside inductor's: one folder holds all a run compiles
         _set(TRITON_ENV, str(directory / "triton"))
@@ -146,10 +155,11 @@ def model_shape(model_dir: Path | None) -> dict:
     return {key: fields.get(key) for key in _MODEL_SHAPE}
 
 
-def graph_key(config, settings: TrainSettings, shape: dict) -> dict:
+def graph_key(config, settings: TrainSettings, shape: dict, after: tuple[str, ...] = ()) -> dict:
     """Everything a phase's compiled graphs depend on, as recorded in the cache's marker: the
     settings, the GPU count and what the memory plan makes of them on this card (each rank's
-    micro-batch and recomputation), the model's shape, torch and the GPU."""
+    micro-batch and recomputation), the model's shape, torch and the GPU; and `after`, the phases
+    the same process trained before it (see mode_keys)."""
     from pipeline.train.distributed import World, rank_split, training_gpus
     from pipeline.train.plan import plan_phase
 
@@ -160,7 +170,30 @@ def graph_key(config, settings: TrainSettings, shape: dict) -> dict:
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"settings": {name: getattr(settings, name) for name in _GRAPH_SETTINGS},
             "plan": {"gpus": gpus, "micro_batch": plan.micro_batch, "recompute": bool(plan.gradient_checkpointing)},
-            "model": shape, "torch": torch.__version__, "card": card}
+            "model": shape, "torch": torch.__version__, "card": card, "after": list(after)}
+
+
+def mode_keys(config, mode: str, shape: dict) -> list[tuple[str, dict]]:
+    """(phase, graph_key) of each phase of a training mode, in the order a run trains them.
+
+    On one GPU a run trains its phases in one process, and dynamo remembers the shapes each
+    function has seen there: a size that changed from one phase to the next (another micro-batch
+    in the memory plan) is compiled as symbolic. So a phase's graphs depend on the phases before
+    it, and full_finetune's speaker LoRA is not quick_lora's LoRA. On several GPUs each phase
+    starts fresh ranks, and the same settings mean the same graphs."""
+    gpus = _gpus(config)
+    keys, earlier = [], []
+    for phase in MODE_PHASES[mode]:
+        keys.append((phase, graph_key(config, TrainSettings.from_config(config, phase), shape,
+                                      tuple(earlier) if gpus == 1 else ())))
+        earlier.append(phase)
+    return keys
+
+
+def _gpus(config) -> int:
+    from pipeline.train.distributed import training_gpus
+
+    return training_gpus(config)
 
 
 def _marker(directory: Path) -> list[dict]:
@@ -184,8 +217,7 @@ def compiles_here(config) -> bool:
 def cache_state(config, model_dir: Path | None, modes=tuple(MODE_PHASES)) -> dict:
     """{phase: True when the cache holds its graphs for this configuration, model shape, torch and GPU}."""
     entries, shape = _marker(compile_cache_dir(config)), model_shape(model_dir)
-    return {phase: _is_warm(entries, graph_key(config, TrainSettings.from_config(config, phase), shape))
-            for mode in modes for phase in MODE_PHASES[mode]}
+    return {phase: _is_warm(entries, key) for mode in modes for phase, key in mode_keys(config, mode, shape)}
 
 
 # -- warming it ---------------------------------------------------------------------------------
@@ -220,14 +252,21 @@ def warm_compile_cache(config, model_dir: Path | None = None, modes=tuple(MODE_P
     Phases whose graphs the cache already holds are skipped unless `force`. Returns
     {"cache": dir, "phases": {phase: {"seconds", "first_step_s"} or {"skipped": reason}}}.
     Holds the machine's training lock: it and a training never share the GPU."""
-    from pipeline.train.lock import WARMUP_HOLDER, TrainingLock
+    from pipeline.train.jobs import current_job, start_lock
+    from pipeline.train.lock import WARMUP_HOLDER, TrainingBusy, TrainingLock
 
     if not compiles_here(config):
         raise WarmupError("Nothing to compile: training here runs uncompiled (no CUDA GPU, or training.compile: off).")
-    directory = use_compile_cache(config)
-    # the GPU is a training's or the warm-up's: the studio names this holder (pipeline.train.jobs)
-    with TrainingLock(config.workspace, Path(config.workspace) / CACHE_DIR_NAME / WARMUP_HOLDER):
-        _remove_other_versions(directory)
+    # the GPU is a training's or the warm-up's: the studio names this holder (pipeline.train.jobs).
+    # Under the studio's start lock: a job it started a moment ago may not hold the training lock yet.
+    with contextlib.ExitStack() as held:
+        with start_lock(config):
+            job = current_job(config)
+            if job:
+                raise TrainingBusy(f"A training job is running: run '{job['run_id']}' (pid {job['pid']}). Warm up "
+                                   "when it has finished: its steps are compiled by then anyway.")
+            held.enter_context(TrainingLock(config.workspace, Path(config.workspace) / CACHE_DIR_NAME / WARMUP_HOLDER))
+        directory = use_compile_cache(config, prune=True)
         return _warm(config, directory, model_dir, modes, force, progress)
 
 
@@ -242,38 +281,47 @@ def _remove_other_versions(directory: Path) -> None:
 
 
 def _warm(config, directory: Path, model_dir: Path | None, modes, force: bool, progress: Progress) -> dict:
+    """Each mode as a run of it trains: its phases in order, in a process whose dynamo state
+    starts empty (torch._dynamo.reset), so that each phase compiles the graphs the run will ask for
+    (mode_keys). A warm phase that a cold later one follows is trained again: it loads from the cache."""
     from pipeline.data.text import example_sentences
     from pipeline.model.synthetic import random_codes_manifest, write_random_lm
-    from pipeline.train.distributed import training_gpus
 
-    shape = model_shape(model_dir)
-    phases = [phase for mode in modes for phase in MODE_PHASES[mode]]
+    shape, gpus = model_shape(model_dir), _gpus(config)
+    plan = {mode: mode_keys(config, mode, shape) for mode in modes}
     result = {"cache": str(directory), "phases": {}}
-    settings = {phase: TrainSettings.from_config(config, phase) for phase in phases}
+    total, done = sum(len(keys) for keys in plan.values()), 0
     with tempfile.TemporaryDirectory(prefix="warmup-") as tmp:
         tmp = Path(tmp)
         ckpt, manifest = model_dir, None
-        for i, phase in enumerate(phases):
-            key = graph_key(config, settings[phase], shape)
+        for mode, keys in plan.items():
             entries = _marker(directory)
-            if _is_warm(entries, key) and not force:
-                result["phases"][phase] = {"skipped": "already compiled for these settings"}
-                continue
-            if progress:
-                progress(i / len(phases), f"compiling the {phase} phase's training step (one to two minutes)")
-            if ckpt is None:
-                ckpt = write_random_lm(tmp / "model", model_args(None))
-            if manifest is None:
-                manifest = random_codes_manifest(tmp / "codes", model_args(model_dir), WARMUP_CLIPS, WARMUP_MAX_FRAMES,
-                                                 example_sentences())
-            timing = warmup_steps(settings[phase], Path(ckpt), manifest, tmp / phase, training_gpus(config),
-                                  config.training.collective_timeout_s)
-            result["phases"][phase] = timing
-            entries = [e for e in _marker(directory) if e.get("key") != key]
-            entries.append({"phase": phase, "key": key, **timing, "date": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            write_json(directory / MARKER, {"warm": entries})
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            cold = [i for i, (_, key) in enumerate(keys) if force or not _is_warm(entries, key)]
+            # on one GPU a cold phase needs the phases before it in the same process (mode_keys)
+            train_now = list(range(cold[-1] + 1)) if cold and gpus == 1 else cold
+            for i, (phase, _) in enumerate(keys):
+                if i not in train_now:
+                    result["phases"][phase] = {"skipped": "already compiled for these settings"}
+            done += len(keys) - len(train_now)
+            if train_now:
+                torch._dynamo.reset()  # as in a new run's process
+            for phase, key in (keys[i] for i in train_now):
+                if progress:
+                    progress(done / total, f"compiling the {phase} phase's training step (one to two minutes)")
+                done += 1
+                if ckpt is None:
+                    ckpt = write_random_lm(tmp / "model", model_args(None))
+                if manifest is None:
+                    manifest = random_codes_manifest(tmp / "codes", model_args(model_dir), WARMUP_CLIPS,
+                                                     WARMUP_MAX_FRAMES, example_sentences())
+                timing = warmup_steps(TrainSettings.from_config(config, phase), Path(ckpt), manifest,
+                                      tmp / mode / phase, gpus, config.training.collective_timeout_s)
+                result["phases"][phase] = timing
+                entries = [e for e in _marker(directory) if e.get("key") != key]
+                entries.append({"phase": phase, "key": key, **timing, "date": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                write_json(directory / MARKER, {"warm": entries})
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
     if progress:
         progress(1.0, f"compile cache ready: {directory}")
     return result

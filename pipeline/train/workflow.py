@@ -252,7 +252,7 @@ def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | No
         raise RunError(f"Unknown mode '{mode}'; choose one of {', '.join(PHASES)}.")
     run_id = run_id or new_run_id(mode or config.training_mode.selected)
     with TrainingLock(config.workspace, run_dir_for(config, run_id)):
-        use_compile_cache(config)
+        use_compile_cache(config, prune=True)
         return _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode, scorer_factory)
 
 
@@ -379,7 +379,7 @@ def train_only(config: Config, mode: str = "lora", model_dir: Path | None = None
     phase where the speaker came from."""
     run_id = run_id or new_run_id(mode)
     with TrainingLock(config.workspace, run_dir_for(config, run_id)):
-        use_compile_cache(config)
+        use_compile_cache(config, prune=True)
         return _train_only(config, mode, model_dir, run_id, speaker, progress, overrides, scorer_factory)
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pipeline.quality.overview import score_run
-from pipeline.train.jobs import JobError, current_job
+from pipeline.train.jobs import JobError, compile_warmup, current_job
+from pipeline.train.lock import warmup_busy_message
 from studio.logic import scorecards as sc
 from studio.logic.training_html import note
 from studio.logic.training_plan import training_config
@@ -90,10 +91,12 @@ def wire_run_scorecard(panel: RunScorecard, config, run_dd: gr.Dropdown, refresh
     def on_score(run_id, progress=gr.Progress()):
         try:
             run_id = checked_run_id(config, run_id)
-            job = current_job(config)
+            job, warming = current_job(config), compile_warmup(config)
             if job:  # both on one GPU: the job could run out of memory
                 raise JobError(f"Run {job['run_id']} is training now: score once it has finished, so that scoring "
                                "does not take the GPU's memory from it.")
+            if warming:
+                raise JobError(warmup_busy_message(warming["pid"], then="score"))
             progress(0.0, desc="loading the models")
             rows = score_run(training_config(config), run_id,
                              progress=lambda fraction, text: progress(fraction, desc=text))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -136,12 +140,22 @@ def test_the_compile_section_runs_two_fresh_processes_on_one_workspace(tmp_path,
 
     calls = []
 
-    def worker(workspace, max_frames, clips):
-        calls.append((workspace, max_frames, clips))
-        return {"first_step_s": 90.0 if len(calls) == 1 else 30.5, "graphs": 15}
+    def run(argv, cwd, env, **kwargs):  # each worker process: what it is given
+        with mock.patch.dict(os.environ, env, clear=True):  # as the worker sees its settings
+            config = load_config(argv[3])
+            calls.append((env["STUDIO_WORKSPACE"], config.workspace, config.training.batch_size, argv[4:]))
+        first = 90.0 if len(calls) == 1 else 30.5
+        return subprocess.CompletedProcess(argv, 0, json.dumps({"first_step_s": first, "graphs": 15}) + "\n", "")
 
+    # a person's workspace and cache folder in the environment are not what the bench measures
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "mine"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine" / "cache"))
     monkeypatch.setattr(warmup, "compiles_here", lambda config: True)
-    monkeypatch.setattr(compile_section, "_worker", worker)
-    result = compile_section.bench_compile(load_config(), "cuda", tiny=False)
-    assert len({workspace for workspace, *_ in calls}) == 1 and calls[0][1:] != calls[1][1:]
+    monkeypatch.setattr(compile_section.subprocess, "run", run)
+    config = load_config().with_overrides({"training.batch_size": 2})
+    result = compile_section.bench_compile(config, "cuda", tiny=False)
+    assert len({workspace for workspace, *_ in calls}) == 1 and calls[0][3] != calls[1][3]
+    workspace = Path(calls[0][0])
+    assert workspace.name == "workspace" and not workspace.is_relative_to(tmp_path / "mine")
+    assert all(seen == workspace and batch == 2 for _, seen, batch, _ in calls)  # the bench's own settings
     assert result["cold"]["first_step_s"] == 90.0 and result["first_step_saved_s"] == 59.5

@@ -208,6 +208,14 @@ def test_the_training_panel_says_why_it_cannot_score(config, monkeypatch):
     monkeypatch.setattr("studio.tabs.scorecard_view.current_job", lambda cfg: {"run_id": "r-busy"})
     busy = html.unescape(handlers["score_run"].fn(RUN, progress=lambda *a, **k: None)[0])
     assert "r-busy is training now" in busy
+    from pipeline.train.jobs import current_job
+    from pipeline.train.lock import WARMUP_HOLDER, TrainingLock
+
+    monkeypatch.setattr("studio.tabs.scorecard_view.current_job", current_job)
+
+    with TrainingLock(config.workspace, config.workspace / "compile_cache" / WARMUP_HOLDER):  # `pipeline warmup`
+        warming = html.unescape(handlers["score_run"].fn(RUN, progress=lambda *a, **k: None)[0])
+    assert "being compiled ahead" in warming and "score when it has finished" in warming
     # a broken summary: a note in the panel, never an exception
     (config.runs_dir / RUN / "eval" / "merged").mkdir(parents=True)
     (config.runs_dir / RUN / "eval" / "merged" / "summary.json").write_text("{}")

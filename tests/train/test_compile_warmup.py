@@ -102,7 +102,7 @@ def compiled_here(monkeypatch):
     runs = []
 
     def fake_phase(settings, ckpt, manifest, work, gpus=1, timeout_s=900):
-        runs.append((settings.mode, gpus, Path(ckpt), len(manifest)))
+        runs.append((Path(work).name, gpus, Path(ckpt), len(manifest)))  # the phase: its folder's name
         return {"seconds": 1.0, "first_step_s": 0.5}
 
     monkeypatch.setattr(warmup, "compiles_here", lambda config: True)
@@ -115,9 +115,9 @@ def compiled_here(monkeypatch):
 def test_the_warmup_compiles_each_set_of_graphs_once_and_remembers_it(tmp_path, tiny_checkpoint, compiled_here):
     config = _config(tmp_path)
     result = warmup.warm_compile_cache(config, tiny_checkpoint)
-    # the speaker LoRA compiles the same graphs as quick_lora's (same settings): compiled once
-    assert [mode for mode, *_ in compiled_here] == ["lora", "full"]
-    assert result["phases"]["speaker_lora"] == {"skipped": "already compiled for these settings"}
+    # on one GPU a run trains full then its speaker LoRA in one process: both, in that order
+    assert [phase for phase, *_ in compiled_here] == ["lora", "full", "speaker_lora"]
+    assert set(result["phases"]) == {"lora", "full", "speaker_lora"}
     assert all(ckpt == tiny_checkpoint and rows == warmup.WARMUP_CLIPS for _, _, ckpt, rows in compiled_here)
     assert warmup.cache_state(config, tiny_checkpoint) == {"lora": True, "full": True, "speaker_lora": True}
 
@@ -125,7 +125,15 @@ def test_the_warmup_compiles_each_set_of_graphs_once_and_remembers_it(tmp_path, 
     again = warmup.warm_compile_cache(config, tiny_checkpoint)
     assert compiled_here == [] and all("skipped" in row for row in again["phases"].values())
     warmup.warm_compile_cache(config, tiny_checkpoint, modes=("quick_lora",), force=True)
-    assert [mode for mode, *_ in compiled_here] == ["lora"]
+    assert [phase for phase, *_ in compiled_here] == ["lora"]
+
+    # a cold speaker LoRA (its entry lost) trains the full phase before it again, as a run would
+    marker = warmup.compile_cache_dir(config) / warmup.MARKER
+    entries = json.loads(marker.read_text())["warm"]
+    marker.write_text(json.dumps({"warm": [e for e in entries if e["phase"] != "speaker_lora"]}))
+    compiled_here.clear()
+    again = warmup.warm_compile_cache(config, tiny_checkpoint)
+    assert [phase for phase, *_ in compiled_here] == ["full", "speaker_lora"] and "skipped" in again["phases"]["lora"]
 
     # what a graph depends on: another batch, LoRA rank or model shape is not warm
     assert not any(warmup.cache_state(_config(tmp_path, **{"training.batch_size": 2}), tiny_checkpoint).values())
@@ -133,6 +141,32 @@ def test_the_warmup_compiles_each_set_of_graphs_once_and_remembers_it(tmp_path, 
     assert not any(warmup.cache_state(config, None).values())  # the s1-mini shape, not the tiny one
     # ...but not the step count or learning rate
     assert warmup.cache_state(_config(tmp_path, **{"training.quick_lora.steps": 50}), tiny_checkpoint)["lora"]
+
+
+def test_each_mode_compiles_as_a_fresh_process_would(tmp_path, tiny_checkpoint, compiled_here, monkeypatch):
+    """dynamo remembers the sizes a function saw in a process and compiles a changed one as
+    symbolic. A run of full_finetune starts a new process: its first graphs are static, whatever
+    quick_lora compiled before it in the warm-up's process."""
+    symbolic = []
+
+    def backend(gm, example_inputs):
+        sizes = [size for t in example_inputs for size in (t.shape if isinstance(t, torch.Tensor) else [t])]
+        symbolic.append(any(isinstance(size, torch.SymInt) for size in sizes))
+        return gm.forward
+
+    @torch.compile(backend=backend)
+    def block(x):
+        return x * 2
+
+    def phase(settings, ckpt, manifest, work, gpus=1, timeout_s=900):
+        block(torch.ones(5 if Path(work).name == "full" else 3))  # the memory plan's other micro-batch
+        return {"seconds": 1.0, "first_step_s": 0.5}
+
+    monkeypatch.setattr(warmup, "warmup_steps", phase)
+    warmup.warm_compile_cache(_config(tmp_path), tiny_checkpoint)
+    # lora (static); full in a fresh state (static; without the reset it would be symbolic); the
+    # speaker LoRA after full in its process (symbolic, as the run's would be)
+    assert symbolic == [False, False, True]
 
 
 def test_the_warmup_runs_as_many_processes_as_a_run_and_keys_on_the_gpu_count(tmp_path, tiny_checkpoint,
@@ -144,6 +178,10 @@ def test_the_warmup_runs_as_many_processes_as_a_run_and_keys_on_the_gpu_count(tm
     warmup.warm_compile_cache(two, tiny_checkpoint, modes=("quick_lora",))
     assert compiled_here[0][:2] == ("lora", 2)
     assert warmup.cache_state(two, tiny_checkpoint, modes=("quick_lora",)) == {"lora": True}
+    # each phase starts fresh ranks: the speaker LoRA's graphs are the LoRA phase's
+    result = warmup.warm_compile_cache(two, tiny_checkpoint, modes=("full_finetune",))
+    assert [phase for phase, *_ in compiled_here] == ["lora", "full"]
+    assert result["phases"]["speaker_lora"] == {"skipped": "already compiled for these settings"}
     one = _config(tmp_path, **{"training.gpus": 1})
     assert warmup.cache_state(one, tiny_checkpoint, modes=("quick_lora",)) == {"lora": False}
 
@@ -168,10 +206,26 @@ def test_the_warmup_waits_for_no_training_and_no_training_for_it(tmp_path, tiny_
         seen["refused"] = str(refused.value)
         return {"seconds": 1.0, "first_step_s": 0.5}
 
-    monkeypatch.setattr(warmup, "warmup_steps", during_warmup)
+    def during_warmup_scripts(settings, ckpt, manifest, work, gpus=1, timeout_s=900):
+        during_warmup(settings, ckpt, manifest, work, gpus, timeout_s)
+        seen["warming"] = jobs.compile_warmup(config)  # what the Scorecard checks before it takes the GPU
+        with pytest.raises(TrainingBusy, match="being compiled ahead"):  # `pipeline run` in a shell
+            with TrainingLock(config.workspace, config.runs_dir / "from-a-shell"):
+                pass
+        return {"seconds": 1.0, "first_step_s": 0.5}
+
+    monkeypatch.setattr(warmup, "warmup_steps", during_warmup_scripts)
     warmup.warm_compile_cache(config, tiny_checkpoint, modes=("quick_lora",))
     assert seen["job"] is None and "python -m pipeline warmup" in seen["refused"]
+    assert seen["warming"]["pid"] == os.getpid() and jobs.compile_warmup(config) is None
     assert [run.name for run in config.runs_dir.iterdir()] == ["busy"]  # Start made no run folder
+
+    # a job the studio has just started, whose process does not hold the training lock yet
+    (config.workspace / "job.json").write_text(json.dumps({"run_id": "starting", "pid": os.getpid()}))
+    compiled_here.clear()
+    with pytest.raises(TrainingBusy, match="run 'starting'"):
+        warmup.warm_compile_cache(config, tiny_checkpoint, modes=("quick_lora",))
+    assert compiled_here == []
 
 
 def test_the_warmup_removes_other_code_versions_caches(tmp_path, tiny_checkpoint, compiled_here):
@@ -182,6 +236,26 @@ def test_the_warmup_removes_other_code_versions_caches(tmp_path, tiny_checkpoint
     keep.mkdir()
     warmup.warm_compile_cache(config, tiny_checkpoint, modes=("quick_lora",))
     assert not old.exists() and keep.exists() and warmup.compile_cache_dir(config).is_dir()
+
+    # a run (under the training lock) prunes too, so a `git pull` without a warm-up leaves one folder
+    (old / "fxgraph").mkdir(parents=True)
+    warmup.use_compile_cache(config)
+    assert old.exists()
+    warmup.use_compile_cache(config, prune=True)
+    assert not old.exists() and keep.exists()
+
+
+def test_a_cache_folder_set_where_the_user_has_no_name_is_still_a_choice(tmp_path, monkeypatch):
+    """torch's default folder is named after the user; in a container whose uid has no name,
+    asking for it fails, and the folder set in the environment is the person's choice."""
+    import getpass
+
+    def no_name():
+        raise KeyError("getpwuid(): uid not found: 12345")
+
+    monkeypatch.setattr(getpass, "getuser", no_name)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert warmup.compile_cache_dir(_config(tmp_path)) == tmp_path / "mine"
 
 
 def test_a_second_call_in_one_process_follows_the_new_workspace(tmp_path, monkeypatch):
@@ -222,3 +296,23 @@ def test_the_doctor_row_says_whether_the_steps_are_compiled_ahead(tmp_path, tiny
     assert warm.status == PASS and "compiled ahead" in warm.detail
     monkeypatch.setattr(warmup, "compiles_here", lambda config: False)
     assert compile_cache_row(config, tiny_checkpoint).detail.startswith("not used")
+
+    # a damaged config.json is the checkpoint rows' to explain: this row says it could not check
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"dim": 1024}')
+    monkeypatch.setattr(warmup, "compiles_here", lambda config: True)
+    row = compile_cache_row(config, broken)
+    assert row.status == WARN and row.detail.startswith("not checked: the model's config.json could not be read")
+
+
+def test_the_warmup_command_reports_each_phase(tmp_path, tiny_checkpoint, compiled_here, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws"))
+    timings = iter([{"seconds": 96.0, "first_step_s": 41.0}, {"seconds": 5.0, "first_step_s": None}])
+    monkeypatch.setattr(warmup, "warmup_steps", lambda *args, **kwargs: next(timings))
+    assert main(["warmup", "--mode", "quick_lora", "--model", str(tiny_checkpoint)]) == 0
+    assert main(["warmup", "--mode", "quick_lora", "--model", str(tiny_checkpoint), "--force"]) == 0
+    out = " ".join(capsys.readouterr().err.split())  # the CLI's console writes to stderr
+    assert "lora compiled in 96 s (first step 41 s)" in out and "lora compiled in 5 s compile cache ready" in out
