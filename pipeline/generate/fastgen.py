@@ -329,7 +329,14 @@ class FastGenerator(DecodingLoops):
 
         The warm-up steps scribble on the caches and state; the state is restored, and the cache
         position they write is at or after every stream's next position (inside the bucket), so
-        no prompt K/V is overwritten: that position is written again before anything reads it."""
+        no prompt K/V is overwritten: that position is written again before anything reads it.
+        The warm-up frames sample too: the random state is put back afterwards, so a seeded call
+        that triggers a capture gets the same audio as one that finds the graph made."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._capture_step(length)
+
+    def _capture_step(self, length: int) -> torch.cuda.CUDAGraph:
         saved = [t.clone() for t in (self.cur, self.pos, self.t, self.window, self.out[:, :, :1])]
         last = min(max(length - 2, int(self.pos.max())), length - 1)
         stream = torch.cuda.Stream()

@@ -111,7 +111,7 @@ def stream_audio(synth: Synthesizer, text: str, reference_audio=None, reference_
 
 
 def _held(rng: SeededRandom, piece: AudioPiece) -> Iterator[AudioPiece]:
-    """Yield `piece` with the seeded random state kept across the yield."""
-    state = rng.save()
+    """Yield `piece` with the seeded random state kept across the yield (and the lock let go)."""
+    state = rng.pause()
     yield piece
-    rng.restore(state)
+    rng.resume(state)

@@ -334,9 +334,9 @@ class Synthesizer:
         pieces, all_codes = [], []
         with SeededRandom(self.device, seed) as rng:
             for i, chunk in enumerate(chunks):
-                state = rng.save()
+                state = rng.pause()
                 yield SpeechStep(i, len(chunks), chunk)
-                rng.restore(state)
+                rng.resume(state)
                 codes = self.generate_codes(chunk, prompt, temperature, top_p, repetition_penalty, max_new_tokens)
                 if not prompt and codes.shape[1] > 0:
                     prompt = [Utterance(chunk, codes)]  # later chunks continue in this voice
