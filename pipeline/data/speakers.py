@@ -58,6 +58,10 @@ def _pitch_job(row) -> tuple[str, float]:
     return str(row["audio_path"] or row["source_path"]), float(lead)
 
 
+def _no_pitch(job) -> np.ndarray:
+    return np.array([])
+
+
 def speaker_pitches(picks: dict[str, pd.DataFrame], workers: int | None = None) -> dict[str, float]:
     """Median voiced f0 (Hz) of each speaker's picked clips (NaN without voiced frames). pyin takes
     ~0.3-0.5 s per clip, so every clip of every speaker is one item of one process pool."""
@@ -66,7 +70,9 @@ def speaker_pitches(picks: dict[str, pd.DataFrame], workers: int | None = None) 
     jobs = [(speaker, _pitch_job(row)) for speaker, rows in picks.items() for _, row in rows.iterrows()]
     if workers is None:  # a worker first imports librosa and compiles pyin's numba code (seconds)
         workers = max(1, min(worker_count(), len(jobs) // CLIPS_PER_PITCH_WORKER))
-    f0s = map_in_processes(clip_f0, [job for _, job in jobs], workers=workers)
+    # a clip whose worker dies (twice) counts as unvoiced: pitch is a statistic, not a reason to
+    # fail the dataset (its clips were measured and listed before)
+    f0s = map_in_processes(clip_f0, [job for _, job in jobs], workers=workers, on_crash=_no_pitch)
     voiced: dict[str, list[np.ndarray]] = {speaker: [] for speaker in picks}
     for (speaker, _), f0 in zip(jobs, f0s):
         voiced[speaker].append(f0)

@@ -57,15 +57,17 @@ def encode_audio(codec, audio: np.ndarray) -> torch.Tensor:
 
 
 def encode_resilient(codec, audios: list[np.ndarray], padded=None) -> list[torch.Tensor]:
-    """encode_batch, halving the batch on CUDA out-of-memory."""
+    """encode_batch, halving the batch on CUDA out-of-memory. The halves are tried after the
+    handler: inside it, the exception's traceback keeps the failed attempt's tensors allocated."""
     try:
         return encode_batch(codec, audios, padded=padded)
     except torch.cuda.OutOfMemoryError:
         if len(audios) == 1:
             raise
-        torch.cuda.empty_cache()
-        half = len(audios) // 2
-        return encode_resilient(codec, audios[:half]) + encode_resilient(codec, audios[half:])
+    padded = None
+    torch.cuda.empty_cache()
+    half = len(audios) // 2
+    return encode_resilient(codec, audios[:half]) + encode_resilient(codec, audios[half:])
 
 
 def encode_group(codec, to_encode: list, sample_rate: int, failed: dict[str, str], padded=None) -> list:
@@ -74,17 +76,19 @@ def encode_group(codec, to_encode: list, sample_rate: int, failed: dict[str, str
     try:
         return encode_resilient(codec, [a for _, a, _, _ in to_encode], padded)
     except (RuntimeError, IndexError):
-        # One clip can spoil a batch (e.g. longer than the codec's attention table,
-        # IndexError): encode one by one so only that clip is rejected.
-        encoded = []
-        for item, audio, _, _ in to_encode:
-            try:
-                encoded.extend(encode_resilient(codec, [audio]))
-            except (RuntimeError, IndexError) as single:
-                seconds = len(audio) / sample_rate
-                failed[item["id"]] = f"the codec cannot encode this clip ({seconds:.1f} s): {str(single)[:160]}"
-                encoded.append(None)
-        return encoded
+        pass  # one clip can spoil a batch (e.g. longer than the codec's attention table: IndexError)
+    # one by one, after the handler (its traceback would keep the batch's tensors), so that only
+    # the clip that fails is rejected
+    padded = None
+    encoded = []
+    for item, audio, _, _ in to_encode:
+        try:
+            encoded.extend(encode_resilient(codec, [audio]))
+        except (RuntimeError, IndexError) as single:
+            seconds = len(audio) / sample_rate
+            failed[item["id"]] = f"the codec cannot encode this clip ({seconds:.1f} s): {str(single)[:160]}"
+            encoded.append(None)
+    return encoded
 
 
 def _stream_for(codec) -> torch.cuda.Stream | None:

@@ -220,8 +220,9 @@ def extract_codes(
             raise CodesError(f"The manifest has no '{column}' column; rebuild the dataset.")
     started = time.perf_counter()
     codec_id = codec_identity(ckpt_dir)
+    first: dict = {}
     if codec is None:  # the checkpoint read once per device, the other codecs there copied
-        codecs, first = [], {}
+        codecs = []
         for slot in codec_slots(codec_devices(device, devices)):
             codecs.append(codec_copy(first[slot], codec_config_path(ckpt_dir)) if slot in first
                           else first.setdefault(slot, load_codec(ckpt_dir, device=slot)))
@@ -262,7 +263,8 @@ def extract_codes(
                      f"VQ codes: {tally['done']}/{len(items)} clips ({tally['hits']} cached)")
 
     def store(finished: list, announce: bool = True) -> None:
-        """Write the codes of finished batches; their clips count as done only once on disk."""
+        """Write the codes of finished batches; their clips count as done only once on disk. All
+        are written before progress is told: a stop raised from it loses no encoded batch."""
         for done_group, encoded, seconds_encoding in finished:
             tally["encode_s"] += seconds_encoding
             for (item, _, path, seconds), codes in zip(done_group, encoded):
@@ -272,8 +274,8 @@ def extract_codes(
                 codes_paths[item["id"]] = str(path)
                 tally["computed"] += 1
                 tally["computed_s"] += seconds
-            if announce:
-                count_done(len(done_group))
+        if announce and finished:
+            count_done(sum(len(done_group) for done_group, _, _ in finished))
 
     try:
         # the next groups decode, resample and hash on the loader threads while the codec encodes this one
@@ -317,19 +319,21 @@ def extract_codes(
     finally:  # a stop request must not wait for the loads queued ahead
         pool.shutdown(wait=True, cancel_futures=True)
         encoder.close()
-    bar.close()
+        bar.close()
+        # every reference to the codecs this call loaded (`first` too), also after an error: the
+        # training ranks that follow are other processes, and the GPU memory goes back to them
+        codecs = codec = encoder = first = None
+        if torch.cuda.is_available():
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
     busy_span = time.perf_counter() - first_ready if first_ready is not None else 0.0
     if progress and not items:
         progress(1.0, "VQ codes: no usable clips")
-
-    codecs = codec = encoder = None
-    if torch.cuda.is_available():  # the training ranks that follow are other processes: give the memory back
-        import gc
-
-        gc.collect()
-        torch.cuda.empty_cache()
     out = manifest.copy()
     out["codes_path"] = out["id"].astype(str).map(codes_paths)
+    out["codes_error"] = out["id"].astype(str).map(failed)  # why a clip has no codes: training lists it
     return ExtractReport(
         total=len(items),
         hits=tally["hits"],

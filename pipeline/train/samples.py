@@ -93,7 +93,9 @@ def prepare_clips(manifest: pd.DataFrame, tokenizer, num_codebooks: int, max_len
             continue  # rejected upstream, reason already in the manifest
         path, text = row.get("codes_path"), _text_of(row)
         if not isinstance(path, str) or not path:
-            rejected[clip_id] = "no codes (extraction failed or not run)"
+            error = row.get("codes_error")
+            rejected[clip_id] = (f"no codes: {error}" if isinstance(error, str) and error
+                                 else "no codes (extraction failed or not run)")
             continue
         if not text:
             rejected[clip_id] = "empty transcript"

@@ -352,7 +352,11 @@ def read_preferences(paths: list[Path]) -> list[dict]:
     """Records of these files, each trial once (a vote is written to every run it involves)."""
     records: dict = {}
     for path in (Path(p) for p in paths if Path(p).is_file()):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        try:  # a line torn inside a character (a crash mid-write) is not valid UTF-8: replaced, then skipped
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # unreadable: its votes are not counted rather than the tab failing
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except ValueError:

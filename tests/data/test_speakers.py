@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -126,3 +127,22 @@ def test_pitch_in_worker_processes_equals_the_serial_one(manifest):
     parallel = speaker_pitches(many, workers=2)
     assert all(parallel[f"{speaker}{i}"] == serial[speaker] for i in range(3) for speaker in picks)
     assert serial["low"] == pytest.approx(110, rel=0.05)
+
+
+def test_a_clip_whose_pitch_worker_dies_counts_as_unvoiced(manifest, monkeypatch):
+    """The pool gives a clip whose process died twice to on_crash (tests/data/test_manifest.py);
+    pitch then treats it as unvoiced instead of failing the dataset."""
+    import pipeline.data.parallel as parallel
+    from pipeline.data.speakers import speaker_pitches
+
+    frame, _ = manifest
+    ok = frame[frame["status"] == "ok"]
+    picks = {speaker: rows for speaker, rows in ok.groupby("speaker")}
+    crashing = str(picks["low"].iloc[0]["audio_path"])
+
+    def pool(fn, items, workers=None, on_crash=None, **kwargs):
+        return [on_crash(item) if item[0] == crashing else fn(item) for item in items]
+
+    monkeypatch.setattr(parallel, "map_in_processes", pool)
+    pitches = speaker_pitches({"low": picks["low"].iloc[:1], **{k: v for k, v in picks.items() if k != "low"}})
+    assert np.isnan(pitches["low"]) and all(np.isfinite(v) for k, v in pitches.items() if k != "low")

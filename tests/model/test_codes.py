@@ -194,6 +194,15 @@ def test_clip_the_codec_cannot_encode_is_rejected_not_fatal(dataset, tiny_checkp
     report = extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=10.0, codec=codec)
     assert set(report.failed) == {"b", "broken"} and "cannot encode" in report.failed["b"]
     assert report.computed == 4
+    # training lists each such clip with the codec's reason, not a generic "no codes"
+    from pipeline.model.checkpoints import load_tokenizer
+    from pipeline.model.codes import codec_num_codebooks
+    from pipeline.train.samples import prepare_clips
+
+    manifest = report.manifest.assign(text="Hei maailma.", speaker="s")
+    _, rejected = prepare_clips(manifest, load_tokenizer(tiny_checkpoint), codec_num_codebooks(codec), 4096)
+    assert rejected["b"].startswith("no codes: the codec cannot encode this clip")
+    assert "broken" in rejected and rejected["broken"].startswith("no codes: ")
 
 
 def test_the_loader_threads_give_the_same_codes_as_one_clip_at_a_time(dataset, tiny_checkpoint, tmp_path, codec):
@@ -346,3 +355,71 @@ def test_each_gpu_gets_two_codecs_and_the_cpu_one():
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert codec_slots([cpu]) == [cpu]
     assert codec_slots([gpu, torch.device("cuda", 1)]) == [gpu] * CODECS_PER_GPU + [torch.device("cuda", 1)] * CODECS_PER_GPU
+
+
+def test_the_codecs_it_loaded_are_let_go_before_it_gives_gpu_memory_back(dataset, tiny_checkpoint, tmp_path,
+                                                                          monkeypatch):
+    """The training ranks that follow are other processes: every codec extraction loaded must be
+    unreferenced when it empties the CUDA cache, after an error (a stop) too."""
+    import gc
+    import weakref
+
+    import pipeline.model.codes as codes_module
+
+    loaded, alive_at_release = [], []
+    real_load = codes_module.load_codec
+
+    def load(*args, **kwargs):
+        codec = real_load(*args, **kwargs)
+        loaded.append(weakref.ref(codec))
+        return codec
+
+    def empty_cache():
+        gc.collect()
+        alive_at_release.append([ref() is not None for ref in loaded])
+
+    monkeypatch.setattr(codes_module, "load_codec", load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the GPU branch, on a CPU
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    extract_codes(dataset, tiny_checkpoint, tmp_path / "cache", batch_seconds=1.0, device="cpu")
+
+    def stop(fraction, message):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_codes(dataset, tiny_checkpoint, tmp_path / "other", batch_seconds=1.0, device="cpu", progress=stop)
+    assert alive_at_release == [[False], [False, False]]
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_with_its_memory_let_go(monkeypatch):
+    """Each smaller try starts with the failed one's tensors unreferenced, or the halves would run
+    out of memory too and clips that fit alone would be rejected."""
+    import gc
+    import weakref
+
+    from pipeline.model import codec_batches
+
+    class OutOfMemoryAboveOne(torch.nn.Module):
+        frame_length = 4
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.activations, self.alive_at_start = [], []
+
+        def encode(self, batch, lengths):
+            gc.collect()
+            self.alive_at_start.append(any(ref() is not None for ref in self.activations))
+            activation = torch.empty(batch.shape[0], 1000)  # what an attempt holds when it fails
+            self.activations.append(weakref.ref(activation))
+            if batch.shape[0] > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return torch.zeros(1, 2, 3, dtype=torch.long), torch.tensor([3])
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    codec = OutOfMemoryAboveOne()
+    failed: dict = {}
+    clips = [({"id": f"c{i}"}, np.zeros(8, np.float32), None, 0.1) for i in range(4)]
+    encoded = codec_batches.encode_group(codec, clips, 44100, failed)
+    assert failed == {} and len(encoded) == 4 and all(codes is not None for codes in encoded)
+    assert codec.alive_at_start == [False] * 7  # 4, 2, 1, 1, 2, 1, 1: none began beside a failed one

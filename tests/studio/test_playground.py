@@ -233,6 +233,11 @@ def test_vote_between_non_run_models_goes_to_the_workspace(tmp_path, monkeypatch
     with pytest.raises(pg.PlaygroundError, match="sample 1 or 2"):
         pg.record_preference(config, pg.new_trial("Hei.", 1, a, b, blind=False), 3)
 
+    # a vote torn inside "ä" by a crash: that line is skipped, the others still count
+    votes = tmp_path / "ws" / "preferences.jsonl"
+    votes.write_bytes(votes.read_bytes() + '{"trial": "x", "text": "Hyvää'.encode()[:-1] + b"\n")
+    assert pg.preference_tally(config, trial)["total"] == 1
+
 
 def test_disk_usage_sums_files_once_per_inode(tmp_path):
     (tmp_path / "d" / "sub").mkdir(parents=True)
