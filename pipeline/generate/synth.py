@@ -275,12 +275,24 @@ class Synthesizer:
             except (RuntimeError, NotImplementedError, *_triton_errors()):
                 head = frames = None  # generate_codes falls back through the other decoders, as speak does
             if frames is not None:
-                for rows in ([] if head is None else [head]):
-                    yield rows[1:].to(torch.long)
-                for rows in frames:
-                    yield rows[1:].to(torch.long)
+                yield from self._blocks_after_head(head, frames)
                 return
         yield self.generate_codes(text, prompt, temperature, top_p, repetition_penalty, max_new_tokens)
+
+    def _blocks_after_head(self, head, frames) -> Iterator[torch.Tensor]:
+        """The fast decoder's blocks. Audio already heard cannot be taken back, so a decoder error
+        after the first block ends the call with a clear message instead of a silent restart; the
+        decoder is built again on the next call, which falls back to the others if it fails again."""
+        try:
+            for rows in ([] if head is None else [head]):
+                yield rows[1:].to(torch.long)
+            for rows in frames:
+                yield rows[1:].to(torch.long)
+        except (RuntimeError, NotImplementedError, *_triton_errors()) as exc:
+            self._fastgen = None
+            raise SynthError(f"Live decoding stopped partway through this sentence ({type(exc).__name__}: "
+                             f"{str(exc)[:160]}). Speak again: the decoder is rebuilt, and a slower one takes over if "
+                             "it fails again.") from exc
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:

@@ -128,3 +128,28 @@ def test_bench_times_the_first_audio_on_a_cpu(tmp_path):
     assert 0 < figures["ttfa_ms"] <= figures["total_s"] * 1000 and figures["audio_s"] > 0
     assert figures["real_time_factor"] == pytest.approx(figures["total_s"] / figures["audio_s"], rel=1e-2)
     assert figures["calls"] == 1 and figures["frames"] > 0
+
+
+def test_a_decoder_error_after_the_first_piece_ends_the_call_with_a_clear_message(tiny_checkpoint, monkeypatch):
+    """Audio already played cannot be taken back: the call stops with a SynthError (shown as a
+    note), and the next call builds the decoder again."""
+    synth = Synthesizer(tiny_checkpoint, device="cpu", fast=True)
+    real = FastGenerator.generate_stream
+
+    def breaks_after_one_block(self, *args, **kwargs):
+        blocks = real(self, *args, **kwargs)
+        yield next(blocks)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(FastGenerator, "generate_stream", breaks_after_one_block)
+    heard = []
+    with pytest.raises(SynthError, match="Live decoding stopped partway through this sentence .*Speak again"):
+        for step in streaming.stream_audio(synth, TEXT, max_new_tokens=60, seed=3):
+            heard.append(step.audio.size)
+    assert sum(heard) > 0 and synth._fastgen is None
+    monkeypatch.setattr(FastGenerator, "generate_stream", real)
+    assert streaming_result(synth).frames > 0  # the next call speaks
+
+
+def streaming_result(synth):
+    return list(streaming.stream_audio(synth, TEXT, max_new_tokens=20, seed=3))[-1].result
