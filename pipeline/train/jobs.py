@@ -32,6 +32,9 @@ class JobError(ValueError):
     """A job request that cannot be honoured (another job running, nothing to cancel, ...)."""
 
 
+TRAIN_ONLY_MODES = ("lora", "full")  # runs of `python -m pipeline train`: one phase, no merge
+
+
 def _job_file(config: Config) -> Path:
     return config.workspace / "job.json"
 
@@ -123,11 +126,15 @@ def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: 
     state = read_run(run_dir)
     if state.get("status") == "finished":
         raise JobError(f"Run '{run_dir.name}' has already finished; start a new run instead.")
-    command = [sys.executable, "-m", "pipeline", "run", "--config", str(run_dir / "config.yaml"),
+    mode = state.get("mode")
+    # a single phase started with `python -m pipeline train` resumes as one, with the model it began on
+    verb = ["train", "--mode", mode] if mode in TRAIN_ONLY_MODES else ["run"]
+    command = [sys.executable, "-m", "pipeline", *verb, "--config", str(run_dir / "config.yaml"),
                "--run-id", run_dir.name]
+    model_dir = model_dir or (state.get("base_model") if mode in TRAIN_ONLY_MODES else None)
     if model_dir:
         command += ["--model", str(model_dir)]
-    if state.get("mode") == "speaker_lora":
+    if mode == "speaker_lora":
         command += ["--mode", "speaker_lora"]
     if gpus is not None:
         command += ["--gpus", str(gpus)]

@@ -19,6 +19,7 @@ current phase continues from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -251,9 +252,25 @@ def run_workflow(config: Config, model_dir: Path | None = None, run_id: str | No
     if mode not in (None, *PHASES):
         raise RunError(f"Unknown mode '{mode}'; choose one of {', '.join(PHASES)}.")
     run_id = run_id or new_run_id(mode or config.training_mode.selected)
-    with TrainingLock(config.workspace, run_dir_for(config, run_id)):
-        use_compile_cache(config, prune=True)
-        return _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode, scorer_factory)
+    with _failure_recorded(run_dir_for(config, run_id)):
+        with TrainingLock(config.workspace, run_dir_for(config, run_id)):
+            use_compile_cache(config, prune=True)
+            return _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mode, scorer_factory)
+
+
+@contextlib.contextmanager
+def _failure_recorded(run_dir: Path):
+    """An error before the run records its own (the lock busy, settings a resume may not change, a
+    missing model) is written to run.json too, when this process is the one the run was started
+    as (the studio records the job's pid): else the studio would read a run stuck at "starting"
+    as killed, and Resume would fail the same way without saying why."""
+    try:
+        yield
+    except Exception as exc:
+        run = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
+        if run.get("pid") == os.getpid() and run.get("status") in ("starting", "running", "created"):
+            update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def _speaker_run_base(run_dir: Path, model_dir: Path | None) -> Path:
@@ -274,6 +291,9 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mo
     run_dir, config = _open_run(config, run_id, overrides, progress or (lambda f, m: None), mode=mode)
     progress = _recording_progress(run_dir, progress)  # a resumed run keeps its settings (above)
     mode = read_run(run_dir).get("mode") or config.training_mode.selected
+    if mode not in PHASES:  # a single phase of `python -m pipeline train`
+        raise RunError(f"Run '{run_dir.name}' is one {mode} phase started with `python -m pipeline train`: resume it "
+                       f"with `python -m pipeline train --mode {mode} --run-id {run_dir.name}`.")
     if mode == "speaker_lora":
         model_dir = _speaker_run_base(run_dir, model_dir)
     started = time.time()
@@ -378,9 +398,10 @@ def train_only(config: Config, mode: str = "lora", model_dir: Path | None = None
     The run is recorded as what it is: mode `lora`, `full` or `speaker_lora`, and for a speaker
     phase where the speaker came from."""
     run_id = run_id or new_run_id(mode)
-    with TrainingLock(config.workspace, run_dir_for(config, run_id)):
-        use_compile_cache(config, prune=True)
-        return _train_only(config, mode, model_dir, run_id, speaker, progress, overrides, scorer_factory)
+    with _failure_recorded(run_dir_for(config, run_id)):
+        with TrainingLock(config.workspace, run_dir_for(config, run_id)):
+            use_compile_cache(config, prune=True)
+            return _train_only(config, mode, model_dir, run_id, speaker, progress, overrides, scorer_factory)
 
 
 def _train_only(config, mode, model_dir, run_id, speaker, progress, overrides, scorer_factory) -> dict:

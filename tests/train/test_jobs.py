@@ -156,3 +156,26 @@ def test_kill_9_mid_training_redoes_the_lost_steps_identically(config):
     for step, row in before.items():  # steps after the last checkpoint were lost and trained again
         assert after[step]["loss"] == pytest.approx(row["loss"], abs=1e-6), step
         assert after[step]["grad_norm"] == pytest.approx(row["grad_norm"], abs=1e-6), step
+
+
+def test_a_run_of_pipeline_train_resumes_as_one_phase_on_its_own_model(config, monkeypatch, tmp_path):
+    """`python -m pipeline train` runs hold one phase (mode lora or full), which the workflow has no
+    plan for: Resume starts `train` again for that phase, on the model the run began with."""
+    import pipeline.train.jobs as jobs_module
+    from pipeline.train.runs import create_run, update_run
+
+    run_dir = create_run(config, "20260101-000000-lora", "lora")
+    update_run(run_dir, status="cancelled", base_model=str(tmp_path / "my-base"))
+    commands = []
+
+    class Started:
+        pid = os.getpid()
+
+        def __init__(self, command, **kwargs):
+            commands.append(command)
+
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", Started)
+    start_job(config, run_id=run_dir.name)
+    command = commands[0]
+    assert command[3:6] == ["train", "--mode", "lora"] and command[command.index("--run-id") + 1] == run_dir.name
+    assert command[command.index("--model") + 1] == str(tmp_path / "my-base")

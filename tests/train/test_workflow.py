@@ -119,6 +119,37 @@ def test_a_stop_before_training_cancels_with_nothing_trained(workspace, tiny_che
     assert read_run(config.runs_dir / result["id"])["status"] == "cancelled"
 
 
+def test_an_error_before_the_run_starts_is_recorded_in_the_studios_run(workspace, tiny_checkpoint):
+    """The studio records a job as "starting" with its pid; an error before the workflow records
+    its own (another training holds the machine; a `train` run given to `run`) is written there,
+    not left for the studio to read as a killed process."""
+    import os
+
+    from pipeline.train.lock import TrainingBusy, TrainingLock
+    from pipeline.train.runs import create_run, update_run
+
+    config = run_config(tiny_checkpoint)
+    started = create_run(config, "20260101-000000-quick_lora", "quick_lora")
+    update_run(started, status="starting", pid=os.getpid())
+    with TrainingLock(config.workspace, config.runs_dir / "other"):
+        with pytest.raises(TrainingBusy):
+            run_workflow(config, run_id=started.name)
+    run = read_run(started)
+    assert run["status"] == "failed" and "run 'other'" in run["error"]
+
+    one_phase = create_run(config, "20260101-000000-lora", "lora")
+    update_run(one_phase, status="starting", pid=os.getpid())
+    with pytest.raises(RunError, match="python -m pipeline train --mode lora --run-id 20260101-000000-lora"):
+        run_workflow(config, run_id=one_phase.name)
+    assert read_run(one_phase)["status"] == "failed"
+    # a run this process was not started as (another process's, maybe live) is left as it is
+    update_run(started, status="running", pid=os.getpid() + 100000, error=None)
+    with TrainingLock(config.workspace, config.runs_dir / "other"):
+        with pytest.raises(TrainingBusy):
+            run_workflow(config, run_id=started.name)
+    assert read_run(started)["status"] == "running"
+
+
 def test_choose_speaker_prefers_the_users_pick_and_checks_it(tiny_checkpoint):
     manifest = pd.DataFrame({"speaker": ["anna", "anna", "bert"], "status": ["ok", "ok", "ok"]})
     dataset = SimpleNamespace(id="d", accepted=lambda: manifest,
