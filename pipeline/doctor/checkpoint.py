@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import torch
 
-from pipeline.doctor.row import FAIL, PASS, WARN, Row
+from pipeline.doctor.row import FAIL, PASS, WARN, Row, guarded
 
 GROUP = "checkpoint"
 # Sizes of the openaudio-s1-mini files on the Hub (bf16 model.pth; codec.pth)
@@ -235,7 +235,9 @@ def codec_config_row(model_dir: Path) -> Row:
 
 def checkpoint_rows(model_dir: Path) -> list[Row]:
     model_dir = Path(model_dir)
-    rows = [files_row(model_dir)]
+    rows = [guarded(GROUP, "files", lambda: files_row(model_dir))]
     if not model_dir.is_dir():
         return rows
-    return rows + [shape_row(model_dir), weights_row(model_dir), tokenizer_row(model_dir), codec_config_row(model_dir)]
+    checks = [(GROUP, "shape", shape_row), (GROUP, "weights", weights_row), (GROUP, "tokenizer", tokenizer_row),
+              ("codec", "codec config", codec_config_row)]
+    return rows + [guarded(group, name, lambda check=check: check(model_dir)) for group, name, check in checks]

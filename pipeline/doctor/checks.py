@@ -14,7 +14,7 @@ from typing import Callable
 from pipeline.doctor.checkpoint import checkpoint_rows
 from pipeline.doctor.hub import hub_rows
 from pipeline.doctor.machine import machine_rows
-from pipeline.doctor.row import FAIL, WARN, Row
+from pipeline.doctor.row import FAIL, WARN, Row, guarded
 
 Progress = Callable[[float, str], None] | None
 MODEL_ROWS = (("model", "forward = generation"), ("model", "fast decoder"), ("codec", "round trip"),
@@ -22,17 +22,8 @@ MODEL_ROWS = (("model", "forward = generation"), ("model", "fast decoder"), ("co
 SLOW_ROWS = {"speech", "LoRA smoke run"}
 
 
-def _guarded(group: str, name: str, check: Callable[[], Row]) -> Row:
-    try:
-        return check()
-    except Exception as exc:  # noqa: BLE001 - a failing check is a row of the report, not a crash
-        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        return Row(group, name, FAIL, f"{type(exc).__name__}: {message}",
-                   "Fix what the message names; run the doctor again (PIPELINE_DEBUG=1 shows the traceback).")
-
-
 def _guarded_debug(group: str, name: str, check: Callable[[], Row]) -> Row:
-    return check() if os.environ.get("PIPELINE_DEBUG") else _guarded(group, name, check)
+    return check() if os.environ.get("PIPELINE_DEBUG") else guarded(group, name, check)
 
 
 def model_rows(config, model_dir: Path, quick: bool, out_dir: Path, progress: Progress = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.doctor.row import FAIL, PASS, WARN, Row
+from pipeline.doctor.row import FAIL, PASS, WARN, Row, guarded
 from pipeline.data.hub import unreachable_reason
 
 GROUP = "hub"
@@ -73,4 +73,5 @@ def hub_rows(repo: str, model_dir: Path) -> list[Row]:
     from pipeline.model.checkpoints import HUB_FILES
 
     needed = not all((Path(model_dir) / name).is_file() for name in HUB_FILES)
-    return [token_row(repo, needed), access_row(repo, needed)]
+    return [guarded(GROUP, "token", lambda: token_row(repo, needed)),
+            guarded(GROUP, "access", lambda: access_row(repo, needed))]

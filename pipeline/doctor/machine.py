@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.doctor.row import FAIL, PASS, WARN, Row
+from pipeline.doctor.row import FAIL, PASS, WARN, Row, guarded
 
 GROUP = "machine"
 MIN_GPU_GB = 20.0  # below this the real model's LoRA training needs small batches (pipeline.train.memory_plan)
@@ -237,5 +237,8 @@ def playback_row() -> Row:
 
 
 def machine_rows(config, model_dir: Path) -> list[Row]:
-    return [gpu_row(), data_parallel_row(config), software_row(), bf16_row(), disk_row(config, model_dir), cpu_row(),
-            kernels_row(config), attention_row(config), compile_cache_row(config, model_dir), playback_row()]
+    checks = [("GPU", gpu_row), ("GPUs for training", lambda: data_parallel_row(config)), ("software", software_row),
+              ("bf16", bf16_row), ("disk", lambda: disk_row(config, model_dir)), ("CPU", cpu_row),
+              ("fast kernels", lambda: kernels_row(config)), ("training attention", lambda: attention_row(config)),
+              ("compile cache", lambda: compile_cache_row(config, model_dir)), ("live playback", playback_row)]
+    return [guarded(GROUP, name, check) for name, check in checks]

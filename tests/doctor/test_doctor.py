@@ -188,6 +188,25 @@ def test_hub_access_granted(monkeypatch):
     assert access_row(REPO, needed=True).status == PASS
 
 
+def test_a_check_that_raises_is_its_rows_failure_not_the_doctors(copy, tmp_path, monkeypatch):
+    """A transport error huggingface_hub does not wrap, a config.json whose numbers break the shape
+    arithmetic: each becomes the ✗ of its own row, and every other row is still reported."""
+    class RemoteProtocolError(Exception):  # as an HTTP client raises when a proxy drops the request
+        pass
+
+    monkeypatch.setattr("pipeline.doctor.hub.unreachable_reason", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "auth_check", raising(RemoteProtocolError("Server disconnected")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps(config | {"n_head": 0}))
+    monkeypatch.setattr("pipeline.doctor.machine.cpu_row", raising(RuntimeError("no /proc here")))
+    assert _doctor(copy, tmp_path / "ws", "--quick") == 1
+    rows = _report(tmp_path / "ws", copy)
+    assert rows["access"]["status"] == FAIL and "RemoteProtocolError" in rows["access"]["detail"]
+    assert rows["CPU"]["status"] == FAIL and "no /proc here" in rows["CPU"]["detail"]
+    assert rows["weights"]["status"] == FAIL and rows["files"]["status"] == PASS and "GPU" in rows
+
+
 def test_missing_model_folder_fails_with_download_advice(tmp_path):
     assert _doctor(tmp_path / "absent", tmp_path / "ws", "--quick") == 1
     rows = _report(tmp_path / "ws", tmp_path / "absent")
