@@ -292,7 +292,7 @@ def _short(entry: str, limit: int = 80) -> str:
 
 def _unpack(archive: zipfile.ZipFile, info: zipfile.ZipInfo, tmp: Path, name: str,
             written: int, max_bytes: int) -> int:
-    target = tmp / info.filename
+    target = tmp / _member_path(info)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with archive.open(info) as src, open(target, "wb") as dst:
@@ -315,6 +315,12 @@ def _unpack(archive: zipfile.ZipFile, info: zipfile.ZipInfo, tmp: Path, name: st
     return written
 
 
+def _member_path(info: zipfile.ZipInfo) -> str:
+    """The entry's path with "/" between folders: zips made on Windows may use "\\", and on
+    Linux that would be one file named "anna\\clip1.wav" (the speaker folder lost)."""
+    return info.filename.replace("\\", "/")
+
+
 def _checked_members(name: str, infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int):
     """(entries to unpack, names skipped); raises for entries that must never be unpacked."""
     files, skipped = [], []
@@ -327,7 +333,8 @@ def _checked_members(name: str, infos: list[zipfile.ZipInfo], max_bytes: int, ma
         if (info.external_attr >> 16) & 0o170000 == 0o120000:
             raise SourceError(f"{name}: entry '{_short(entry)}' is a symbolic link; refusing to unpack it. "
                               "Zip the real files instead.")
-        if info.is_dir() or is_junk(Path(entry)):
+        entry = _member_path(info)
+        if info.is_dir() or entry.endswith("/") or is_junk(Path(entry)):
             continue
         if Path(entry).suffix.lower() in KEPT_SUFFIXES:
             files.append(info)

@@ -35,6 +35,17 @@ def test_zip_source_extracts_into_work_dir_and_skips_junk(tmp_path):
     assert (work / "extracted" / "voices" / "anna" / "a1.wav").stat().st_mtime_ns == first
 
 
+def test_zip_made_on_windows_keeps_its_speaker_folders(tmp_path):
+    """Windows tools may write "\\" between folders: the speakers are still the folders."""
+    audio = wav_bytes(speech_like(sr=16_000))
+    archive = make_zip(tmp_path / "voices.zip", {
+        "voices\\anna\\a1.wav": audio, "voices\\anna\\a1.lab": "Moi.", "voices\\anna\\": b"",
+        "voices\\bert\\b1.wav": audio, "voices\\bert\\b1.lab": "Hei.",
+    })
+    clips = {c.id: c for c in read_source(SourceSpec("zip", path=str(archive)), tmp_path / "work")}
+    assert set(clips) == {"anna/a1", "bert/b1"} and {c.speaker for c in clips.values()} == {"anna", "bert"}
+
+
 @pytest.mark.parametrize("name", ["../evil.wav", "ok/../../evil.wav", "/abs/evil.wav"])
 def test_zip_with_escaping_entry_is_rejected(tmp_path, name):
     archive = make_zip(tmp_path / "bad.zip", {"a/a1.lab": "Moi.", name: b"x"})
