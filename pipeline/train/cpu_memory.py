@@ -24,4 +24,5 @@ def cpu_oom(exc: BaseException) -> bool:
 def cpu_oom_message(batch_size: int, max_length: int, step: int) -> str:
     """What to do after a CPU out-of-memory error, naming the settings to lower."""
     return (f"Out of memory (CPU RAM) at step {step}. To fit: lower training.batch_size (now {batch_size}; raise "
-            f"training.grad_accumulation to keep the effective batch) or training.max_length (now {max_length}).")
+            f"training.grad_accumulation to keep the effective batch) or training.max_length (now {max_length}). "
+            "A resume keeps this run's settings, so start a new run with the change.")

@@ -137,7 +137,8 @@ def oom_message(settings: TrainSettings, step: int, checkpointing: bool) -> str:
               "effective batch)", f"lower training.max_length (now {settings.max_length})"]
     if not checkpointing:
         advice.append("set training.gradient_checkpointing: on")
-    return f"Out of GPU memory at step {step}. To fit: " + "; or ".join(advice) + "."
+    return (f"Out of GPU memory at step {step}. To fit: " + "; or ".join(advice) + ". A resume keeps this run's "
+            "settings, so start a new run with the change.")
 
 
 def use_compile(settings: TrainSettings, device: torch.device) -> bool:

@@ -109,6 +109,14 @@ def _phase_finished(run_dir: Path, phase: str) -> bool:
     return (read_json(run_dir / "phases" / phase / "state.json", {}) or {}).get("status") == "finished"
 
 
+def _started_speaker(run_dir: Path, phase: str) -> str | None:
+    """The speaker a begun speaker phase trains (run.json): a resume continues its checkpoint on
+    the same voice, even where a rebuilt dataset would now recommend another."""
+    if not (run_dir / "phases" / phase / "state.json").is_file():
+        return None
+    return read_run(run_dir).get("speaker") or None
+
+
 def _best_checkpoint(run_dir: Path, phase: str) -> Path:
     state = read_json(run_dir / "phases" / phase / "state.json", {}) or {}
     best = state.get("best") or state.get("latest")
@@ -331,8 +339,10 @@ def _run_workflow(config, model_dir, run_id, progress, stop_event, overrides, mo
         for phase in phases:
             phase_manifest = manifest
             if phase == "speaker_lora":
-                speaker, reason = choose_speaker(config, dataset)
-                update_run(run_dir, speaker=speaker, speaker_reason=reason)
+                speaker = _started_speaker(run_dir, phase)
+                if speaker is None:
+                    speaker, reason = choose_speaker(config, dataset)
+                    update_run(run_dir, speaker=speaker, speaker_reason=reason)
                 phase_manifest = manifest[manifest["speaker"] == speaker]
             if not _phase_finished(run_dir, phase):
                 training["now"] = True  # a SIGTERM now only sets stop_event: train saves a checkpoint

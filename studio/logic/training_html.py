@@ -52,8 +52,11 @@ def progress_html(progress: RunProgress) -> str:
         sub.append(esc(progress.message))
     extra = ""
     if status == "failed":
-        extra = note(f"The run failed: {progress.error or progress.message or 'see the log below'}. "
-                      "Fix the cause, then Resume to continue from the last checkpoint.", "error")
+        why = progress.error or progress.message or "see the log below"
+        # settings that define a run stay on resume: a run that needs other settings starts anew
+        then = ("" if "start a new run" in why else
+                " Fix the cause, then Resume to continue from the last checkpoint.")
+        extra = note(f"The run failed: {why.rstrip('.')}.{then}", "error")
     return (f"<div class='run-card' id='run-card'><div class='run-head'><span class='badge {esc(status)}'>"
             f"{esc(status)}</span><span class='id'>{esc(progress.run_id)}</span>"
             f"<span>· {esc(MODE_LABELS.get(progress.mode, progress.mode))}{voice}</span></div>"

@@ -22,3 +22,5 @@ def test_other_errors_are_not_cpu_oom(exc):
 def test_message_names_the_settings():
     message = cpu_oom_message(batch_size=64, max_length=4096, step=3)
     assert "CPU" in message and "training.batch_size (now 64" in message and "training.max_length (now 4096)" in message
+    assert "start a new run" in message  # a resume would keep the settings that ran out of memory
+

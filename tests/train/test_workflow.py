@@ -150,6 +150,19 @@ def test_an_error_before_the_run_starts_is_recorded_in_the_studios_run(workspace
     assert read_run(started)["status"] == "running"
 
 
+def test_a_begun_speaker_phase_keeps_its_speaker_on_resume(tmp_path, tiny_checkpoint):
+    from pipeline.train.runs import create_run, update_run
+    from pipeline.train.workflow import _started_speaker
+
+    config = run_config(tiny_checkpoint).with_overrides({"studio.workspace": str(tmp_path / "ws")})
+    run_dir = create_run(config, "20260101-000000-full_finetune", "full_finetune")
+    update_run(run_dir, speaker="anna")
+    assert _started_speaker(run_dir, "speaker_lora") is None  # not begun: chosen (again) from the dataset
+    (run_dir / "phases" / "speaker_lora").mkdir(parents=True)
+    (run_dir / "phases" / "speaker_lora" / "state.json").write_text('{"status": "cancelled", "step": 40}')
+    assert _started_speaker(run_dir, "speaker_lora") == "anna"
+
+
 def test_choose_speaker_prefers_the_users_pick_and_checks_it(tiny_checkpoint):
     manifest = pd.DataFrame({"speaker": ["anna", "anna", "bert"], "status": ["ok", "ok", "ok"]})
     dataset = SimpleNamespace(id="d", accepted=lambda: manifest,
