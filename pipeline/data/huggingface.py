@@ -247,8 +247,12 @@ _MAGIC = [(b"RIFF", ".wav"), (b"fLaC", ".flac"), (b"OggS", ".ogg"), (b"ID3", ".m
 
 
 def _materialize_audio(value, out_dir: Path, clip_id: str, shard_dir: Path, column: str) -> tuple[str, str | None]:
-    """(path, problem): the Hub's Audio struct {bytes, path} is written out; a path is used as is."""
-    data, name = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
+    """(path, problem): the Hub's Audio struct {bytes, path} or a plain binary cell (the encoded
+    file) is written out; a path is used as is."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data, name = bytes(value), None
+    else:
+        data, name = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
     if data:
         suffix = Path(name).suffix.lower() if isinstance(name, str) else ""
         if suffix not in AUDIO_EXTENSIONS:

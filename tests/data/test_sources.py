@@ -283,6 +283,23 @@ def test_local_parquet_as_a_folder_source(tmp_path, layout):
     assert spec.dataset_id().startswith("folder-")
 
 
+def test_parquet_with_plain_binary_audio_cells(tmp_path):
+    """Some exports store the encoded file itself in a binary column, not the {bytes, path} struct."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = voxpopuli_table(0, 3)
+    plain = pa.array([cell["bytes"] for cell in table.column("audio").to_pylist()], type=pa.binary())
+    table = table.set_column(table.schema.get_field_index("audio"), "audio", plain)
+    path = tmp_path / "plain" / "export.parquet"
+    path.parent.mkdir()
+    pq.write_table(table, path)
+    clips = read_source(SourceSpec("folder", path=str(path)), tmp_path / "work")
+    assert len(clips) == 3 and all(c.problem is None for c in clips)
+    with open(clips[0].source_path, "rb") as fh:
+        assert fh.read(4) == b"RIFF"
+
+
 def test_local_parquet_from_config_and_its_errors(tmp_path):
     from pipeline.config import Config
 
