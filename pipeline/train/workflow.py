@@ -137,12 +137,17 @@ def _chosen_adapter(config: Config, run_dir: Path, phase: str) -> Path:
     """The checkpoint the merge uses: the best held-out loss, or with training.select_by: score the
     best scorecard among the validations (falling back to the loss, and saying so, where a phase
     logged no scores). The reason is recorded in run.json."""
+    why = "training.select_by: loss"
     if config.training.select_by == "score":
         choice = best_checkpoint(run_dir / "phases" / phase, by="score")
         if choice is not None and choice.checkpoint is not None:
             update_run(run_dir, selection=choice.reason)
             return _whole(run_dir, choice.checkpoint)
-    update_run(run_dir, selection="best held-out loss (training.select_by: loss)")
+        why = "training.select_by: score, but no scored validation of this phase has a checkpoint"
+    state = read_json(run_dir / "phases" / phase / "state.json", {}) or {}
+    selection = (f"best held-out loss ({why})" if state.get("best") else
+                 "the last checkpoint: the phase had no held-out loss to compare (no held-out clips)")
+    update_run(run_dir, selection=selection)
     return _best_checkpoint(run_dir, phase)
 
 

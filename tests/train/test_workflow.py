@@ -210,3 +210,11 @@ def test_the_merged_checkpoint_follows_select_by(tmp_path, tiny_checkpoint):
     assert "loss" in read_run(run_dir)["selection"]
     assert _chosen_adapter(by_score, run_dir, "lora").name == "step_000004"  # better CER, similarity, DNSMOS
     assert "score" in read_run(run_dir)["selection"]
+    # the reason says what happened: no scores to choose by; no held-out loss at all
+    unscored = [{"kind": "val", "step": r["step"], "val_loss": r["val_loss"]} for r in rows]
+    (phase / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unscored))
+    assert _chosen_adapter(by_score, run_dir, "lora").name == "step_000008"
+    assert read_run(run_dir)["selection"].startswith("no scorecard in the validations")
+    (phase / "state.json").write_text(json.dumps({"best": None, "latest": "checkpoints/step_000008"}))
+    assert _chosen_adapter(by_loss, run_dir, "lora").name == "step_000008"
+    assert read_run(run_dir)["selection"].startswith("the last checkpoint")
