@@ -339,7 +339,9 @@ class _Trainer(ResumableCheckpoints, SpokenExamples):
             status, message = "cancelled", (f"stopped during the evaluation at step {self.step} of {self.total}; "
                                             "resume to evaluate and continue")
         elif self.step < self.total and not message:
-            if not self.latest or not self.latest.endswith(f"{self.step:06d}"):
+            # a stop before the first step has nothing to keep (a full phase's checkpoint is the
+            # whole model, and a cancel waits for it): a resume starts the phase afresh
+            if self.step and (not self.latest or not self.latest.endswith(f"{self.step:06d}")):
                 self._save()
             status, message = "cancelled", f"stopped at step {self.step} of {self.total}; resume to continue"
         if self.data.val is None:

@@ -184,6 +184,18 @@ def test_resume_continues_the_same_loss_curve(tmp_path, tiny_checkpoint, mode):
     assert all(x["val_loss"] == pytest.approx(y["val_loss"], abs=1e-5) for x, y in zip(va, vb))
 
 
+def test_a_stop_before_the_first_step_keeps_nothing_and_a_resume_starts_afresh(tmp_path, tiny_checkpoint):
+    """Nothing trained, nothing to save (a full phase's checkpoint is the whole model)."""
+    manifest = _manifest(tmp_path / "codes", speakers=(5,))
+    stop = threading.Event()
+    stop.set()
+    first = train(tmp_path / "run", tiny_checkpoint, manifest, _settings(steps=4), stop_event=stop)
+    assert first.status == "cancelled" and first.step == 0
+    assert not list((tmp_path / "run" / "checkpoints").glob("step_*"))
+    again = train(tmp_path / "run", tiny_checkpoint, manifest, _settings(steps=4))
+    assert again.status == "finished" and [r["step"] for r in _rows(tmp_path / "run")] == [1, 2, 3, 4]
+
+
 def test_full_checkpoint_is_a_loadable_model(tmp_path, tiny_checkpoint):
     from fish_speech.models.text2semantic.inference import init_model
 
