@@ -131,8 +131,9 @@ class ResumableCheckpoints:
         self.position = self.step * self.step_micro_batches
         self.pending_eval = bool(info.get("pending_eval"))
         self.best, self.best_val_loss, self.prior_elapsed = info["best"], info["best_val_loss"], info["elapsed_s"]
-        if self.best and checkpoint_integrity.problem(self.run_dir / self.best):
-            self.best = self.best_val_loss = None  # a damaged best is no candidate: the next evaluation picks one
+        best_dir = self.run_dir / self.best if self.best else None
+        if best_dir is not None and (not best_dir.is_dir() or checkpoint_integrity.problem(best_dir)):
+            self.best = self.best_val_loss = None  # a damaged or deleted best is no candidate: the next evaluation picks one
         self.latest = str(ckpt.relative_to(self.run_dir))
         self._truncate_metrics(self.step)
 
@@ -185,8 +186,9 @@ class ResumableCheckpoints:
         checkpoint_integrity.write_integrity(tmp)  # last: its presence means every file above is complete
 
     def _prune(self) -> None:
-        """Keep the last `keep_last` checkpoints and the best; the last two keep their resume state,
-        so a damaged newest one still leaves one to resume from."""
+        """Keep the last `keep_last` checkpoints and the best; the last two of them keep their resume
+        state, so a damaged newest one still leaves one to resume from (with keep_last: 1, the
+        person chose disk space over that)."""
         checkpoints = self._checkpoints()
         keep = set(checkpoints[-self.settings.keep_last:]) | ({self.run_dir / self.best} if self.best else set())
         for path in checkpoints:

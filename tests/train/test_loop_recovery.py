@@ -166,3 +166,20 @@ def test_running_out_of_cpu_memory_fails_with_advice(tmp_path, tiny_checkpoint, 
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert result.status == "failed" and state["status"] == "failed"
     assert "CPU" in state["message"] and "training.batch_size" in state["message"]
+
+
+def test_a_best_checkpoint_deleted_by_hand_is_no_candidate_after_resume(tmp_path, tiny_checkpoint, straight):
+    """The resumed state names a best that is gone (removed to free disk): the next evaluation
+    picks a best that exists, so the merge never looks for a missing folder."""
+    from pipeline.train.integrity import write_integrity
+
+    _, manifest = straight
+    run = tmp_path / "run"
+    _stopped_at(run, tiny_checkpoint, manifest, 8)
+    latest = run / "checkpoints" / "step_000008"
+    state = json.loads((latest / "trainer_state.json").read_text())
+    # no later evaluation beats a loss of 0: only dropping the missing best lets one be picked
+    (latest / "trainer_state.json").write_text(json.dumps(state | {"best": "checkpoints/step_000002", "best_val_loss": 0.0}))
+    write_integrity(latest)  # a whole checkpoint whose best was deleted by hand
+    resumed = train(run, tiny_checkpoint, manifest, _settings(**SETTINGS))
+    assert resumed.status == "finished" and resumed.best and os.path.isdir(resumed.best)
