@@ -167,6 +167,13 @@ def cancel_job(config: Config, timeout: float = 60.0) -> dict:
     return job_status(config, job["run_id"])
 
 
+def shown_status(run: dict) -> str:
+    """A run's status as a list shows it without touching the run: a process that died while
+    "running" or "starting" reads as failed (job_status records that once the run is opened)."""
+    status = run.get("status") or "?"
+    return "failed" if status in ("running", "starting") and not _alive(run.get("pid")) else status
+
+
 def job_status(config: Config, run_id: str) -> dict:
     """run.json of a run, corrected by reality: a dead process cannot still be running."""
     run_dir = config.runs_dir / _checked_run_id(config, run_id)

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from studio.logic import run_charts, training_gpus
 from pipeline.config import Config
 from pipeline.data.dataset import list_datasets
-from pipeline.train.jobs import JobError, current_job, job_status, log_tail, start_job
+from pipeline.train.jobs import JobError, current_job, job_status, log_tail, shown_status, start_job
 from studio.logic.runs_view import (ACTIVE, PHASE_LABELS, estimate_vs_actual, evaluation_audio, phase_metrics,
                                     run_phases, run_progress, validation_audio, viewed_phase)
 from pipeline.data.selection import load_selection
@@ -106,7 +106,7 @@ def start_run(config: Config, run_id: str | None = None, base_run: str | None = 
 
 def run_choices(config: Config) -> list[tuple[str, str]]:
     """(label, run id) of every run, newest first."""
-    return [(f"{r.get('id', Path(r['dir']).name)} · {r.get('status', '?')}", r.get("id", Path(r["dir"]).name))
+    return [(f"{r.get('id', Path(r['dir']).name)} · {shown_status(r)}", r.get("id", Path(r["dir"]).name))
             for r in list_runs(config)]
 
 

@@ -5,6 +5,7 @@ import html
 import json
 import os
 import re
+import shutil
 import time
 
 import pytest
@@ -69,6 +70,11 @@ def test_finished_run_view_compares_estimate_and_actual_and_lists_audio(config, 
          dataset=dataset.id, artifacts={"merged": "/m", "adapter": "/a", "adapter_zip": str(older / "nope.zip")})
     assert [v for _, v in training_view.run_choices(config)] == ["20260102-000000-quick_lora",
                                                               "20260101-000000-quick_lora"]
+    # a run whose process died while "running" reads as failed in the list, before anyone opens it
+    _run(config, "20260103-000000-quick_lora", status="running", pid=2 ** 22 + 12345)
+    assert training_view.run_choices(config)[0][0] == "20260103-000000-quick_lora · failed"
+    assert runs_view.read_run(config.runs_dir / "20260103-000000-quick_lora")["status"] == "running"  # untouched
+    shutil.rmtree(config.runs_dir / "20260103-000000-quick_lora")
     assert training_view.default_run(config) == "20260102-000000-quick_lora"      # no job: the newest
     view = training_view.run_view(config, "20260102-000000-quick_lora")
     assert view.status == "finished" and not view.can_cancel and not view.can_resume
