@@ -280,7 +280,7 @@ def _failure_recorded(run_dir: Path):
     try:
         yield
     except Exception as exc:
-        run = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
+        run = read_run(run_dir)  # {} where the run was never recorded
         if run.get("pid") == os.getpid() and run.get("status") in ("starting", "running", "created"):
             update_run(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
