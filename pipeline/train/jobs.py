@@ -25,14 +25,11 @@ from pipeline.data.cleanup import pid_alive
 from pipeline.atomic import write_json
 from pipeline.train import lock as training_lock
 from pipeline.config import PROJECT_ROOT, Config
-from pipeline.train.runs import RunError, create_run, is_run, read_json, read_run, run_dir_for, update_run
+from pipeline.train.runs import PHASES, RunError, create_run, is_run, read_json, read_run, run_dir_for, update_run
 
 
 class JobError(ValueError):
     """A job request that cannot be honoured (another job running, nothing to cancel, ...)."""
-
-
-TRAIN_ONLY_MODES = ("lora", "full")  # runs of `python -m pipeline train`: one phase, no merge
 
 
 def _job_file(config: Config) -> Path:
@@ -127,11 +124,12 @@ def _start_job(config: Config, run_id: str | None, model_dir: str | None, mode: 
     if state.get("status") == "finished":
         raise JobError(f"Run '{run_dir.name}' has already finished; start a new run instead.")
     mode = state.get("mode")
-    # a single phase started with `python -m pipeline train` resumes as one, with the model it began on
-    verb = ["train", "--mode", mode] if mode in TRAIN_ONLY_MODES else ["run"]
+    # a single phase of `python -m pipeline train` (no workflow mode) resumes as one, on the model it began on
+    one_phase = mode is not None and mode not in PHASES
+    verb = ["train", "--mode", mode] if one_phase else ["run"]
     command = [sys.executable, "-m", "pipeline", *verb, "--config", str(run_dir / "config.yaml"),
                "--run-id", run_dir.name]
-    model_dir = model_dir or (state.get("base_model") if mode in TRAIN_ONLY_MODES else None)
+    model_dir = model_dir or (state.get("base_model") if one_phase else None)
     if model_dir:
         command += ["--model", str(model_dir)]
     if mode == "speaker_lora":

@@ -181,19 +181,15 @@ def mode_keys(config, mode: str, shape: dict) -> list[tuple[str, dict]]:
     in the memory plan) is compiled as symbolic. So a phase's graphs depend on the phases before
     it, and full_finetune's speaker LoRA is not quick_lora's LoRA. On several GPUs each phase
     starts fresh ranks, and the same settings mean the same graphs."""
-    gpus = _gpus(config)
+    from pipeline.train.distributed import training_gpus
+
+    gpus = training_gpus(config)
     keys, earlier = [], []
     for phase in MODE_PHASES[mode]:
         keys.append((phase, graph_key(config, TrainSettings.from_config(config, phase), shape,
                                       tuple(earlier) if gpus == 1 else ())))
         earlier.append(phase)
     return keys
-
-
-def _gpus(config) -> int:
-    from pipeline.train.distributed import training_gpus
-
-    return training_gpus(config)
 
 
 def _marker(directory: Path) -> list[dict]:
@@ -286,8 +282,9 @@ def _warm(config, directory: Path, model_dir: Path | None, modes, force: bool, p
     (mode_keys). A warm phase that a cold later one follows is trained again: it loads from the cache."""
     from pipeline.data.text import example_sentences
     from pipeline.model.synthetic import random_codes_manifest, write_random_lm
+    from pipeline.train.distributed import training_gpus
 
-    shape, gpus = model_shape(model_dir), _gpus(config)
+    shape, gpus = model_shape(model_dir), training_gpus(config)
     plan = {mode: mode_keys(config, mode, shape) for mode in modes}
     result = {"cache": str(directory), "phases": {}}
     total, done = sum(len(keys) for keys in plan.values()), 0
